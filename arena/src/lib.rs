@@ -1,0 +1,1 @@
+//! Object memory for dimstore: memfd-backed segments and an allocator

@@ -1,0 +1,1 @@
+//! dimstore client: Store, keys, proxies, elastic spawn

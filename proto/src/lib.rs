@@ -1,0 +1,28 @@
+//! The dimstore wire protocol, sans-IO.
+//!
+//! Everything that crosses a connection is defined here and nothing else: no sockets, no
+//! runtime, no clock, no `unsafe`. A frame is a fixed 32-byte [`FrameHeader`], an rkyv-archived
+//! message body (validated with bytecheck on receipt, see [`message`]) and an optional raw
+//! payload (object bytes, never copied through the serializer).
+//!
+//! Keys ([`Key`]) are what users see: they name the owning server and the object.
+#![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod key;
+// rkyv's derive emits undocumented helper types for enum variants; every item written
+// here is documented by hand.
+#[allow(missing_docs)]
+pub mod message;
+pub mod status;
+
+pub use frame::{FrameDecoder, FrameError, FrameHeader, FrameKind, FrameLimits, HEADER_LEN};
+pub use key::{Key, KeyParseError, ObjectId};
+pub use message::{
+    decode_request, decode_response, encode_request, encode_response, DecodeError, GetItem, Hello,
+    HelloReply, Request, Response, ServerStats, TransportStats,
+};
+pub use status::{ErrorReply, Status};
+
+/// Protocol version carried in every frame header; a peer speaking another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;

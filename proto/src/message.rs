@@ -1,0 +1,330 @@
+//! Messages: the bodies of request and response frames.
+//!
+//! Bodies are rkyv archives. A receiver decodes them with [`decode_request`] /
+//! [`decode_response`], which validate the archive with bytecheck before touching it: bytes
+//! from the network are never accessed unchecked. Every operation is a batch (a single put is
+//! a batch of one), so batches cost one round trip and share one code path.
+//!
+//! Object bytes never go through the serializer: a put's payload is the concatenation of the
+//! objects in `sizes` order, a get's reply payload the concatenation of the found objects.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::key::ObjectId;
+use crate::status::ErrorReply;
+
+/// First request on every connection: who the client is and the fleet token.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Hello {
+    /// Fleet token; required when the server was started with one.
+    pub token: Option<String>,
+    /// Node identity of the client (used to decide "same node").
+    pub client_node: String,
+    /// Process id of the client, for diagnostics.
+    pub client_pid: u32,
+}
+
+/// The server's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// Random id of this server instance (changes on restart).
+    pub server_id: u64,
+    /// Node identity of the server.
+    pub node: String,
+    /// The control address keys name as owner.
+    pub advertised: String,
+    /// Server process id.
+    pub pid: u32,
+    /// Transports the server offers, best first (`"tcp"`, later `"ucx"`, `"ofi"`).
+    pub transports: Vec<String>,
+    /// Largest single object the server could ever hold (its memory limit).
+    pub max_object: u64,
+}
+
+/// A client request.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum Request {
+    /// Connection handshake; must come first.
+    Hello(Hello),
+    /// Store objects of these sizes; the payload holds their bytes back to back.
+    Put {
+        /// Size of each object, in payload order.
+        sizes: Vec<u64>,
+    },
+    /// Fetch objects. Deferred objects not set yet are waited for up to `wait_ms`.
+    Get {
+        /// Objects to fetch.
+        ids: Vec<ObjectId>,
+        /// How long to wait for deferred objects to be set.
+        wait_ms: u64,
+    },
+    /// Ask which objects exist (set deferred objects count as existing).
+    Exists {
+        /// Objects to check.
+        ids: Vec<ObjectId>,
+    },
+    /// Remove objects. Unknown ids are not an error.
+    Evict {
+        /// Objects to remove.
+        ids: Vec<ObjectId>,
+    },
+    /// Reserve ids for objects that will be set later.
+    NewKeys {
+        /// How many ids to reserve.
+        count: u32,
+    },
+    /// Set reserved objects; the payload holds their bytes back to back.
+    Set {
+        /// Reserved ids, from [`Request::NewKeys`].
+        ids: Vec<ObjectId>,
+        /// Size of each object, in payload order.
+        sizes: Vec<u64>,
+    },
+    /// Report server statistics.
+    Stats,
+    /// Stop the server (requires the fleet token when one is set).
+    Shutdown,
+}
+
+/// Per-object outcome of a get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum GetItem {
+    /// Found; `size` bytes of the reply payload belong to this object.
+    Found {
+        /// Object size.
+        size: u64,
+    },
+    /// No such object.
+    NotFound,
+    /// Reserved, but not set within the wait.
+    NotSet,
+}
+
+/// Per-transport counters.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+pub struct TransportStats {
+    /// Transport name.
+    pub name: String,
+    /// Connections open now.
+    pub connections: u64,
+    /// Object bytes sent to clients by this transport.
+    pub bytes_served: u64,
+    /// Of which moved by one-sided reads of registered memory.
+    pub one_sided_bytes: u64,
+}
+
+/// Server statistics.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// Server process id.
+    pub pid: u32,
+    /// Node identity.
+    pub node: String,
+    /// Control address.
+    pub advertised: String,
+    /// Random id of this server instance.
+    pub server_id: u64,
+    /// Milliseconds since start.
+    pub uptime_ms: u64,
+    /// Objects stored (set).
+    pub objects: u64,
+    /// Deferred objects reserved but not set.
+    pub reserved: u64,
+    /// Bytes of object memory in use.
+    pub bytes_used: u64,
+    /// Configured memory limit.
+    pub memory_limit: u64,
+    /// Bytes of arena memory mapped (grows in segments).
+    pub arena_mapped: u64,
+    /// Arena segments mapped.
+    pub arena_segments: u64,
+    /// Objects stored since start.
+    pub puts: u64,
+    /// Objects requested since start.
+    pub gets: u64,
+    /// Of which found.
+    pub get_hits: u64,
+    /// Objects evicted since start.
+    pub evictions: u64,
+    /// Puts refused for lack of memory.
+    pub store_full: u64,
+    /// Requests served since start.
+    pub requests: u64,
+    /// Per-transport counters.
+    pub transports: Vec<TransportStats>,
+}
+
+/// A server response.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::Hello`].
+    Hello(HelloReply),
+    /// Ids of the stored objects, in request order.
+    Put {
+        /// New ids.
+        ids: Vec<ObjectId>,
+    },
+    /// One item per requested id; payload holds the found objects back to back.
+    Get {
+        /// Outcome per id.
+        items: Vec<GetItem>,
+    },
+    /// Presence per requested id.
+    Exists {
+        /// `true` where the object exists.
+        present: Vec<bool>,
+    },
+    /// Whether each id named an object that is now gone.
+    Evict {
+        /// `true` where an object was removed.
+        evicted: Vec<bool>,
+    },
+    /// Reserved ids.
+    NewKeys {
+        /// New ids.
+        ids: Vec<ObjectId>,
+    },
+    /// The request succeeded and has nothing to return.
+    Done,
+    /// Statistics.
+    Stats(ServerStats),
+    /// The request failed as a whole.
+    Error(ErrorReply),
+}
+
+/// A message body that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid message body: {0}")]
+pub struct DecodeError(pub String);
+
+/// Serializes a request body.
+pub fn encode_request(request: &Request) -> AlignedVec {
+    rkyv::to_bytes::<rancor::Error>(request).unwrap_or_else(|e| unreachable_encode(&e))
+}
+
+/// Serializes a response body.
+pub fn encode_response(response: &Response) -> AlignedVec {
+    rkyv::to_bytes::<rancor::Error>(response).unwrap_or_else(|e| unreachable_encode(&e))
+}
+
+/// Serializing into a growable buffer has no failure path for these plain types.
+fn unreachable_encode(e: &rancor::Error) -> ! {
+    panic!("rkyv serialization into a growable buffer failed: {e}")
+}
+
+/// Validates and decodes a request body. `body` must be 16-byte aligned (use an
+/// [`AlignedVec`] as the receive buffer); misaligned input is rejected, not misread.
+pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
+    rkyv::from_bytes::<Request, rancor::Error>(body).map_err(|e| DecodeError(e.to_string()))
+}
+
+/// Validates and decodes a response body (same alignment rule as [`decode_request`]).
+pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
+    rkyv::from_bytes::<Response, rancor::Error>(body).map_err(|e| DecodeError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Status;
+    use proptest::prelude::*;
+
+    fn aligned(bytes: &[u8]) -> AlignedVec {
+        let mut v = AlignedVec::new();
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    fn arb_ids() -> impl Strategy<Value = Vec<ObjectId>> {
+        proptest::collection::vec(any::<u128>().prop_map(ObjectId), 0..20)
+    }
+
+    fn arb_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (any::<Option<String>>(), ".{0,20}", any::<u32>()).prop_map(|(token, node, pid)| {
+                Request::Hello(Hello {
+                    token,
+                    client_node: node,
+                    client_pid: pid,
+                })
+            }),
+            proptest::collection::vec(any::<u64>(), 0..20).prop_map(|sizes| Request::Put { sizes }),
+            (arb_ids(), any::<u64>()).prop_map(|(ids, wait_ms)| Request::Get { ids, wait_ms }),
+            arb_ids().prop_map(|ids| Request::Exists { ids }),
+            arb_ids().prop_map(|ids| Request::Evict { ids }),
+            any::<u32>().prop_map(|count| Request::NewKeys { count }),
+            (arb_ids(), proptest::collection::vec(any::<u64>(), 0..20))
+                .prop_map(|(ids, sizes)| Request::Set { ids, sizes }),
+            Just(Request::Stats),
+            Just(Request::Shutdown),
+        ]
+    }
+
+    fn arb_response() -> impl Strategy<Value = Response> {
+        let item = prop_oneof![
+            any::<u64>().prop_map(|size| GetItem::Found { size }),
+            Just(GetItem::NotFound),
+            Just(GetItem::NotSet),
+        ];
+        prop_oneof![
+            arb_ids().prop_map(|ids| Response::Put { ids }),
+            proptest::collection::vec(item, 0..20).prop_map(|items| Response::Get { items }),
+            proptest::collection::vec(any::<bool>(), 0..20)
+                .prop_map(|present| Response::Exists { present }),
+            Just(Response::Done),
+            ".{0,40}".prop_map(|m| Response::Error(ErrorReply::new(Status::StoreFull, m))),
+            (any::<u32>(), ".{0,10}").prop_map(|(pid, node)| Response::Stats(ServerStats {
+                pid,
+                node,
+                transports: vec![TransportStats {
+                    name: "tcp".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_roundtrip(req in arb_request()) {
+            let bytes = encode_request(&req);
+            prop_assert_eq!(decode_request(&bytes), Ok(req));
+        }
+
+        #[test]
+        fn responses_roundtrip(resp in arb_response()) {
+            let bytes = encode_response(&resp);
+            prop_assert_eq!(decode_response(&bytes), Ok(resp));
+        }
+
+        #[test]
+        fn random_bodies_are_rejected_or_decoded_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let body = aligned(&bytes);
+            let _ = decode_request(&body);
+            let _ = decode_response(&body);
+        }
+
+        #[test]
+        fn corrupted_bodies_never_panic(req in arb_request(), flip in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut bytes = encode_request(&req).to_vec();
+            if !bytes.is_empty() {
+                let i = flip.index(bytes.len());
+                bytes[i] ^= 1 << bit;
+            }
+            let _ = decode_request(&aligned(&bytes));
+        }
+
+        #[test]
+        fn truncated_bodies_are_rejected(req in arb_request(), cut in any::<prop::sample::Index>()) {
+            let bytes = encode_request(&req);
+            let cut = cut.index(bytes.len().max(1));
+            let short = aligned(&bytes[..cut]);
+            // A strict prefix of an archive is never a valid archive of the same request.
+            prop_assert_ne!(decode_request(&short), Ok(req));
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Status codes: the wire form of every error a server can report.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Outcome class of a request or of one item of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+#[repr(u16)]
+pub enum Status {
+    /// No object under that id.
+    NotFound,
+    /// The server's memory limit does not leave room for the object.
+    StoreFull,
+    /// A deferred object was not set within the wait the client asked for.
+    Timeout,
+    /// The request was malformed or inconsistent (sizes not matching the payload, ...).
+    BadRequest,
+    /// The connection did not present the fleet's token.
+    Unauthorized,
+    /// The object is larger than anything this server accepts.
+    TooLarge,
+    /// `set` on a key that already holds an object.
+    AlreadySet,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// A bug or resource failure inside the server.
+    Internal,
+}
+
+/// An error answer: a status and a sentence for humans.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize, thiserror::Error)]
+#[rkyv(derive(Debug))]
+#[error("{status:?}: {message}")]
+pub struct ErrorReply {
+    /// Machine-readable class.
+    pub status: Status,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ErrorReply {
+    /// Builds an error reply.
+    pub fn new(status: Status, message: impl Into<String>) -> Self {
+        ErrorReply {
+            status,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The dimstore per-node storage server

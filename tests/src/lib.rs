@@ -1,0 +1,1 @@
+//! dimstore integration and transport test suites

@@ -1,0 +1,1 @@
+//! dimstore transports: the transport trait and its implementations
