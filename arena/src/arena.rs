@@ -1,0 +1,378 @@
+//! The arena: segments, accounting against the capacity, and allocation handles.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::allocator::FreeList;
+use crate::segment::{Segment, SegmentError};
+use crate::ALIGN;
+
+/// Sizing of an [`Arena`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArenaConfig {
+    /// Most bytes that may be allocated at once (the server's memory limit).
+    pub capacity: u64,
+    /// Size of a regular segment. Objects of a quarter of this or more get a segment of their
+    /// own, released as soon as the object is.
+    pub segment_size: u64,
+}
+
+impl Default for ArenaConfig {
+    fn default() -> Self {
+        ArenaConfig {
+            capacity: 1 << 30,
+            segment_size: 64 << 20,
+        }
+    }
+}
+
+/// Why an allocation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutOfMemory {
+    /// The capacity does not leave room for the request.
+    #[error("{requested} bytes requested but only {available} of {capacity} bytes are free")]
+    Full {
+        /// Bytes requested (rounded to the allocation granularity).
+        requested: u64,
+        /// Bytes still free under the capacity.
+        available: u64,
+        /// The capacity.
+        capacity: u64,
+    },
+    /// A new segment could not be created.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+}
+
+/// A snapshot of the arena's accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ArenaStats {
+    /// The capacity.
+    pub capacity: u64,
+    /// Bytes allocated now (rounded sizes).
+    pub used: u64,
+    /// Bytes of segments mapped now.
+    pub mapped: u64,
+    /// Segments mapped now.
+    pub segments: u64,
+}
+
+/// Object memory: a growing set of shared-memory segments with one capacity.
+#[derive(Debug, Clone)]
+pub struct Arena {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ArenaConfig,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    slots: BTreeMap<u32, Slot>,
+    next_segment_id: u32,
+    used: u64,
+    mapped: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    segment: Arc<Segment>,
+    free: FreeList,
+    dedicated: bool,
+}
+
+impl Arena {
+    /// An empty arena; segments are created on first use.
+    pub fn new(config: ArenaConfig) -> Self {
+        Arena {
+            shared: Arc::new(Shared {
+                config,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> ArenaConfig {
+        self.shared.config
+    }
+
+    /// Current accounting.
+    pub fn stats(&self) -> ArenaStats {
+        let state = self.shared.lock();
+        ArenaStats {
+            capacity: self.shared.config.capacity,
+            used: state.used,
+            mapped: state.mapped,
+            segments: state.slots.len() as u64,
+        }
+    }
+
+    /// The segment with this id, if still mapped (for registration and sharing).
+    pub fn segment(&self, id: u32) -> Option<Arc<Segment>> {
+        self.shared
+            .lock()
+            .slots
+            .get(&id)
+            .map(|s| Arc::clone(&s.segment))
+    }
+
+    /// Allocates `len` bytes. The contents are unspecified (recycled memory is not zeroed).
+    pub fn allocate(&self, len: u64) -> Result<Allocation, OutOfMemory> {
+        if len == 0 {
+            return Ok(Allocation {
+                shared: Arc::clone(&self.shared),
+                place: None,
+                len: 0,
+            });
+        }
+        let config = self.shared.config;
+        let rounded = len.div_ceil(ALIGN).saturating_mul(ALIGN);
+        let mut state = self.shared.lock();
+        let available = config.capacity.saturating_sub(state.used);
+        if rounded > available {
+            return Err(OutOfMemory::Full {
+                requested: rounded,
+                available,
+                capacity: config.capacity,
+            });
+        }
+        let dedicated = rounded >= config.segment_size / 4;
+        let found = if dedicated {
+            None
+        } else {
+            state
+                .slots
+                .iter_mut()
+                .filter(|(_, slot)| !slot.dedicated)
+                .find_map(|(&id, slot)| slot.free.allocate(rounded).map(|off| (id, off)))
+        };
+        let (segment_id, offset) = match found {
+            Some(hit) => hit,
+            None => {
+                let seg_len = if dedicated {
+                    rounded.div_ceil(4096) * 4096
+                } else {
+                    config.segment_size
+                };
+                let segment = Arc::new(Segment::new(seg_len)?);
+                let mut free = FreeList::new(seg_len);
+                let offset = free.allocate(rounded).ok_or(OutOfMemory::Full {
+                    requested: rounded,
+                    available,
+                    capacity: config.capacity,
+                })?;
+                let id = state.next_segment_id;
+                state.next_segment_id = state.next_segment_id.wrapping_add(1);
+                state.mapped += seg_len;
+                state.slots.insert(
+                    id,
+                    Slot {
+                        segment,
+                        free,
+                        dedicated,
+                    },
+                );
+                (id, offset)
+            }
+        };
+        state.used += rounded;
+        let segment = Arc::clone(&state.slots[&segment_id].segment);
+        Ok(Allocation {
+            shared: Arc::clone(&self.shared),
+            place: Some(Place {
+                segment,
+                segment_id,
+                offset,
+                rounded,
+            }),
+            len,
+        })
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves only bookkeeping behind; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release(&self, place: &Place) {
+        const RELEASE_PAGES_FROM: u64 = 256 << 10;
+        let mut state = self.lock();
+        state.used -= place.rounded;
+        let Some(slot) = state.slots.get_mut(&place.segment_id) else {
+            return;
+        };
+        slot.free.free(place.offset, place.rounded);
+        let drop_segment = slot.dedicated || (slot.free.is_empty() && place.segment_id != 0);
+        if drop_segment {
+            if let Some(slot) = state.slots.remove(&place.segment_id) {
+                state.mapped -= slot.segment.len();
+            }
+        } else if place.rounded >= RELEASE_PAGES_FROM {
+            slot.segment.release_pages(place.offset, place.rounded);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Place {
+    segment: Arc<Segment>,
+    segment_id: u32,
+    offset: u64,
+    rounded: u64,
+}
+
+/// A range of arena memory holding (or about to hold) one object.
+///
+/// Owned uniquely it is writable; shared behind an `Arc` it is read-only, and each clone is a
+/// lease that keeps the bytes valid. Dropping the last handle frees the range.
+#[derive(Debug)]
+pub struct Allocation {
+    shared: Arc<Shared>,
+    place: Option<Place>,
+    len: u64,
+}
+
+impl Allocation {
+    /// Length of the object in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the object is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The object's bytes.
+    #[allow(unsafe_code)]
+    pub fn as_slice(&self) -> &[u8] {
+        match &self.place {
+            // SAFETY: the allocator gave this range to this allocation alone, in bounds of
+            // the segment that `place` keeps mapped; `&self` rules out a live `&mut` view.
+            Some(p) => unsafe { p.segment.slice(p.offset, self.len) },
+            None => &[],
+        }
+    }
+
+    /// The object's bytes, writable: only while the allocation is uniquely owned.
+    #[allow(unsafe_code)]
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match &self.place {
+            // SAFETY: the allocator gave this range to this allocation alone, in bounds of
+            // the segment that `place` keeps mapped; `&mut self` makes this the only view.
+            Some(p) => unsafe { p.segment.slice_mut(p.offset, self.len) },
+            None => &mut [],
+        }
+    }
+
+    /// Where the bytes live: segment id and offset (for registered-memory descriptors and
+    /// same-node mapping). `None` for an empty object.
+    pub fn location(&self) -> Option<(u32, u64)> {
+        self.place.as_ref().map(|p| (p.segment_id, p.offset))
+    }
+
+    /// The segment holding the bytes.
+    pub fn segment(&self) -> Option<&Arc<Segment>> {
+        self.place.as_ref().map(|p| &p.segment)
+    }
+}
+
+impl AsRef<[u8]> for Allocation {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsMut<[u8]> for Allocation {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        if let Some(place) = &self.place {
+            self.shared.release(place);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arena(capacity: u64) -> Arena {
+        Arena::new(ArenaConfig {
+            capacity,
+            segment_size: 1 << 20,
+        })
+    }
+
+    #[test]
+    fn bytes_written_are_read_back_and_accounted() {
+        let arena = arena(8 << 20);
+        let mut a = arena.allocate(1000).expect("room");
+        a.as_mut_slice().copy_from_slice(&[7u8; 1000]);
+        let b = arena.allocate(3 << 20).expect("room");
+        let sealed = Arc::new(a);
+        assert_eq!(sealed.as_slice(), &[7u8; 1000][..]);
+        assert_eq!(arena.stats().used, 1024 + (3 << 20));
+        assert_eq!(arena.stats().segments, 2);
+        drop(b);
+        assert_eq!(arena.stats().segments, 1, "dedicated segment released");
+        let lease = Arc::clone(&sealed);
+        drop(sealed);
+        assert_eq!(arena.stats().used, 1024, "a lease keeps the bytes");
+        drop(lease);
+        assert_eq!(arena.stats().used, 0);
+    }
+
+    #[test]
+    fn capacity_is_enforced() {
+        let arena = arena(1 << 20);
+        let _a = arena.allocate(600 << 10).expect("room");
+        match arena.allocate(600 << 10) {
+            Err(OutOfMemory::Full {
+                requested,
+                available,
+                ..
+            }) => {
+                assert_eq!(requested, 600 << 10);
+                assert_eq!(available, 424 << 10);
+            }
+            other => panic!("expected Full, got {other:?}"),
+        }
+        assert!(arena.allocate(0).is_ok());
+    }
+
+    #[test]
+    fn many_threads_allocate_disjoint_ranges() {
+        let arena = arena(64 << 20);
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let arena = arena.clone();
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..200u32 {
+                        let mut a = arena.allocate(u64::from(i % 37) * 100 + 1).expect("room");
+                        a.as_mut_slice().fill(t);
+                        held.push(a);
+                        if i % 3 == 0 {
+                            held.swap_remove(0);
+                        }
+                    }
+                    for a in &held {
+                        assert!(a.as_slice().iter().all(|&b| b == t));
+                    }
+                });
+            }
+        });
+        assert_eq!(arena.stats().used, 0);
+    }
+}

@@ -1,0 +1,160 @@
+//! A segment: one memfd mapped read-write into the server.
+//!
+//! This module is the arena's FFI layer (mmap/munmap through `rustix`); it holds the crate's
+//! only `unsafe` code.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+
+/// Why a segment could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// `memfd_create` failed.
+    #[error("memfd_create failed: {0}")]
+    Memfd(#[source] rustix::io::Errno),
+    /// `ftruncate` on the memfd failed.
+    #[error("ftruncate of a {len}-byte segment failed: {source}")]
+    Truncate {
+        /// Requested length.
+        len: u64,
+        /// The errno.
+        #[source]
+        source: rustix::io::Errno,
+    },
+    /// `mmap` failed.
+    #[error("mmap of a {len}-byte segment failed: {source}")]
+    Map {
+        /// Requested length.
+        len: u64,
+        /// The errno.
+        #[source]
+        source: rustix::io::Errno,
+    },
+}
+
+/// A contiguous shared-memory region backed by a memfd.
+///
+/// Pages are committed lazily by the kernel when first written, so a mapped but unused
+/// segment costs address space, not memory.
+#[derive(Debug)]
+pub struct Segment {
+    fd: OwnedFd,
+    base: NonNull<u8>,
+    len: u64,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; concurrent access to
+// disjoint ranges is coordinated by the arena's allocator, which never hands out overlapping
+// ranges, and reads of sealed objects are read-only.
+unsafe impl Send for Segment {}
+// SAFETY: see `Send`; `&Segment` only exposes raw pointers and the fd.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// Creates and maps a segment of `len` bytes (`len > 0`).
+    pub fn new(len: u64) -> Result<Segment, SegmentError> {
+        let fd = memfd_create(
+            "dimstore-arena",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(SegmentError::Memfd)?;
+        ftruncate(&fd, len).map_err(|source| SegmentError::Truncate { len, source })?;
+        let map_len = usize::try_from(len).map_err(|_| SegmentError::Map {
+            len,
+            source: rustix::io::Errno::NOMEM,
+        })?;
+        // SAFETY: we map a fresh memfd we own, of exactly `map_len` bytes (just truncated to
+        // that size), at an address of the kernel's choosing; nothing else aliases it yet.
+        let ptr = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                map_len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(|source| SegmentError::Map { len, source })?;
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or(SegmentError::Map {
+            len,
+            source: rustix::io::Errno::NOMEM,
+        })?;
+        Ok(Segment { fd, base, len })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the segment is empty (never true for a created segment).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The memfd, for sharing with same-node clients or registering with a NIC.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Start address of the mapping (for memory registration).
+    pub fn base_addr(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
+    /// Read-only view of `len` bytes at `offset`.
+    ///
+    /// # Safety
+    /// `offset..offset+len` must lie inside the segment and no `&mut` view of an overlapping
+    /// range may be alive.
+    pub(crate) unsafe fn slice(&self, offset: u64, len: u64) -> &[u8] {
+        debug_assert!(offset + len <= self.len);
+        // SAFETY: the caller guarantees the range is in bounds and not mutably aliased; the
+        // mapping lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset as usize), len as usize) }
+    }
+
+    /// Writable view of `len` bytes at `offset`.
+    ///
+    /// # Safety
+    /// `offset..offset+len` must lie inside the segment and no other view of an overlapping
+    /// range may be alive for the returned lifetime.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice_mut(&self, offset: u64, len: u64) -> &mut [u8] {
+        debug_assert!(offset + len <= self.len);
+        // SAFETY: the caller guarantees the range is in bounds and exclusively owned.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.base.as_ptr().add(offset as usize), len as usize)
+        }
+    }
+
+    /// Gives the pages of a freed range back to the kernel (they read as zeros afterwards).
+    /// Only whole pages strictly inside the range are released.
+    pub(crate) fn release_pages(&self, offset: u64, len: u64) {
+        const PAGE: u64 = 4096;
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = (offset + len) / PAGE * PAGE;
+        if end > start {
+            // Best effort: failure only means the pages stay committed until reused.
+            let _ = rustix::fs::fallocate(
+                &self.fd,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                start,
+                end - start,
+            );
+        }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` describe the mapping created in `new`, and no views outlive
+        // `self` (they borrow it or hold an `Arc` to it).
+        let _ = unsafe { munmap(self.base.as_ptr().cast(), self.len as usize) };
+    }
+}
