@@ -283,6 +283,51 @@ impl Allocation {
     }
 }
 
+/// A sealed object: read-only, shared. Every clone is a lease that keeps the bytes valid;
+/// the range is freed when the last lease ends.
+#[derive(Debug, Clone)]
+pub struct Sealed(Arc<Allocation>);
+
+impl Allocation {
+    /// Seals the object: from now on it is read-only and can be leased.
+    pub fn seal(self) -> Sealed {
+        Sealed(Arc::new(self))
+    }
+}
+
+impl Sealed {
+    /// The object's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// Whether the object is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Where the bytes live (segment id, offset).
+    pub fn location(&self) -> Option<(u32, u64)> {
+        self.0.location()
+    }
+
+    /// Leases alive now, counting this one.
+    pub fn leases(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+}
+
+impl AsRef<[u8]> for Sealed {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 impl AsRef<[u8]> for Allocation {
     fn as_ref(&self) -> &[u8] {
         self.as_slice()
@@ -320,13 +365,14 @@ mod tests {
         let mut a = arena.allocate(1000).expect("room");
         a.as_mut_slice().copy_from_slice(&[7u8; 1000]);
         let b = arena.allocate(3 << 20).expect("room");
-        let sealed = Arc::new(a);
+        let sealed = a.seal();
         assert_eq!(sealed.as_slice(), &[7u8; 1000][..]);
         assert_eq!(arena.stats().used, 1024 + (3 << 20));
         assert_eq!(arena.stats().segments, 2);
         drop(b);
         assert_eq!(arena.stats().segments, 1, "dedicated segment released");
-        let lease = Arc::clone(&sealed);
+        let lease = sealed.clone();
+        assert_eq!(lease.leases(), 2);
         drop(sealed);
         assert_eq!(arena.stats().used, 1024, "a lease keeps the bytes");
         drop(lease);

@@ -8,8 +8,8 @@
 //!
 //! - an `Allocation` owned uniquely is writable (`as_mut_slice`): that is an object being
 //!   received, invisible to readers;
-//! - shared behind an `Arc` it is read-only: that is a sealed object, and every `Arc` clone is
-//!   a lease that keeps the bytes alive while a transfer reads them;
+//! - sealed ([`Allocation::seal`]) it is read-only and shared: every clone of the [`Sealed`]
+//!   handle is a lease that keeps the bytes alive while a transfer reads them;
 //! - dropping the last handle returns the range to the allocator (and the pages to the kernel).
 
 mod allocator;
@@ -17,7 +17,7 @@ mod arena;
 mod segment;
 
 pub use allocator::FreeList;
-pub use arena::{Allocation, Arena, ArenaConfig, ArenaStats, OutOfMemory};
+pub use arena::{Allocation, Arena, ArenaConfig, ArenaStats, OutOfMemory, Sealed};
 pub use segment::{Segment, SegmentError};
 
 /// Allocation granularity: every object starts on a 64-byte boundary (a cache line, and enough

@@ -8,6 +8,7 @@
 //! Keys ([`Key`]) are what users see: they name the owning server and the object.
 #![forbid(unsafe_code)]
 
+pub mod discovery;
 pub mod frame;
 pub mod key;
 // rkyv's derive emits undocumented helper types for enum variants; every item written
@@ -16,6 +17,7 @@ pub mod key;
 pub mod message;
 pub mod status;
 
+pub use discovery::ReadyFile;
 pub use frame::{FrameDecoder, FrameError, FrameHeader, FrameKind, FrameLimits, HEADER_LEN};
 pub use key::{Key, KeyParseError, ObjectId};
 pub use message::{

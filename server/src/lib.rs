@@ -1,1 +1,198 @@
-//! The dimstore per-node storage server
+//! The dimstore per-node storage server.
+//!
+//! [`run`] binds the control listener, writes the ready file, and serves the
+//! [`StoreService`] over every transport until SIGTERM/SIGINT, a client's shutdown request,
+//! or the idle timeout.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dimstore_arena::{Arena, ArenaConfig};
+use dimstore_proto::{FrameLimits, ReadyFile};
+use tokio::net::TcpListener;
+
+pub mod config;
+pub mod service;
+pub mod store;
+
+pub use config::{Args, ConfigError, ServerConfig};
+pub use service::{ServiceIdentity, StoreService};
+pub use store::ObjectStore;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The ready file could not be written.
+    #[error("cannot write ready file {path}: {source}")]
+    ReadyFile {
+        /// File.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Why the server stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// A client sent Shutdown.
+    Requested,
+    /// Idle for the configured timeout.
+    Idle,
+}
+
+/// Runs the server until it is told to stop.
+pub async fn run(config: ServerConfig) -> Result<StopReason, ServerError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let advertised = config.advertised_address(bound);
+    let server_id = rand::random::<u64>();
+    let identity = ServiceIdentity {
+        node: config.node.clone(),
+        advertised: advertised.clone(),
+        token: config.token.clone(),
+        server_id,
+        transports: vec![dimstore_transport::tcp::NAME.to_string()],
+    };
+    let arena = Arena::new(ArenaConfig {
+        capacity: config.memory_limit,
+        segment_size: config.segment_size,
+    });
+    let service = StoreService::new(ObjectStore::new(arena, server_id), identity.clone());
+    let limits = FrameLimits {
+        max_body: 16 << 20,
+        max_payload: config.memory_limit,
+    };
+
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let reason = Arc::new(std::sync::Mutex::new(None));
+    spawn_stop_watchers(&service, &config, &stop, &reason)?;
+
+    if let Some(path) = &config.ready_file {
+        write_ready_file(
+            path,
+            &ReadyFile {
+                address: advertised.clone(),
+                pid: std::process::id(),
+                node: config.node.clone(),
+                server_id,
+                transports: identity.transports.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+        )?;
+    }
+    tracing::info!(
+        %advertised, node = %config.node, memory_limit = config.memory_limit,
+        pid = std::process::id(), "dimstore-server ready"
+    );
+
+    let stopped = Arc::clone(&stop);
+    dimstore_transport::tcp::serve(listener, Arc::new(service.clone()), limits, async move {
+        stopped.notified().await
+    })
+    .await;
+
+    if let Some(path) = &config.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    let reason = reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or(StopReason::Signal);
+    let stats = service.stats();
+    tracing::info!(
+        ?reason,
+        objects = stats.objects,
+        bytes = stats.bytes_used,
+        "dimstore-server stopping"
+    );
+    Ok(reason)
+}
+
+/// Starts the tasks that end the server: signals, shutdown requests, idleness.
+fn spawn_stop_watchers(
+    service: &StoreService,
+    config: &ServerConfig,
+    stop: &Arc<tokio::sync::Notify>,
+    reason: &Arc<std::sync::Mutex<Option<StopReason>>>,
+) -> Result<(), ServerError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let finish = {
+        let stop = Arc::clone(stop);
+        let reason = Arc::clone(reason);
+        move |why: StopReason| {
+            reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(why);
+            // notify_one stores a permit, so a stop before the serve loop waits is not lost.
+            stop.notify_one();
+        }
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
+    let on_signal = finish.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        on_signal(StopReason::Signal);
+    });
+    let requested = Arc::clone(&service.shutdown);
+    let on_request = finish.clone();
+    tokio::spawn(async move {
+        requested.notified().await;
+        on_request(StopReason::Requested);
+    });
+    if let Some(idle) = config.idle_timeout {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+            loop {
+                tokio::time::sleep(tick).await;
+                let stats = service.stats();
+                let empty = stats.objects == 0 && stats.reserved == 0;
+                if empty && service.connections() == 0 && service.idle_for() >= idle {
+                    finish(StopReason::Idle);
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Writes the ready file atomically (temporary name, then rename).
+fn write_ready_file(path: &Path, ready: &ReadyFile) -> Result<(), ServerError> {
+    let fail = |source| ServerError::ReadyFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let json = serde_json::to_vec_pretty(ready).map_err(|e| fail(e.into()))?;
+    std::fs::write(&tmp, json).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}

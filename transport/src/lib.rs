@@ -1,1 +1,137 @@
-//! dimstore transports: the transport trait and its implementations
+//! dimstore transports.
+//!
+//! A transport moves [`dimstore_proto`] frames between clients and a server. It is modelled on
+//! Mercury/Margo: small RPC messages plus bulk transfers of object memory, where the buffers
+//! handed to the transport are owned by the operation until it completes:
+//!
+//! - on the server, a [`Service`] tells the transport where an incoming payload must land
+//!   ([`Service::payload_sinks`], typically fresh arena memory) *before* it is read, and
+//!   answers with a [`Reply`] whose payload pieces are leases on object memory that the
+//!   transport holds until the bytes have left;
+//! - on the client, a [`Connection`] sends a request with borrowed payload pieces and returns
+//!   the reply with its payload in a buffer of its own, always within a deadline.
+//!
+//! TCP ([`tcp`]) is the first implementation: the server writes object bytes straight from
+//! arena memory into the socket. RDMA transports implement the same contract with one-sided
+//! reads of registered regions.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use dimstore_proto::{ErrorReply, Request, Response};
+use rkyv::util::AlignedVec;
+
+mod error;
+pub mod tcp;
+
+pub use error::TransportError;
+
+/// A response and the payload pieces that follow it on the wire.
+#[derive(Debug)]
+pub struct Reply<S> {
+    /// The response message.
+    pub response: Response,
+    /// Payload pieces, sent back to back after the message; held until sent.
+    pub payload: Vec<S>,
+}
+
+impl<S> Reply<S> {
+    /// A reply without payload.
+    pub fn message(response: Response) -> Self {
+        Reply {
+            response,
+            payload: Vec::new(),
+        }
+    }
+
+    /// An error reply.
+    pub fn error(error: ErrorReply) -> Self {
+        Reply::message(Response::Error(error))
+    }
+}
+
+/// A boxed future producing a reply later.
+pub type DeferredReply<S> = Pin<Box<dyn Future<Output = Reply<S>> + Send + 'static>>;
+
+/// How a service answers a request.
+pub enum Outcome<S> {
+    /// The reply is ready now.
+    Ready(Reply<S>),
+    /// The reply comes later (a get waiting for a deferred object). The transport keeps
+    /// serving the connection's other requests meanwhile.
+    Deferred(DeferredReply<S>),
+}
+
+/// The server-side logic a transport drives. One value serves every connection of every
+/// transport.
+pub trait Service: Send + Sync + 'static {
+    /// Per-connection state (authentication, leases, counters). Dropped when the connection
+    /// closes.
+    type Session: Send + 'static;
+    /// Memory an incoming payload is read into.
+    type Sink: AsMut<[u8]> + Send + 'static;
+    /// Memory an outgoing payload is written from.
+    type Source: AsRef<[u8]> + Send + Sync + 'static;
+
+    /// A connection opened on `transport` from `peer`.
+    fn open_session(&self, transport: &'static str, peer: String) -> Self::Session;
+
+    /// Where the `payload_len` bytes following `request` must land: pieces whose lengths add
+    /// up to `payload_len`. An error is sent back after the payload has been discarded.
+    fn payload_sinks(
+        &self,
+        session: &mut Self::Session,
+        request: &Request,
+        payload_len: u64,
+    ) -> Result<Vec<Self::Sink>, ErrorReply>;
+
+    /// Handles a request whose payload has been received into `payload`.
+    fn handle(
+        &self,
+        session: &mut Self::Session,
+        request: Request,
+        payload: Vec<Self::Sink>,
+    ) -> Outcome<Self::Source>;
+
+    /// Counts object bytes a transport has sent.
+    fn record_sent(&self, transport: &'static str, bytes: u64);
+}
+
+/// A reply as a client receives it.
+#[derive(Debug)]
+pub struct ReplyFrame {
+    /// The response message.
+    pub response: Response,
+    /// The payload, 16-byte aligned so archived objects can be accessed in place.
+    pub payload: AlignedVec,
+}
+
+/// Opens client connections of one transport.
+pub trait Connector: Send + Sync + 'static {
+    /// The connection type.
+    type Connection: Connection;
+
+    /// The transport's name as advertised in handshakes (`"tcp"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Connects to the server at `address`, giving up at `deadline`.
+    fn connect(&self, address: &str, deadline: Instant)
+        -> Result<Self::Connection, TransportError>;
+}
+
+/// A client connection to one server, shared by every thread of the process: calls from
+/// several threads are multiplexed over it.
+pub trait Connection: Send + Sync + 'static {
+    /// Sends `request` followed by the `payload` pieces and waits for the reply until
+    /// `deadline`.
+    fn call(
+        &self,
+        request: &Request,
+        payload: &[&[u8]],
+        deadline: Instant,
+    ) -> Result<ReplyFrame, TransportError>;
+
+    /// Whether the connection has failed and must be replaced.
+    fn is_broken(&self) -> bool;
+}

@@ -1,0 +1,277 @@
+//! Server configuration: command-line flags, `DIMSTORE_*` environment variables and an
+//! optional TOML file, in that order of precedence, over built-in defaults.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command line of `dimstore-server`.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "dimstore-server",
+    version,
+    about = "The dimstore per-node in-memory object server",
+    long_about = "The dimstore per-node in-memory object server.\n\n\
+        Run one per compute node (srun --ntasks-per-node=1, mpiexec --ppn 1, dimstore-launch) or \
+        let the first client on a node spawn it. Clients put objects here and receive keys; any \
+        node resolves a key by asking this server.\n\n\
+        Every option can also be set by its DIMSTORE_* environment variable or in the TOML file \
+        given by --config (keys as the long option names, with underscores)."
+)]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "DIMSTORE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (`HOST:PORT`, port 0 picks a free one).
+    /// [default: 0.0.0.0:0]
+    #[arg(long, env = "DIMSTORE_LISTEN")]
+    pub listen: Option<String>,
+    /// Address other nodes reach this server at, named in every key.
+    /// [default: the listen address, or the host's address when listening on 0.0.0.0]
+    #[arg(long, env = "DIMSTORE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Node identity (decides "same node" for clients). [default: the hostname]
+    #[arg(long = "node", env = "DIMSTORE_NODE_NAME")]
+    pub node: Option<String>,
+    /// Most object memory to use, e.g. `512MiB`, `8GiB`; puts beyond it fail with StoreFull.
+    /// [default: half of physical memory]
+    #[arg(long, env = "DIMSTORE_MEMORY_LIMIT")]
+    pub memory_limit: Option<ByteSize>,
+    /// Size of the shared-memory segments object memory grows by. [default: 64MiB]
+    #[arg(long, env = "DIMSTORE_SEGMENT_SIZE")]
+    pub segment_size: Option<ByteSize>,
+    /// Fleet token every client must present.
+    #[arg(long, env = "DIMSTORE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Write `{address, pid, node, ...}` as JSON here once ready; removed on exit.
+    #[arg(long, env = "DIMSTORE_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Exit after this long (e.g. `10m`) with no connections and no objects stored.
+    #[arg(long, env = "DIMSTORE_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Worker threads serving connections. [default: 2]
+    #[arg(long, env = "DIMSTORE_THREADS")]
+    pub threads: Option<usize>,
+    /// Log filter (tracing `EnvFilter` syntax). [default: info]
+    #[arg(long, env = "DIMSTORE_LOG")]
+    pub log: Option<String>,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    advertise: Option<String>,
+    node: Option<String>,
+    memory_limit: Option<ByteSize>,
+    segment_size: Option<ByteSize>,
+    token: Option<String>,
+    ready_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    idle_timeout: Option<Duration>,
+    threads: Option<usize>,
+    log: Option<String>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A fully resolved server configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Advertised control address (`None`: derive from the bound address).
+    pub advertise: Option<String>,
+    /// Node identity.
+    pub node: String,
+    /// Object memory limit in bytes.
+    pub memory_limit: u64,
+    /// Segment size in bytes.
+    pub segment_size: u64,
+    /// Fleet token.
+    pub token: Option<String>,
+    /// Ready file path.
+    pub ready_file: Option<PathBuf>,
+    /// Idle timeout.
+    pub idle_timeout: Option<Duration>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Log filter.
+    pub log: String,
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML file is malformed.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: toml::de::Error,
+    },
+    /// The listen address does not parse or resolve.
+    #[error("listen address `{0}` is not HOST:PORT")]
+    Listen(String),
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// Resolves flags and environment (already in `args`) over the file over defaults.
+    pub fn resolve(args: Args) -> Result<ServerConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen_text = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "0.0.0.0:0".into());
+        let listen = listen_text
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ConfigError::Listen(listen_text.clone()))?;
+        let memory_limit = args
+            .memory_limit
+            .or(file.memory_limit)
+            .map_or_else(default_memory_limit, |b| b.as_u64());
+        let segment_size = args
+            .segment_size
+            .or(file.segment_size)
+            .map_or(64 << 20, |b| b.as_u64());
+        if memory_limit == 0 || segment_size < 4096 {
+            return Err(ConfigError::Invalid(
+                "memory limit must be > 0 and segment size >= 4KiB".into(),
+            ));
+        }
+        let threads = args.threads.or(file.threads).unwrap_or(2);
+        if threads == 0 {
+            return Err(ConfigError::Invalid("threads must be >= 1".into()));
+        }
+        Ok(ServerConfig {
+            listen,
+            advertise: args.advertise.or(file.advertise),
+            node: args.node.or(file.node).unwrap_or_else(hostname),
+            memory_limit,
+            segment_size,
+            token: args.token.or(file.token).filter(|t| !t.is_empty()),
+            ready_file: args.ready_file.or(file.ready_file),
+            idle_timeout: args.idle_timeout.or(file.idle_timeout),
+            threads,
+            log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+        })
+    }
+
+    /// The control address to advertise once bound to `bound`.
+    pub fn advertised_address(&self, bound: SocketAddr) -> String {
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        let ip = if bound.ip().is_unspecified() {
+            host_ip().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        } else {
+            bound.ip()
+        };
+        SocketAddr::new(ip, bound.port()).to_string()
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Half of physical memory.
+fn default_memory_limit() -> u64 {
+    let info = rustix::system::sysinfo();
+    (info.totalram as u64).saturating_mul(u64::from(info.mem_unit)) / 2
+}
+
+/// The host name (the UTS namespace's, so simulated nodes differ).
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The first non-loopback address the host name resolves to.
+fn host_ip() -> Option<IpAddr> {
+    (hostname(), 0)
+        .to_socket_addrs()
+        .ok()?
+        .map(|a| a.ip())
+        .find(|ip| !ip.is_loopback() && ip.is_ipv4())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\nmemory_limit = \"1GiB\"\nidle_timeout = \"5m\"\nnode = \"from-file\"\n",
+        )
+        .expect("write");
+        let args = Args {
+            config: Some(path),
+            node: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let c = ServerConfig::resolve(args).expect("valid");
+        assert_eq!(c.listen, "127.0.0.1:7000".parse().expect("addr"));
+        assert_eq!(c.memory_limit, 1 << 30);
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(c.node, "from-flag");
+        assert_eq!(c.segment_size, 64 << 20);
+    }
+
+    #[test]
+    fn bad_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "memroy_limit = 5\n").expect("write");
+        let err = ServerConfig::resolve(Args {
+            config: Some(path),
+            ..Default::default()
+        })
+        .expect_err("unknown key");
+        assert!(err.to_string().contains("memroy_limit"), "{err}");
+    }
+}

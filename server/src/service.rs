@@ -1,0 +1,363 @@
+//! The request handler every transport drives: authentication, dispatch, statistics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dimstore_arena::Allocation;
+use dimstore_proto::{
+    ErrorReply, GetItem, HelloReply, ObjectId, Request, Response, ServerStats, Status,
+    TransportStats, PROTOCOL_VERSION,
+};
+use dimstore_transport::{Outcome, Reply, Service};
+use tokio::sync::Notify;
+
+use crate::store::{Lookup, Object, ObjectStore};
+
+/// Identity and policy of the server, fixed at start.
+#[derive(Debug, Clone)]
+pub struct ServiceIdentity {
+    /// Node identity.
+    pub node: String,
+    /// Control address keys name.
+    pub advertised: String,
+    /// Fleet token every connection must present, if any.
+    pub token: Option<String>,
+    /// Random id of this server instance.
+    pub server_id: u64,
+    /// Transports offered, best first.
+    pub transports: Vec<String>,
+}
+
+/// The dimstore request handler: a cheap handle shared by every transport and session.
+#[derive(Debug, Clone)]
+pub struct StoreService(Arc<ServiceState>);
+
+impl std::ops::Deref for StoreService {
+    type Target = ServiceState;
+    fn deref(&self) -> &ServiceState {
+        &self.0
+    }
+}
+
+/// State behind a [`StoreService`].
+#[derive(Debug)]
+pub struct ServiceState {
+    store: ObjectStore,
+    identity: ServiceIdentity,
+    started: Instant,
+    counters: Counters,
+    per_transport: Mutex<Vec<TransportStats>>,
+    /// Notified when a client asks the server to stop.
+    pub shutdown: Arc<Notify>,
+    connections: AtomicU64,
+    last_activity_ms: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    puts: AtomicU64,
+    gets: AtomicU64,
+    get_hits: AtomicU64,
+    evictions: AtomicU64,
+    store_full: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+pub struct Session {
+    service: StoreService,
+    transport: &'static str,
+    peer: String,
+    greeted: bool,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.service.connections.fetch_sub(1, Ordering::Relaxed);
+        self.service.touch();
+        self.service
+            .adjust_transport(self.transport, |t| t.connections -= 1);
+        tracing::debug!(peer = %self.peer, "session closed");
+    }
+}
+
+impl StoreService {
+    /// A service over `store`.
+    pub fn new(store: ObjectStore, identity: ServiceIdentity) -> Self {
+        let per_transport = identity
+            .transports
+            .iter()
+            .map(|name| TransportStats {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .collect();
+        StoreService(Arc::new(ServiceState {
+            store,
+            identity,
+            started: Instant::now(),
+            counters: Counters::default(),
+            per_transport: Mutex::new(per_transport),
+            shutdown: Arc::new(Notify::new()),
+            connections: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(0),
+        }))
+    }
+
+    /// Open connections now.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Time since the last request or connection change.
+    pub fn idle_for(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_activity_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Current statistics.
+    pub fn stats(&self) -> ServerStats {
+        let arena = self.store.arena().stats();
+        let (objects, reserved) = self.store.counts();
+        let c = &self.counters;
+        ServerStats {
+            pid: std::process::id(),
+            node: self.identity.node.clone(),
+            advertised: self.identity.advertised.clone(),
+            server_id: self.identity.server_id,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            objects,
+            reserved,
+            bytes_used: arena.used,
+            memory_limit: arena.capacity,
+            arena_mapped: arena.mapped,
+            arena_segments: arena.segments,
+            puts: c.puts.load(Ordering::Relaxed),
+            gets: c.gets.load(Ordering::Relaxed),
+            get_hits: c.get_hits.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            store_full: c.store_full.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+            transports: self
+                .per_transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn adjust_transport(&self, name: &str, f: impl FnOnce(&mut TransportStats)) {
+        let mut all = self.per_transport.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = all.iter_mut().find(|t| t.name == name) {
+            f(t);
+        }
+    }
+
+    fn hello_reply(&self) -> HelloReply {
+        HelloReply {
+            server_id: self.identity.server_id,
+            node: self.identity.node.clone(),
+            advertised: self.identity.advertised.clone(),
+            pid: std::process::id(),
+            transports: self.identity.transports.clone(),
+            max_object: self.store.arena().config().capacity,
+        }
+    }
+
+    fn get(&self, ids: Vec<ObjectId>, wait_ms: u64) -> Outcome<Object> {
+        self.counters
+            .gets
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let found = self.store.lookup(&ids);
+        if wait_ms == 0 || !found.iter().any(|l| matches!(l, Lookup::Reserved)) {
+            return Outcome::Ready(self.get_reply(found));
+        }
+        let service = self.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        Outcome::Deferred(Box::pin(async move {
+            loop {
+                let changed = service.store.changed();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let found = service.store.lookup(&ids);
+                let waiting = found.iter().any(|l| matches!(l, Lookup::Reserved));
+                if !waiting || tokio::time::Instant::now() >= deadline {
+                    return service.get_reply(found);
+                }
+                let _ = tokio::time::timeout_at(deadline, changed).await;
+            }
+        }))
+    }
+
+    fn get_reply(&self, found: Vec<Lookup>) -> Reply<Object> {
+        let mut items = Vec::with_capacity(found.len());
+        let mut payload = Vec::new();
+        for lookup in found {
+            items.push(match lookup {
+                Lookup::Found(object) => {
+                    let size = object.len();
+                    payload.push(object);
+                    GetItem::Found { size }
+                }
+                Lookup::Reserved => GetItem::NotSet,
+                Lookup::Missing => GetItem::NotFound,
+            });
+        }
+        self.counters
+            .get_hits
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        Reply {
+            response: Response::Get { items },
+            payload,
+        }
+    }
+
+    fn greet(&self, session: &mut Session, request: &Request) -> Result<Response, ErrorReply> {
+        let Request::Hello(hello) = request else {
+            return Err(ErrorReply::new(
+                Status::BadRequest,
+                format!("the first request must be Hello (protocol v{PROTOCOL_VERSION})"),
+            ));
+        };
+        if let Some(expected) = &self.identity.token {
+            if hello.token.as_deref() != Some(expected.as_str()) {
+                tracing::warn!(peer = %session.peer, "connection refused: wrong fleet token");
+                return Err(ErrorReply::new(
+                    Status::Unauthorized,
+                    "wrong or missing fleet token (set DIMSTORE_TOKEN or use the fleet file)",
+                ));
+            }
+        }
+        session.greeted = true;
+        Ok(Response::Hello(self.hello_reply()))
+    }
+}
+
+impl Service for StoreService {
+    type Session = Session;
+    type Sink = Allocation;
+    type Source = Object;
+
+    fn open_session(&self, transport: &'static str, peer: String) -> Session {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        self.adjust_transport(transport, |t| t.connections += 1);
+        tracing::debug!(%peer, transport, "session opened");
+        Session {
+            service: self.clone(),
+            transport,
+            peer,
+            greeted: false,
+        }
+    }
+
+    fn payload_sinks(
+        &self,
+        session: &mut Session,
+        request: &Request,
+        payload_len: u64,
+    ) -> Result<Vec<Allocation>, ErrorReply> {
+        let sizes: &[u64] = match request {
+            Request::Put { sizes } if session.greeted => sizes,
+            Request::Set { ids, sizes } if session.greeted => {
+                if ids.len() != sizes.len() {
+                    return Err(ErrorReply::new(
+                        Status::BadRequest,
+                        format!("set names {} ids but {} sizes", ids.len(), sizes.len()),
+                    ));
+                }
+                self.store.check_settable(ids)?;
+                sizes
+            }
+            _ if payload_len == 0 => return Ok(Vec::new()),
+            _ => {
+                return Err(ErrorReply::new(
+                    Status::BadRequest,
+                    "only put and set carry a payload",
+                ))
+            }
+        };
+        let total = sizes.iter().try_fold(0u64, |acc, &s| acc.checked_add(s));
+        if total != Some(payload_len) {
+            return Err(ErrorReply::new(
+                Status::BadRequest,
+                format!("object sizes add up to {total:?} but the payload has {payload_len} bytes"),
+            ));
+        }
+        self.store.allocate(sizes).inspect_err(|e| {
+            if e.status == Status::StoreFull {
+                self.counters.store_full.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    }
+
+    fn handle(
+        &self,
+        session: &mut Session,
+        request: Request,
+        payload: Vec<Allocation>,
+    ) -> Outcome<Object> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        if !session.greeted {
+            let response = self
+                .greet(session, &request)
+                .unwrap_or_else(Response::Error);
+            return Outcome::Ready(Reply::message(response));
+        }
+        let response = match request {
+            Request::Hello(_) => self
+                .greet(session, &request)
+                .unwrap_or_else(Response::Error),
+            Request::Put { .. } => {
+                self.counters
+                    .puts
+                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                Response::Put {
+                    ids: self.store.insert(payload),
+                }
+            }
+            Request::Get { ids, wait_ms } => return self.get(ids, wait_ms),
+            Request::Exists { ids } => Response::Exists {
+                present: self.store.exists(&ids),
+            },
+            Request::Evict { ids } => {
+                let evicted = self.store.evict(&ids);
+                let n = evicted.iter().filter(|&&e| e).count() as u64;
+                self.counters.evictions.fetch_add(n, Ordering::Relaxed);
+                Response::Evict { evicted }
+            }
+            Request::NewKeys { count } => Response::NewKeys {
+                ids: self.store.reserve(count),
+            },
+            Request::Set { ids, .. } => {
+                let n = payload.len() as u64;
+                match self.store.set(&ids, payload) {
+                    Ok(()) => {
+                        self.counters.puts.fetch_add(n, Ordering::Relaxed);
+                        Response::Done
+                    }
+                    Err(e) => Response::Error(e),
+                }
+            }
+            Request::Stats => Response::Stats(self.stats()),
+            Request::Shutdown => {
+                tracing::info!(peer = %session.peer, "shutdown requested by client");
+                self.shutdown.notify_one();
+                Response::Done
+            }
+        };
+        Outcome::Ready(Reply::message(response))
+    }
+
+    fn record_sent(&self, transport: &'static str, bytes: u64) {
+        self.adjust_transport(transport, |t| t.bytes_served += bytes);
+    }
+}

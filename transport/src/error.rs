@@ -1,0 +1,28 @@
+//! Transport errors.
+
+use dimstore_proto::{DecodeError, FrameError};
+
+/// Why a transport operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The server could not be reached.
+    #[error("cannot connect to {address}: {reason}")]
+    Connect {
+        /// Address tried.
+        address: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The deadline passed before the reply arrived.
+    #[error("no reply within the timeout")]
+    Timeout,
+    /// The connection broke (peer died, reset, or the stream became unusable).
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// The peer sent a frame this side refuses.
+    #[error("protocol violation by peer: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer sent a body that failed validation.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}

@@ -1,0 +1,335 @@
+//! The blocking TCP client connection.
+//!
+//! Many threads share one connection. A caller writes its request under the writer lock,
+//! then waits for its reply as a *follower*, or becomes the *leader* that reads frames off the
+//! socket and hands other callers' replies to them. In the common uncontended case the caller
+//! is its own leader: one write and one read on its own thread, no wake-up of another thread.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
+
+use dimstore_proto::{
+    decode_response, encode_request, FrameHeader, FrameKind, FrameLimits, Request, HEADER_LEN,
+};
+use rkyv::util::AlignedVec;
+
+use super::COALESCE_LIMIT;
+use crate::{Connection, Connector, ReplyFrame, TransportError};
+
+/// Longest a follower sleeps before checking whether it should take over reading.
+const FOLLOWER_NAP: Duration = Duration::from_millis(20);
+
+/// Opens TCP connections.
+#[derive(Debug, Clone, Default)]
+pub struct TcpConnector {
+    limits: FrameLimits,
+}
+
+impl TcpConnector {
+    /// A connector whose connections accept replies within `limits`.
+    pub fn new(limits: FrameLimits) -> Self {
+        TcpConnector { limits }
+    }
+}
+
+impl Connector for TcpConnector {
+    type Connection = TcpConnection;
+
+    fn name(&self) -> &'static str {
+        super::NAME
+    }
+
+    fn connect(&self, address: &str, deadline: Instant) -> Result<TcpConnection, TransportError> {
+        let fail = |reason: String| TransportError::Connect {
+            address: address.to_string(),
+            reason,
+        };
+        let addrs: Vec<_> = address
+            .to_socket_addrs()
+            .map_err(|e| fail(e.to_string()))?
+            .collect();
+        let mut last = String::from("address resolved to nothing");
+        for addr in addrs {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(fail("timed out".into()));
+            }
+            match TcpStream::connect_timeout(&addr, remaining) {
+                Ok(stream) => {
+                    stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+                    let reader = stream.try_clone().map_err(|e| fail(e.to_string()))?;
+                    return Ok(TcpConnection {
+                        writer: Mutex::new(stream),
+                        reader: Mutex::new(BufReader::with_capacity(64 << 10, reader)),
+                        state: Mutex::new(State::default()),
+                        wake: Condvar::new(),
+                        next_id: AtomicU64::new(1),
+                        limits: self.limits,
+                    });
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(fail(last))
+    }
+}
+
+/// A TCP connection to one server, shared by all threads of a process.
+#[derive(Debug)]
+pub struct TcpConnection {
+    writer: Mutex<TcpStream>,
+    reader: Mutex<BufReader<TcpStream>>,
+    state: Mutex<State>,
+    wake: Condvar,
+    next_id: AtomicU64,
+    limits: FrameLimits,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Requests waiting for a reply; `Some` once the leader delivered it.
+    pending: HashMap<u64, Option<ReplyFrame>>,
+    /// Set once the stream is unusable.
+    broken: Option<String>,
+}
+
+/// A read that gave up.
+enum ReadFailure {
+    /// Nothing of the next frame had arrived: the stream is still in sync.
+    CleanTimeout,
+    /// The stream is unusable.
+    Broken(TransportError),
+}
+
+impl TcpConnection {
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mark_broken(&self, why: &TransportError) {
+        let mut state = self.lock_state();
+        state.broken.get_or_insert_with(|| why.to_string());
+        drop(state);
+        if let Ok(w) = self.writer.lock() {
+            let _ = w.shutdown(Shutdown::Both);
+        }
+        self.wake.notify_all();
+    }
+
+    fn send(
+        &self,
+        id: u64,
+        request: &Request,
+        payload: &[&[u8]],
+        deadline: Instant,
+    ) -> io::Result<()> {
+        let body = encode_request(request);
+        let payload_len: usize = payload.iter().map(|p| p.len()).sum();
+        let header = FrameHeader {
+            kind: FrameKind::Request,
+            request_id: id,
+            body_len: body.len() as u32,
+            payload_len: payload_len as u64,
+        };
+        let coalesce = payload_len <= COALESCE_LIMIT;
+        let mut head =
+            Vec::with_capacity(HEADER_LEN + body.len() + if coalesce { payload_len } else { 0 });
+        head.extend_from_slice(&header.encode());
+        head.extend_from_slice(&body);
+        if coalesce {
+            for piece in payload {
+                head.extend_from_slice(piece);
+            }
+        }
+        let mut stream = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        stream.set_write_timeout(Some(remaining(deadline)?))?;
+        stream.write_all(&head)?;
+        if !coalesce {
+            for piece in payload {
+                stream.write_all(piece)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one whole frame; see [`ReadFailure`] for what a timeout means.
+    fn read_frame(
+        &self,
+        reader: &mut BufReader<TcpStream>,
+        deadline: Instant,
+    ) -> Result<(u64, ReplyFrame), ReadFailure> {
+        let broken =
+            |e: io::Error| ReadFailure::Broken(TransportError::ConnectionLost(e.to_string()));
+        let timeout = remaining(deadline).map_err(|_| ReadFailure::CleanTimeout)?;
+        reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .map_err(broken)?;
+        let mut raw = [0u8; HEADER_LEN];
+        // The first byte decides whether a timeout leaves the stream in sync.
+        match reader.read(&mut raw[..1]) {
+            Ok(0) => {
+                return Err(broken(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => return Err(ReadFailure::CleanTimeout),
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(ReadFailure::CleanTimeout),
+            Err(e) => return Err(broken(e)),
+        }
+        reader.read_exact(&mut raw[1..]).map_err(broken)?;
+        let header =
+            FrameHeader::decode(&raw, &self.limits).map_err(|e| ReadFailure::Broken(e.into()))?;
+        if header.kind != FrameKind::Response {
+            return Err(ReadFailure::Broken(TransportError::ConnectionLost(
+                "server sent a request frame".into(),
+            )));
+        }
+        let mut body = AlignedVec::<16>::with_capacity(header.body_len as usize);
+        body.resize(header.body_len as usize, 0);
+        reader.read_exact(&mut body).map_err(broken)?;
+        let response = decode_response(&body).map_err(|e| ReadFailure::Broken(e.into()))?;
+        let mut payload = AlignedVec::<16>::new();
+        if header.payload_len > 0 {
+            let len = usize::try_from(header.payload_len).map_err(|_| {
+                ReadFailure::Broken(TransportError::ConnectionLost("payload too large".into()))
+            })?;
+            payload.reserve_exact(len);
+            payload.resize(len, 0);
+            reader.read_exact(&mut payload).map_err(broken)?;
+        }
+        Ok((header.request_id, ReplyFrame { response, payload }))
+    }
+
+    /// Waits for the reply to `id`, reading the socket whenever nobody else is.
+    fn wait_reply(&self, id: u64, deadline: Instant) -> Result<ReplyFrame, TransportError> {
+        loop {
+            if let Some(done) = self.take_if_done(id)? {
+                return Ok(done);
+            }
+            match self.reader.try_lock() {
+                Ok(mut reader) => {
+                    if let Some(done) = self.take_if_done(id)? {
+                        return Ok(done);
+                    }
+                    let result = self.read_frame(&mut reader, deadline);
+                    drop(reader);
+                    match result {
+                        Ok((got, frame)) if got == id => {
+                            self.lock_state().pending.remove(&id);
+                            // Let a follower take over reading.
+                            self.wake.notify_all();
+                            return Ok(frame);
+                        }
+                        Ok((got, frame)) => {
+                            let mut state = self.lock_state();
+                            if let Some(slot) = state.pending.get_mut(&got) {
+                                *slot = Some(frame);
+                            }
+                            drop(state);
+                            self.wake.notify_all();
+                        }
+                        Err(ReadFailure::CleanTimeout) => {
+                            self.lock_state().pending.remove(&id);
+                            self.wake.notify_all();
+                            return Err(TransportError::Timeout);
+                        }
+                        Err(ReadFailure::Broken(e)) => {
+                            self.mark_broken(&e);
+                            self.lock_state().pending.remove(&id);
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(TryLockError::WouldBlock) => {
+                    let state = self.lock_state();
+                    if matches!(state.pending.get(&id), Some(Some(_))) || state.broken.is_some() {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        drop(state);
+                        self.lock_state().pending.remove(&id);
+                        return Err(TransportError::Timeout);
+                    }
+                    let nap = FOLLOWER_NAP.min(deadline - now);
+                    let _ = self.wake.wait_timeout(state, nap);
+                }
+                Err(TryLockError::Poisoned(_)) => {
+                    let e = TransportError::ConnectionLost("reader panicked".into());
+                    self.mark_broken(&e);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn take_if_done(&self, id: u64) -> Result<Option<ReplyFrame>, TransportError> {
+        let mut state = self.lock_state();
+        if let Some(slot) = state.pending.get_mut(&id) {
+            if let Some(frame) = slot.take() {
+                state.pending.remove(&id);
+                return Ok(Some(frame));
+            }
+        }
+        if let Some(why) = &state.broken {
+            let e = TransportError::ConnectionLost(why.clone());
+            state.pending.remove(&id);
+            return Err(e);
+        }
+        Ok(None)
+    }
+}
+
+impl Connection for TcpConnection {
+    fn call(
+        &self,
+        request: &Request,
+        payload: &[&[u8]],
+        deadline: Instant,
+    ) -> Result<ReplyFrame, TransportError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut state = self.lock_state();
+            if let Some(why) = &state.broken {
+                return Err(TransportError::ConnectionLost(why.clone()));
+            }
+            state.pending.insert(id, None);
+        }
+        if let Err(e) = self.send(id, request, payload, deadline) {
+            self.lock_state().pending.remove(&id);
+            // A partial write leaves the stream out of sync.
+            let err = if is_timeout(&e) {
+                TransportError::Timeout
+            } else {
+                TransportError::ConnectionLost(e.to_string())
+            };
+            self.mark_broken(&err);
+            return Err(err);
+        }
+        self.wait_reply(id, deadline)
+    }
+
+    fn is_broken(&self) -> bool {
+        self.lock_state().broken.is_some()
+    }
+}
+
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(io::Error::new(ErrorKind::TimedOut, "deadline passed"))
+    } else {
+        Ok(left)
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}

@@ -1,0 +1,14 @@
+//! TCP: the baseline transport. The server is driven by tokio; the client is blocking, with
+//! deadlines, so a call costs one write and one read on the calling thread.
+
+mod client;
+mod server;
+
+pub use client::{TcpConnection, TcpConnector};
+pub use server::serve;
+
+/// Name advertised for this transport.
+pub const NAME: &str = "tcp";
+
+/// Payloads up to this size are copied into the header buffer and sent in one write.
+const COALESCE_LIMIT: usize = 64 << 10;
