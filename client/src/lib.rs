@@ -1,1 +1,31 @@
-//! dimstore client: Store, keys, proxies, elastic spawn
+//! The dimstore client.
+//!
+//! A [`Store`] talks to the server on this node (found through the fleet file, the runtime
+//! directory, or spawned on demand) and to any other server a key names:
+//!
+//! ```no_run
+//! let store = dimstore::Store::from_env()?;
+//! let key = store.put(b"hello")?;              // stored on this node's server
+//! let text = key.to_string();                  // dim://10.0.0.7:7100/<id>/5: send it anywhere
+//! let bytes = store.get(&text.parse()?)?;      // fetched from the owner, wherever it runs
+//! assert_eq!(&bytes[..], b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Every operation has a timeout ([`ClientConfig::timeout`]): a dead or unreachable owner is a
+//! typed error, never a hang. One connection per server is shared by all threads.
+
+mod archived;
+mod config;
+mod error;
+pub mod fleet;
+mod proxy;
+pub mod spawn;
+mod store;
+
+pub use archived::Archived;
+pub use config::{ClientConfig, SpawnPolicy};
+pub use dimstore_proto::{Key, KeyParseError, ObjectId, ServerStats, TransportStats};
+pub use error::{ConnectError, GetError, PutError, RequestError, SetError};
+pub use proxy::{Proxy, ProxyError};
+pub use store::{ObjectBytes, Store};

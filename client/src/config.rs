@@ -1,0 +1,98 @@
+//! Client configuration, from `DIMSTORE_*` environment variables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Whether a client may start a server on its node when none runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnPolicy {
+    /// Spawn when no server answers (the default).
+    Auto,
+    /// Never spawn: no server is an error.
+    Never,
+}
+
+/// How a client finds servers and how long it waits for them.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Per-operation timeout (`DIMSTORE_TIMEOUT`, e.g. `30s`).
+    pub timeout: Duration,
+    /// Fleet token (`DIMSTORE_TOKEN`; the fleet file's token wins when a fleet is used).
+    pub token: Option<String>,
+    /// Explicit address of the local server (`DIMSTORE_SERVER`).
+    pub server: Option<String>,
+    /// Fleet file (`DIMSTORE_FLEET`), written by `dimstore-launch`.
+    pub fleet: Option<PathBuf>,
+    /// This client's node: a name, or an index into the fleet (`DIMSTORE_NODE`).
+    pub node: Option<String>,
+    /// Directory for per-node ready files and spawn locks (`DIMSTORE_RUNTIME_DIR`).
+    pub runtime_dir: PathBuf,
+    /// Whether to spawn a server when none runs (`DIMSTORE_SPAWN=auto|never`).
+    pub spawn: SpawnPolicy,
+    /// Server binary to spawn (`DIMSTORE_SERVER_BIN`; default: next to this program, then
+    /// `PATH`).
+    pub server_bin: Option<PathBuf>,
+    /// Listen address for a spawned server (`DIMSTORE_LISTEN`, default `0.0.0.0:0`).
+    pub spawn_listen: String,
+    /// Idle timeout for a spawned server (`DIMSTORE_SPAWN_IDLE_TIMEOUT`, default `10m`).
+    pub spawn_idle_timeout: Duration,
+    /// Memory limit for a spawned server (`DIMSTORE_MEMORY_LIMIT`, default: the server's).
+    pub spawn_memory_limit: Option<String>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            timeout: Duration::from_secs(30),
+            token: None,
+            server: None,
+            fleet: None,
+            node: None,
+            runtime_dir: default_runtime_dir(),
+            spawn: SpawnPolicy::Auto,
+            server_bin: None,
+            spawn_listen: "0.0.0.0:0".into(),
+            spawn_idle_timeout: Duration::from_secs(600),
+            spawn_memory_limit: None,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Reads the `DIMSTORE_*` environment over the defaults. Malformed values are reported.
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let duration = |name: &str, default: Duration| -> Result<Duration, String> {
+            var(name).map_or(Ok(default), |v| {
+                humantime::parse_duration(&v).map_err(|e| format!("{name}={v}: {e}"))
+            })
+        };
+        let d = ClientConfig::default();
+        Ok(ClientConfig {
+            timeout: duration("DIMSTORE_TIMEOUT", d.timeout)?,
+            token: var("DIMSTORE_TOKEN"),
+            server: var("DIMSTORE_SERVER"),
+            fleet: var("DIMSTORE_FLEET").map(PathBuf::from),
+            node: var("DIMSTORE_NODE"),
+            runtime_dir: var("DIMSTORE_RUNTIME_DIR").map_or(d.runtime_dir, PathBuf::from),
+            spawn: match var("DIMSTORE_SPAWN").as_deref() {
+                None | Some("auto") => SpawnPolicy::Auto,
+                Some("never") => SpawnPolicy::Never,
+                Some(other) => {
+                    return Err(format!("DIMSTORE_SPAWN={other}: expected auto or never"))
+                }
+            },
+            server_bin: var("DIMSTORE_SERVER_BIN").map(PathBuf::from),
+            spawn_listen: var("DIMSTORE_LISTEN").unwrap_or(d.spawn_listen),
+            spawn_idle_timeout: duration("DIMSTORE_SPAWN_IDLE_TIMEOUT", d.spawn_idle_timeout)?,
+            spawn_memory_limit: var("DIMSTORE_MEMORY_LIMIT"),
+        })
+    }
+}
+
+fn default_runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("dimstore"),
+        _ => std::env::temp_dir().join(format!("dimstore-{}", rustix::process::getuid().as_raw())),
+    }
+}

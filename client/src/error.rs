@@ -1,0 +1,189 @@
+//! Errors, one enum per operation; all share [`RequestError`] for what can go wrong on the way.
+
+use std::time::Duration;
+
+use dimstore_proto::{ErrorReply, Key, Status};
+use dimstore_transport::TransportError;
+
+/// Failure to reach or talk to a server, common to every operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The server could not be reached (dead, wrong address, refused).
+    #[error("server {owner} is unreachable: {reason}")]
+    Unreachable {
+        /// The server's address.
+        owner: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No reply within the operation's timeout.
+    #[error("server {owner} did not answer within {timeout:?}")]
+    Timeout {
+        /// The server's address.
+        owner: String,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// The connection broke during the operation (server died or reset it).
+    #[error("connection to {owner} lost: {reason}")]
+    ConnectionLost {
+        /// The server's address.
+        owner: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server refused the fleet token.
+    #[error("server {owner} refused the fleet token: {message}")]
+    Unauthorized {
+        /// The server's address.
+        owner: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server reported an error.
+    #[error("server {owner} answered {status:?}: {message}")]
+    Server {
+        /// The server's address.
+        owner: String,
+        /// Status class.
+        status: Status,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server answered with something that does not fit the request.
+    #[error("server {owner} sent an unexpected reply: {what}")]
+    Protocol {
+        /// The server's address.
+        owner: String,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+impl RequestError {
+    pub(crate) fn from_transport(owner: &str, timeout: Duration, e: TransportError) -> Self {
+        let owner = owner.to_string();
+        match e {
+            TransportError::Connect { reason, .. } => RequestError::Unreachable { owner, reason },
+            TransportError::Timeout => RequestError::Timeout { owner, timeout },
+            TransportError::ConnectionLost(reason) => {
+                RequestError::ConnectionLost { owner, reason }
+            }
+            other => RequestError::Protocol {
+                owner,
+                what: other.to_string(),
+            },
+        }
+    }
+
+    pub(crate) fn from_reply(owner: &str, e: ErrorReply) -> Self {
+        let owner = owner.to_string();
+        match e.status {
+            Status::Unauthorized => RequestError::Unauthorized {
+                owner,
+                message: e.message,
+            },
+            status => RequestError::Server {
+                owner,
+                status,
+                message: e.message,
+            },
+        }
+    }
+
+    /// The server status, if the server answered with an error.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            RequestError::Server { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Why a put failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// The server's memory limit leaves no room for the object(s).
+    #[error("store full: {0}")]
+    StoreFull(String),
+    /// The object is larger than the server's memory limit.
+    #[error("object too large: {0}")]
+    TooLarge(String),
+    /// The object could not be serialized (typed puts).
+    #[error("cannot serialize the object: {0}")]
+    Serialize(String),
+    /// Reaching or talking to the server failed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+/// Why a get failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    /// The owner has no object under this key (never stored, or evicted).
+    #[error("no object {0}")]
+    NotFound(Key),
+    /// The key is deferred and was not set within the timeout.
+    #[error("deferred object {0} was not set within the timeout")]
+    NotSet(Key),
+    /// The bytes are not a valid archive of the requested type.
+    #[error("object {key} is not a valid archive of the requested type: {reason}")]
+    Invalid {
+        /// The key.
+        key: Key,
+        /// What validation found.
+        reason: String,
+    },
+    /// Reaching or talking to the owner failed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+/// Why a set failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    /// The key already holds an object.
+    #[error("object {0} is already set")]
+    AlreadySet(Key),
+    /// The key was never reserved at its owner (or was evicted).
+    #[error("key {0} is not reserved at its owner")]
+    NotReserved(Key),
+    /// The owner's memory limit leaves no room for the object.
+    #[error("store full: {0}")]
+    StoreFull(String),
+    /// Reaching or talking to the owner failed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+/// Why no server could be found or started for this node.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The fleet file could not be used.
+    #[error("fleet file {path}: {reason}")]
+    Fleet {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// No server runs on this node and spawning is disabled.
+    #[error("no dimstore server for node `{node}` (runtime dir {runtime_dir}) and spawning is disabled (DIMSTORE_SPAWN=never)")]
+    NoServer {
+        /// Node identity.
+        node: String,
+        /// Runtime directory searched.
+        runtime_dir: String,
+    },
+    /// Spawning a server failed.
+    #[error("cannot start a dimstore server for node `{node}`: {reason}")]
+    Spawn {
+        /// Node identity.
+        node: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server was found but the handshake failed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}

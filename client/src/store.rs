@@ -1,0 +1,467 @@
+//! [`Store`]: the client handle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dimstore_proto::{
+    GetItem, Hello, HelloReply, Key, ObjectId, Request, Response, ServerStats, Status,
+};
+use dimstore_transport::tcp::{TcpConnection, TcpConnector};
+use dimstore_transport::{Connection, Connector, ReplyFrame};
+use rkyv::util::AlignedVec;
+
+use crate::config::ClientConfig;
+use crate::error::{ConnectError, GetError, PutError, RequestError, SetError};
+use crate::spawn::{self, LocalServer};
+
+/// An object's bytes as received: owned, 16-byte aligned (so archived values can be read in
+/// place).
+#[derive(Debug, Clone)]
+pub struct ObjectBytes(pub(crate) AlignedVec);
+
+impl PartialEq for ObjectBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_slice() == other.0.as_slice()
+    }
+}
+
+impl Eq for ObjectBytes {}
+
+impl ObjectBytes {
+    /// The bytes as a vector (copies).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.0.to_vec()
+    }
+}
+
+impl std::ops::Deref for ObjectBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for ObjectBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A connected, greeted server.
+#[derive(Debug)]
+struct Peer {
+    connection: TcpConnection,
+    hello: HelloReply,
+}
+
+/// A client of a dimstore fleet. Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    local: LocalServer,
+    connector: TcpConnector,
+    /// One slot per server; the slot's own lock serialises connecting to that server only.
+    peers: Mutex<HashMap<String, Arc<Mutex<Option<Arc<Peer>>>>>>,
+}
+
+impl Store {
+    /// A store configured from the `DIMSTORE_*` environment: finds this node's server
+    /// (through the fleet file or runtime directory) or spawns one.
+    pub fn from_env() -> Result<Store, ConnectError> {
+        let config = ClientConfig::from_env().map_err(|reason| ConnectError::Fleet {
+            path: "environment".into(),
+            reason,
+        })?;
+        Store::with_config(config)
+    }
+
+    /// A store with an explicit configuration.
+    pub fn with_config(config: ClientConfig) -> Result<Store, ConnectError> {
+        let local = spawn::locate(&config)?;
+        let store = Store {
+            timeout: config.timeout,
+            inner: Arc::new(Inner {
+                config,
+                local,
+                connector: TcpConnector::default(),
+                peers: Mutex::new(HashMap::new()),
+            }),
+        };
+        // Fail now, with a clear error, rather than at the first put.
+        store.peer(&store.inner.local.address.clone())?;
+        Ok(store)
+    }
+
+    /// A store whose local server is at `address`.
+    pub fn connect(address: &str, mut config: ClientConfig) -> Result<Store, ConnectError> {
+        config.server = Some(address.to_string());
+        Store::with_config(config)
+    }
+
+    /// The same store with another per-operation timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Store {
+        Store {
+            inner: Arc::clone(&self.inner),
+            timeout,
+        }
+    }
+
+    /// The per-operation timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Control address of this node's server (what keys from [`Store::put`] name).
+    pub fn local_address(&self) -> &str {
+        &self.inner.local.address
+    }
+
+    /// This client's node identity.
+    pub fn node(&self) -> &str {
+        &self.inner.local.node
+    }
+
+    /// Whether constructing this store spawned the node's server.
+    pub fn spawned_server(&self) -> bool {
+        self.inner.local.spawned
+    }
+
+    // ---- puts -------------------------------------------------------------------------
+
+    /// Stores `bytes` on this node's server.
+    pub fn put(&self, bytes: &[u8]) -> Result<Key, PutError> {
+        Ok(self.put_batch(&[bytes])?.remove(0))
+    }
+
+    /// Stores several objects on this node's server in one round trip.
+    pub fn put_batch(&self, objects: &[&[u8]]) -> Result<Vec<Key>, PutError> {
+        let sizes: Vec<u64> = objects.iter().map(|o| o.len() as u64).collect();
+        let owner = self.local_address().to_string();
+        let (peer, reply) = self
+            .call(
+                &owner,
+                &Request::Put {
+                    sizes: sizes.clone(),
+                },
+                objects,
+            )
+            .map_err(put_error)?;
+        match reply.response {
+            Response::Put { ids } if ids.len() == sizes.len() => Ok(ids
+                .into_iter()
+                .zip(sizes)
+                .map(|(id, size)| key(&peer, id, Some(size)))
+                .collect()),
+            other => Err(unexpected(&owner, &other).into()),
+        }
+    }
+
+    // ---- gets -------------------------------------------------------------------------
+
+    /// Fetches an object from its owner. A deferred key not set yet is waited for up to the
+    /// timeout.
+    pub fn get(&self, key: &Key) -> Result<ObjectBytes, GetError> {
+        let (_, reply) = self.get_from(&key.owner, &[key.id])?;
+        let ReplyFrame { response, payload } = reply;
+        match response {
+            Response::Get { items } => match items.as_slice() {
+                [GetItem::Found { size }] if *size == payload.len() as u64 => {
+                    Ok(ObjectBytes(payload))
+                }
+                [GetItem::NotFound] => Err(GetError::NotFound(key.clone())),
+                [GetItem::NotSet] => Err(GetError::NotSet(key.clone())),
+                _ => Err(unexpected(&key.owner, &Response::Get { items }).into()),
+            },
+            other => Err(unexpected(&key.owner, &other).into()),
+        }
+    }
+
+    /// Fetches several objects: one round trip per owner. The result is in key order;
+    /// `None` where the owner has no such object (or a deferred one was not set in time).
+    pub fn get_batch(&self, keys: &[Key]) -> Result<Vec<Option<ObjectBytes>>, GetError> {
+        let mut out: Vec<Option<ObjectBytes>> = vec![None; keys.len()];
+        for (owner, indices) in group_by_owner(keys) {
+            let ids: Vec<ObjectId> = indices.iter().map(|&i| keys[i].id).collect();
+            let (_, reply) = self.get_from(owner, &ids)?;
+            let Response::Get { items } = reply.response else {
+                return Err(unexpected(owner, &reply.response).into());
+            };
+            if items.len() != ids.len() {
+                return Err(unexpected(owner, &Response::Get { items }).into());
+            }
+            let mut offset = 0usize;
+            for (&i, item) in indices.iter().zip(&items) {
+                if let GetItem::Found { size } = *item {
+                    let end = offset.saturating_add(size as usize);
+                    let bytes = reply.payload.get(offset..end).ok_or_else(|| {
+                        unexpected(
+                            owner,
+                            &Response::Get {
+                                items: items.clone(),
+                            },
+                        )
+                    })?;
+                    let mut buf = AlignedVec::with_capacity(bytes.len());
+                    buf.extend_from_slice(bytes);
+                    out[i] = Some(ObjectBytes(buf));
+                    offset = end;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_from(
+        &self,
+        owner: &str,
+        ids: &[ObjectId],
+    ) -> Result<(Arc<Peer>, ReplyFrame), RequestError> {
+        // The server waits for deferred objects a little less than our deadline, so its
+        // NotSet answer arrives before we give up on the connection.
+        let margin = (self.timeout / 10).min(Duration::from_secs(1));
+        let wait_ms = (self.timeout - margin).as_millis() as u64;
+        let request = Request::Get {
+            ids: ids.to_vec(),
+            wait_ms,
+        };
+        self.call(owner, &request, &[])
+    }
+
+    // ---- exists / evict ---------------------------------------------------------------
+
+    /// Whether the object exists at its owner.
+    pub fn exists(&self, key: &Key) -> Result<bool, RequestError> {
+        Ok(self.exists_batch(std::slice::from_ref(key))?[0])
+    }
+
+    /// Existence of several objects, one round trip per owner.
+    pub fn exists_batch(&self, keys: &[Key]) -> Result<Vec<bool>, RequestError> {
+        self.per_owner(
+            keys,
+            |ids| Request::Exists { ids },
+            |r| match r {
+                Response::Exists { present } => Some(present),
+                _ => None,
+            },
+        )
+    }
+
+    /// Removes the object at its owner; `false` if it was not there.
+    pub fn evict(&self, key: &Key) -> Result<bool, RequestError> {
+        Ok(self.evict_batch(std::slice::from_ref(key))?[0])
+    }
+
+    /// Removes several objects, one round trip per owner.
+    pub fn evict_batch(&self, keys: &[Key]) -> Result<Vec<bool>, RequestError> {
+        self.per_owner(
+            keys,
+            |ids| Request::Evict { ids },
+            |r| match r {
+                Response::Evict { evicted } => Some(evicted),
+                _ => None,
+            },
+        )
+    }
+
+    fn per_owner(
+        &self,
+        keys: &[Key],
+        request: impl Fn(Vec<ObjectId>) -> Request,
+        extract: impl Fn(Response) -> Option<Vec<bool>>,
+    ) -> Result<Vec<bool>, RequestError> {
+        let mut out = vec![false; keys.len()];
+        for (owner, indices) in group_by_owner(keys) {
+            let ids: Vec<ObjectId> = indices.iter().map(|&i| keys[i].id).collect();
+            let (_, reply) = self.call(owner, &request(ids), &[])?;
+            let shown = format!("{:?}", reply.response);
+            let flags = extract(reply.response)
+                .filter(|f| f.len() == indices.len())
+                .ok_or_else(|| RequestError::Protocol {
+                    owner: owner.to_string(),
+                    what: shown,
+                })?;
+            for (&i, flag) in indices.iter().zip(flags) {
+                out[i] = flag;
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- deferred objects -------------------------------------------------------------
+
+    /// Reserves a key on this node's server for an object that will be [`Store::set`] later.
+    /// A get on it waits (up to its timeout) until it is set.
+    pub fn new_key(&self) -> Result<Key, RequestError> {
+        Ok(self.new_keys(1)?.remove(0))
+    }
+
+    /// Reserves several keys in one round trip.
+    pub fn new_keys(&self, count: u32) -> Result<Vec<Key>, RequestError> {
+        let owner = self.local_address().to_string();
+        let (peer, reply) = self.call(&owner, &Request::NewKeys { count }, &[])?;
+        match reply.response {
+            Response::NewKeys { ids } if ids.len() == count as usize => {
+                Ok(ids.into_iter().map(|id| key(&peer, id, None)).collect())
+            }
+            other => Err(unexpected(&owner, &other)),
+        }
+    }
+
+    /// Sets a reserved key's object (at the key's owner, whichever node that is). Returns the
+    /// key with its size filled in.
+    pub fn set(&self, key: &Key, bytes: &[u8]) -> Result<Key, SetError> {
+        let request = Request::Set {
+            ids: vec![key.id],
+            sizes: vec![bytes.len() as u64],
+        };
+        let (_, reply) =
+            self.call(&key.owner, &request, &[bytes])
+                .map_err(|e| match e.status() {
+                    Some(Status::AlreadySet) => SetError::AlreadySet(key.clone()),
+                    Some(Status::NotFound) => SetError::NotReserved(key.clone()),
+                    Some(Status::StoreFull | Status::TooLarge) => {
+                        SetError::StoreFull(e.to_string())
+                    }
+                    _ => SetError::Request(e),
+                })?;
+        match reply.response {
+            Response::Done => Ok(Key {
+                size: Some(bytes.len() as u64),
+                ..key.clone()
+            }),
+            other => Err(unexpected(&key.owner, &other).into()),
+        }
+    }
+
+    // ---- administration ---------------------------------------------------------------
+
+    /// Statistics of this node's server.
+    pub fn stats(&self) -> Result<ServerStats, RequestError> {
+        self.stats_of(&self.local_address().to_string())
+    }
+
+    /// Statistics of the server at `address`.
+    pub fn stats_of(&self, address: &str) -> Result<ServerStats, RequestError> {
+        let (_, reply) = self.call(address, &Request::Stats, &[])?;
+        match reply.response {
+            Response::Stats(stats) => Ok(stats),
+            other => Err(unexpected(address, &other)),
+        }
+    }
+
+    /// Asks the server at `address` to stop.
+    pub fn shutdown_server(&self, address: &str) -> Result<(), RequestError> {
+        let (_, reply) = self.call(address, &Request::Shutdown, &[])?;
+        match reply.response {
+            Response::Done => Ok(()),
+            other => Err(unexpected(address, &other)),
+        }
+    }
+
+    // ---- plumbing ---------------------------------------------------------------------
+
+    /// Sends one request to `owner` within this store's timeout.
+    fn call(
+        &self,
+        owner: &str,
+        request: &Request,
+        payload: &[&[u8]],
+    ) -> Result<(Arc<Peer>, ReplyFrame), RequestError> {
+        let deadline = Instant::now() + self.timeout;
+        let peer = self.peer_by(owner, deadline)?;
+        let reply = peer
+            .connection
+            .call(request, payload, deadline)
+            .map_err(|e| RequestError::from_transport(owner, self.timeout, e))?;
+        if let Response::Error(e) = reply.response {
+            return Err(RequestError::from_reply(owner, e));
+        }
+        Ok((peer, reply))
+    }
+
+    fn peer(&self, owner: &str) -> Result<Arc<Peer>, RequestError> {
+        self.peer_by(owner, Instant::now() + self.timeout)
+    }
+
+    /// The greeted connection to `owner`, opened on first use and replaced once broken.
+    fn peer_by(&self, owner: &str, deadline: Instant) -> Result<Arc<Peer>, RequestError> {
+        let slot = {
+            let mut peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(peers.entry(owner.to_string()).or_default())
+        };
+        // One connection per peer even when many threads start at once; a slow or dead
+        // server only delays the callers that need it.
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(peer) = slot.as_ref().filter(|p| !p.connection.is_broken()) {
+            return Ok(Arc::clone(peer));
+        }
+        *slot = None;
+        let fail = |e| RequestError::from_transport(owner, self.timeout, e);
+        let connection = self
+            .inner
+            .connector
+            .connect(owner, deadline)
+            .map_err(fail)?;
+        let token = self
+            .inner
+            .local
+            .token
+            .clone()
+            .or_else(|| self.inner.config.token.clone());
+        let hello = Request::Hello(Hello {
+            token,
+            client_node: self.inner.local.node.clone(),
+            client_pid: std::process::id(),
+        });
+        let reply = connection.call(&hello, &[], deadline).map_err(fail)?;
+        let hello = match reply.response {
+            Response::Hello(h) => h,
+            Response::Error(e) => return Err(RequestError::from_reply(owner, e)),
+            other => return Err(unexpected(owner, &other)),
+        };
+        let peer = Arc::new(Peer { connection, hello });
+        *slot = Some(Arc::clone(&peer));
+        Ok(peer)
+    }
+}
+
+fn key(peer: &Peer, id: ObjectId, size: Option<u64>) -> Key {
+    Key {
+        owner: peer.hello.advertised.clone(),
+        id,
+        size,
+    }
+}
+
+fn group_by_owner(keys: &[Key]) -> Vec<(&str, Vec<usize>)> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        match groups.iter_mut().find(|(o, _)| *o == key.owner) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((&key.owner, vec![i])),
+        }
+    }
+    groups
+}
+
+fn unexpected(owner: &str, response: &Response) -> RequestError {
+    RequestError::Protocol {
+        owner: owner.to_string(),
+        what: format!("{response:?}"),
+    }
+}
+
+fn put_error(e: RequestError) -> PutError {
+    match e.status() {
+        Some(Status::StoreFull) => PutError::StoreFull(e.to_string()),
+        Some(Status::TooLarge) => PutError::TooLarge(e.to_string()),
+        _ => PutError::Request(e),
+    }
+}
