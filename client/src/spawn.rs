@@ -221,8 +221,9 @@ fn lock_exclusive(path: &Path, deadline: Instant) -> Result<File, String> {
     }
 }
 
-/// The server binary: configured, else next to this program, else on `PATH`.
-fn server_binary(config: &ClientConfig) -> PathBuf {
+/// The server binary: configured (`DIMSTORE_SERVER_BIN`), else `dimstore-server` next to this
+/// program (or one directory up, for test binaries in `target/*/deps`), else on `PATH`.
+pub fn server_binary(config: &ClientConfig) -> PathBuf {
     if let Some(bin) = &config.server_bin {
         return bin.clone();
     }

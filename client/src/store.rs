@@ -65,7 +65,8 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     config: ClientConfig,
-    local: LocalServer,
+    /// This node's server; `None` for a store that only reads other servers' keys.
+    local: Option<LocalServer>,
     connector: TcpConnector,
     /// One slot per server; the slot's own lock serialises connecting to that server only.
     peers: Mutex<HashMap<String, Arc<Mutex<Option<Arc<Peer>>>>>>,
@@ -85,7 +86,21 @@ impl Store {
     /// A store with an explicit configuration.
     pub fn with_config(config: ClientConfig) -> Result<Store, ConnectError> {
         let local = spawn::locate(&config)?;
-        let store = Store {
+        let address = local.address.clone();
+        let store = Store::build(config, Some(local));
+        // Fail now, with a clear error, rather than at the first put.
+        store.peer_by(&address, Instant::now() + store.timeout)?;
+        Ok(store)
+    }
+
+    /// A store without a server of its own: it can get, check and evict objects by key
+    /// (and set deferred keys) but not put. Nothing is located or spawned.
+    pub fn without_local(config: ClientConfig) -> Store {
+        Store::build(config, None)
+    }
+
+    fn build(config: ClientConfig, local: Option<LocalServer>) -> Store {
+        Store {
             timeout: config.timeout,
             inner: Arc::new(Inner {
                 config,
@@ -93,10 +108,7 @@ impl Store {
                 connector: TcpConnector::default(),
                 peers: Mutex::new(HashMap::new()),
             }),
-        };
-        // Fail now, with a clear error, rather than at the first put.
-        store.peer(&store.inner.local.address.clone())?;
-        Ok(store)
+        }
     }
 
     /// A store whose local server is at `address`.
@@ -118,19 +130,31 @@ impl Store {
         self.timeout
     }
 
-    /// Control address of this node's server (what keys from [`Store::put`] name).
-    pub fn local_address(&self) -> &str {
-        &self.inner.local.address
+    /// Control address of this node's server, if the store has one.
+    pub fn local_address(&self) -> Option<&str> {
+        self.inner.local.as_ref().map(|l| l.address.as_str())
     }
 
     /// This client's node identity.
-    pub fn node(&self) -> &str {
-        &self.inner.local.node
+    pub fn node(&self) -> String {
+        match &self.inner.local {
+            Some(local) => local.node.clone(),
+            None => spawn::node_name(&self.inner.config),
+        }
     }
 
     /// Whether constructing this store spawned the node's server.
     pub fn spawned_server(&self) -> bool {
-        self.inner.local.spawned
+        self.inner.local.as_ref().is_some_and(|l| l.spawned)
+    }
+
+    fn local(&self) -> Result<String, RequestError> {
+        self.local_address()
+            .map(str::to_string)
+            .ok_or_else(|| RequestError::Unreachable {
+                owner: "(this node)".into(),
+                reason: "this store was created without a local server".into(),
+            })
     }
 
     // ---- puts -------------------------------------------------------------------------
@@ -143,16 +167,13 @@ impl Store {
     /// Stores several objects on this node's server in one round trip.
     pub fn put_batch(&self, objects: &[&[u8]]) -> Result<Vec<Key>, PutError> {
         let sizes: Vec<u64> = objects.iter().map(|o| o.len() as u64).collect();
-        let owner = self.local_address().to_string();
-        let (peer, reply) = self
-            .call(
-                &owner,
-                &Request::Put {
-                    sizes: sizes.clone(),
-                },
-                objects,
-            )
-            .map_err(put_error)?;
+        let owner = self.local()?;
+        let peer = self.peer_by(&owner, Instant::now() + self.timeout)?;
+        check_fits(&peer, &sizes)?;
+        let request = Request::Put {
+            sizes: sizes.clone(),
+        };
+        let (peer, reply) = self.call(&owner, &request, objects).map_err(put_error)?;
         match reply.response {
             Response::Put { ids } if ids.len() == sizes.len() => Ok(ids
                 .into_iter()
@@ -304,7 +325,7 @@ impl Store {
 
     /// Reserves several keys in one round trip.
     pub fn new_keys(&self, count: u32) -> Result<Vec<Key>, RequestError> {
-        let owner = self.local_address().to_string();
+        let owner = self.local()?;
         let (peer, reply) = self.call(&owner, &Request::NewKeys { count }, &[])?;
         match reply.response {
             Response::NewKeys { ids } if ids.len() == count as usize => {
@@ -317,9 +338,12 @@ impl Store {
     /// Sets a reserved key's object (at the key's owner, whichever node that is). Returns the
     /// key with its size filled in.
     pub fn set(&self, key: &Key, bytes: &[u8]) -> Result<Key, SetError> {
+        let sizes = vec![bytes.len() as u64];
+        let peer = self.peer_by(&key.owner, Instant::now() + self.timeout)?;
+        check_fits(&peer, &sizes).map_err(|e| SetError::StoreFull(e.to_string()))?;
         let request = Request::Set {
             ids: vec![key.id],
-            sizes: vec![bytes.len() as u64],
+            sizes,
         };
         let (_, reply) =
             self.call(&key.owner, &request, &[bytes])
@@ -344,7 +368,7 @@ impl Store {
 
     /// Statistics of this node's server.
     pub fn stats(&self) -> Result<ServerStats, RequestError> {
-        self.stats_of(&self.local_address().to_string())
+        self.stats_of(&self.local()?)
     }
 
     /// Statistics of the server at `address`.
@@ -386,10 +410,6 @@ impl Store {
         Ok((peer, reply))
     }
 
-    fn peer(&self, owner: &str) -> Result<Arc<Peer>, RequestError> {
-        self.peer_by(owner, Instant::now() + self.timeout)
-    }
-
     /// The greeted connection to `owner`, opened on first use and replaced once broken.
     fn peer_by(&self, owner: &str, deadline: Instant) -> Result<Arc<Peer>, RequestError> {
         let slot = {
@@ -412,12 +432,12 @@ impl Store {
         let token = self
             .inner
             .local
-            .token
-            .clone()
+            .as_ref()
+            .and_then(|l| l.token.clone())
             .or_else(|| self.inner.config.token.clone());
         let hello = Request::Hello(Hello {
             token,
-            client_node: self.inner.local.node.clone(),
+            client_node: self.node(),
             client_pid: std::process::id(),
         });
         let reply = connection.call(&hello, &[], deadline).map_err(fail)?;
@@ -456,6 +476,26 @@ fn unexpected(owner: &str, response: &Response) -> RequestError {
         owner: owner.to_string(),
         what: format!("{response:?}"),
     }
+}
+
+/// Refuses objects the server could never hold before sending them: the server would have to
+/// drop the connection rather than read a payload beyond its memory limit.
+fn check_fits(peer: &Peer, sizes: &[u64]) -> Result<(), PutError> {
+    let limit = peer.hello.max_object;
+    if let Some(big) = sizes.iter().find(|&&s| s > limit) {
+        return Err(PutError::TooLarge(format!(
+            "object of {big} bytes exceeds the memory limit of {limit} bytes of {}",
+            peer.hello.advertised
+        )));
+    }
+    let total = sizes.iter().fold(0u64, |a, &s| a.saturating_add(s));
+    if total > limit {
+        return Err(PutError::StoreFull(format!(
+            "batch of {total} bytes exceeds the memory limit of {limit} bytes of {}",
+            peer.hello.advertised
+        )));
+    }
+    Ok(())
 }
 
 fn put_error(e: RequestError) -> PutError {

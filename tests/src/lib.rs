@@ -1,1 +1,238 @@
-//! dimstore integration and transport test suites
+//! Test harness: real `dimstore-server` processes on loopback, cleaned up on drop, and the
+//! transport test suite ([`suite`]) that every transport runs unchanged.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dimstore::{ClientConfig, SpawnPolicy, Store};
+use dimstore_proto::ReadyFile;
+
+pub mod suite;
+
+/// Directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/<test> -> target/debug
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// Path of a workspace binary; panics with a hint when it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} not built: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// Options for a test server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// `--memory-limit`.
+    pub memory_limit: String,
+    /// `--token`.
+    pub token: Option<String>,
+    /// `--node`.
+    pub node: String,
+    /// Extra arguments.
+    pub extra: Vec<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            memory_limit: "256MiB".into(),
+            token: None,
+            node: "n0".into(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// A running server process, killed on drop.
+#[derive(Debug)]
+pub struct TestServer {
+    child: Child,
+    /// Its ready file's contents.
+    pub ready: ReadyFile,
+    /// Its scratch directory (ready file, log).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server and waits (bounded) for its ready file.
+    pub fn start(options: ServerOptions) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ready_path = dir.path().join("ready.json");
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+        let mut command = Command::new(binary("dimstore-server"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--node", &options.node])
+            .args(["--memory-limit", &options.memory_limit])
+            .arg("--ready-file")
+            .arg(&ready_path)
+            .args(["--log", "debug"])
+            .args(&options.extra)
+            .env_remove("DIMSTORE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(token) = &options.token {
+            command.args(["--token", token]);
+        }
+        let mut child = command.spawn().expect("spawn dimstore-server");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(bytes) = std::fs::read(&ready_path) {
+                if let Ok(ready) = serde_json::from_slice::<ReadyFile>(&bytes) {
+                    return TestServer { child, ready, dir };
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "dimstore-server exited with {status}:\n{}",
+                    std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dimstore-server not ready in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Control address.
+    pub fn address(&self) -> &str {
+        &self.ready.address
+    }
+
+    /// A client whose local server is this one.
+    pub fn client(&self, transport: &str) -> Store {
+        self.client_with(transport, |_| {})
+    }
+
+    /// A client whose local server is this one, with configuration tweaks.
+    pub fn client_with(&self, transport: &str, tweak: impl FnOnce(&mut ClientConfig)) -> Store {
+        let mut config = test_config(transport);
+        tweak(&mut config);
+        Store::connect(self.address(), config).expect("connect to test server")
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("kill");
+    }
+
+    /// Waits (bounded) for the process to exit and returns whether it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Resident memory of the server process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Resident set size of a process in KiB (from /proc).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Client configuration for tests: short timeout, never spawn, the given transport.
+pub fn test_config(transport: &str) -> ClientConfig {
+    assert_eq!(transport, "tcp", "transport {transport} is not built yet");
+    ClientConfig {
+        timeout: Duration::from_secs(10),
+        spawn: SpawnPolicy::Never,
+        ..ClientConfig::default()
+    }
+}
+
+/// Several servers, one per simulated node.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The servers, node `n<i>` at index i.
+    pub servers: Vec<TestServer>,
+}
+
+impl Cluster {
+    /// Starts `n` servers.
+    pub fn start(n: usize) -> Cluster {
+        Cluster {
+            servers: (0..n)
+                .map(|i| {
+                    TestServer::start(ServerOptions {
+                        node: format!("n{i}"),
+                        ..ServerOptions::default()
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// FNV-1a, to compare large objects without keeping two copies around.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Whether a file exists (for readability in tests).
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}

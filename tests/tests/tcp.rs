@@ -1,0 +1,3 @@
+//! The transport suite over TCP.
+
+dimstore_tests::transport_suite!("tcp");
