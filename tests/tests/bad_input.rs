@@ -1,0 +1,266 @@
+//! Malformed input from the network: every case gets an error reply or a closed connection,
+//! the server allocates nothing beyond its limits, and other clients keep being served.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use dimstore_proto::{
+    decode_response, encode_request, FrameDecoder, FrameHeader, FrameKind, FrameLimits, Hello,
+    Request, Response, Status, HEADER_LEN,
+};
+use dimstore_tests::{pattern, ServerOptions, TestServer};
+
+/// What the server did with a malformed input.
+#[derive(Debug, PartialEq)]
+enum Reaction {
+    /// An error reply with this status, then the connection closed.
+    ErrorThenClosed(Status),
+    /// An error reply with this status; the connection stays open.
+    Error(Status),
+    /// Closed without a reply.
+    Closed,
+}
+
+fn raw(server: &TestServer) -> TcpStream {
+    let s = TcpStream::connect(server.address()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s
+}
+
+fn frame(kind: FrameKind, id: u64, body: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = FrameHeader {
+        kind,
+        request_id: id,
+        body_len: body.len() as u32,
+        payload_len: payload.len() as u64,
+    }
+    .encode()
+    .to_vec();
+    out.extend_from_slice(body);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn request(id: u64, r: &Request, payload: &[u8]) -> Vec<u8> {
+    frame(FrameKind::Request, id, &encode_request(r), payload)
+}
+
+fn hello() -> Request {
+    Request::Hello(Hello {
+        token: None,
+        client_node: "fuzzer".into(),
+        client_pid: 1,
+    })
+}
+
+/// Reads replies until the server closes or goes quiet.
+fn react(stream: &mut TcpStream) -> Reaction {
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    let mut status = None;
+    let mut buf = [0u8; 4096];
+    let mut decoder_len = 0usize;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                decoder_len += n;
+                decoder.push(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Reaction::Error(status.unwrap_or_else(|| {
+                    panic!(
+                        "neither a reply nor a close (got {} bytes so far)",
+                        decoder_len
+                    )
+                }));
+            }
+            Err(_) => break,
+        }
+        while let Some(f) = decoder.next_frame().expect("server frames are valid") {
+            let mut body = rkyv::util::AlignedVec::<16>::new();
+            body.extend_from_slice(&f.body);
+            match decode_response(&body).expect("valid response") {
+                Response::Error(e) => status = Some(e.status),
+                other => panic!("expected an error reply, got {other:?}"),
+            }
+        }
+    }
+    match status {
+        Some(s) => Reaction::ErrorThenClosed(s),
+        None => Reaction::Closed,
+    }
+}
+
+fn send(server: &TestServer, bytes: &[u8]) -> Reaction {
+    let mut s = raw(server);
+    // The server may close before reading everything; a reset on write is a reaction too.
+    if s.write_all(bytes).is_err() {
+        return Reaction::Closed;
+    }
+    // Done sending: a frame cut short by the end of the stream is refused by the close.
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    react(&mut s)
+}
+
+fn assert_still_serving(server: &TestServer) {
+    let client = server.client("tcp");
+    let key = client.put(b"still here").expect("put after bad input");
+    assert_eq!(&client.get(&key).expect("get")[..], b"still here");
+}
+
+#[test]
+fn every_malformed_frame_gets_an_error_or_a_close_and_others_are_served() {
+    let server = TestServer::start(ServerOptions {
+        memory_limit: "64MiB".into(),
+        ..ServerOptions::default()
+    });
+    // A well-behaved client connected throughout.
+    let bystander = server.client("tcp");
+    let kept = bystander.put(&pattern(100_000, 5)).expect("bystander put");
+
+    let good = request(1, &hello(), &[]);
+
+    let mut wrong_magic = good.clone();
+    wrong_magic[..4].copy_from_slice(b"HTTP");
+    assert_eq!(
+        send(&server, &wrong_magic),
+        Reaction::ErrorThenClosed(Status::BadRequest)
+    );
+
+    let mut wrong_version = good.clone();
+    wrong_version[4] = 99;
+    assert_eq!(
+        send(&server, &wrong_version),
+        Reaction::ErrorThenClosed(Status::BadRequest)
+    );
+
+    let mut unknown_kind = good.clone();
+    unknown_kind[6] = 42;
+    assert_eq!(
+        send(&server, &unknown_kind),
+        Reaction::ErrorThenClosed(Status::BadRequest)
+    );
+
+    let response_kind = frame(FrameKind::Response, 1, &encode_request(&hello()), &[]);
+    assert_eq!(
+        send(&server, &response_kind),
+        Reaction::ErrorThenClosed(Status::BadRequest)
+    );
+
+    // Declared lengths far beyond any limit: refused before anything is allocated.
+    let rss_before = server.rss_kib();
+    let mut huge_payload = good[..HEADER_LEN].to_vec();
+    huge_payload[24..32].copy_from_slice(&(1u64 << 63).to_le_bytes());
+    assert_eq!(
+        send(&server, &huge_payload),
+        Reaction::ErrorThenClosed(Status::BadRequest)
+    );
+    let mut huge_body = good[..HEADER_LEN].to_vec();
+    huge_body[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        send(&server, &huge_body),
+        Reaction::ErrorThenClosed(Status::BadRequest)
+    );
+    assert!(
+        server.rss_kib() < rss_before + 16 * 1024,
+        "declared lengths must not be allocated"
+    );
+
+    // Truncated frames: the server waits for the rest, then sees the close.
+    for cut in [1, HEADER_LEN - 1, HEADER_LEN + 3, good.len() - 1] {
+        let mut s = raw(&server);
+        s.write_all(&good[..cut]).expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("half close");
+        assert_eq!(react(&mut s), Reaction::Closed, "cut at {cut}");
+    }
+
+    // Random bytes.
+    for seed in 0..20 {
+        let junk = pattern(1 + (seed as usize * 97) % 3000, seed);
+        let r = send(&server, &junk);
+        assert!(
+            matches!(r, Reaction::Closed | Reaction::ErrorThenClosed(_)),
+            "seed {seed}: {r:?}"
+        );
+    }
+
+    // A valid header with a garbage body: error reply, and the stream stays in sync.
+    let mut s = raw(&server);
+    s.write_all(&frame(FrameKind::Request, 9, &pattern(64, 3), &[]))
+        .expect("write");
+    s.write_all(&good).expect("write hello");
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 4096];
+    while replies.len() < 2 {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early");
+        decoder.push(&buf[..n]);
+        while let Some(f) = decoder.next_frame().expect("valid") {
+            let mut body = rkyv::util::AlignedVec::<16>::new();
+            body.extend_from_slice(&f.body);
+            replies.push((f.header.request_id, decode_response(&body).expect("valid")));
+        }
+    }
+    assert!(matches!(&replies[0], (9, Response::Error(e)) if e.status == Status::BadRequest));
+    assert!(matches!(&replies[1], (1, Response::Hello(_))));
+
+    // Requests before Hello, sizes that do not match the payload, payload on a get.
+    let mut s = raw(&server);
+    s.write_all(&request(2, &Request::Stats, &[]))
+        .expect("write");
+    assert_eq!(react(&mut s), Reaction::Error(Status::BadRequest));
+    let mut s = raw(&server);
+    s.write_all(&good).expect("hello");
+    s.write_all(&request(
+        3,
+        &Request::Put {
+            sizes: vec![10, 10],
+        },
+        &[1u8; 15],
+    ))
+    .expect("write");
+    s.write_all(&request(
+        4,
+        &Request::Get {
+            ids: vec![],
+            wait_ms: 0,
+        },
+        &[1u8; 8],
+    ))
+    .expect("write");
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    let mut statuses = Vec::new();
+    while statuses.len() < 3 {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early");
+        decoder.push(&buf[..n]);
+        while let Some(f) = decoder.next_frame().expect("valid") {
+            let mut body = rkyv::util::AlignedVec::<16>::new();
+            body.extend_from_slice(&f.body);
+            statuses.push(match decode_response(&body).expect("valid") {
+                Response::Error(e) => Some(e.status),
+                _ => None,
+            });
+        }
+    }
+    assert_eq!(
+        statuses,
+        vec![None, Some(Status::BadRequest), Some(Status::BadRequest)]
+    );
+
+    // The bystander never noticed; the server holds only its object.
+    assert_eq!(bystander.get(&kept).expect("bystander get").len(), 100_000);
+    assert_still_serving(&server);
+    let stats = bystander.stats().expect("stats");
+    assert!(
+        stats.bytes_used <= 200_000,
+        "{} bytes held",
+        stats.bytes_used
+    );
+}
