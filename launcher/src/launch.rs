@@ -1,0 +1,258 @@
+//! `run` and `up`: start a local fleet, write its fleet file, then run a command next to it
+//! and tear it down (`run`), or leave it running (`up`).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dimstore::fleet::FleetError;
+use dimstore::ClientConfig;
+
+use crate::command::{self, CommandError, Forwarding};
+use crate::interrupt::{self, Interrupts};
+use crate::local::{self, LocalFleet, LocalSpec, StartError, STOP_GRACE};
+use crate::process;
+use crate::progress;
+use crate::rundir::{RunDir, RunDirError};
+
+/// How to start a local fleet.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Number of servers (simulated nodes `node0`..).
+    pub count: usize,
+    /// `--memory-limit` for each server.
+    pub memory_limit: Option<String>,
+    /// Further arguments for each server.
+    pub server_args: Vec<String>,
+    /// The server binary (default: [`dimstore::spawn::server_binary`]'s choice).
+    pub server_bin: Option<PathBuf>,
+    /// Where to write the fleet file (default: `<run dir>/fleet.json`).
+    pub fleet_file: Option<PathBuf>,
+    /// The run directory (default: a fresh one, see [`RunDir::create_fresh`]).
+    pub run_dir: Option<PathBuf>,
+    /// How long servers may take to be ready.
+    pub ready_timeout: Duration,
+    /// Go on with the servers that started when others fail.
+    pub allow_partial: bool,
+    /// Keep the run directory (logs) and fleet file after the fleet stops.
+    pub keep: bool,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// Why `run` or `up` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The run directory could not be set up.
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    /// The fleet did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The fleet file could not be written.
+    #[error("cannot write fleet file {path}")]
+    FleetFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: FleetError,
+    },
+    /// The command could not be run.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+impl LaunchError {
+    /// The exit code for this failure: 128 + signal when interrupted, 127 or 126 when the
+    /// command was not found or not executable (as shells do), else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LaunchError::Start(StartError::Interrupted(signal)) => 128 + signal,
+            LaunchError::Command(CommandError::Spawn { source, .. }) => match source.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                std::io::ErrorKind::PermissionDenied => 126,
+                _ => 1,
+            },
+            _ => 1,
+        }
+    }
+}
+
+/// Starts a local fleet, runs `argv` with `DIMSTORE_FLEET` and `DIMSTORE_TOKEN` set, and
+/// stops the fleet when the command exits or the launcher is signalled. Returns the
+/// command's exit code (128 + signal if a signal ended it).
+///
+/// # Errors
+/// See [`LaunchError`]; the fleet is stopped and the run directory removed (unless `keep`)
+/// before it is returned.
+pub fn run(options: &StartOptions, argv: &[OsString], grace: Duration) -> Result<i32, LaunchError> {
+    let interrupts = Interrupts::install().map_err(LaunchError::Signals)?;
+    let mut run_dir = make_run_dir(options)?;
+    let result = run_in(options, argv, grace, &interrupts, &mut run_dir);
+    cleanup(options, &run_dir);
+    result
+}
+
+fn run_in(
+    options: &StartOptions,
+    argv: &[OsString],
+    grace: Duration,
+    interrupts: &Interrupts,
+    run_dir: &mut RunDir,
+) -> Result<i32, LaunchError> {
+    let mut fleet = start(options, run_dir, interrupts)?;
+    let fleet_path = fleet_path(options, run_dir);
+    let written = write_fleet(&fleet, &fleet_path);
+    let outcome = written.and_then(|()| {
+        let env = [
+            ("DIMSTORE_FLEET", fleet_path.clone().into_os_string()),
+            (
+                "DIMSTORE_TOKEN",
+                fleet.fleet().token.unwrap_or_default().into(),
+            ),
+        ];
+        Ok(command::run(
+            argv,
+            &env,
+            interrupts,
+            Forwarding::detect(grace),
+        )?)
+    });
+    if let Ok(outcome) = &outcome {
+        if let Some(signal) = outcome.signal {
+            note(options, &format!("received {}", interrupt::name(signal)));
+        }
+        if outcome.killed {
+            warn(&format!(
+                "the command did not exit within {} of the signal and was killed",
+                humantime::format_duration(grace)
+            ));
+        }
+    }
+    let killed = fleet.stop(STOP_GRACE);
+    if !killed.is_empty() {
+        warn(&format!(
+            "servers of {} did not stop within {} and were killed",
+            killed.join(", "),
+            humantime::format_duration(STOP_GRACE)
+        ));
+    }
+    note(options, &format!("stopped {} servers", fleet.pids().len()));
+    if !options.keep && !fleet_path.starts_with(run_dir.path()) {
+        let _ = std::fs::remove_file(&fleet_path);
+    }
+    Ok(process::exit_code(outcome?.status))
+}
+
+/// Starts a local fleet that outlives the launcher; returns the fleet file's path.
+///
+/// # Errors
+/// See [`LaunchError`]; the servers already started are stopped and the run directory
+/// removed (unless `keep`) before it is returned.
+pub fn up(options: &StartOptions) -> Result<PathBuf, LaunchError> {
+    let interrupts = Interrupts::install().map_err(LaunchError::Signals)?;
+    let mut run_dir = make_run_dir(options)?;
+    let started = start(options, &mut run_dir, &interrupts)
+        .map_err(LaunchError::from)
+        .and_then(|fleet| {
+            let path = fleet_path(options, &run_dir);
+            write_fleet(&fleet, &path)?;
+            fleet.detach();
+            Ok(path)
+        });
+    if started.is_err() {
+        cleanup(options, &run_dir);
+    }
+    started
+}
+
+fn make_run_dir(options: &StartOptions) -> Result<RunDir, RunDirError> {
+    match &options.run_dir {
+        Some(path) => RunDir::at(&absolute(path)),
+        None => RunDir::create_fresh(None),
+    }
+}
+
+fn start(
+    options: &StartOptions,
+    run_dir: &mut RunDir,
+    interrupts: &Interrupts,
+) -> Result<LocalFleet, StartError> {
+    let server_bin = options.server_bin.clone().unwrap_or_else(|| {
+        dimstore::spawn::server_binary(&ClientConfig {
+            server_bin: std::env::var_os("DIMSTORE_SERVER_BIN")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            ..ClientConfig::default()
+        })
+    });
+    let spec = LocalSpec {
+        count: options.count,
+        server_bin,
+        memory_limit: options.memory_limit.clone(),
+        server_args: options.server_args.clone(),
+        token: local::new_token(),
+        ready_timeout: options.ready_timeout,
+        allow_partial: options.allow_partial,
+    };
+    let mut progress = progress::for_stderr(options.quiet);
+    let fleet = LocalFleet::start(&spec, run_dir, progress.as_mut(), &|| interrupts.pending())?;
+    let up = fleet.fleet().nodes.len();
+    if up < options.count {
+        warn(&format!(
+            "continuing with {up} of {} servers (--allow-partial)",
+            options.count
+        ));
+    }
+    Ok(fleet)
+}
+
+fn fleet_path(options: &StartOptions, run_dir: &RunDir) -> PathBuf {
+    options
+        .fleet_file
+        .as_deref()
+        .map_or_else(|| run_dir.path().join("fleet.json"), absolute)
+}
+
+fn write_fleet(fleet: &LocalFleet, path: &Path) -> Result<(), LaunchError> {
+    fleet
+        .fleet()
+        .write(path)
+        .map_err(|source| LaunchError::FleetFile {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn cleanup(options: &StartOptions, run_dir: &RunDir) {
+    if options.keep {
+        note(
+            options,
+            &format!("kept run directory {}", run_dir.path().display()),
+        );
+    } else if let Err(e) = run_dir.remove() {
+        warn(&format!(
+            "cannot remove run directory {}: {e}",
+            run_dir.path().display()
+        ));
+    }
+}
+
+/// `path` made absolute against the current directory (unchanged if that fails).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn note(options: &StartOptions, text: &str) {
+    if !options.quiet {
+        let _ = writeln!(std::io::stderr(), "dimstore-launch: {text}");
+    }
+}
+
+fn warn(text: &str) {
+    let _ = writeln!(std::io::stderr(), "dimstore-launch: warning: {text}");
+}

@@ -1,0 +1,289 @@
+//! `dimstore-launch`: the command line. Everything it does lives in the library.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use dimstore::fleet::{Fleet, FleetError};
+use dimstore_launch::fleet_ops::{self, DownOptions, StopOutcome};
+use dimstore_launch::launch::{self, StartOptions};
+use dimstore_launch::rundir::RunDir;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dimstore-launch",
+    version,
+    about = "Start, inspect and stop dimstore fleets (one server per node)",
+    long_about = "Start, inspect and stop dimstore fleets: one dimstore-server per node, \
+        described by a fleet file that clients find through DIMSTORE_FLEET.\n\n\
+        `run` starts a fleet, runs a command with DIMSTORE_FLEET and DIMSTORE_TOKEN set, and \
+        stops the fleet when the command exits. `up` starts a fleet that keeps running; \
+        `status` and `down` inspect and stop it.\n\n\
+        With --local N the fleet is N servers on this machine (simulated nodes node0, node1, \
+        ...), each listening on 127.0.0.1."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a fleet, run CMD next to it, stop the fleet when CMD exits.
+    #[command(
+        long_about = "Start a fleet, run CMD with DIMSTORE_FLEET (the fleet file) and \
+            DIMSTORE_TOKEN in its environment, and stop the fleet when CMD exits; the exit \
+            code is CMD's (128 + N if signal N ended it).\n\n\
+            SIGTERM and SIGHUP to the launcher are passed on to CMD, and so is SIGINT unless \
+            the launcher runs in the terminal's foreground (a Ctrl-C there reaches CMD \
+            directly). CMD gets --grace to exit, then is killed; the servers get SIGTERM, then \
+            SIGKILL after 5 s. A signal while the fleet starts stops it at once."
+    )]
+    Run {
+        #[command(flatten)]
+        start: StartArgs,
+        /// How long CMD may take to exit after a signal was passed on to it, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// The command to run, after `--`.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Start a fleet that keeps running; print its fleet file's path.
+    #[command(
+        long_about = "Start a fleet whose servers keep running after the launcher exits \
+            (each in its own process group), write the fleet file and print its path on \
+            stdout, e.g. `export DIMSTORE_FLEET=$(dimstore-launch up --local 2)`. Stop it \
+            with `dimstore-launch down`."
+    )]
+    Up {
+        #[command(flatten)]
+        start: StartArgs,
+    },
+    /// Show every node's server: address, pid, objects, memory, requests, uptime.
+    #[command(
+        long_about = "Ask every node's server of a fleet for its statistics and print a table \
+            (or JSON with --json). A node whose server does not answer within --timeout is \
+            shown as DOWN with the reason. Exit code 1 if any node is down."
+    )]
+    Status {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every node's server, then remove the fleet file and run directory.
+    #[command(
+        long_about = "Stop a fleet: ask each server to shut down (or send SIGTERM to its pid \
+            when it does not answer and runs on this machine), wait until it is gone (killing \
+            local ones that outstay --wait), then remove the fleet file and the run directory. \
+            Nodes already stopped are fine, and so is a fleet file that is already gone. Exit \
+            code 1 if a server is still running."
+    )]
+    Down {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// How long servers get to exit before local ones are killed, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// Keep the run directory (server logs).
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// Start N servers on this machine, as simulated nodes node0..node{N-1}.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    local: u32,
+    /// Memory limit of each server, e.g. `512MiB`, `4GiB` [default: the server's, half of
+    /// physical memory].
+    #[arg(long, value_name = "SIZE")]
+    memory_limit: Option<String>,
+    /// Extra argument for every server, e.g. `--server-arg=--threads=4` (repeatable).
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// The dimstore-server binary [default: next to dimstore-launch, else on PATH].
+    #[arg(long, env = "DIMSTORE_SERVER_BIN", value_name = "PATH")]
+    server_bin: Option<PathBuf>,
+    /// Where to write the fleet file [default: <run-dir>/fleet.json].
+    #[arg(long, value_name = "PATH")]
+    fleet_file: Option<PathBuf>,
+    /// Directory for server logs and ready files [default: a fresh directory under
+    /// $DIMSTORE_RUNTIME_DIR or the system temporary directory].
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// How long the servers may take to become ready, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ready_timeout: Duration,
+    /// Go on with the servers that started when others fail (at least one must start).
+    #[arg(long)]
+    allow_partial: bool,
+    /// Keep the run directory (server logs) and fleet file when the fleet stops.
+    #[arg(long)]
+    keep: bool,
+    /// Print no progress.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl StartArgs {
+    fn options(self) -> StartOptions {
+        StartOptions {
+            count: self.local as usize,
+            memory_limit: self.memory_limit,
+            server_args: self.server_args,
+            server_bin: self.server_bin,
+            fleet_file: self.fleet_file,
+            run_dir: self.run_dir,
+            ready_timeout: self.ready_timeout,
+            allow_partial: self.allow_partial,
+            keep: self.keep,
+            quiet: self.quiet,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct FleetArgs {
+    /// The fleet file.
+    #[arg(long, env = "DIMSTORE_FLEET", value_name = "PATH")]
+    fleet_file: PathBuf,
+    /// Timeout of each request to a server, e.g. `5s`.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dimstore-launch: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            start,
+            grace,
+            command,
+        } => match launch::run(&start.options(), &command, grace) {
+            Ok(code) => Ok(exit_code(code)),
+            Err(e) => {
+                let code = e.exit_code();
+                eprintln!("dimstore-launch: error: {:#}", anyhow::Error::from(e));
+                Ok(exit_code(code))
+            }
+        },
+        Command::Up { start } => {
+            let path = launch::up(&start.options()).context("cannot start the fleet")?;
+            // The fleet is up whatever happens to stdout; the path is on stderr too.
+            let _ = writeln!(std::io::stdout(), "{}", path.display());
+            eprintln!(
+                "dimstore-launch: fleet is up; use it with\n  export DIMSTORE_FLEET={}\n\
+                 and stop it with\n  dimstore-launch down --fleet-file {}",
+                path.display(),
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { fleet, json } => status(&fleet, json),
+        Command::Down { fleet, wait, keep } => down(&fleet, wait, keep),
+    }
+}
+
+fn status(args: &FleetArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let fleet = read_fleet(&args.fleet_file)?;
+    let statuses = fleet_ops::status(&fleet, args.timeout);
+    if json {
+        let value = fleet_ops::to_json(&args.fleet_file.display().to_string(), &fleet, &statuses);
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", fleet_ops::render_table(&statuses));
+    }
+    let all_up = statuses.iter().all(fleet_ops::NodeStatus::is_up);
+    Ok(if all_up {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn down(args: &FleetArgs, wait: Duration, keep: bool) -> anyhow::Result<ExitCode> {
+    let fleet = match Fleet::read(&args.fleet_file) {
+        Err(FleetError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "dimstore-launch: no fleet file at {} (already down?)",
+                args.fleet_file.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => other.with_context(|| format!("cannot read {}", args.fleet_file.display()))?,
+    };
+    let options = DownOptions {
+        timeout: args.timeout,
+        wait,
+    };
+    let outcomes = fleet_ops::down(&fleet, options);
+    for (node, outcome) in &outcomes {
+        let text = match outcome {
+            StopOutcome::Requested => "stopped".to_string(),
+            StopOutcome::Signalled => "stopped (SIGTERM)".to_string(),
+            StopOutcome::Killed => "killed (did not stop in time)".to_string(),
+            StopOutcome::AlreadyStopped => "already stopped".to_string(),
+            StopOutcome::Unreachable(why) => format!("unreachable, assumed stopped: {why}"),
+            StopOutcome::Failed(why) => format!("STILL RUNNING: {why}"),
+        };
+        eprintln!("dimstore-launch: {node}: {text}");
+    }
+    if !outcomes.iter().all(|(_, o)| o.is_stopped()) {
+        eprintln!(
+            "dimstore-launch: kept {} since servers are still running",
+            args.fleet_file.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    remove_fleet_files(&fleet, &args.fleet_file, keep)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remove_fleet_files(fleet: &Fleet, fleet_file: &Path, keep: bool) -> anyhow::Result<()> {
+    let logs: Vec<&Path> = fleet
+        .nodes
+        .iter()
+        .filter_map(|n| n.log.as_deref().map(Path::new))
+        .collect();
+    match (RunDir::find(&logs), keep) {
+        (Some(dir), false) => dir
+            .remove()
+            .with_context(|| format!("cannot remove run directory {}", dir.path().display()))?,
+        (Some(dir), true) => eprintln!(
+            "dimstore-launch: kept run directory {}",
+            dir.path().display()
+        ),
+        (None, _) => {}
+    }
+    match std::fs::remove_file(fleet_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", fleet_file.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn read_fleet(path: &Path) -> anyhow::Result<Fleet> {
+    Fleet::read(path).with_context(|| format!("cannot read fleet file {}", path.display()))
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
