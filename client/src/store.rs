@@ -69,8 +69,11 @@ struct Inner {
     local: Option<LocalServer>,
     connector: TcpConnector,
     /// One slot per server; the slot's own lock serialises connecting to that server only.
-    peers: Mutex<HashMap<String, Arc<Mutex<Option<Arc<Peer>>>>>>,
+    peers: Mutex<HashMap<String, PeerSlot>>,
 }
+
+/// A server's connection, once opened; its lock is held while connecting.
+type PeerSlot = Arc<Mutex<Option<Arc<Peer>>>>;
 
 impl Store {
     /// A store configured from the `DIMSTORE_*` environment: finds this node's server

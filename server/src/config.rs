@@ -255,7 +255,10 @@ mod tests {
             ..Default::default()
         };
         let c = ServerConfig::resolve(args).expect("valid");
-        assert_eq!(c.listen, "127.0.0.1:7000".parse().expect("addr"));
+        assert_eq!(
+            c.listen,
+            "127.0.0.1:7000".parse::<SocketAddr>().expect("addr")
+        );
         assert_eq!(c.memory_limit, 1 << 30);
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(c.node, "from-flag");

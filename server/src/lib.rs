@@ -165,6 +165,8 @@ fn spawn_stop_watchers(
     let on_request = finish.clone();
     tokio::spawn(async move {
         requested.notified().await;
+        // Let the connection that asked write its reply before the runtime goes away.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         on_request(StopReason::Requested);
     });
     if let Some(idle) = config.idle_timeout {
