@@ -1,1 +1,27 @@
-//! dimstore benchmarks
+//! `dimstore-bench`: dimstore measured side by side with its limits and a peer.
+//!
+//! One run starts every contender itself — a `dimstore-server` (found through its ready file),
+//! a raw TCP echo server (the limit: what the loopback network gives with nothing on top) and a
+//! `redis-server` (a well-known peer) — and measures, under the same CPU placement for all:
+//!
+//! - [`latency`]: put and get latency per object size (median and p99 from hdrhistogram), plus
+//!   a raw TCP one-way stream as the loopback bandwidth limit;
+//! - [`throughput`]: 1 KiB get throughput with 1..N client processes (the bench re-executes
+//!   itself as hidden `worker` processes), single gets and batches of 64;
+//! - for each [`placement::Placement`]: pinned to one CPU, split across CPUs, and unpinned.
+//!
+//! [`report`] turns the measurements into tables of ratios, a verdict on the project's
+//! targets, and CSV. Every loop is bounded in iterations and in time.
+#![forbid(unsafe_code)]
+
+pub mod contenders;
+pub mod latency;
+pub mod measure;
+pub mod options;
+pub mod placement;
+pub mod report;
+pub mod run;
+pub mod throughput;
+
+pub use options::{RunArgs, Settings};
+pub use report::Row;

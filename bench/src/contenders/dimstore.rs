@@ -1,0 +1,170 @@
+//! dimstore: a `dimstore-server` started by the bench, used through the `dimstore` client.
+
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use dimstore::{ClientConfig, Key, SpawnPolicy, Store};
+use dimstore_proto::ReadyFile;
+
+use super::{poll_until, stop_child, Client, Contender, ContenderKind, ServerSetup};
+
+/// A `dimstore-server` on 127.0.0.1, port chosen by the server, address from its ready file.
+#[derive(Debug)]
+pub struct DimstoreServer {
+    child: Child,
+    address: String,
+    /// Holds the ready file and the server's log until the server is stopped.
+    _dir: tempfile::TempDir,
+}
+
+impl DimstoreServer {
+    /// Starts the server and waits for its ready file.
+    pub fn start(setup: &ServerSetup) -> anyhow::Result<DimstoreServer> {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let ready = dir.path().join("ready.json");
+        let log_path = dir.path().join("server.log");
+        let log = File::create(&log_path)?;
+        // Room for the loaded objects, a put in flight and a margin; at least 1 GiB.
+        let memory_mib = (setup.max_object.saturating_mul(4) >> 20).max(1024);
+        let mut child = Command::new(&setup.dimstore_bin)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--memory-limit")
+            .arg(format!("{memory_mib}MiB"))
+            .arg("--threads")
+            .arg(setup.dimstore_threads.to_string())
+            .arg("--log")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (build it: cargo build --release -p dimstore-server, \
+                     or pass --server-bin)",
+                    setup.dimstore_bin.display()
+                )
+            })?;
+        let found = poll_until(
+            "dimstore-server ready file",
+            Duration::from_secs(20),
+            || {
+                if let Some(status) = child.try_wait()? {
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    bail!("dimstore-server exited ({status}) before it was ready:\n{log}");
+                }
+                let Ok(text) = std::fs::read(&ready) else {
+                    return Ok(None);
+                };
+                Ok(serde_json::from_slice::<ReadyFile>(&text).ok())
+            },
+        );
+        let ready = match found {
+            Ok(ready) => ready,
+            Err(e) => {
+                stop_child(&mut child, Duration::from_secs(1));
+                return Err(e);
+            }
+        };
+        Ok(DimstoreServer {
+            child,
+            address: ready.address,
+            _dir: dir,
+        })
+    }
+}
+
+impl Contender for DimstoreServer {
+    fn kind(&self) -> ContenderKind {
+        ContenderKind::Dimstore
+    }
+
+    fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+impl Drop for DimstoreServer {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(2));
+    }
+}
+
+/// A `dimstore::Store` connected to the bench's server (never spawning one).
+pub struct DimstoreClient {
+    store: Store,
+    loaded: Vec<Key>,
+    put: Vec<Key>,
+}
+
+impl DimstoreClient {
+    /// Connects to the server at `address`.
+    pub fn connect(address: &str) -> anyhow::Result<DimstoreClient> {
+        let config = ClientConfig {
+            timeout: Duration::from_secs(60),
+            spawn: SpawnPolicy::Never,
+            ..ClientConfig::default()
+        };
+        let store = Store::connect(address, config)
+            .with_context(|| format!("cannot connect to dimstore at {address}"))?;
+        Ok(DimstoreClient {
+            store,
+            loaded: Vec::new(),
+            put: Vec::new(),
+        })
+    }
+}
+
+impl Client for DimstoreClient {
+    fn load(&mut self, value: &[u8], count: usize) -> anyhow::Result<()> {
+        if !self.loaded.is_empty() {
+            self.store.evict_batch(&self.loaded)?;
+            self.loaded.clear();
+        }
+        if count > 0 {
+            let objects = vec![value; count];
+            self.loaded = self.store.put_batch(&objects)?;
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, value: &[u8]) -> anyhow::Result<()> {
+        self.put.push(self.store.put(value)?);
+        Ok(())
+    }
+
+    fn discard(&mut self) -> anyhow::Result<()> {
+        if !self.put.is_empty() {
+            self.store.evict_batch(&self.put)?;
+            self.put.clear();
+        }
+        Ok(())
+    }
+
+    fn get(&mut self, index: usize) -> anyhow::Result<usize> {
+        let key = &self.loaded[index % self.loaded.len()];
+        let bytes = self.store.get(key)?;
+        ensure!(
+            Some(bytes.len() as u64) == key.size,
+            "dimstore returned {} bytes for a {:?}-byte object",
+            bytes.len(),
+            key.size
+        );
+        Ok(bytes.len())
+    }
+
+    fn get_batch(&mut self) -> anyhow::Result<usize> {
+        let objects = self.store.get_batch(&self.loaded)?;
+        objects
+            .iter()
+            .try_fold(0usize, |total, object| match object {
+                Some(bytes) => Ok(total + bytes.len()),
+                None => bail!("dimstore lost a loaded object"),
+            })
+    }
+}

@@ -1,0 +1,48 @@
+//! `dimstore-bench`: dimstore against raw TCP and redis, side by side. See the library docs.
+
+use clap::{Parser, Subcommand};
+use dimstore_bench::options::Parts;
+use dimstore_bench::throughput::{worker, WorkerArgs};
+use dimstore_bench::{run::run, RunArgs, Settings};
+
+/// Benchmarks dimstore against the raw TCP limit and redis-server, under the same CPU
+/// placement for every contender.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dimstore-bench",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Latency, bandwidth and throughput (the default).
+    #[command(alias = "all")]
+    Run(RunArgs),
+    /// Put/get latency per object size and the raw TCP stream.
+    Latency(RunArgs),
+    /// Small-get throughput with several client processes.
+    Throughput(RunArgs),
+    /// One throughput client process (started by the bench itself).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (args, parts) = match cli.command {
+        None => (cli.run, Parts::All),
+        Some(Command::Run(args)) => (args, Parts::All),
+        Some(Command::Latency(args)) => (args, Parts::Latency),
+        Some(Command::Throughput(args)) => (args, Parts::Throughput),
+        Some(Command::Worker(args)) => return worker(&args),
+    };
+    run(&Settings::resolve(args, parts)?)?;
+    Ok(())
+}
