@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole dimstore test suite, as CI runs it: dependencies, format, lints, build, every
+# test (unit, property, integration with real server processes), doc tests, a fuzz smoke run.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh --quick    # skip the fuzz smoke run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "test.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+scripts/install-deps.sh
+
+step "format"
+cargo fmt --all --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build (binaries the integration tests run)"
+cargo build --workspace --bins --examples --locked
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+    cargo test --workspace --doc --locked
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
+
+if [ "$quick" = 0 ] && [ -x ci/fuzz-smoke.sh ]; then
+    step "fuzz smoke run"
+    ci/fuzz-smoke.sh 15
+fi
+
+step "done"
