@@ -1,6 +1,7 @@
 //! Typed zero-copy access: objects stored as rkyv archives and read back as validated
 //! archived views, without deserializing.
 
+use dimstore_transport::AlignedBuf;
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
@@ -16,7 +17,7 @@ use dimstore_proto::Key;
 /// A validated archived `T` over the bytes it was received in. Dereferences to
 /// `T::Archived`; validation happened once, when it was fetched.
 pub struct Archived<T: Archive + 'static> {
-    view: Yoke<&'static T::Archived, Box<AlignedVec>>,
+    view: Yoke<&'static T::Archived, Box<AlignedBuf>>,
 }
 
 impl<T: Archive + 'static> std::ops::Deref for Archived<T> {
@@ -41,8 +42,8 @@ where
 {
     /// Validates `bytes` as an archived `T`.
     pub fn validate(bytes: ObjectBytes) -> Result<Self, rancor::Error> {
-        let view = Yoke::try_attach_to_cart(Box::new(bytes.0), |data: &AlignedVec| {
-            rkyv::access::<T::Archived, rancor::Error>(data)
+        let view = Yoke::try_attach_to_cart(Box::new(bytes.0), |data: &AlignedBuf| {
+            rkyv::access::<T::Archived, rancor::Error>(data.as_slice())
         })?;
         Ok(Archived { view })
     }

@@ -8,8 +8,7 @@ use dimstore_proto::{
     GetItem, Hello, HelloReply, Key, ObjectId, Request, Response, ServerStats, Status,
 };
 use dimstore_transport::tcp::{TcpConnection, TcpConnector};
-use dimstore_transport::{Connection, Connector, ReplyFrame};
-use rkyv::util::AlignedVec;
+use dimstore_transport::{AlignedBuf, Connection, Connector, ReplyFrame};
 
 use crate::config::ClientConfig;
 use crate::error::{ConnectError, GetError, PutError, RequestError, SetError};
@@ -17,16 +16,8 @@ use crate::spawn::{self, LocalServer};
 
 /// An object's bytes as received: owned, 16-byte aligned (so archived values can be read in
 /// place).
-#[derive(Debug, Clone)]
-pub struct ObjectBytes(pub(crate) AlignedVec);
-
-impl PartialEq for ObjectBytes {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.as_slice() == other.0.as_slice()
-    }
-}
-
-impl Eq for ObjectBytes {}
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectBytes(pub(crate) AlignedBuf);
 
 impl ObjectBytes {
     /// The bytes as a vector (copies).
@@ -232,9 +223,7 @@ impl Store {
                             },
                         )
                     })?;
-                    let mut buf = AlignedVec::with_capacity(bytes.len());
-                    buf.extend_from_slice(bytes);
-                    out[i] = Some(ObjectBytes(buf));
+                    out[i] = Some(ObjectBytes(AlignedBuf::copy_from(bytes)));
                     offset = end;
                 }
             }

@@ -20,11 +20,12 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use dimstore_proto::{ErrorReply, Request, Response};
-use rkyv::util::AlignedVec;
 
+mod buffer;
 mod error;
 pub mod tcp;
 
+pub use buffer::AlignedBuf;
 pub use error::TransportError;
 
 /// A response and the payload pieces that follow it on the wire.
@@ -104,7 +105,7 @@ pub struct ReplyFrame {
     /// The response message.
     pub response: Response,
     /// The payload, 16-byte aligned so archived objects can be accessed in place.
-    pub payload: AlignedVec,
+    pub payload: AlignedBuf,
 }
 
 /// Opens client connections of one transport.

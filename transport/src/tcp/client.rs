@@ -18,7 +18,7 @@ use dimstore_proto::{
 use rkyv::util::AlignedVec;
 
 use super::COALESCE_LIMIT;
-use crate::{Connection, Connector, ReplyFrame, TransportError};
+use crate::{AlignedBuf, Connection, Connector, ReplyFrame, TransportError};
 
 /// Longest a follower sleeps before checking whether it should take over reading.
 const FOLLOWER_NAP: Duration = Duration::from_millis(20);
@@ -195,15 +195,11 @@ impl TcpConnection {
         body.resize(header.body_len as usize, 0);
         reader.read_exact(&mut body).map_err(broken)?;
         let response = decode_response(&body).map_err(|e| ReadFailure::Broken(e.into()))?;
-        let mut payload = AlignedVec::<16>::new();
-        if header.payload_len > 0 {
-            let len = usize::try_from(header.payload_len).map_err(|_| {
-                ReadFailure::Broken(TransportError::ConnectionLost("payload too large".into()))
-            })?;
-            payload.reserve_exact(len);
-            payload.resize(len, 0);
-            reader.read_exact(&mut payload).map_err(broken)?;
-        }
+        let len = usize::try_from(header.payload_len).map_err(|_| {
+            ReadFailure::Broken(TransportError::ConnectionLost("payload too large".into()))
+        })?;
+        let mut payload = AlignedBuf::zeroed(len);
+        reader.read_exact(&mut payload).map_err(broken)?;
         Ok((header.request_id, ReplyFrame { response, payload }))
     }
 
