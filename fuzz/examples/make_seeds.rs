@@ -1,0 +1,233 @@
+//! Writes the seed corpus for the fuzz targets: real encoded frames, so the fuzzer starts from
+//! inputs that get past the header checks and into the rkyv validation.
+//!
+//! ```sh
+//! cargo run --manifest-path fuzz/Cargo.toml --example make_seeds            # -> fuzz/seeds/
+//! cargo run --manifest-path fuzz/Cargo.toml --example make_seeds -- OUTDIR
+//! ```
+//!
+//! The seeds are checked in; rerun this after changing the wire format and commit the result.
+//! Every file in `<OUTDIR>/frame_decoder/` and `<OUTDIR>/header/` is replaced.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use dimstore_proto::{
+    encode_request, encode_response, ErrorReply, FrameHeader, FrameKind, GetItem, Hello,
+    HelloReply, ObjectId, Request, Response, ServerStats, Status, TransportStats,
+};
+
+/// Control prefix of a `frame_decoder` input: limits byte (4096 / 4096), no chunk lengths.
+const WHOLE: [u8; 2] = [0b1111, 0];
+
+fn frame(kind: FrameKind, id: u64, body: &[u8], payload: &[u8]) -> Vec<u8> {
+    let header = FrameHeader {
+        kind,
+        request_id: id,
+        body_len: body.len() as u32,
+        payload_len: payload.len() as u64,
+    };
+    let mut out = header.encode().to_vec();
+    out.extend_from_slice(body);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn request(id: u64, req: &Request, payload: &[u8]) -> Vec<u8> {
+    frame(FrameKind::Request, id, &encode_request(req), payload)
+}
+
+fn response(id: u64, resp: &Response, payload: &[u8]) -> Vec<u8> {
+    frame(FrameKind::Response, id, &encode_response(resp), payload)
+}
+
+fn reset_dir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::io::Result<()> {
+    let out = std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds"));
+    let ids = vec![
+        ObjectId(1),
+        ObjectId(u128::MAX),
+        ObjectId(0x0123_4567_89ab_cdef),
+    ];
+
+    let frames: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "req-hello",
+            request(
+                1,
+                &Request::Hello(Hello {
+                    token: Some("fleet-token".into()),
+                    client_node: "n1".into(),
+                    client_pid: 4242,
+                }),
+                b"",
+            ),
+        ),
+        (
+            "req-put",
+            request(
+                2,
+                &Request::Put {
+                    sizes: vec![3, 0, 5],
+                },
+                b"abcdefgh",
+            ),
+        ),
+        (
+            "req-get",
+            request(
+                3,
+                &Request::Get {
+                    ids: ids.clone(),
+                    wait_ms: 250,
+                },
+                b"",
+            ),
+        ),
+        (
+            "req-exists",
+            request(4, &Request::Exists { ids: ids.clone() }, b""),
+        ),
+        (
+            "req-evict",
+            request(5, &Request::Evict { ids: ids.clone() }, b""),
+        ),
+        (
+            "req-newkeys",
+            request(6, &Request::NewKeys { count: 2 }, b""),
+        ),
+        (
+            "req-set",
+            request(
+                7,
+                &Request::Set {
+                    ids: ids[..2].to_vec(),
+                    sizes: vec![1, 2],
+                },
+                b"xyz",
+            ),
+        ),
+        ("req-stats", request(8, &Request::Stats, b"")),
+        ("req-shutdown", request(9, &Request::Shutdown, b"")),
+        (
+            "resp-hello",
+            response(
+                1,
+                &Response::Hello(HelloReply {
+                    server_id: 0xdead_beef,
+                    node: "n1".into(),
+                    advertised: "10.0.0.1:7070".into(),
+                    pid: 77,
+                    transports: vec!["tcp".into()],
+                    max_object: 1 << 30,
+                }),
+                b"",
+            ),
+        ),
+        (
+            "resp-put",
+            response(2, &Response::Put { ids: ids.clone() }, b""),
+        ),
+        (
+            "resp-get",
+            response(
+                3,
+                &Response::Get {
+                    items: vec![
+                        GetItem::Found { size: 4 },
+                        GetItem::NotFound,
+                        GetItem::NotSet,
+                    ],
+                },
+                b"data",
+            ),
+        ),
+        (
+            "resp-exists",
+            response(
+                4,
+                &Response::Exists {
+                    present: vec![true, false, true],
+                },
+                b"",
+            ),
+        ),
+        (
+            "resp-evict",
+            response(
+                5,
+                &Response::Evict {
+                    evicted: vec![false, true],
+                },
+                b"",
+            ),
+        ),
+        ("resp-done", response(8, &Response::Done, b"")),
+        (
+            "resp-stats",
+            response(
+                8,
+                &Response::Stats(ServerStats {
+                    pid: 77,
+                    node: "n1".into(),
+                    advertised: "10.0.0.1:7070".into(),
+                    objects: 3,
+                    transports: vec![TransportStats {
+                        name: "tcp".into(),
+                        connections: 1,
+                        bytes_served: 12,
+                        one_sided_bytes: 0,
+                    }],
+                    ..Default::default()
+                }),
+                b"",
+            ),
+        ),
+        (
+            "resp-error",
+            response(
+                9,
+                &Response::Error(ErrorReply::new(Status::StoreFull, "no room for 8 bytes")),
+                b"",
+            ),
+        ),
+    ];
+
+    let decoder_dir = out.join("frame_decoder");
+    let header_dir = out.join("header");
+    reset_dir(&decoder_dir)?;
+    reset_dir(&header_dir)?;
+
+    for (name, bytes) in &frames {
+        let mut input = WHOLE.to_vec();
+        input.extend_from_slice(bytes);
+        fs::write(decoder_dir.join(format!("{name}.bin")), input)?;
+    }
+    // A conversation, delivered in uneven chunks (lengths 1, 7, 0 = empty push, 33).
+    let mut input = vec![0b1111, 4, 1, 7, 0, 33];
+    for (_, bytes) in &frames {
+        input.extend_from_slice(bytes);
+    }
+    fs::write(decoder_dir.join("stream-split.bin"), input)?;
+
+    // Headers: one per kind, plus one with a payload.
+    fs::write(header_dir.join("req-hello.bin"), &frames[0].1[..32])?;
+    fs::write(header_dir.join("req-put.bin"), &frames[1].1[..32])?;
+    fs::write(header_dir.join("resp-get.bin"), &frames[11].1[..32])?;
+
+    println!("seeds written to {}", out.display());
+    Ok(())
+}
