@@ -62,9 +62,11 @@ impl Connector for TcpConnector {
                 Ok(stream) => {
                     stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
                     let reader = stream.try_clone().map_err(|e| fail(e.to_string()))?;
+                    let control = stream.try_clone().map_err(|e| fail(e.to_string()))?;
                     return Ok(TcpConnection {
-                        writer: Mutex::new(stream),
-                        reader: Mutex::new(BufReader::with_capacity(64 << 10, reader)),
+                        control,
+                        writer: Mutex::new(Timed::new(stream)),
+                        reader: Mutex::new(Timed::new(BufReader::with_capacity(64 << 10, reader))),
                         state: Mutex::new(State::default()),
                         wake: Condvar::new(),
                         next_id: AtomicU64::new(1),
@@ -81,8 +83,10 @@ impl Connector for TcpConnector {
 /// A TCP connection to one server, shared by all threads of a process.
 #[derive(Debug)]
 pub struct TcpConnection {
-    writer: Mutex<TcpStream>,
-    reader: Mutex<BufReader<TcpStream>>,
+    /// Shuts the socket down without waiting for a writer or reader that may be blocked.
+    control: TcpStream,
+    writer: Mutex<Timed<TcpStream>>,
+    reader: Mutex<Timed<BufReader<TcpStream>>>,
     state: Mutex<State>,
     wake: Condvar,
     next_id: AtomicU64,
@@ -95,6 +99,42 @@ struct State {
     pending: HashMap<u64, Option<ReplyFrame>>,
     /// Set once the stream is unusable.
     broken: Option<String>,
+}
+
+/// A stream and the socket timeout last set on it. Setting a timeout is a system call, so it
+/// is only changed when the op's remaining time is shorter than the one in force by more than
+/// [`TIMEOUT_SLACK`]; an early wake-up before the deadline just waits again.
+#[derive(Debug)]
+struct Timed<S> {
+    stream: S,
+    timeout: Option<Duration>,
+}
+
+/// How far past its deadline a blocked read or write may wake up.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(50);
+
+impl<S> Timed<S> {
+    fn new(stream: S) -> Self {
+        Timed {
+            stream,
+            timeout: None,
+        }
+    }
+
+    fn ensure(
+        &mut self,
+        left: Duration,
+        set: impl FnOnce(&S, Option<Duration>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if self
+            .timeout
+            .is_none_or(|t| t > left + TIMEOUT_SLACK || t < left / 2)
+        {
+            set(&self.stream, Some(left))?;
+            self.timeout = Some(left);
+        }
+        Ok(())
+    }
 }
 
 /// A read that gave up.
@@ -114,9 +154,7 @@ impl TcpConnection {
         let mut state = self.lock_state();
         state.broken.get_or_insert_with(|| why.to_string());
         drop(state);
-        if let Ok(w) = self.writer.lock() {
-            let _ = w.shutdown(Shutdown::Both);
-        }
+        let _ = self.control.shutdown(Shutdown::Both);
         self.wake.notify_all();
     }
 
@@ -145,8 +183,9 @@ impl TcpConnection {
                 head.extend_from_slice(piece);
             }
         }
-        let mut stream = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        stream.set_write_timeout(Some(remaining(deadline)?))?;
+        let mut timed = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        timed.ensure(remaining(deadline)?, TcpStream::set_write_timeout)?;
+        let stream = &mut timed.stream;
         stream.write_all(&head)?;
         if !coalesce {
             for piece in payload {
@@ -159,30 +198,31 @@ impl TcpConnection {
     /// Reads one whole frame; see [`ReadFailure`] for what a timeout means.
     fn read_frame(
         &self,
-        reader: &mut BufReader<TcpStream>,
+        timed: &mut Timed<BufReader<TcpStream>>,
         deadline: Instant,
     ) -> Result<(u64, ReplyFrame), ReadFailure> {
         let broken =
             |e: io::Error| ReadFailure::Broken(TransportError::ConnectionLost(e.to_string()));
-        let timeout = remaining(deadline).map_err(|_| ReadFailure::CleanTimeout)?;
-        reader
-            .get_ref()
-            .set_read_timeout(Some(timeout))
-            .map_err(broken)?;
         let mut raw = [0u8; HEADER_LEN];
         // The first byte decides whether a timeout leaves the stream in sync.
-        match reader.read(&mut raw[..1]) {
-            Ok(0) => {
-                return Err(broken(io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "server closed the connection",
-                )))
+        loop {
+            let left = remaining(deadline).map_err(|_| ReadFailure::CleanTimeout)?;
+            timed
+                .ensure(left, |r, t| r.get_ref().set_read_timeout(t))
+                .map_err(broken)?;
+            match timed.stream.read(&mut raw[..1]) {
+                Ok(0) => {
+                    return Err(broken(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    )))
+                }
+                Ok(_) => break,
+                Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(broken(e)),
             }
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => return Err(ReadFailure::CleanTimeout),
-            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(ReadFailure::CleanTimeout),
-            Err(e) => return Err(broken(e)),
         }
+        let reader = &mut timed.stream;
         reader.read_exact(&mut raw[1..]).map_err(broken)?;
         let header =
             FrameHeader::decode(&raw, &self.limits).map_err(|e| ReadFailure::Broken(e.into()))?;
