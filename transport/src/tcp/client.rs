@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dimstore_proto::{
@@ -99,6 +99,10 @@ struct State {
     pending: HashMap<u64, Option<ReplyFrame>>,
     /// Set once the stream is unusable.
     broken: Option<String>,
+    /// Callers waiting on the condition variable (waking nobody costs a system call).
+    followers: usize,
+    /// Whether a caller is reading the socket (the leader).
+    reading: bool,
 }
 
 /// A stream and the socket timeout last set on it. Setting a timeout is a system call, so it
@@ -246,81 +250,86 @@ impl TcpConnection {
     /// Waits for the reply to `id`, reading the socket whenever nobody else is.
     fn wait_reply(&self, id: u64, deadline: Instant) -> Result<ReplyFrame, TransportError> {
         loop {
-            if let Some(done) = self.take_if_done(id)? {
-                return Ok(done);
-            }
-            match self.reader.try_lock() {
-                Ok(mut reader) => {
-                    if let Some(done) = self.take_if_done(id)? {
-                        return Ok(done);
-                    }
-                    let result = self.read_frame(&mut reader, deadline);
-                    drop(reader);
-                    match result {
-                        Ok((got, frame)) if got == id => {
-                            self.lock_state().pending.remove(&id);
-                            // Let a follower take over reading.
-                            self.wake.notify_all();
-                            return Ok(frame);
-                        }
-                        Ok((got, frame)) => {
-                            let mut state = self.lock_state();
-                            if let Some(slot) = state.pending.get_mut(&got) {
-                                *slot = Some(frame);
-                            }
-                            drop(state);
-                            self.wake.notify_all();
-                        }
-                        Err(ReadFailure::CleanTimeout) => {
-                            self.lock_state().pending.remove(&id);
-                            self.wake.notify_all();
-                            return Err(TransportError::Timeout);
-                        }
-                        Err(ReadFailure::Broken(e)) => {
-                            self.mark_broken(&e);
-                            self.lock_state().pending.remove(&id);
-                            return Err(e);
-                        }
-                    }
+            {
+                let mut state = self.lock_state();
+                if let Some(done) = take_if_done(&mut state, id)? {
+                    return Ok(done);
                 }
-                Err(TryLockError::WouldBlock) => {
-                    let state = self.lock_state();
-                    if matches!(state.pending.get(&id), Some(Some(_))) || state.broken.is_some() {
-                        continue;
-                    }
+                if state.reading {
+                    // Follow: the leader hands us our reply or wakes us when it stops reading.
+                    // `reading` and `followers` change under this lock, so no wake-up is lost.
                     let now = Instant::now();
                     if now >= deadline {
-                        drop(state);
-                        self.lock_state().pending.remove(&id);
+                        state.pending.remove(&id);
                         return Err(TransportError::Timeout);
                     }
+                    state.followers += 1;
                     let nap = FOLLOWER_NAP.min(deadline - now);
-                    let _ = self.wake.wait_timeout(state, nap);
+                    let (mut state, _) = self
+                        .wake
+                        .wait_timeout(state, nap)
+                        .unwrap_or_else(|e| e.into_inner());
+                    state.followers -= 1;
+                    continue;
                 }
-                Err(TryLockError::Poisoned(_)) => {
-                    let e = TransportError::ConnectionLost("reader panicked".into());
-                    self.mark_broken(&e);
-                    return Err(e);
+                state.reading = true;
+            }
+            // Lead: nobody else reads the socket until `reading` is cleared below.
+            let result = match self.reader.lock() {
+                Ok(mut reader) => self.read_frame(&mut reader, deadline),
+                Err(_) => Err(ReadFailure::Broken(TransportError::ConnectionLost(
+                    "reader panicked".into(),
+                ))),
+            };
+            let mut state = self.lock_state();
+            state.reading = false;
+            let outcome = match result {
+                Ok((got, frame)) if got == id => {
+                    state.pending.remove(&id);
+                    Some(Ok(frame))
                 }
+                Ok((got, frame)) => {
+                    if let Some(slot) = state.pending.get_mut(&got) {
+                        *slot = Some(frame);
+                    }
+                    None
+                }
+                Err(ReadFailure::CleanTimeout) => {
+                    state.pending.remove(&id);
+                    Some(Err(TransportError::Timeout))
+                }
+                Err(ReadFailure::Broken(e)) => {
+                    state.broken.get_or_insert_with(|| e.to_string());
+                    state.pending.remove(&id);
+                    let _ = self.control.shutdown(Shutdown::Both);
+                    Some(Err(e))
+                }
+            };
+            if state.followers > 0 {
+                self.wake.notify_all();
+            }
+            drop(state);
+            if let Some(outcome) = outcome {
+                return outcome;
             }
         }
     }
+}
 
-    fn take_if_done(&self, id: u64) -> Result<Option<ReplyFrame>, TransportError> {
-        let mut state = self.lock_state();
-        if let Some(slot) = state.pending.get_mut(&id) {
-            if let Some(frame) = slot.take() {
-                state.pending.remove(&id);
-                return Ok(Some(frame));
-            }
-        }
-        if let Some(why) = &state.broken {
-            let e = TransportError::ConnectionLost(why.clone());
+/// Takes `id`'s reply if the leader delivered it; fails if the connection broke.
+fn take_if_done(state: &mut State, id: u64) -> Result<Option<ReplyFrame>, TransportError> {
+    if let Some(slot) = state.pending.get_mut(&id) {
+        if let Some(frame) = slot.take() {
             state.pending.remove(&id);
-            return Err(e);
+            return Ok(Some(frame));
         }
-        Ok(None)
     }
+    if let Some(why) = &state.broken {
+        let e = TransportError::ConnectionLost(why.clone());
+        state.pending.remove(&id);
+        return Err(e);
+    }
+    Ok(None)
 }
 
 impl Connection for TcpConnection {
