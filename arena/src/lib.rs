@@ -14,10 +14,12 @@
 
 mod allocator;
 mod arena;
+mod pages;
 mod segment;
 
 pub use allocator::FreeList;
 pub use arena::{Allocation, Arena, ArenaConfig, ArenaStats, OutOfMemory, Sealed};
+pub use pages::PageBuffer;
 pub use segment::{Segment, SegmentError};
 
 /// Allocation granularity: every object starts on a 64-byte boundary (a cache line, and enough
