@@ -271,6 +271,14 @@ impl Allocation {
         }
     }
 
+    /// Faults in the allocation's pages ahead of a large write into it (one system call
+    /// instead of a trap per page).
+    pub fn populate(&self) {
+        if let Some(p) = &self.place {
+            p.segment.populate(p.offset, self.len);
+        }
+    }
+
     /// Where the bytes live: segment id and offset (for registered-memory descriptors and
     /// same-node mapping). `None` for an empty object.
     pub fn location(&self) -> Option<(u32, u64)> {

@@ -133,6 +133,25 @@ impl Segment {
         }
     }
 
+    /// Faults in the pages of `offset..offset+len` in one system call, so that a transfer
+    /// into them does not trap once per page. Best effort (needs Linux 5.14).
+    pub(crate) fn populate(&self, offset: u64, len: u64) {
+        const PAGE: u64 = 4096;
+        let start = offset / PAGE * PAGE;
+        let end = (offset + len).div_ceil(PAGE) * PAGE;
+        if end > start && end <= self.len {
+            // SAFETY: the range lies inside this mapping; populating only allocates pages
+            // (their contents are unchanged, zero for never-touched ones).
+            let _ = unsafe {
+                rustix::mm::madvise(
+                    self.base.as_ptr().add(start as usize).cast(),
+                    (end - start) as usize,
+                    rustix::mm::Advice::LinuxPopulateWrite,
+                )
+            };
+        }
+    }
+
     /// Gives the pages of a freed range back to the kernel (they read as zeros afterwards).
     /// Only whole pages strictly inside the range are released.
     pub(crate) fn release_pages(&self, offset: u64, len: u64) {
