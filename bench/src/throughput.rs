@@ -6,6 +6,7 @@
 //! JSON line. Workers inherit the bench's CPU mask, i.e. the placement's client CPUs.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -156,7 +157,7 @@ fn measure(
 ) -> anyhow::Result<(Latencies, f64)> {
     let mut workers = Workers::default();
     let (tx, rx) = mpsc::channel();
-    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let exe = this_program()?;
     for index in 0..clients {
         let mut child = Command::new(&exe)
             .arg("worker")
@@ -214,6 +215,16 @@ fn measure(
     })?;
     workers.finish()?;
     Ok((merged, rate))
+}
+
+/// This very program: `/proc/self/exe` runs the same binary even if the file was replaced
+/// (rebuilt) since the bench started; elsewhere, the program's path.
+fn this_program() -> anyhow::Result<PathBuf> {
+    let proc = PathBuf::from("/proc/self/exe");
+    if proc.exists() {
+        return Ok(proc);
+    }
+    std::env::current_exe().context("cannot find this program's path")
 }
 
 /// Takes `count` lines from the workers within `limit`, one per worker.
