@@ -53,6 +53,10 @@ pub struct Args {
     /// Exit after this long (e.g. `10m`) with no connections and no objects stored.
     #[arg(long, env = "DIMSTORE_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Close a connection whose frame stops flowing for this long mid-way (e.g. a put whose
+    /// payload stalls), freeing what it reserved. [default: 30s]
+    #[arg(long, env = "DIMSTORE_STALL_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub stall_timeout: Option<Duration>,
     /// Worker threads serving connections. [default: 2]
     #[arg(long, env = "DIMSTORE_THREADS")]
     pub threads: Option<usize>,
@@ -74,6 +78,8 @@ struct FileConfig {
     ready_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde_opt")]
     idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    stall_timeout: Option<Duration>,
     threads: Option<usize>,
     log: Option<String>,
 }
@@ -108,6 +114,8 @@ pub struct ServerConfig {
     pub ready_file: Option<PathBuf>,
     /// Idle timeout.
     pub idle_timeout: Option<Duration>,
+    /// Stall timeout mid-frame.
+    pub stall_timeout: Duration,
     /// Worker threads.
     pub threads: usize,
     /// Log filter.
@@ -183,6 +191,10 @@ impl ServerConfig {
             token: args.token.or(file.token).filter(|t| !t.is_empty()),
             ready_file: args.ready_file.or(file.ready_file),
             idle_timeout: args.idle_timeout.or(file.idle_timeout),
+            stall_timeout: args
+                .stall_timeout
+                .or(file.stall_timeout)
+                .unwrap_or(Duration::from_secs(30)),
             threads,
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
         })

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use dimstore_arena::{Arena, ArenaConfig};
 use dimstore_proto::{FrameLimits, ReadyFile};
+use dimstore_transport::tcp::ServeOptions;
 use tokio::net::TcpListener;
 
 pub mod config;
@@ -81,9 +82,12 @@ pub async fn run(config: ServerConfig) -> Result<StopReason, ServerError> {
         segment_size: config.segment_size,
     });
     let service = StoreService::new(ObjectStore::new(arena, server_id), identity.clone());
-    let limits = FrameLimits {
-        max_body: 16 << 20,
-        max_payload: config.memory_limit,
+    let options = ServeOptions {
+        limits: FrameLimits {
+            max_body: 16 << 20,
+            max_payload: config.memory_limit,
+        },
+        stall_timeout: config.stall_timeout,
     };
 
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -109,7 +113,7 @@ pub async fn run(config: ServerConfig) -> Result<StopReason, ServerError> {
     );
 
     let stopped = Arc::clone(&stop);
-    dimstore_transport::tcp::serve(listener, Arc::new(service.clone()), limits, async move {
+    dimstore_transport::tcp::serve(listener, Arc::new(service.clone()), options, async move {
         stopped.notified().await
     })
     .await;

@@ -264,3 +264,51 @@ fn every_malformed_frame_gets_an_error_or_a_close_and_others_are_served() {
         stats.bytes_used
     );
 }
+
+#[test]
+fn a_put_stalling_mid_payload_is_dropped_and_its_memory_freed() {
+    let server = TestServer::start(ServerOptions {
+        memory_limit: "64MiB".into(),
+        extra: vec!["--stall-timeout".into(), "300ms".into()],
+        ..ServerOptions::default()
+    });
+    let observer = server.client("tcp");
+    let mut s = raw(&server);
+    s.write_all(&request(1, &hello(), &[])).expect("hello");
+    // Declare 48 MiB, send 1 MiB of it, then go quiet with the connection open.
+    let body = encode_request(&Request::Put {
+        sizes: vec![48 << 20],
+    });
+    let mut head = FrameHeader {
+        kind: FrameKind::Request,
+        request_id: 2,
+        body_len: body.len() as u32,
+        payload_len: 48 << 20,
+    }
+    .encode()
+    .to_vec();
+    head.extend_from_slice(&body);
+    s.write_all(&head).expect("put header");
+    s.write_all(&vec![0u8; 1 << 20]).expect("first MiB");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut saw_reservation = false;
+    loop {
+        let used = observer.stats().expect("stats").bytes_used;
+        saw_reservation |= used >= 48 << 20;
+        if saw_reservation && used == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reservation never released (used {used}, seen {saw_reservation})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The stalled connection was closed (after the Hello reply).
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = s.read_to_end(&mut rest);
+    assert!(server.log().contains("stalled"), "{}", server.log());
+    assert_still_serving(&server);
+}

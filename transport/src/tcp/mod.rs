@@ -5,7 +5,7 @@ mod client;
 mod server;
 
 pub use client::{TcpConnection, TcpConnector};
-pub use server::serve;
+pub use server::{serve, ServeOptions};
 
 /// Name advertised for this transport.
 pub const NAME: &str = "tcp";

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dimstore_proto::{
     decode_request, encode_response, ErrorReply, FrameError, FrameHeader, FrameKind, FrameLimits,
@@ -16,13 +17,27 @@ use tokio::sync::Mutex;
 use super::{COALESCE_LIMIT, NAME};
 use crate::{Outcome, Reply, Service};
 
+/// How the TCP server treats its peers.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Limits enforced on every frame header before anything is allocated.
+    pub limits: FrameLimits,
+    /// Once a frame has started, each chunk of it must arrive within this time, or the
+    /// connection is closed (and memory reserved for its payload freed). Idle connections
+    /// between frames are not affected.
+    pub stall_timeout: Duration,
+}
+
+/// Chunk size for the stall timeout: a payload must make this much progress per timeout.
+const PROGRESS_CHUNK: usize = 4 << 20;
+
 /// Serves `service` on `listener` until `shutdown` completes. Each connection is served by a
 /// task of its own; replies that must wait (deferred gets) are written by tasks of their own
 /// so the connection keeps being served.
 pub async fn serve<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
-    limits: FrameLimits,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -34,7 +49,7 @@ pub async fn serve<S: Service>(
                     let service = Arc::clone(&service);
                     tokio::spawn(async move {
                         let peer = peer.to_string();
-                        if let Err(e) = serve_connection(stream, service, limits, &peer).await {
+                        if let Err(e) = serve_connection(stream, service, options, &peer).await {
                             tracing::debug!(%peer, error = %e, "connection closed");
                         }
                     });
@@ -58,14 +73,35 @@ enum ConnectionEnd {
     Io(#[from] std::io::Error),
     #[error("refused frame: {0}")]
     Frame(#[from] FrameError),
+    #[error("peer stalled for {0:?} in the middle of a frame")]
+    Stalled(Duration),
+}
+
+/// Reads exactly `buf.len()` bytes of a frame that has started, requiring progress of
+/// [`PROGRESS_CHUNK`] bytes per `stall` period.
+async fn read_frame_part<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+    stall: Duration,
+) -> Result<(), ConnectionEnd> {
+    for chunk in buf.chunks_mut(PROGRESS_CHUNK) {
+        tokio::time::timeout(stall, reader.read_exact(chunk))
+            .await
+            .map_err(|_| ConnectionEnd::Stalled(stall))??;
+    }
+    Ok(())
 }
 
 async fn serve_connection<S: Service>(
     stream: TcpStream,
     service: Arc<S>,
-    limits: FrameLimits,
+    options: ServeOptions,
     peer: &str,
 ) -> Result<(), ConnectionEnd> {
+    let ServeOptions {
+        limits,
+        stall_timeout,
+    } = options;
     stream.set_nodelay(true)?;
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 << 10, read_half);
@@ -73,11 +109,13 @@ async fn serve_connection<S: Service>(
     let mut session = service.open_session(NAME, peer.to_string());
     loop {
         let mut raw = [0u8; HEADER_LEN];
-        match reader.read_exact(&mut raw).await {
+        // Between frames a connection may idle forever; once a frame starts, it must flow.
+        match reader.read_exact(&mut raw[..1]).await {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e.into()),
         }
+        read_frame_part(&mut reader, &mut raw[1..], stall_timeout).await?;
         let header = match FrameHeader::decode(&raw, &limits) {
             Ok(h) if h.kind == FrameKind::Request => h,
             Ok(h) => {
@@ -102,7 +140,7 @@ async fn serve_connection<S: Service>(
         };
         let mut body = AlignedVec::<16>::with_capacity(header.body_len as usize);
         body.resize(header.body_len as usize, 0);
-        reader.read_exact(&mut body).await?;
+        read_frame_part(&mut reader, &mut body, stall_timeout).await?;
         let request = match decode_request(&body) {
             Ok(r) => r,
             Err(e) => {
@@ -122,7 +160,7 @@ async fn serve_connection<S: Service>(
         };
         let mut sinks = sinks;
         for sink in &mut sinks {
-            reader.read_exact(sink.as_mut()).await?;
+            read_frame_part(&mut reader, sink.as_mut(), stall_timeout).await?;
         }
         match service.handle(&mut session, request, sinks) {
             Outcome::Ready(reply) => {
