@@ -1,8 +1,9 @@
 //! `dimstore-bench`: dimstore measured side by side with its limits and a peer.
 //!
-//! One run starts every contender itself — a `dimstore-server` (found through its ready file),
-//! a raw TCP echo server (the limit: what the loopback network gives with nothing on top) and a
-//! `redis-server` (a well-known peer) — and measures, under the same CPU placement for all:
+//! One run starts every contender's server as a process of its own — a `dimstore-server`
+//! (found through its ready file), a raw TCP request/reply server (the limit: what loopback
+//! TCP gives with nothing on top) and a `redis-server` (a well-known peer) — and measures,
+//! under the same CPU placement for all:
 //!
 //! - [`latency`]: put and get latency per object size (median and p99 from hdrhistogram), plus
 //!   a raw TCP one-way stream as the loopback bandwidth limit;

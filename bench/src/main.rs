@@ -1,6 +1,7 @@
 //! `dimstore-bench`: dimstore against raw TCP and redis, side by side. See the library docs.
 
 use clap::{Parser, Subcommand};
+use dimstore_bench::contenders::raw_tcp;
 use dimstore_bench::options::Parts;
 use dimstore_bench::throughput::{worker, WorkerArgs};
 use dimstore_bench::{run::run, RunArgs, Settings};
@@ -32,6 +33,9 @@ enum Command {
     /// One throughput client process (started by the bench itself).
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// The raw TCP server process (started by the bench itself).
+    #[command(hide = true)]
+    RawServer,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Latency(args)) => (args, Parts::Latency),
         Some(Command::Throughput(args)) => (args, Parts::Throughput),
         Some(Command::Worker(args)) => return worker(&args),
+        Some(Command::RawServer) => return raw_tcp::serve_process(),
     };
     run(&Settings::resolve(args, parts)?)?;
     Ok(())

@@ -5,9 +5,10 @@
 //! (about 30 us on the 2-core VM this was written on), while a switch between two processes
 //! on the same CPU is cheap. Every contender is measured under the same placement.
 //!
-//! Pinning uses `sched_setaffinity` on the calling thread. Servers (child processes and the
-//! raw TCP server's threads) are started while the calling thread is pinned to the server
-//! CPUs, and inherit that mask; client processes inherit the client mask the same way.
+//! Pinning uses `sched_setaffinity` on the calling thread. Every server is a child process
+//! started while the calling thread is pinned to the server CPUs, and inherits that mask;
+//! the latency client is the pinned thread itself, and throughput client processes inherit
+//! the client mask the same way.
 
 use anyhow::{bail, Context};
 use rustix::process::{sched_getaffinity, sched_setaffinity, CpuSet};

@@ -6,7 +6,6 @@
 //! JSON line. Workers inherit the bench's CPU mask, i.e. the placement's client CPUs.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use anyhow::{bail, Context};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::contenders::{connect, pattern, Contender, ContenderKind, Op};
+use crate::contenders::{connect, pattern, this_program, Contender, ContenderKind, Op};
 use crate::measure::{timed_loop, Bounds, Latencies};
 use crate::options::{parse_duration, Settings};
 use crate::placement::Placement;
@@ -215,16 +214,6 @@ fn measure(
     })?;
     workers.finish()?;
     Ok((merged, rate))
-}
-
-/// This very program: `/proc/self/exe` runs the same binary even if the file was replaced
-/// (rebuilt) since the bench started; elsewhere, the program's path.
-fn this_program() -> anyhow::Result<PathBuf> {
-    let proc = PathBuf::from("/proc/self/exe");
-    if proc.exists() {
-        return Ok(proc);
-    }
-    std::env::current_exe().context("cannot find this program's path")
 }
 
 /// Takes `count` lines from the workers within `limit`, one per worker.

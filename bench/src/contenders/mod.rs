@@ -183,6 +183,16 @@ pub(crate) fn poll_until<T>(
     }
 }
 
+/// This very program: `/proc/self/exe` runs the same binary even if the file was replaced
+/// (rebuilt) since the bench started; elsewhere, the program's path.
+pub(crate) fn this_program() -> anyhow::Result<std::path::PathBuf> {
+    let proc = std::path::PathBuf::from("/proc/self/exe");
+    if proc.exists() {
+        return Ok(proc);
+    }
+    std::env::current_exe().context("cannot find this program's path")
+}
+
 /// A free loopback TCP port (bound and released: a tiny race, fine on a bench machine).
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind loopback")?;

@@ -1,5 +1,6 @@
-//! Raw TCP: the limit. A server thread in the bench process answers requests with nothing
-//! on top of the socket: no serialisation, no allocation per request, no table.
+//! Raw TCP: the limit. A server process (the bench itself, as `raw-server`) answers requests
+//! with nothing on top of the socket: no serialisation, no allocation per request, no table,
+//! one blocking thread per connection.
 //!
 //! Request: a 24-byte header `[send_len, reply_len, mode]` (little-endian u64s), then
 //! `send_len` bytes. Reply: `reply_len` as 8 bytes, then `reply_len` bytes — written from one
@@ -7,15 +8,14 @@
 //! bytes and gets an empty reply; a get asks for N bytes; a stream measures loopback
 //! bandwidth without touching more memory than a chunk on either side.
 
-use std::io::{BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use anyhow::{ensure, Context};
+use anyhow::{bail, ensure, Context};
 
-use super::{pattern, Client, Contender, ContenderKind};
+use super::{pattern, stop_child, this_program, Client, Contender, ContenderKind};
 
 const HEADER: usize = 24;
 const CHUNK: usize = 1 << 20;
@@ -24,37 +24,55 @@ const COALESCE: usize = 64 << 10;
 const MODE_BUFFER: u64 = 0;
 const MODE_STREAM: u64 = 1;
 
-/// The raw TCP server: an accept thread and one thread per connection.
+/// The raw TCP server: a process of its own (this program's hidden `raw-server` command),
+/// like the other contenders' servers, so every placement treats them alike.
 #[derive(Debug)]
 pub struct RawServer {
+    child: Child,
     address: String,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
 }
 
 impl RawServer {
-    /// Listens on a free loopback port. Threads inherit the calling thread's CPU mask.
+    /// Starts the server process (it inherits the calling thread's CPU mask) and reads the
+    /// address it listens on.
     pub fn start() -> anyhow::Result<RawServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind loopback")?;
-        let address = listener.local_addr()?.to_string();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let accept = std::thread::Builder::new()
-            .name("raw-tcp-accept".into())
-            .spawn(move || accept_loop(listener, &stopping))?;
-        Ok(RawServer {
-            address,
-            stop,
-            accept: Some(accept),
-        })
+        let mut child = Command::new(this_program()?)
+            .arg("raw-server")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the raw TCP server process")?;
+        let mut line = String::new();
+        let read = match child.stdout.take() {
+            Some(stdout) => BufReader::new(stdout).read_line(&mut line),
+            None => Ok(0),
+        };
+        let address = line.trim().to_string();
+        if read.is_err() || address.is_empty() {
+            stop_child(&mut child, Duration::from_secs(1));
+            bail!("the raw TCP server process did not report its address");
+        }
+        Ok(RawServer { child, address })
     }
 }
 
-fn accept_loop(listener: TcpListener, stop: &AtomicBool) {
+/// Runs the raw TCP server in this process (the `raw-server` command): prints the address,
+/// serves until standard input closes (the bench ended or dropped the server).
+pub fn serve_process() -> anyhow::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind loopback")?;
+    println!("{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    std::thread::Builder::new()
+        .name("raw-tcp-accept".into())
+        .spawn(move || accept_loop(listener))?;
+    let mut rest = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut rest)?;
+    Ok(())
+}
+
+fn accept_loop(listener: TcpListener) {
     for stream in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
-            return;
-        }
         let Ok(stream) = stream else { continue };
         let spawned = std::thread::Builder::new()
             .name("raw-tcp-conn".into())
@@ -142,15 +160,9 @@ impl Contender for RawServer {
 
 impl Drop for RawServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wake the accept loop so it sees the flag; connection threads end when their
-        // clients hang up.
-        if let Ok(addr) = self.address.parse::<SocketAddr>() {
-            let _ = TcpStream::connect(addr);
-        }
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+        // Closing its stdin ends the server; connection threads die with the process.
+        drop(self.child.stdin.take());
+        stop_child(&mut self.child, Duration::from_secs(2));
     }
 }
 
