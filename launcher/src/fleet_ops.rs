@@ -80,21 +80,23 @@ fn for_each_node<T: Send>(fleet: &Fleet, f: impl Fn(&FleetNode) -> T + Sync) -> 
 /// The statuses as a table, with the reasons for down nodes below it.
 pub fn render_table(statuses: &[NodeStatus]) -> String {
     let header = [
-        "NODE", "ADDRESS", "PID", "STATE", "OBJECTS", "MEMORY", "REQUESTS", "UPTIME",
+        "NODE", "ADDRESS", "PID", "STATE", "OBJECTS", "MEMORY", "REQUESTS", "UPTIME", "BINDING",
     ];
-    let rows: Vec<[String; 8]> = statuses
+    let rows: Vec<[String; 9]> = statuses
         .iter()
         .map(|s| {
-            let (state, objects, memory, requests, uptime) = match &s.stats {
+            let (state, objects, memory, requests, uptime, binding) = match &s.stats {
                 Ok(st) => (
                     "up".to_string(),
                     st.objects.to_string(),
                     format!("{} / {}", bytes(st.bytes_used), bytes(st.memory_limit)),
                     st.requests.to_string(),
                     uptime(st.uptime_ms),
+                    st.binding.clone(),
                 ),
                 Err(_) => (
                     "DOWN".into(),
+                    "-".into(),
                     "-".into(),
                     "-".into(),
                     "-".into(),
@@ -110,6 +112,7 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
                 memory,
                 requests,
                 uptime,
+                binding,
             ]
         })
         .collect();
@@ -191,6 +194,7 @@ fn stats_json(st: &ServerStats) -> serde_json::Value {
         "evictions": st.evictions,
         "store_full": st.store_full,
         "requests": st.requests,
+        "binding": st.binding,
     })
 }
 
@@ -360,6 +364,7 @@ mod tests {
             store_full: 0,
             requests: 12,
             transports: Vec::new(),
+            binding: "none: --cpu-bind none".into(),
         }
     }
 
@@ -391,6 +396,7 @@ mod tests {
             lines[1].contains("1m 1s") && lines[1].contains("12"),
             "{table}"
         );
+        assert!(lines[1].ends_with("none: --cpu-bind none"), "{table}");
         assert!(lines[2].contains("DOWN"), "{table}");
         assert_eq!(lines[3], "node1 is DOWN: connection refused");
 

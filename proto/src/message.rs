@@ -155,6 +155,9 @@ pub struct ServerStats {
     pub requests: u64,
     /// Per-transport counters.
     pub transports: Vec<TransportStats>,
+    /// CPU and memory binding of the server's threads (e.g. `cpus 0-1 (numa 0, near eth0)`,
+    /// or `none: ...` with the reason).
+    pub binding: String,
 }
 
 /// A server response.

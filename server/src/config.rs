@@ -9,6 +9,8 @@ use bytesize::ByteSize;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::placement::CpuBind;
+
 /// Command line of `dimstore-server`.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
@@ -63,6 +65,14 @@ pub struct Args {
     /// Log filter (tracing `EnvFilter` syntax). [default: info]
     #[arg(long, env = "DIMSTORE_LOG")]
     pub log: Option<String>,
+    /// CPUs the server's threads run on: `none`, `auto` (near the NIC in use, when hwloc
+    /// reports its locality; else nothing) or a list like `0-3,8`. [default: auto]
+    #[arg(long, env = "DIMSTORE_CPU_BIND", value_name = "none|auto|LIST")]
+    pub cpu_bind: Option<CpuBind>,
+    /// NUMA node (OS index) for the server's memory, and its CPUs with `--cpu-bind auto`.
+    /// [default: the NIC's node under auto]
+    #[arg(long, env = "DIMSTORE_NUMA", value_name = "N")]
+    pub numa: Option<u32>,
 }
 
 /// The same settings as read from a TOML file.
@@ -82,6 +92,8 @@ struct FileConfig {
     stall_timeout: Option<Duration>,
     threads: Option<usize>,
     log: Option<String>,
+    cpu_bind: Option<String>,
+    numa: Option<u32>,
 }
 
 mod humantime_serde_opt {
@@ -120,6 +132,10 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Log filter.
     pub log: String,
+    /// CPU binding of the server's threads.
+    pub cpu_bind: CpuBind,
+    /// NUMA node named by the user.
+    pub numa: Option<u32>,
 }
 
 /// Why the configuration is unusable.
@@ -178,6 +194,13 @@ impl ServerConfig {
                 "memory limit must be > 0 and segment size >= 4KiB".into(),
             ));
         }
+        let cpu_bind = match (args.cpu_bind, file.cpu_bind) {
+            (Some(bind), _) => bind,
+            (None, Some(text)) => text
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("cpu_bind in the config file: {e}")))?,
+            (None, None) => CpuBind::Auto,
+        };
         let threads = args.threads.or(file.threads).unwrap_or(2);
         if threads == 0 {
             return Err(ConfigError::Invalid("threads must be >= 1".into()));
@@ -197,6 +220,8 @@ impl ServerConfig {
                 .unwrap_or(Duration::from_secs(30)),
             threads,
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+            cpu_bind,
+            numa: args.numa.or(file.numa),
         })
     }
 
@@ -275,6 +300,37 @@ mod tests {
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(c.node, "from-flag");
         assert_eq!(c.segment_size, 64 << 20);
+        assert_eq!(c.cpu_bind, CpuBind::Auto);
+    }
+
+    #[test]
+    fn placement_from_flag_env_and_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "cpu_bind = \"0-1,3\"\nnuma = 1\n").expect("write");
+        let from_file = ServerConfig::resolve(Args {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(from_file.cpu_bind, CpuBind::List(vec![0, 1, 3]));
+        assert_eq!(from_file.numa, Some(1));
+        let flag = Args::try_parse_from(["dimstore-server", "--cpu-bind", "none", "--numa", "0"])
+            .expect("flags parse");
+        let c = ServerConfig::resolve(Args {
+            config: Some(path.clone()),
+            ..flag
+        })
+        .expect("valid");
+        assert_eq!((c.cpu_bind, c.numa), (CpuBind::None, Some(0)));
+        assert!(Args::try_parse_from(["dimstore-server", "--cpu-bind", "3-1"]).is_err());
+        std::fs::write(&path, "cpu_bind = \"x\"\n").expect("write");
+        let err = ServerConfig::resolve(Args {
+            config: Some(path),
+            ..Default::default()
+        })
+        .expect_err("bad list");
+        assert!(err.to_string().contains("cpu_bind"), "{err}");
     }
 
     #[test]

@@ -14,10 +14,12 @@ use dimstore_transport::tcp::ServeOptions;
 use tokio::net::TcpListener;
 
 pub mod config;
+pub mod placement;
 pub mod service;
 pub mod store;
 
 pub use config::{Args, ConfigError, ServerConfig};
+pub use placement::{CpuBind, Placement, PlacementError};
 pub use service::{ServiceIdentity, StoreService};
 pub use store::ObjectStore;
 
@@ -56,8 +58,9 @@ pub enum StopReason {
     Idle,
 }
 
-/// Runs the server until it is told to stop.
-pub async fn run(config: ServerConfig) -> Result<StopReason, ServerError> {
+/// Runs the server until it is told to stop. `binding` describes the threads' placement
+/// (see [`Placement::description`]) for stats.
+pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, ServerError> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -76,6 +79,7 @@ pub async fn run(config: ServerConfig) -> Result<StopReason, ServerError> {
         token: config.token.clone(),
         server_id,
         transports: vec![dimstore_transport::tcp::NAME.to_string()],
+        binding,
     };
     let arena = Arena::new(ArenaConfig {
         capacity: config.memory_limit,
@@ -109,7 +113,7 @@ pub async fn run(config: ServerConfig) -> Result<StopReason, ServerError> {
     }
     tracing::info!(
         %advertised, node = %config.node, memory_limit = config.memory_limit,
-        pid = std::process::id(), "dimstore-server ready"
+        pid = std::process::id(), binding = %identity.binding, "dimstore-server ready"
     );
 
     let stopped = Arc::clone(&stop);

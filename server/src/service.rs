@@ -27,6 +27,8 @@ pub struct ServiceIdentity {
     pub server_id: u64,
     /// Transports offered, best first.
     pub transports: Vec<String>,
+    /// CPU and memory binding of the server's threads, as reported in stats.
+    pub binding: String,
 }
 
 /// The dimstore request handler: a cheap handle shared by every transport and session.
@@ -145,6 +147,7 @@ impl StoreService {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            binding: self.identity.binding.clone(),
         }
     }
 

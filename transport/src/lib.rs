@@ -56,6 +56,9 @@ impl<S> Reply<S> {
 pub type DeferredReply<S> = Pin<Box<dyn Future<Output = Reply<S>> + Send + 'static>>;
 
 /// How a service answers a request.
+// Ready is the per-request hot path and lives on the stack; boxing it to shrink the rare
+// Deferred case would allocate on every request.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome<S> {
     /// The reply is ready now.
     Ready(Reply<S>),

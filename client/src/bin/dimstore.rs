@@ -187,6 +187,7 @@ fn stat(store: &Store, config: &ClientConfig, json: bool, all: bool) -> anyhow::
             s.requests,
             s.uptime_ms as f64 / 1000.0
         );
+        println!("  binding: {}", s.binding);
         for t in &s.transports {
             println!(
                 "  {}: {} connections, {} bytes served ({} one-sided)",
@@ -230,6 +231,7 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
         "store_full": s.store_full,
         "requests": s.requests,
         "transports": transports,
+        "binding": s.binding,
     })
 }
 
