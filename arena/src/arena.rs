@@ -271,6 +271,16 @@ impl Allocation {
         }
     }
 
+    /// Shortens the object to `len` bytes (an in-place write that used less than it
+    /// reserved); the reserved capacity is freed with the object. `false` if `len` is longer.
+    pub fn truncate(&mut self, len: u64) -> bool {
+        if len > self.len {
+            return false;
+        }
+        self.len = len;
+        true
+    }
+
     /// Faults in the allocation's pages ahead of a large write into it (one system call
     /// instead of a trap per page).
     pub fn populate(&self) {

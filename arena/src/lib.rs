@@ -14,11 +14,13 @@
 
 mod allocator;
 mod arena;
+mod mapping;
 mod pages;
 mod segment;
 
 pub use allocator::FreeList;
 pub use arena::{Allocation, Arena, ArenaConfig, ArenaStats, OutOfMemory, Sealed};
+pub use mapping::{MappedBytes, MappedBytesMut, MappedSegment};
 pub use pages::PageBuffer;
 pub use segment::{Segment, SegmentError};
 

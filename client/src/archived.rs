@@ -1,7 +1,6 @@
 //! Typed zero-copy access: objects stored as rkyv archives and read back as validated
 //! archived views, without deserializing.
 
-use dimstore_transport::AlignedBuf;
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
@@ -11,13 +10,14 @@ use rkyv::Archive;
 use yoke::Yoke;
 
 use crate::error::{GetError, PutError};
-use crate::store::{ObjectBytes, Store};
+use crate::object::ObjectBytes;
+use crate::store::Store;
 use dimstore_proto::Key;
 
 /// A validated archived `T` over the bytes it was received in. Dereferences to
 /// `T::Archived`; validation happened once, when it was fetched.
 pub struct Archived<T: Archive + 'static> {
-    view: Yoke<&'static T::Archived, Box<AlignedBuf>>,
+    view: Yoke<&'static T::Archived, Box<ObjectBytes>>,
 }
 
 impl<T: Archive + 'static> std::ops::Deref for Archived<T> {
@@ -42,8 +42,8 @@ where
 {
     /// Validates `bytes` as an archived `T`.
     pub fn validate(bytes: ObjectBytes) -> Result<Self, rancor::Error> {
-        let view = Yoke::try_attach_to_cart(Box::new(bytes.0), |data: &AlignedBuf| {
-            rkyv::access::<T::Archived, rancor::Error>(data.as_slice())
+        let view = Yoke::try_attach_to_cart(Box::new(bytes), |data: &ObjectBytes| {
+            rkyv::access::<T::Archived, rancor::Error>(data)
         })?;
         Ok(Archived { view })
     }

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::local::LocalMode;
+
 /// Whether a client may start a server on its node when none runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpawnPolicy {
@@ -38,6 +40,8 @@ pub struct ClientConfig {
     pub spawn_idle_timeout: Duration,
     /// Memory limit for a spawned server (`DIMSTORE_MEMORY_LIMIT`, default: the server's).
     pub spawn_memory_limit: Option<String>,
+    /// How to reach a server on this node (`DIMSTORE_LOCAL=map|copy|off`, default `map`).
+    pub local: LocalMode,
 }
 
 impl Default for ClientConfig {
@@ -54,6 +58,7 @@ impl Default for ClientConfig {
             spawn_listen: "0.0.0.0:0".into(),
             spawn_idle_timeout: Duration::from_secs(600),
             spawn_memory_limit: None,
+            local: LocalMode::Map,
         }
     }
 }
@@ -86,6 +91,14 @@ impl ClientConfig {
             spawn_listen: var("DIMSTORE_LISTEN").unwrap_or(d.spawn_listen),
             spawn_idle_timeout: duration("DIMSTORE_SPAWN_IDLE_TIMEOUT", d.spawn_idle_timeout)?,
             spawn_memory_limit: var("DIMSTORE_MEMORY_LIMIT"),
+            local: match var("DIMSTORE_LOCAL").as_deref() {
+                None | Some("map") => LocalMode::Map,
+                Some("copy") => LocalMode::Copy,
+                Some("off") => LocalMode::Off,
+                Some(other) => {
+                    return Err(format!("DIMSTORE_LOCAL={other}: expected map, copy or off"))
+                }
+            },
         })
     }
 }

@@ -7,43 +7,33 @@ use std::time::{Duration, Instant};
 use dimstore_proto::{
     GetItem, Hello, HelloReply, Key, ObjectId, Request, Response, ServerStats, Status,
 };
-use dimstore_transport::tcp::{TcpConnection, TcpConnector};
+use dimstore_transport::local::LocalConnector;
+use dimstore_transport::tcp::TcpConnector;
 use dimstore_transport::{AlignedBuf, Connection, Connector, ReplyFrame};
 
 use crate::config::ClientConfig;
 use crate::error::{ConnectError, GetError, PutError, RequestError, SetError};
+use crate::local::{LocalMode, Mappings};
+use crate::object::{Lease, ObjectBytes};
 use crate::spawn::{self, LocalServer};
 
-/// An object's bytes as received: owned, 16-byte aligned (so archived values can be read in
-/// place).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectBytes(pub(crate) AlignedBuf);
-
-impl ObjectBytes {
-    /// The bytes as a vector (copies).
-    pub fn to_vec(&self) -> Vec<u8> {
-        self.0.to_vec()
-    }
-}
-
-impl std::ops::Deref for ObjectBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl AsRef<[u8]> for ObjectBytes {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 /// A connected, greeted server.
-#[derive(Debug)]
-struct Peer {
-    connection: TcpConnection,
-    hello: HelloReply,
+pub(crate) struct Peer {
+    /// TCP, or the Unix socket of a same-node server.
+    pub(crate) connection: Arc<dyn Connection>,
+    /// The server's handshake answer.
+    pub(crate) hello: HelloReply,
+    /// Segments mapped from a same-node server (when gets are answered with mappings).
+    pub(crate) mappings: Option<Mappings>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("server", &self.hello.advertised)
+            .field("mapped", &self.mappings.is_some())
+            .finish()
+    }
 }
 
 /// A client of a dimstore fleet. Cheap to clone; clones share connections.
@@ -142,7 +132,19 @@ impl Store {
         self.inner.local.as_ref().is_some_and(|l| l.spawned)
     }
 
-    fn local(&self) -> Result<String, RequestError> {
+    /// The greeted connection to `owner`, with this store's timeout.
+    pub(crate) fn peer_now(&self, owner: &str) -> Result<Arc<Peer>, RequestError> {
+        self.peer_by(owner, Instant::now() + self.timeout)
+    }
+
+    /// Whether gets from this node's server map its memory (same node, mapping allowed).
+    pub fn maps_local_objects(&self) -> bool {
+        self.local_address()
+            .and_then(|owner| self.peer_now(owner).ok())
+            .is_some_and(|p| p.mappings.is_some())
+    }
+
+    pub(crate) fn local_owner(&self) -> Result<String, RequestError> {
         self.local_address()
             .map(str::to_string)
             .ok_or_else(|| RequestError::Unreachable {
@@ -161,7 +163,7 @@ impl Store {
     /// Stores several objects on this node's server in one round trip.
     pub fn put_batch(&self, objects: &[&[u8]]) -> Result<Vec<Key>, PutError> {
         let sizes: Vec<u64> = objects.iter().map(|o| o.len() as u64).collect();
-        let owner = self.local()?;
+        let owner = self.local_owner()?;
         let peer = self.peer_by(&owner, Instant::now() + self.timeout)?;
         check_fits(&peer, &sizes)?;
         let request = Request::Put {
@@ -183,13 +185,16 @@ impl Store {
     /// Fetches an object from its owner. A deferred key not set yet is waited for up to the
     /// timeout.
     pub fn get(&self, key: &Key) -> Result<ObjectBytes, GetError> {
-        let (_, reply) = self.get_from(&key.owner, &[key.id])?;
-        let ReplyFrame { response, payload } = reply;
+        let (peer, reply) = self.get_from(&key.owner, &[key.id])?;
+        let ReplyFrame {
+            response, payload, ..
+        } = reply;
         match response {
             Response::Get { items } => match items.as_slice() {
                 [GetItem::Found { size }] if *size == payload.len() as u64 => {
-                    Ok(ObjectBytes(payload))
+                    Ok(ObjectBytes::owned(payload))
                 }
+                &[item @ GetItem::Mapped { .. }] => Ok(self.mapped(&key.owner, &peer, item)?),
                 [GetItem::NotFound] => Err(GetError::NotFound(key.clone())),
                 [GetItem::NotSet] => Err(GetError::NotSet(key.clone())),
                 _ => Err(unexpected(&key.owner, &Response::Get { items }).into()),
@@ -204,7 +209,7 @@ impl Store {
         let mut out: Vec<Option<ObjectBytes>> = vec![None; keys.len()];
         for (owner, indices) in group_by_owner(keys) {
             let ids: Vec<ObjectId> = indices.iter().map(|&i| keys[i].id).collect();
-            let (_, reply) = self.get_from(owner, &ids)?;
+            let (peer, reply) = self.get_from(owner, &ids)?;
             let Response::Get { items } = reply.response else {
                 return Err(unexpected(owner, &reply.response).into());
             };
@@ -223,12 +228,53 @@ impl Store {
                             },
                         )
                     })?;
-                    out[i] = Some(ObjectBytes(AlignedBuf::copy_from(bytes)));
+                    out[i] = Some(ObjectBytes::owned(AlignedBuf::copy_from(bytes)));
                     offset = end;
+                }
+                if let GetItem::Mapped { .. } = *item {
+                    out[i] = Some(self.mapped(owner, &peer, *item)?);
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The object of a mapped get item, viewed in place (lease released on drop).
+    fn mapped(
+        &self,
+        owner: &str,
+        peer: &Arc<Peer>,
+        item: GetItem,
+    ) -> Result<ObjectBytes, RequestError> {
+        let GetItem::Mapped {
+            size,
+            segment,
+            offset,
+            lease,
+        } = item
+        else {
+            return Err(unexpected(owner, &Response::Get { items: vec![item] }));
+        };
+        // Taken first, so every error below releases it.
+        let lease = Lease {
+            id: lease,
+            connection: Arc::clone(&peer.connection),
+        };
+        let mappings = peer
+            .mappings
+            .as_ref()
+            .ok_or_else(|| RequestError::Protocol {
+                owner: owner.to_string(),
+                what: "mapped reply on a connection that did not ask for mapping".into(),
+            })?;
+        let mapping = mappings.get_or_map(segment, false, || self.fetch_segment(owner, segment))?;
+        let bytes = mapping
+            .view(offset, size)
+            .ok_or_else(|| RequestError::Protocol {
+                owner: owner.to_string(),
+                what: format!("object at {offset}+{size} lies outside segment {segment}"),
+            })?;
+        Ok(ObjectBytes::mapped(bytes, lease))
     }
 
     fn get_from(
@@ -317,7 +363,7 @@ impl Store {
 
     /// Reserves several keys in one round trip.
     pub fn new_keys(&self, count: u32) -> Result<Vec<Key>, RequestError> {
-        let owner = self.local()?;
+        let owner = self.local_owner()?;
         let (peer, reply) = self.call(&owner, &Request::NewKeys { count }, &[])?;
         match reply.response {
             Response::NewKeys { ids } if ids.len() == count as usize => {
@@ -360,7 +406,7 @@ impl Store {
 
     /// Statistics of this node's server.
     pub fn stats(&self) -> Result<ServerStats, RequestError> {
-        self.stats_of(&self.local()?)
+        self.stats_of(&self.local_owner()?)
     }
 
     /// Statistics of the server at `address`.
@@ -384,7 +430,7 @@ impl Store {
     // ---- plumbing ---------------------------------------------------------------------
 
     /// Sends one request to `owner` within this store's timeout.
-    fn call(
+    pub(crate) fn call(
         &self,
         owner: &str,
         request: &Request,
@@ -421,16 +467,11 @@ impl Store {
             .connector
             .connect(owner, deadline)
             .map_err(fail)?;
-        let token = self
-            .inner
-            .local
-            .as_ref()
-            .and_then(|l| l.token.clone())
-            .or_else(|| self.inner.config.token.clone());
         let hello = Request::Hello(Hello {
-            token,
+            token: self.token(),
             client_node: self.node(),
             client_pid: std::process::id(),
+            map: false,
         });
         let reply = connection.call(&hello, &[], deadline).map_err(fail)?;
         let hello = match reply.response {
@@ -438,9 +479,50 @@ impl Store {
             Response::Error(e) => return Err(RequestError::from_reply(owner, e)),
             other => return Err(unexpected(owner, &other)),
         };
-        let peer = Arc::new(Peer { connection, hello });
+        let peer = match self.same_node_peer(&hello, deadline) {
+            Some(local) => local,
+            None => Peer {
+                connection: Arc::new(connection),
+                hello,
+                mappings: None,
+            },
+        };
+        let peer = Arc::new(peer);
         *slot = Some(Arc::clone(&peer));
         Ok(peer)
+    }
+
+    /// The Unix-socket connection to a server on this node, when it offers one and it can be
+    /// used ("this node" by node identity, never by address); `None` falls back to TCP.
+    fn same_node_peer(&self, tcp_hello: &HelloReply, deadline: Instant) -> Option<Peer> {
+        let mode = self.inner.config.local;
+        let path = tcp_hello.local_socket.as_deref()?;
+        if mode == LocalMode::Off || tcp_hello.node != self.node() {
+            return None;
+        }
+        let connection = LocalConnector::default().connect(path, deadline).ok()?;
+        let hello = Request::Hello(Hello {
+            token: self.token(),
+            client_node: self.node(),
+            client_pid: std::process::id(),
+            map: mode == LocalMode::Map,
+        });
+        match connection.call(&hello, &[], deadline).ok()?.response {
+            Response::Hello(hello) if hello.server_id == tcp_hello.server_id => Some(Peer {
+                connection: Arc::new(connection),
+                mappings: hello.mapped.then(Mappings::default),
+                hello,
+            }),
+            _ => None,
+        }
+    }
+
+    fn token(&self) -> Option<String> {
+        self.inner
+            .local
+            .as_ref()
+            .and_then(|l| l.token.clone())
+            .or_else(|| self.inner.config.token.clone())
     }
 }
 
@@ -463,7 +545,7 @@ fn group_by_owner(keys: &[Key]) -> Vec<(&str, Vec<usize>)> {
     groups
 }
 
-fn unexpected(owner: &str, response: &Response) -> RequestError {
+pub(crate) fn unexpected(owner: &str, response: &Response) -> RequestError {
     RequestError::Protocol {
         owner: owner.to_string(),
         what: format!("{response:?}"),
@@ -472,7 +554,7 @@ fn unexpected(owner: &str, response: &Response) -> RequestError {
 
 /// Refuses objects the server could never hold before sending them: the server would have to
 /// drop the connection rather than read a payload beyond its memory limit.
-fn check_fits(peer: &Peer, sizes: &[u64]) -> Result<(), PutError> {
+pub(crate) fn check_fits(peer: &Peer, sizes: &[u64]) -> Result<(), PutError> {
     let limit = peer.hello.max_object;
     if let Some(big) = sizes.iter().find(|&&s| s > limit) {
         return Err(PutError::TooLarge(format!(
@@ -490,7 +572,7 @@ fn check_fits(peer: &Peer, sizes: &[u64]) -> Result<(), PutError> {
     Ok(())
 }
 
-fn put_error(e: RequestError) -> PutError {
+pub(crate) fn put_error(e: RequestError) -> PutError {
     match e.status() {
         Some(Status::StoreFull) => PutError::StoreFull(e.to_string()),
         Some(Status::TooLarge) => PutError::TooLarge(e.to_string()),

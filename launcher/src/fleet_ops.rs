@@ -365,6 +365,7 @@ mod tests {
             requests: 12,
             transports: Vec::new(),
             binding: "none: --cpu-bind none".into(),
+            ..ServerStats::default()
         }
     }
 

@@ -29,6 +29,9 @@ pub enum FrameKind {
     Request,
     /// A server response; the body is a [`crate::Response`].
     Response,
+    /// A one-way client request that gets no response (releasing leases, aborting
+    /// reservations); the body is a [`crate::Request`].
+    Notice,
 }
 
 impl FrameKind {
@@ -36,6 +39,7 @@ impl FrameKind {
         match self {
             FrameKind::Request => 1,
             FrameKind::Response => 2,
+            FrameKind::Notice => 3,
         }
     }
 
@@ -43,6 +47,7 @@ impl FrameKind {
         match v {
             1 => Some(FrameKind::Request),
             2 => Some(FrameKind::Response),
+            3 => Some(FrameKind::Notice),
             _ => None,
         }
     }

@@ -24,6 +24,9 @@ pub struct Hello {
     pub client_node: String,
     /// Process id of the client, for diagnostics.
     pub client_pid: u32,
+    /// On a same-node connection: answer gets with mapped items (the client maps the
+    /// server's segments) instead of copying the bytes through the socket.
+    pub map: bool,
 }
 
 /// The server's answer to [`Hello`].
@@ -41,6 +44,10 @@ pub struct HelloReply {
     pub transports: Vec<String>,
     /// Largest single object the server could ever hold (its memory limit).
     pub max_object: u64,
+    /// Unix socket same-node clients connect to for mapped access, if offered.
+    pub local_socket: Option<String>,
+    /// Whether this connection gets mapped replies (same node, same user, asked for).
+    pub mapped: bool,
 }
 
 /// A client request.
@@ -86,6 +93,34 @@ pub enum Request {
     Stats,
     /// Stop the server (requires the fleet token when one is set).
     Shutdown,
+    /// Same node: send the file descriptors of these arena segments (attached to the reply)
+    /// so the client can map them.
+    MapSegments {
+        /// Segment ids.
+        ids: Vec<u32>,
+    },
+    /// Same node: reserve writable space for objects the client writes in place.
+    Create {
+        /// Capacity of each reservation.
+        sizes: Vec<u64>,
+    },
+    /// Same node: make reserved objects visible, each with its final length.
+    Seal {
+        /// Reservation ids from [`Response::Created`].
+        reservations: Vec<u64>,
+        /// Bytes written in each (at most its capacity).
+        lens: Vec<u64>,
+    },
+    /// Notice: the client no longer reads these mapped objects.
+    Release {
+        /// Lease ids from [`GetItem::Mapped`].
+        leases: Vec<u64>,
+    },
+    /// Notice: drop reservations that will not be sealed.
+    Abort {
+        /// Reservation ids.
+        reservations: Vec<u64>,
+    },
 }
 
 /// Per-object outcome of a get.
@@ -101,6 +136,40 @@ pub enum GetItem {
     NotFound,
     /// Reserved, but not set within the wait.
     NotSet,
+    /// Found, and readable in place in the server's segment (same-node connections). The
+    /// object stays valid until the client releases `lease`.
+    Mapped {
+        /// Object size.
+        size: u64,
+        /// Arena segment holding it.
+        segment: u32,
+        /// Offset in the segment.
+        offset: u64,
+        /// Lease to release when done reading.
+        lease: u64,
+    },
+}
+
+/// An arena segment as announced to a same-node client (its fd travels with the reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    /// Segment id.
+    pub id: u32,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Writable space reserved for an in-place put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Reservation {
+    /// Reservation id, for [`Request::Seal`] / [`Request::Abort`].
+    pub id: u64,
+    /// Arena segment holding it.
+    pub segment: u32,
+    /// Offset in the segment.
+    pub offset: u64,
+    /// Bytes available.
+    pub capacity: u64,
 }
 
 /// Per-transport counters.
@@ -153,6 +222,14 @@ pub struct ServerStats {
     pub store_full: u64,
     /// Requests served since start.
     pub requests: u64,
+    /// Objects handed to same-node clients as mappings.
+    pub mapped_gets: u64,
+    /// Objects copied through a same-node socket (mapping refused or not asked for).
+    pub copied_local_gets: u64,
+    /// Mapped objects same-node clients hold now (leases).
+    pub leases: u64,
+    /// In-place reservations not sealed yet.
+    pub reservations: u64,
     /// Per-transport counters.
     pub transports: Vec<TransportStats>,
     /// CPU and memory binding of the server's threads (e.g. `cpus 0-1 (numa 0, near eth0)`,
@@ -194,6 +271,16 @@ pub enum Response {
     Done,
     /// Statistics.
     Stats(ServerStats),
+    /// Segments whose fds are attached, in order.
+    Segments {
+        /// Segment ids and lengths.
+        segments: Vec<SegmentInfo>,
+    },
+    /// Reserved space for in-place puts, in request order.
+    Created {
+        /// Reservations.
+        reservations: Vec<Reservation>,
+    },
     /// The request failed as a whole.
     Error(ErrorReply),
 }
@@ -252,6 +339,7 @@ mod tests {
                     token,
                     client_node: node,
                     client_pid: pid,
+                    map: pid % 2 == 0,
                 })
             }),
             proptest::collection::vec(any::<u64>(), 0..20).prop_map(|sizes| Request::Put { sizes }),
@@ -263,6 +351,19 @@ mod tests {
                 .prop_map(|(ids, sizes)| Request::Set { ids, sizes }),
             Just(Request::Stats),
             Just(Request::Shutdown),
+            proptest::collection::vec(any::<u32>(), 0..5)
+                .prop_map(|ids| Request::MapSegments { ids }),
+            proptest::collection::vec(any::<u64>(), 0..5)
+                .prop_map(|sizes| Request::Create { sizes }),
+            (
+                proptest::collection::vec(any::<u64>(), 0..5),
+                proptest::collection::vec(any::<u64>(), 0..5)
+            )
+                .prop_map(|(reservations, lens)| Request::Seal { reservations, lens }),
+            proptest::collection::vec(any::<u64>(), 0..5)
+                .prop_map(|leases| Request::Release { leases }),
+            proptest::collection::vec(any::<u64>(), 0..5)
+                .prop_map(|reservations| Request::Abort { reservations }),
         ]
     }
 
@@ -271,6 +372,14 @@ mod tests {
             any::<u64>().prop_map(|size| GetItem::Found { size }),
             Just(GetItem::NotFound),
             Just(GetItem::NotSet),
+            (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+                |(size, segment, offset, lease)| GetItem::Mapped {
+                    size,
+                    segment,
+                    offset,
+                    lease
+                }
+            ),
         ];
         prop_oneof![
             arb_ids().prop_map(|ids| Response::Put { ids }),

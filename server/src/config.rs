@@ -52,6 +52,14 @@ pub struct Args {
     /// Write `{address, pid, node, ...}` as JSON here once ready; removed on exit.
     #[arg(long, env = "DIMSTORE_READY_FILE")]
     pub ready_file: Option<PathBuf>,
+    /// Unix socket for same-node clients (mapped, zero-copy access); `none` disables it.
+    /// [default: $DIMSTORE_RUNTIME_DIR/<node>/local-<id>.sock]
+    #[arg(long, env = "DIMSTORE_LOCAL_SOCKET")]
+    pub local_socket: Option<String>,
+    /// Directory for the default local socket. [default: $XDG_RUNTIME_DIR/dimstore or
+    /// /tmp/dimstore-<uid>]
+    #[arg(long, env = "DIMSTORE_RUNTIME_DIR")]
+    pub runtime_dir: Option<PathBuf>,
     /// Exit after this long (e.g. `10m`) with no connections and no objects stored.
     #[arg(long, env = "DIMSTORE_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
@@ -86,6 +94,8 @@ struct FileConfig {
     segment_size: Option<ByteSize>,
     token: Option<String>,
     ready_file: Option<PathBuf>,
+    local_socket: Option<String>,
+    runtime_dir: Option<PathBuf>,
     #[serde(default, with = "humantime_serde_opt")]
     idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -124,6 +134,9 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Ready file path.
     pub ready_file: Option<PathBuf>,
+    /// Where same-node clients connect (`None`: same-node access disabled). A path
+    /// containing `{id}` gets the server instance id substituted.
+    pub local_socket: Option<PathBuf>,
     /// Idle timeout.
     pub idle_timeout: Option<Duration>,
     /// Stall timeout mid-frame.
@@ -205,14 +218,26 @@ impl ServerConfig {
         if threads == 0 {
             return Err(ConfigError::Invalid("threads must be >= 1".into()));
         }
+        let node = args.node.or(file.node).unwrap_or_else(hostname);
         Ok(ServerConfig {
             listen,
             advertise: args.advertise.or(file.advertise),
-            node: args.node.or(file.node).unwrap_or_else(hostname),
+            node: node.clone(),
             memory_limit,
             segment_size,
             token: args.token.or(file.token).filter(|t| !t.is_empty()),
             ready_file: args.ready_file.or(file.ready_file),
+            local_socket: match args.local_socket.or(file.local_socket).as_deref() {
+                Some("none") => None,
+                Some(path) => Some(PathBuf::from(path)),
+                None => Some(
+                    args.runtime_dir
+                        .or(file.runtime_dir)
+                        .unwrap_or_else(default_runtime_dir)
+                        .join(&node)
+                        .join("local-{id}.sock"),
+                ),
+            },
             idle_timeout: args.idle_timeout.or(file.idle_timeout),
             stall_timeout: args
                 .stall_timeout
@@ -248,6 +273,14 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.into(),
         source,
     })
+}
+
+/// `$XDG_RUNTIME_DIR/dimstore`, else `/tmp/dimstore-<uid>` (the client's default too).
+fn default_runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("dimstore"),
+        _ => std::env::temp_dir().join(format!("dimstore-{}", rustix::process::getuid().as_raw())),
+    }
 }
 
 /// Half of physical memory.

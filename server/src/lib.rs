@@ -16,7 +16,11 @@ use tokio::net::TcpListener;
 pub mod config;
 pub mod placement;
 pub mod service;
+pub mod session;
 pub mod store;
+
+/// Name of the same-node transport, whose sessions may map the arena.
+pub const LOCAL_TRANSPORT: &str = dimstore_transport::local::NAME;
 
 pub use config::{Args, ConfigError, ServerConfig};
 pub use placement::{CpuBind, Placement, PlacementError};
@@ -38,6 +42,14 @@ pub enum ServerError {
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
         /// File.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The same-node socket could not be created.
+    #[error("cannot listen on local socket {path}: {source}")]
+    LocalSocket {
+        /// Socket path.
         path: std::path::PathBuf,
         /// Cause.
         source: std::io::Error,
@@ -73,12 +85,24 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
     })?;
     let advertised = config.advertised_address(bound);
     let server_id = rand::random::<u64>();
+    let (local_path, local_listener) = match &config.local_socket {
+        Some(template) => {
+            let (path, listener) = bind_local_socket(template, server_id)?;
+            (Some(path), Some(listener))
+        }
+        None => (None, None),
+    };
+    let mut transports = vec![dimstore_transport::tcp::NAME.to_string()];
+    if local_path.is_some() {
+        transports.push(LOCAL_TRANSPORT.to_string());
+    }
     let identity = ServiceIdentity {
         node: config.node.clone(),
         advertised: advertised.clone(),
         token: config.token.clone(),
         server_id,
-        transports: vec![dimstore_transport::tcp::NAME.to_string()],
+        transports,
+        local_socket: local_path.as_ref().map(|p| p.display().to_string()),
         binding,
     };
     let arena = Arena::new(ArenaConfig {
@@ -116,11 +140,34 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         pid = std::process::id(), binding = %identity.binding, "dimstore-server ready"
     );
 
+    // Both listeners stop together: one watches the stop signal and tells the other.
+    let (stop_local, local_stopped) = tokio::sync::oneshot::channel::<()>();
+    let local_task = local_listener.map(|listener| {
+        tokio::spawn(dimstore_transport::local::serve(
+            listener,
+            Arc::new(service.clone()),
+            options,
+            async move {
+                let _ = local_stopped.await;
+            },
+        ))
+    });
     let stopped = Arc::clone(&stop);
     dimstore_transport::tcp::serve(listener, Arc::new(service.clone()), options, async move {
         stopped.notified().await
     })
     .await;
+    let _ = stop_local.send(());
+    if let Some(task) = local_task {
+        let _ = task.await;
+    }
+    if let Some(path) = &local_path {
+        let _ = std::fs::remove_file(path);
+        // The per-node directory too, unless something else (ready file, log) lives there.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 
     if let Some(path) = &config.ready_file {
         let _ = std::fs::remove_file(path);
@@ -193,6 +240,34 @@ fn spawn_stop_watchers(
         });
     }
     Ok(())
+}
+
+/// Creates the same-node socket (its directory 0700: only this user's processes connect).
+fn bind_local_socket(
+    template: &Path,
+    server_id: u64,
+) -> Result<(std::path::PathBuf, tokio::net::UnixListener), ServerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let path = std::path::PathBuf::from(
+        template
+            .display()
+            .to_string()
+            .replace("{id}", &format!("{server_id:016x}")),
+    );
+    let fail = |source| ServerError::LocalSocket {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(fail)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).map_err(fail)?;
+    Ok((path, listener))
 }
 
 /// Writes the ready file atomically (temporary name, then rename).

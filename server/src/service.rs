@@ -1,17 +1,19 @@
 //! The request handler every transport drives: authentication, dispatch, statistics.
 
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dimstore_arena::Allocation;
 use dimstore_proto::{
-    ErrorReply, GetItem, HelloReply, ObjectId, Request, Response, ServerStats, Status,
-    TransportStats, PROTOCOL_VERSION,
+    ErrorReply, GetItem, HelloReply, ObjectId, Request, Reservation, Response, SegmentInfo,
+    ServerStats, Status, TransportStats, PROTOCOL_VERSION,
 };
-use dimstore_transport::{Outcome, Reply, Service};
+use dimstore_transport::{Outcome, PeerInfo, Reply, Service};
 use tokio::sync::Notify;
 
+use crate::session::{Leases, LiveCounts, Peer, Reservations};
 use crate::store::{Lookup, Object, ObjectStore};
 
 /// Identity and policy of the server, fixed at start.
@@ -27,6 +29,8 @@ pub struct ServiceIdentity {
     pub server_id: u64,
     /// Transports offered, best first.
     pub transports: Vec<String>,
+    /// Unix socket for same-node clients, if offered.
+    pub local_socket: Option<String>,
     /// CPU and memory binding of the server's threads, as reported in stats.
     pub binding: String,
 }
@@ -49,6 +53,7 @@ pub struct ServiceState {
     identity: ServiceIdentity,
     started: Instant,
     counters: Counters,
+    live: Arc<LiveCounts>,
     per_transport: Mutex<Vec<TransportStats>>,
     /// Notified when a client asks the server to stop.
     pub shutdown: Arc<Notify>,
@@ -61,6 +66,8 @@ struct Counters {
     puts: AtomicU64,
     gets: AtomicU64,
     get_hits: AtomicU64,
+    mapped_gets: AtomicU64,
+    copied_local_gets: AtomicU64,
     evictions: AtomicU64,
     store_full: AtomicU64,
     requests: AtomicU64,
@@ -70,9 +77,12 @@ struct Counters {
 #[derive(Debug)]
 pub struct Session {
     service: StoreService,
-    transport: &'static str,
-    peer: String,
+    peer: Peer,
     greeted: bool,
+    /// Gets are answered with mappings (same node, same user, asked for).
+    mapped: bool,
+    leases: Leases,
+    reservations: Reservations,
 }
 
 impl Drop for Session {
@@ -80,8 +90,8 @@ impl Drop for Session {
         self.service.connections.fetch_sub(1, Ordering::Relaxed);
         self.service.touch();
         self.service
-            .adjust_transport(self.transport, |t| t.connections -= 1);
-        tracing::debug!(peer = %self.peer, "session closed");
+            .adjust_transport(self.peer.transport, |t| t.connections -= 1);
+        tracing::debug!(peer = %self.peer.address, "session closed");
     }
 }
 
@@ -101,6 +111,7 @@ impl StoreService {
             identity,
             started: Instant::now(),
             counters: Counters::default(),
+            live: Arc::default(),
             per_transport: Mutex::new(per_transport),
             shutdown: Arc::new(Notify::new()),
             connections: AtomicU64::new(0),
@@ -142,6 +153,10 @@ impl StoreService {
             evictions: c.evictions.load(Ordering::Relaxed),
             store_full: c.store_full.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
+            mapped_gets: c.mapped_gets.load(Ordering::Relaxed),
+            copied_local_gets: c.copied_local_gets.load(Ordering::Relaxed),
+            leases: self.live.leases.load(Ordering::Relaxed),
+            reservations: self.live.reservations.load(Ordering::Relaxed),
             transports: self
                 .per_transport
                 .lock()
@@ -163,24 +178,15 @@ impl StoreService {
         }
     }
 
-    fn hello_reply(&self) -> HelloReply {
-        HelloReply {
-            server_id: self.identity.server_id,
-            node: self.identity.node.clone(),
-            advertised: self.identity.advertised.clone(),
-            pid: std::process::id(),
-            transports: self.identity.transports.clone(),
-            max_object: self.store.arena().config().capacity,
-        }
-    }
-
-    fn get(&self, ids: Vec<ObjectId>, wait_ms: u64) -> Outcome<Object> {
+    fn get(&self, session: &Session, ids: Vec<ObjectId>, wait_ms: u64) -> Outcome<Object> {
         self.counters
             .gets
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let leases = session.mapped.then(|| session.leases.clone());
+        let local = session.peer.transport == crate::LOCAL_TRANSPORT;
         let found = self.store.lookup(&ids);
         if wait_ms == 0 || !found.iter().any(|l| matches!(l, Lookup::Reserved)) {
-            return Outcome::Ready(self.get_reply(found));
+            return Outcome::Ready(self.get_reply(found, leases.as_ref(), local));
         }
         let service = self.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
@@ -192,33 +198,54 @@ impl StoreService {
                 let found = service.store.lookup(&ids);
                 let waiting = found.iter().any(|l| matches!(l, Lookup::Reserved));
                 if !waiting || tokio::time::Instant::now() >= deadline {
-                    return service.get_reply(found);
+                    return service.get_reply(found, leases.as_ref(), local);
                 }
                 let _ = tokio::time::timeout_at(deadline, changed).await;
             }
         }))
     }
 
-    fn get_reply(&self, found: Vec<Lookup>) -> Reply<Object> {
+    /// Found objects travel as leases on mapped memory (`leases` given) or as payload.
+    fn get_reply(&self, found: Vec<Lookup>, leases: Option<&Leases>, local: bool) -> Reply<Object> {
         let mut items = Vec::with_capacity(found.len());
         let mut payload = Vec::new();
+        let mut hits = 0;
         for lookup in found {
             items.push(match lookup {
                 Lookup::Found(object) => {
+                    hits += 1;
                     let size = object.len();
-                    payload.push(object);
-                    GetItem::Found { size }
+                    match (leases, object.location()) {
+                        (Some(leases), Some((segment, offset))) => GetItem::Mapped {
+                            size,
+                            segment,
+                            offset,
+                            lease: leases.grant(object),
+                        },
+                        _ => {
+                            payload.push(object);
+                            GetItem::Found { size }
+                        }
+                    }
                 }
                 Lookup::Reserved => GetItem::NotSet,
                 Lookup::Missing => GetItem::NotFound,
             });
         }
-        self.counters
-            .get_hits
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        let c = &self.counters;
+        c.get_hits.fetch_add(hits, Ordering::Relaxed);
+        if leases.is_some() {
+            c.mapped_gets
+                .fetch_add(hits - payload.len() as u64, Ordering::Relaxed);
+        }
+        if local {
+            c.copied_local_gets
+                .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        }
         Reply {
             response: Response::Get { items },
             payload,
+            fds: Vec::new(),
         }
     }
 
@@ -231,7 +258,7 @@ impl StoreService {
         };
         if let Some(expected) = &self.identity.token {
             if hello.token.as_deref() != Some(expected.as_str()) {
-                tracing::warn!(peer = %session.peer, "connection refused: wrong fleet token");
+                tracing::warn!(peer = %session.peer.address, "connection refused: wrong fleet token");
                 return Err(ErrorReply::new(
                     Status::Unauthorized,
                     "wrong or missing fleet token (set DIMSTORE_TOKEN or use the fleet file)",
@@ -239,7 +266,123 @@ impl StoreService {
             }
         }
         session.greeted = true;
-        Ok(Response::Hello(self.hello_reply()))
+        session.mapped = hello.map && session.peer.may_map;
+        Ok(Response::Hello(HelloReply {
+            server_id: self.identity.server_id,
+            node: self.identity.node.clone(),
+            advertised: self.identity.advertised.clone(),
+            pid: std::process::id(),
+            transports: self.identity.transports.clone(),
+            max_object: self.store.arena().config().capacity,
+            local_socket: self.identity.local_socket.clone(),
+            mapped: session.mapped,
+        }))
+    }
+
+    /// Same-node requests, refused on connections that may not map.
+    fn same_node(&self, session: &mut Session, request: Request) -> Reply<Object> {
+        if !session.mapped {
+            return Reply::error(ErrorReply::new(
+                Status::BadRequest,
+                "mapping requests need a same-node, same-user connection that asked for mapping",
+            ));
+        }
+        match request {
+            Request::MapSegments { ids } => {
+                let mut segments = Vec::with_capacity(ids.len());
+                let mut fds: Vec<OwnedFd> = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let Some(segment) = self.store.arena().segment(id) else {
+                        return Reply::error(ErrorReply::new(
+                            Status::NotFound,
+                            format!("segment {id} is not mapped (any more)"),
+                        ));
+                    };
+                    match segment.fd().try_clone_to_owned() {
+                        Ok(fd) => fds.push(fd),
+                        Err(e) => {
+                            return Reply::error(ErrorReply::new(
+                                Status::Internal,
+                                format!("cannot share segment {id}: {e}"),
+                            ))
+                        }
+                    }
+                    segments.push(SegmentInfo {
+                        id,
+                        len: segment.len(),
+                    });
+                }
+                Reply {
+                    response: Response::Segments { segments },
+                    payload: Vec::new(),
+                    fds,
+                }
+            }
+            Request::Create { sizes } => match self.store.allocate(&sizes) {
+                Ok(allocations) => {
+                    let reservations = allocations
+                        .into_iter()
+                        .map(|a| {
+                            let (segment, offset) = a.location().unwrap_or((u32::MAX, 0));
+                            let capacity = a.len();
+                            Reservation {
+                                id: session.reservations.open(a),
+                                segment,
+                                offset,
+                                capacity,
+                            }
+                        })
+                        .collect();
+                    Reply::message(Response::Created { reservations })
+                }
+                Err(e) => {
+                    if e.status == Status::StoreFull {
+                        self.counters.store_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Reply::error(e)
+                }
+            },
+            Request::Seal { reservations, lens } => {
+                if reservations.len() != lens.len() {
+                    return Reply::error(ErrorReply::new(
+                        Status::BadRequest,
+                        "seal names a different number of reservations and lengths",
+                    ));
+                }
+                let Some(mut allocations) = session.reservations.take(&reservations) else {
+                    return Reply::error(ErrorReply::new(
+                        Status::NotFound,
+                        "unknown or repeated reservation (already sealed or aborted?)",
+                    ));
+                };
+                for (a, &len) in allocations.iter_mut().zip(&lens) {
+                    if !a.truncate(len) {
+                        return Reply::error(ErrorReply::new(
+                            Status::BadRequest,
+                            format!("sealed length {len} exceeds the reservation of {}", a.len()),
+                        ));
+                    }
+                }
+                self.counters
+                    .puts
+                    .fetch_add(allocations.len() as u64, Ordering::Relaxed);
+                Reply::message(Response::Put {
+                    ids: self.store.insert(allocations),
+                })
+            }
+            Request::Release { leases } => {
+                session.leases.release(&leases);
+                Reply::message(Response::Done)
+            }
+            Request::Abort { reservations } => {
+                session.reservations.abort(&reservations);
+                Reply::message(Response::Done)
+            }
+            other => Reply::error(ErrorReply::new(
+                Status::BadRequest,
+                format!("not a same-node request: {other:?}"),
+            )),
+        }
     }
 }
 
@@ -248,16 +391,24 @@ impl Service for StoreService {
     type Sink = Allocation;
     type Source = Object;
 
-    fn open_session(&self, transport: &'static str, peer: String) -> Session {
+    fn open_session(&self, transport: &'static str, peer: PeerInfo) -> Session {
         self.connections.fetch_add(1, Ordering::Relaxed);
         self.touch();
         self.adjust_transport(transport, |t| t.connections += 1);
-        tracing::debug!(%peer, transport, "session opened");
+        let may_map = transport == crate::LOCAL_TRANSPORT
+            && peer.uid == Some(rustix::process::geteuid().as_raw());
+        tracing::debug!(peer = %peer.address, transport, may_map, "session opened");
         Session {
             service: self.clone(),
-            transport,
-            peer,
+            peer: Peer {
+                transport,
+                address: peer.address,
+                may_map,
+            },
             greeted: false,
+            mapped: false,
+            leases: Leases::new(Arc::clone(&self.live)),
+            reservations: Reservations::new(Arc::clone(&self.live)),
         }
     }
 
@@ -327,7 +478,7 @@ impl Service for StoreService {
                     ids: self.store.insert(payload),
                 }
             }
-            Request::Get { ids, wait_ms } => return self.get(ids, wait_ms),
+            Request::Get { ids, wait_ms } => return self.get(session, ids, wait_ms),
             Request::Exists { ids } => Response::Exists {
                 present: self.store.exists(&ids),
             },
@@ -352,10 +503,15 @@ impl Service for StoreService {
             }
             Request::Stats => Response::Stats(self.stats()),
             Request::Shutdown => {
-                tracing::info!(peer = %session.peer, "shutdown requested by client");
+                tracing::info!(peer = %session.peer.address, "shutdown requested by client");
                 self.shutdown.notify_one();
                 Response::Done
             }
+            same_node @ (Request::MapSegments { .. }
+            | Request::Create { .. }
+            | Request::Seal { .. }
+            | Request::Release { .. }
+            | Request::Abort { .. }) => return Outcome::Ready(self.same_node(session, same_node)),
         };
         Outcome::Ready(Reply::message(response))
     }

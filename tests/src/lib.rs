@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dimstore::{ClientConfig, SpawnPolicy, Store};
+use dimstore::{ClientConfig, LocalMode, SpawnPolicy, Store};
 use dimstore_proto::ReadyFile;
 
 pub mod suite;
@@ -75,6 +75,8 @@ impl TestServer {
             .args(["--memory-limit", &options.memory_limit])
             .arg("--ready-file")
             .arg(&ready_path)
+            .arg("--runtime-dir")
+            .arg(dir.path().join("run"))
             .args(["--log", "debug"])
             .args(&options.extra)
             .env_remove("DIMSTORE_TOKEN")
@@ -119,6 +121,10 @@ impl TestServer {
     /// A client whose local server is this one, with configuration tweaks.
     pub fn client_with(&self, transport: &str, tweak: impl FnOnce(&mut ClientConfig)) -> Store {
         let mut config = test_config(transport);
+        if transport == "local" {
+            // Same node as this server: by node identity, as in a real fleet.
+            config.node = Some(self.ready.node.clone());
+        }
         tweak(&mut config);
         Store::connect(self.address(), config).expect("connect to test server")
     }
@@ -179,12 +185,19 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Client configuration for tests: short timeout, never spawn, the given transport.
+/// Client configuration for tests: short timeout, never spawn, the given transport
+/// (`tcp`: everything over TCP; `local`: a client's own server over its Unix socket, with
+/// mapped gets).
 pub fn test_config(transport: &str) -> ClientConfig {
-    assert_eq!(transport, "tcp", "transport {transport} is not built yet");
+    let local = match transport {
+        "tcp" => LocalMode::Off,
+        "local" => LocalMode::Map,
+        other => panic!("transport {other} is not built yet"),
+    };
     ClientConfig {
         timeout: Duration::from_secs(10),
         spawn: SpawnPolicy::Never,
+        local,
         ..ClientConfig::default()
     }
 }

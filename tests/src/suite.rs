@@ -362,9 +362,13 @@ pub fn threads_share_one_connection(transport: &str) {
     });
     let stats = client.stats().expect("stats");
     assert_eq!(stats.objects, 800);
-    let tcp = &stats.transports[0];
+    let used = stats
+        .transports
+        .iter()
+        .find(|t| t.name == transport)
+        .expect("transport stats");
     assert_eq!(
-        tcp.connections, 1,
+        used.connections, 1,
         "one connection per peer, shared by threads"
     );
 }
@@ -378,6 +382,7 @@ pub fn wrong_token_is_refused(transport: &str) {
     let refused = dimstore::Store::connect(server.address(), {
         let mut c = crate::test_config(transport);
         c.token = Some("wrong".into());
+        c.node = Some(server.ready.node.clone());
         c
     });
     assert!(

@@ -52,6 +52,7 @@ fn hello() -> Request {
         token: None,
         client_node: "fuzzer".into(),
         client_pid: 1,
+        map: false,
     })
 }
 

@@ -16,6 +16,7 @@
 //! reads of registered regions.
 
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::time::Instant;
 
@@ -23,6 +24,9 @@ use dimstore_proto::{ErrorReply, Request, Response};
 
 mod buffer;
 mod error;
+pub mod local;
+pub mod mux;
+mod serve;
 pub mod tcp;
 
 pub use buffer::AlignedBuf;
@@ -35,6 +39,8 @@ pub struct Reply<S> {
     pub response: Response,
     /// Payload pieces, sent back to back after the message; held until sent.
     pub payload: Vec<S>,
+    /// File descriptors passed along (same-node transports only; dropped elsewhere).
+    pub fds: Vec<OwnedFd>,
 }
 
 impl<S> Reply<S> {
@@ -43,6 +49,7 @@ impl<S> Reply<S> {
         Reply {
             response,
             payload: Vec::new(),
+            fds: Vec::new(),
         }
     }
 
@@ -67,6 +74,15 @@ pub enum Outcome<S> {
     Deferred(DeferredReply<S>),
 }
 
+/// Who connected.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Address, for logs.
+    pub address: String,
+    /// The peer process's user id, where the transport can tell (Unix sockets).
+    pub uid: Option<u32>,
+}
+
 /// The server-side logic a transport drives. One value serves every connection of every
 /// transport.
 pub trait Service: Send + Sync + 'static {
@@ -79,7 +95,7 @@ pub trait Service: Send + Sync + 'static {
     type Source: AsRef<[u8]> + Send + Sync + 'static;
 
     /// A connection opened on `transport` from `peer`.
-    fn open_session(&self, transport: &'static str, peer: String) -> Self::Session;
+    fn open_session(&self, transport: &'static str, peer: PeerInfo) -> Self::Session;
 
     /// Where the `payload_len` bytes following `request` must land: pieces whose lengths add
     /// up to `payload_len`. An error is sent back after the payload has been discarded.
@@ -109,6 +125,8 @@ pub struct ReplyFrame {
     pub response: Response,
     /// The payload, 16-byte aligned so archived objects can be accessed in place.
     pub payload: AlignedBuf,
+    /// File descriptors that came with the reply (segments of a same-node server).
+    pub fds: Vec<OwnedFd>,
 }
 
 /// Opens client connections of one transport.
@@ -135,6 +153,9 @@ pub trait Connection: Send + Sync + 'static {
         payload: &[&[u8]],
         deadline: Instant,
     ) -> Result<ReplyFrame, TransportError>;
+
+    /// Sends a one-way notice (no reply), e.g. releasing leases.
+    fn notify(&self, request: &Request, deadline: Instant) -> Result<(), TransportError>;
 
     /// Whether the connection has failed and must be replaced.
     fn is_broken(&self) -> bool;

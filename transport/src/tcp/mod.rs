@@ -9,6 +9,3 @@ pub use server::{serve, ServeOptions};
 
 /// Name advertised for this transport.
 pub const NAME: &str = "tcp";
-
-/// Payloads up to this size are copied into the header buffer and sent in one write.
-const COALESCE_LIMIT: usize = 64 << 10;

@@ -1,0 +1,274 @@
+//! Same-node access: mapping a server's segments, mapped gets, and in-place puts
+//! (create, write into the mapping, seal).
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use dimstore_arena::{MappedBytesMut, MappedSegment};
+use dimstore_proto::{Key, Request, Response};
+use dimstore_transport::AlignedBuf;
+use rkyv::api::high::HighSerializer;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::writer::Buffer;
+
+use crate::error::{PutError, RequestError};
+use crate::store::{Peer, Store};
+
+/// Segments up to this size (regular segments holding many small objects) stay mapped; larger
+/// ones (one big object each) are unmapped once nothing reads them, so a freed object's
+/// memory is not kept alive by this process.
+const KEEP_MAPPED_UP_TO: u64 = 64 << 20;
+
+/// How a store uses a server on its own node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalMode {
+    /// Unix socket, and gets map the server's memory (the default).
+    Map,
+    /// Unix socket, bytes copied through it.
+    Copy,
+    /// TCP like any other node.
+    Off,
+}
+
+/// A same-node peer's mapped segments.
+#[derive(Debug, Default)]
+pub(crate) struct Mappings {
+    cache: Mutex<HashMap<(u32, bool), Cached>>,
+}
+
+#[derive(Debug)]
+enum Cached {
+    Kept(Arc<MappedSegment>),
+    WhileUsed(Weak<MappedSegment>),
+}
+
+impl Mappings {
+    /// The mapping of `segment`, mapping it (with `fetch` giving its descriptor) if needed.
+    pub(crate) fn get_or_map(
+        &self,
+        segment: u32,
+        writable: bool,
+        fetch: impl FnOnce() -> Result<(OwnedFd, u64), RequestError>,
+    ) -> Result<Arc<MappedSegment>, RequestError> {
+        let lock = || self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = lock().get(&(segment, writable)).and_then(|c| match c {
+            Cached::Kept(m) => Some(Arc::clone(m)),
+            Cached::WhileUsed(w) => w.upgrade(),
+        }) {
+            return Ok(hit);
+        }
+        let (fd, len) = fetch()?;
+        let mapping =
+            MappedSegment::map(fd, len, writable).map_err(|e| RequestError::Protocol {
+                owner: "(this node)".into(),
+                what: format!("cannot map segment {segment}: {e}"),
+            })?;
+        let cached = if len <= KEEP_MAPPED_UP_TO {
+            Cached::Kept(Arc::clone(&mapping))
+        } else {
+            Cached::WhileUsed(Arc::downgrade(&mapping))
+        };
+        let mut cache = lock();
+        cache.retain(|_, c| !matches!(c, Cached::WhileUsed(w) if w.strong_count() == 0));
+        cache.insert((segment, writable), cached);
+        Ok(mapping)
+    }
+}
+
+impl Store {
+    /// Asks a same-node server for a segment's descriptor.
+    pub(crate) fn fetch_segment(
+        &self,
+        owner: &str,
+        segment: u32,
+    ) -> Result<(OwnedFd, u64), RequestError> {
+        let (_, mut reply) = self.call(owner, &Request::MapSegments { ids: vec![segment] }, &[])?;
+        match (&reply.response, reply.fds.pop()) {
+            (Response::Segments { segments }, Some(fd))
+                if segments.len() == 1 && segments[0].id == segment =>
+            {
+                Ok((fd, segments[0].len))
+            }
+            (other, _) => Err(RequestError::Protocol {
+                owner: owner.to_string(),
+                what: format!("expected segment {segment} with its descriptor, got {other:?}"),
+            }),
+        }
+    }
+
+    /// Reserves `capacity` bytes for an object written in place. On the same node the
+    /// reservation is the server's memory itself (mapped writable, no copy on seal);
+    /// otherwise it is a local buffer put on [`Reservation::seal`].
+    pub fn create(&self, capacity: u64) -> Result<Reservation, PutError> {
+        let owner = self.local_owner()?;
+        let peer = self.peer_now(&owner)?;
+        let Some(mappings) = peer.mappings.as_ref().filter(|_| capacity > 0) else {
+            let len = usize::try_from(capacity)
+                .map_err(|_| PutError::TooLarge(format!("{capacity} bytes")))?;
+            return Ok(Reservation {
+                store: self.clone(),
+                target: Target::Heap(AlignedBuf::zeroed(len)),
+            });
+        };
+        crate::store::check_fits(&peer, &[capacity])?;
+        let (_, reply) = self
+            .call(
+                &owner,
+                &Request::Create {
+                    sizes: vec![capacity],
+                },
+                &[],
+            )
+            .map_err(crate::store::put_error)?;
+        let reservation = match reply.response {
+            Response::Created { reservations } if reservations.len() == 1 => reservations[0],
+            other => return Err(crate::store::unexpected(&owner, &other).into()),
+        };
+        // From here on, dropping `pending` aborts the reservation at the server.
+        let mut pending = Reservation {
+            store: self.clone(),
+            target: Target::Mapped {
+                peer: Arc::clone(&peer),
+                id: reservation.id,
+                bytes: None,
+            },
+        };
+        let mapping = mappings.get_or_map(reservation.segment, true, || {
+            self.fetch_segment(&owner, reservation.segment)
+        })?;
+        let bytes = mapping
+            .claim(reservation.offset, reservation.capacity)
+            .ok_or_else(|| RequestError::Protocol {
+                owner: owner.clone(),
+                what: "reservation outside its segment or overlapping another".into(),
+            })?;
+        if let Target::Mapped { bytes: slot, .. } = &mut pending.target {
+            *slot = Some(bytes);
+        }
+        Ok(pending)
+    }
+
+    /// Serializes `value` with rkyv straight into a reservation of `capacity` bytes and
+    /// seals it: on the same node, the archive is written once, into the server's memory.
+    pub fn put_archived_in_place<T>(&self, value: &T, capacity: u64) -> Result<Key, PutError>
+    where
+        T: for<'b, 'a> rkyv::Serialize<HighSerializer<Buffer<'b>, ArenaHandle<'a>, rancor::Error>>,
+    {
+        let mut reservation = self.create(capacity)?;
+        let used = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
+            value,
+            Buffer::from(&mut reservation[..]),
+        )
+        .map_err(|e| PutError::Serialize(format!("{e} (reserved {capacity} bytes)")))?
+        .len();
+        reservation.seal_len(used as u64)
+    }
+}
+
+/// Space reserved by [`Store::create`]: write the object into it, then [`seal`] it.
+/// Readers never see it before it is sealed; dropped unsealed, it is given back.
+///
+/// [`seal`]: Reservation::seal
+#[derive(Debug)]
+pub struct Reservation {
+    store: Store,
+    target: Target,
+}
+
+#[derive(Debug)]
+enum Target {
+    Mapped {
+        peer: Arc<Peer>,
+        id: u64,
+        bytes: Option<MappedBytesMut>,
+    },
+    Heap(AlignedBuf),
+    Done,
+}
+
+impl Reservation {
+    /// Whether the bytes are written straight into the server's memory.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.target, Target::Mapped { .. })
+    }
+
+    /// Publishes the whole reservation as the object.
+    pub fn seal(self) -> Result<Key, PutError> {
+        let len = self.len() as u64;
+        self.seal_len(len)
+    }
+
+    /// Publishes the first `len` bytes as the object.
+    pub fn seal_len(mut self, len: u64) -> Result<Key, PutError> {
+        match std::mem::replace(&mut self.target, Target::Done) {
+            Target::Mapped { peer, id, bytes } => {
+                // Give up the writable view before the object becomes readable.
+                drop(bytes);
+                let owner = peer.hello.advertised.clone();
+                let request = Request::Seal {
+                    reservations: vec![id],
+                    lens: vec![len],
+                };
+                let (_, reply) = self
+                    .store
+                    .call(&owner, &request, &[])
+                    .map_err(crate::store::put_error)?;
+                match reply.response {
+                    Response::Put { ids } if ids.len() == 1 => Ok(Key {
+                        owner,
+                        id: ids[0],
+                        size: Some(len),
+                    }),
+                    other => Err(crate::store::unexpected(&owner, &other).into()),
+                }
+            }
+            Target::Heap(buf) => {
+                let len = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
+                self.store.put(&buf[..len])
+            }
+            Target::Done => Err(PutError::Serialize("reservation already sealed".into())),
+        }
+    }
+}
+
+impl std::ops::Deref for Reservation {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.target {
+            Target::Mapped {
+                bytes: Some(bytes), ..
+            } => bytes,
+            Target::Heap(buf) => buf,
+            _ => &[],
+        }
+    }
+}
+
+impl std::ops::DerefMut for Reservation {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.target {
+            Target::Mapped {
+                bytes: Some(bytes), ..
+            } => bytes,
+            Target::Heap(buf) => buf,
+            _ => &mut [],
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Target::Mapped { peer, id, .. } = &self.target {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let _ = peer.connection.notify(
+                &Request::Abort {
+                    reservations: vec![*id],
+                },
+                deadline,
+            );
+        }
+    }
+}
