@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
-use dimstore::{ClientConfig, Key, SpawnPolicy, Store};
+use dimstore::{ClientConfig, Key, LocalMode, SpawnPolicy, Store};
 use dimstore_proto::ReadyFile;
 
 use super::{poll_until, stop_child, Client, Contender, ContenderKind, ServerSetup};
@@ -106,6 +106,8 @@ impl DimstoreClient {
     /// Connects to the server at `address`.
     pub fn connect(address: &str) -> anyhow::Result<DimstoreClient> {
         let config = ClientConfig {
+            // Compared with raw TCP and redis: measure the TCP path even on the server's node.
+            local: LocalMode::Off,
             timeout: Duration::from_secs(60),
             spawn: SpawnPolicy::Never,
             ..ClientConfig::default()
