@@ -10,6 +10,8 @@ PACKAGES=(
     libucx-dev ucx-utils libfabric-dev libfabric-bin
     # placement
     libhwloc-dev hwloc libudev-dev
+    # text in the benchmark plots (PNG)
+    fonts-dejavu-core
     # MPI launchers and benchmarks
     libopenmpi-dev openmpi-bin
     # bindgen

@@ -13,11 +13,16 @@
 //!
 //! [`report`] turns the measurements into tables of ratios, a verdict on the project's
 //! targets, and CSV. Every loop is bounded in iterations and in time.
+//!
+//! With the `mpi` feature (on by default), [`mpirun`] measures communication patterns
+//! across MPI ranks through a fleet (`mpirun -n N dimstore-bench mpi`), against plain MPI.
 #![forbid(unsafe_code)]
 
 pub mod contenders;
 pub mod latency;
 pub mod measure;
+#[cfg(feature = "mpi")]
+pub mod mpirun;
 pub mod options;
 pub mod placement;
 pub mod report;

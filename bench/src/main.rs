@@ -30,6 +30,10 @@ enum Command {
     Latency(RunArgs),
     /// Small-get throughput with several client processes.
     Throughput(RunArgs),
+    /// Patterns across MPI ranks through the fleet vs plain MPI (run under mpirun or srun,
+    /// with the fleet from `dimstore-launch run`).
+    #[cfg(feature = "mpi")]
+    Mpi(dimstore_bench::mpirun::MpiArgs),
     /// One throughput client process (started by the bench itself).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -47,6 +51,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Throughput(args)) => (args, Parts::Throughput),
         Some(Command::Worker(args)) => return worker(&args),
         Some(Command::RawServer) => return raw_tcp::serve_process(),
+        #[cfg(feature = "mpi")]
+        Some(Command::Mpi(args)) => return dimstore_bench::mpirun::run(args),
     };
     run(&Settings::resolve(args, parts)?)?;
     Ok(())
