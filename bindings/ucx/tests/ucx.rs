@@ -142,16 +142,25 @@ fn active_message_round_trip(tls: Tls) {
             *slot.borrow_mut() = Some(msg.receive(vec![0u8; len]));
         })
         .expect("handler 3");
+    // B records replies; waiting inside its handler must be refused (UCX forbids
+    // progressing a worker from its own callback), not re-enter UCX.
     let replies: Rc<RefCell<Vec<Message>>> = Rc::default();
-    let sink = Rc::clone(&replies);
+    let reentry: Rc<RefCell<Option<String>>> = Rc::default();
+    let probe: Rc<RefCell<Option<Endpoint>>> = Rc::default();
+    let (sink, seen, ep_in_handler) = (Rc::clone(&replies), Rc::clone(&reentry), Rc::clone(&probe));
     b.worker
         .set_am_handler(2, move |msg| {
             let data = msg.data().unwrap_or_default().to_vec();
             sink.borrow_mut().push((msg.header().to_vec(), data));
+            if let Some(ep) = ep_in_handler.borrow().as_ref() {
+                let waited = ep.flush().wait(Instant::now() + Duration::from_secs(1));
+                *seen.borrow_mut() = Some(format!("{:?}", waited.map_err(|e| e.into_error())));
+            }
         })
         .expect("handler 2");
 
     let ep = Endpoint::connect(&b.worker, &a.worker.address().expect("address")).expect("ep");
+    *probe.borrow_mut() = Some(ep.clone());
     let deadline = Instant::now() + OP;
     let data: &'static [u8] = b"payload";
     wait_all(ep.am_send(1, b"head".to_vec(), data), &both, deadline).expect("send");
@@ -159,6 +168,12 @@ fn active_message_round_trip(tls: Tls) {
         .borrow()
         .is_empty()));
     assert_eq!(replies.borrow()[0], (b"daeh".to_vec(), b"payload".to_vec()));
+    let reentry = reentry.borrow_mut().take().expect("handler tried to wait");
+    assert!(
+        reentry.contains("inside an active message handler"),
+        "{reentry}"
+    );
+    probe.borrow_mut().take();
 
     let payload = pattern(4 << 20, 3);
     let sent = ep.am_send(3, Vec::new(), payload.clone());
