@@ -80,22 +80,33 @@ fn for_each_node<T: Send>(fleet: &Fleet, f: impl Fn(&FleetNode) -> T + Sync) -> 
 /// The statuses as a table, with the reasons for down nodes below it.
 pub fn render_table(statuses: &[NodeStatus]) -> String {
     let header = [
-        "NODE", "ADDRESS", "PID", "STATE", "OBJECTS", "MEMORY", "REQUESTS", "UPTIME", "BINDING",
+        "NODE",
+        "ADDRESS",
+        "PID",
+        "STATE",
+        "OBJECTS",
+        "MEMORY",
+        "REQUESTS",
+        "TRANSPORTS",
+        "UPTIME",
+        "BINDING",
     ];
-    let rows: Vec<[String; 9]> = statuses
+    let rows: Vec<[String; 10]> = statuses
         .iter()
         .map(|s| {
-            let (state, objects, memory, requests, uptime, binding) = match &s.stats {
+            let (state, objects, memory, requests, transports, uptime, binding) = match &s.stats {
                 Ok(st) => (
                     "up".to_string(),
                     st.objects.to_string(),
                     format!("{} / {}", bytes(st.bytes_used), bytes(st.memory_limit)),
                     st.requests.to_string(),
+                    transport_names(st),
                     uptime(st.uptime_ms),
                     st.binding.clone(),
                 ),
                 Err(_) => (
                     "DOWN".into(),
+                    "-".into(),
                     "-".into(),
                     "-".into(),
                     "-".into(),
@@ -111,6 +122,7 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
                 objects,
                 memory,
                 requests,
+                transports,
                 uptime,
                 binding,
             ]
@@ -145,6 +157,19 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
         }
     }
     out
+}
+
+/// The server's transports, each with its open connections: `tcp(2),local(1)`.
+fn transport_names(st: &ServerStats) -> String {
+    if st.transports.is_empty() {
+        return "-".into();
+    }
+    let names: Vec<String> = st
+        .transports
+        .iter()
+        .map(|t| format!("{}({})", t.name, t.connections))
+        .collect();
+    names.join(",")
 }
 
 /// The statuses as JSON: `{fleet, launcher, up, down, nodes: [{name, address, pid, log, up,
@@ -195,6 +220,18 @@ fn stats_json(st: &ServerStats) -> serde_json::Value {
         "store_full": st.store_full,
         "requests": st.requests,
         "binding": st.binding,
+        "transports": st
+            .transports
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "connections": t.connections,
+                    "bytes_served": t.bytes_served,
+                    "one_sided_bytes": t.one_sided_bytes,
+                })
+            })
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -392,6 +429,7 @@ mod tests {
         let table = render_table(&statuses);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("NODE "), "{table}");
+        assert!(lines[0].contains(" TRANSPORTS "), "{table}");
         assert!(lines[1].contains("up") && lines[1].contains("3.0 MiB / 8.0 GiB"));
         assert!(
             lines[1].contains("1m 1s") && lines[1].contains("12"),

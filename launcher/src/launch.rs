@@ -1,26 +1,40 @@
-//! `run` and `up`: start a local fleet, write its fleet file, then run a command next to it
-//! and tear it down (`run`), or leave it running (`up`).
+//! `run` and `up`: start a fleet (on this machine with `--local N`, else on the nodes of the
+//! batch allocation: Slurm, PBS or a hostfile), write its fleet file, then run a command next
+//! to it and tear it down (`run`), or leave it running (`up`).
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dimstore::fleet::FleetError;
+use dimstore::fleet::{Fleet, FleetError};
 use dimstore::ClientConfig;
 
+use crate::allocation::{self, Allocation, DetectError, DetectOptions};
 use crate::command::{self, CommandError, Forwarding};
 use crate::interrupt::{self, Interrupts};
 use crate::local::{self, LocalFleet, LocalSpec, StartError, STOP_GRACE};
 use crate::process;
 use crate::progress;
+use crate::remote::{RemoteFleet, RemoteSpec};
 use crate::rundir::{RunDir, RunDirError};
+use crate::step::{Launcher, LauncherKind, StepError};
 
-/// How to start a local fleet.
-#[derive(Debug, Clone)]
+/// Variable naming the shared directory fleets on an allocation keep their files in.
+pub const FLEET_DIR_VAR: &str = "DIMSTORE_FLEET_DIR";
+
+/// How to start a fleet.
+#[derive(Debug, Clone, Default)]
 pub struct StartOptions {
-    /// Number of servers (simulated nodes `node0`..).
-    pub count: usize,
+    /// `Some(N)`: N servers on this machine (simulated nodes `node0`..); `None`: one per node
+    /// of the batch allocation (or of `hostfile`).
+    pub count: Option<usize>,
+    /// An Open MPI style hostfile naming the nodes, instead of the batch system's.
+    pub hostfile: Option<PathBuf>,
+    /// The parallel launcher's command (default: the allocation's usual one).
+    pub launcher_cmd: Option<String>,
+    /// The parallel launcher's kind (default: told from its name).
+    pub launcher_kind: Option<LauncherKind>,
     /// `--memory-limit` for each server.
     pub memory_limit: Option<String>,
     /// Further arguments for each server.
@@ -29,7 +43,9 @@ pub struct StartOptions {
     pub server_bin: Option<PathBuf>,
     /// Where to write the fleet file (default: `<run dir>/fleet.json`).
     pub fleet_file: Option<PathBuf>,
-    /// The run directory (default: a fresh one, see [`RunDir::create_fresh`]).
+    /// The run directory (default: a fresh one, see [`RunDir::create_fresh`], under
+    /// `$DIMSTORE_FLEET_DIR` or `~/.dimstore/fleets` for fleets on an allocation, which must
+    /// see it from every node).
     pub run_dir: Option<PathBuf>,
     /// How long servers may take to be ready.
     pub ready_timeout: Duration,
@@ -64,6 +80,21 @@ pub enum LaunchError {
     /// The command could not be run.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// The allocation could not be determined.
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    /// Neither `--local` nor a batch allocation or hostfile.
+    #[error(
+        "no batch allocation found (no SLURM_JOB_ID or PBS_JOBID); run inside a job, give \
+         --hostfile FILE, or --local N for servers on this machine"
+    )]
+    NoAllocation,
+    /// The path of `dimstore-launch` itself (which the nodes run) is unknown.
+    #[error("cannot find the dimstore-launch executable: {0}")]
+    CurrentExe(std::io::Error),
+    /// The parallel launcher is unusable.
+    #[error(transparent)]
+    Step(#[from] StepError),
 }
 
 impl LaunchError {
@@ -82,7 +113,7 @@ impl LaunchError {
     }
 }
 
-/// Starts a local fleet, runs `argv` with `DIMSTORE_FLEET` and `DIMSTORE_TOKEN` set, and
+/// Starts a fleet, runs `argv` with `DIMSTORE_FLEET` and `DIMSTORE_TOKEN` set, and
 /// stops the fleet when the command exits or the launcher is signalled. Returns the
 /// command's exit code (128 + signal if a signal ended it).
 ///
@@ -133,22 +164,22 @@ fn run_in(
             ));
         }
     }
-    let killed = fleet.stop(STOP_GRACE);
-    if !killed.is_empty() {
+    let forced = fleet.stop(STOP_GRACE);
+    if !forced.is_empty() {
         warn(&format!(
-            "servers of {} did not stop within {} and were killed",
-            killed.join(", "),
-            humantime::format_duration(STOP_GRACE)
+            "not stopped within {}: {}",
+            humantime::format_duration(STOP_GRACE),
+            forced.join(", ")
         ));
     }
-    note(options, &format!("stopped {} servers", fleet.pids().len()));
+    note(options, &format!("stopped {} servers", fleet.count()));
     if !options.keep && !fleet_path.starts_with(run_dir.path()) {
         let _ = std::fs::remove_file(&fleet_path);
     }
     Ok(process::exit_code(outcome?.status))
 }
 
-/// Starts a local fleet that outlives the launcher; returns the fleet file's path.
+/// Starts a fleet that outlives the launcher; returns the fleet file's path.
 ///
 /// # Errors
 /// See [`LaunchError`]; the servers already started are stopped and the run directory
@@ -156,24 +187,93 @@ fn run_in(
 pub fn up(options: &StartOptions) -> Result<PathBuf, LaunchError> {
     let interrupts = Interrupts::install().map_err(LaunchError::Signals)?;
     let mut run_dir = make_run_dir(options)?;
-    let started = start(options, &mut run_dir, &interrupts)
-        .map_err(LaunchError::from)
-        .and_then(|fleet| {
-            let path = fleet_path(options, &run_dir);
-            write_fleet(&fleet, &path)?;
-            fleet.detach();
-            Ok(path)
-        });
+    let started = start(options, &mut run_dir, &interrupts).and_then(|fleet| {
+        let path = fleet_path(options, &run_dir);
+        write_fleet(&fleet, &path)?;
+        fleet.detach();
+        Ok(path)
+    });
     if started.is_err() {
         cleanup(options, &run_dir);
     }
     started
 }
 
-fn make_run_dir(options: &StartOptions) -> Result<RunDir, RunDirError> {
-    match &options.run_dir {
-        Some(path) => RunDir::at(&absolute(path)),
-        None => RunDir::create_fresh(None),
+/// Where the servers run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Local(usize),
+    Remote(Allocation),
+}
+
+fn target(options: &StartOptions) -> Result<Target, LaunchError> {
+    if let Some(count) = options.count {
+        return Ok(Target::Local(count));
+    }
+    let detect = DetectOptions {
+        hostfile: options.hostfile.as_deref().map(absolute),
+        ..DetectOptions::default()
+    };
+    match allocation::detect_from_process(&detect)? {
+        Allocation::Local { .. } => Err(LaunchError::NoAllocation),
+        found => Ok(Target::Remote(found)),
+    }
+}
+
+fn make_run_dir(options: &StartOptions) -> Result<RunDir, LaunchError> {
+    if let Some(path) = &options.run_dir {
+        return Ok(RunDir::at(&absolute(path))?);
+    }
+    if options.count.is_some() {
+        return Ok(RunDir::create_fresh(None)?);
+    }
+    // Fleets on an allocation: the nodes must see the directory (a shared file system).
+    let root = std::env::var_os(FLEET_DIR_VAR)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".dimstore/fleets")))
+        .unwrap_or_else(std::env::temp_dir);
+    Ok(RunDir::create_fresh(Some(&root))?)
+}
+
+/// A started fleet, on this machine or on an allocation.
+#[derive(Debug)]
+enum Servers {
+    Local(LocalFleet),
+    Remote(RemoteFleet),
+}
+
+impl Servers {
+    fn fleet(&self) -> Fleet {
+        match self {
+            Servers::Local(f) => f.fleet(),
+            Servers::Remote(f) => f.fleet(),
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Servers::Local(f) => f.pids().len(),
+            Servers::Remote(f) => f.node_count(),
+        }
+    }
+
+    fn stop(&mut self, grace: Duration) -> Vec<String> {
+        match self {
+            Servers::Local(f) => f
+                .stop(grace)
+                .into_iter()
+                .map(|node| format!("{node} (killed)"))
+                .collect(),
+            Servers::Remote(f) => f.stop(grace),
+        }
+    }
+
+    fn detach(self) {
+        match self {
+            Servers::Local(f) => f.detach(),
+            Servers::Remote(f) => f.detach(),
+        }
     }
 }
 
@@ -181,7 +281,7 @@ fn start(
     options: &StartOptions,
     run_dir: &mut RunDir,
     interrupts: &Interrupts,
-) -> Result<LocalFleet, StartError> {
+) -> Result<Servers, LaunchError> {
     let server_bin = options.server_bin.clone().unwrap_or_else(|| {
         dimstore::spawn::server_binary(&ClientConfig {
             server_bin: std::env::var_os("DIMSTORE_SERVER_BIN")
@@ -190,25 +290,60 @@ fn start(
             ..ClientConfig::default()
         })
     });
-    let spec = LocalSpec {
-        count: options.count,
-        server_bin,
-        memory_limit: options.memory_limit.clone(),
-        server_args: options.server_args.clone(),
-        token: local::new_token(),
-        ready_timeout: options.ready_timeout,
-        allow_partial: options.allow_partial,
-    };
     let mut progress = progress::for_stderr(options.quiet);
-    let fleet = LocalFleet::start(&spec, run_dir, progress.as_mut(), &|| interrupts.pending())?;
-    let up = fleet.fleet().nodes.len();
-    if up < options.count {
+    let interrupted = || interrupts.pending();
+    let (servers, wanted) = match target(options)? {
+        Target::Local(count) => {
+            let spec = LocalSpec {
+                count,
+                server_bin,
+                memory_limit: options.memory_limit.clone(),
+                server_args: options.server_args.clone(),
+                token: local::new_token(),
+                ready_timeout: options.ready_timeout,
+                allow_partial: options.allow_partial,
+            };
+            let fleet = LocalFleet::start(&spec, run_dir, progress.as_mut(), &interrupted)?;
+            (Servers::Local(fleet), count)
+        }
+        Target::Remote(allocation) => {
+            let launcher = Launcher::resolve(
+                options.launcher_cmd.as_deref(),
+                options.launcher_kind,
+                &allocation,
+            )?;
+            note(
+                options,
+                &format!("{allocation}; launching with {}", launcher.prefix.join(" ")),
+            );
+            let wanted = allocation.server_count();
+            let spec = RemoteSpec {
+                allocation,
+                launcher,
+                launch_exe: std::env::current_exe().map_err(LaunchError::CurrentExe)?,
+                // The nodes resolve a relative path against their own working directory.
+                server_bin: if server_bin.components().count() > 1 {
+                    absolute(&server_bin)
+                } else {
+                    server_bin
+                },
+                memory_limit: options.memory_limit.clone(),
+                server_args: options.server_args.clone(),
+                token: local::new_token(),
+                ready_timeout: options.ready_timeout,
+                allow_partial: options.allow_partial,
+            };
+            let fleet = RemoteFleet::start(&spec, run_dir, progress.as_mut(), &interrupted)?;
+            (Servers::Remote(fleet), wanted)
+        }
+    };
+    let up = servers.fleet().nodes.len();
+    if up < wanted {
         warn(&format!(
-            "continuing with {up} of {} servers (--allow-partial)",
-            options.count
+            "continuing with {up} of {wanted} servers (--allow-partial)"
         ));
     }
-    Ok(fleet)
+    Ok(servers)
 }
 
 fn fleet_path(options: &StartOptions, run_dir: &RunDir) -> PathBuf {
@@ -218,7 +353,7 @@ fn fleet_path(options: &StartOptions, run_dir: &RunDir) -> PathBuf {
         .map_or_else(|| run_dir.path().join("fleet.json"), absolute)
 }
 
-fn write_fleet(fleet: &LocalFleet, path: &Path) -> Result<(), LaunchError> {
+fn write_fleet(fleet: &Servers, path: &Path) -> Result<(), LaunchError> {
     fleet
         .fleet()
         .write(path)

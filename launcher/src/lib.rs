@@ -8,7 +8,9 @@
 //! - [`fleet_ops::status`] and [`fleet_ops::down`] work on any running fleet from its file.
 //! - [`local`] starts servers on this machine (simulated nodes `node0`, `node1`, ...);
 //!   [`rundir`] holds their logs and ready files; [`process`] knows them by pid.
-//! - [`allocation`] finds the nodes of a batch job (Slurm, PBS, hostfile).
+//! - [`allocation`] finds the nodes of a batch job (Slurm, PBS, hostfile); [`remote`] starts
+//!   one server on each through the parallel launcher of [`step`] (`srun`, `mpiexec`,
+//!   `mpirun`).
 #![forbid(unsafe_code)]
 
 pub mod allocation;
@@ -19,4 +21,6 @@ pub mod launch;
 pub mod local;
 pub mod process;
 pub mod progress;
+pub mod remote;
 pub mod rundir;
+pub mod step;

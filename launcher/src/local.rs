@@ -52,12 +52,14 @@ pub struct LocalSpec {
 }
 
 /// Why a node's server did not come up.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum FailReason {
     /// It exited before writing its ready file.
     Exited(ExitStatus),
     /// Its ready file did not appear in time.
     Timeout(Duration),
+    /// On another node: what is known (the exit it reported, the launcher step's end).
+    Other(String),
 }
 
 impl fmt::Display for FailReason {
@@ -69,6 +71,7 @@ impl fmt::Display for FailReason {
                 "server not ready after {}",
                 humantime::format_duration(*t)
             ),
+            FailReason::Other(text) => f.write_str(text),
         }
     }
 }
@@ -124,6 +127,14 @@ pub enum StartError {
         node: String,
         /// The binary.
         bin: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The parallel launcher (srun, mpiexec, mpirun) could not be run.
+    #[error("cannot run the launcher `{program}` (see --launcher-cmd)")]
+    Launcher {
+        /// The program.
+        program: String,
         /// The cause.
         source: std::io::Error,
     },

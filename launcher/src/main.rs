@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use dimstore::fleet::{Fleet, FleetError};
 use dimstore_launch::fleet_ops::{self, DownOptions, StopOutcome};
 use dimstore_launch::launch::{self, StartOptions};
+use dimstore_launch::remote;
 use dimstore_launch::rundir::RunDir;
+use dimstore_launch::step::LauncherKind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +25,13 @@ use dimstore_launch::rundir::RunDir;
         `run` starts a fleet, runs a command with DIMSTORE_FLEET and DIMSTORE_TOKEN set, and \
         stops the fleet when the command exits. `up` starts a fleet that keeps running; \
         `status` and `down` inspect and stop it.\n\n\
+        Inside a batch job (Slurm, PBS Pro) the fleet is one server per node of the \
+        allocation, started by one parallel launcher step: `srun --overlap \
+        --ntasks-per-node=1` under Slurm, `mpiexec --ppn 1` (Cray PALS) or Open MPI's \
+        `mpirun --map-by ppr:1:node` otherwise (--launcher-cmd, --launcher-kind). --hostfile \
+        names the nodes explicitly. The fleet's directory (--run-dir) must be visible to all \
+        nodes; by default it is a fresh directory under $DIMSTORE_FLEET_DIR, else \
+        ~/.dimstore/fleets.\n\n\
         With --local N the fleet is N servers on this machine (simulated nodes node0, node1, \
         ...), each listening on 127.0.0.1."
 )]
@@ -95,13 +104,47 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// (Internal) run by the launcher step on every node: starts the node's server.
+    #[command(hide = true, name = "node-server")]
+    NodeServer {
+        /// The fleet's run directory (shared by all nodes).
+        #[arg(long, value_name = "DIR")]
+        run_dir: PathBuf,
+        /// The server command, after `--`.
+        #[arg(required = true, last = true, value_name = "SERVER")]
+        server: Vec<OsString>,
+    },
 }
 
 #[derive(Debug, Args)]
 struct StartArgs {
-    /// Start N servers on this machine, as simulated nodes node0..node{N-1}.
+    /// Start N servers on this machine, as simulated nodes node0..node{N-1} [default: one
+    /// server per node of the batch allocation or --hostfile].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    local: u32,
+    local: Option<u32>,
+    /// One server per host of this hostfile (Open MPI syntax), instead of the batch
+    /// allocation's nodes.
+    #[arg(long, value_name = "PATH", conflicts_with = "local")]
+    hostfile: Option<PathBuf>,
+    /// The parallel launcher that starts the servers, e.g. `mpirun --mca plm_rsh_agent ssh`;
+    /// the arguments for one process per node are added [default: srun under Slurm, else
+    /// mpiexec].
+    #[arg(
+        long,
+        env = "DIMSTORE_LAUNCHER",
+        value_name = "CMD",
+        conflicts_with = "local"
+    )]
+    launcher_cmd: Option<String>,
+    /// What kind of launcher --launcher-cmd is: srun, mpiexec (Cray PALS, MPICH Hydra) or
+    /// openmpi [default: told from its name and --version].
+    #[arg(
+        long,
+        env = "DIMSTORE_LAUNCHER_KIND",
+        value_name = "KIND",
+        conflicts_with = "local"
+    )]
+    launcher_kind: Option<LauncherKind>,
     /// Memory limit of each server, e.g. `512MiB`, `4GiB` [default: the server's, half of
     /// physical memory].
     #[arg(long, value_name = "SIZE")]
@@ -115,8 +158,9 @@ struct StartArgs {
     /// Where to write the fleet file [default: <run-dir>/fleet.json].
     #[arg(long, value_name = "PATH")]
     fleet_file: Option<PathBuf>,
-    /// Directory for server logs and ready files [default: a fresh directory under
-    /// $DIMSTORE_RUNTIME_DIR or the system temporary directory].
+    /// Directory for server logs and ready files; on an allocation it must be visible to all
+    /// nodes [default: a fresh directory under $DIMSTORE_RUNTIME_DIR or the system temporary
+    /// directory (--local), $DIMSTORE_FLEET_DIR or ~/.dimstore/fleets (allocations)].
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
     /// How long the servers may take to become ready, e.g. `30s`.
@@ -136,7 +180,10 @@ struct StartArgs {
 impl StartArgs {
     fn options(self) -> StartOptions {
         StartOptions {
-            count: self.local as usize,
+            count: self.local.map(|n| n as usize),
+            hostfile: self.hostfile,
+            launcher_cmd: self.launcher_cmd.filter(|c| !c.trim().is_empty()),
+            launcher_kind: self.launcher_kind,
             memory_limit: self.memory_limit,
             server_args: self.server_args,
             server_bin: self.server_bin,
@@ -198,6 +245,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { fleet, json } => status(&fleet, json),
         Command::Down { fleet, wait, keep } => down(&fleet, wait, keep),
+        Command::NodeServer { run_dir, server } => {
+            Ok(exit_code(remote::node_main(&run_dir, &server)))
+        }
     }
 }
 
@@ -252,17 +302,27 @@ fn down(args: &FleetArgs, wait: Duration, keep: bool) -> anyhow::Result<ExitCode
         );
         return Ok(ExitCode::FAILURE);
     }
+    // A fleet on an allocation: its launcher step ends with its servers.
+    if let Some(dir) = run_dir_of(&fleet) {
+        if let Some(forced) = remote::finish_step(dir.path(), wait) {
+            eprintln!("dimstore-launch: {forced}");
+        }
+    }
     remove_fleet_files(&fleet, &args.fleet_file, keep)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn remove_fleet_files(fleet: &Fleet, fleet_file: &Path, keep: bool) -> anyhow::Result<()> {
+fn run_dir_of(fleet: &Fleet) -> Option<RunDir> {
     let logs: Vec<&Path> = fleet
         .nodes
         .iter()
         .filter_map(|n| n.log.as_deref().map(Path::new))
         .collect();
-    match (RunDir::find(&logs), keep) {
+    RunDir::find(&logs)
+}
+
+fn remove_fleet_files(fleet: &Fleet, fleet_file: &Path, keep: bool) -> anyhow::Result<()> {
+    match (run_dir_of(fleet), keep) {
         (Some(dir), false) => dir
             .remove()
             .with_context(|| format!("cannot remove run directory {}", dir.path().display()))?,

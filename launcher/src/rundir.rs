@@ -1,5 +1,7 @@
-//! The run directory of a local fleet: one subdirectory per node (`node0/server.log`,
-//! `node0/ready.json`) and, by default, the fleet file.
+//! The run directory of a fleet: one subdirectory per node (`node0/server.log`,
+//! `node0/ready.json`, and for fleets on an allocation `n1/exit`) and, by default, the
+//! fleet file; for fleets on an allocation also the host list, the launcher step's log and
+//! `step.json`.
 //!
 //! A marker file records whether the launcher created the directory. Cleanup removes only
 //! what the launcher put there, and the directory itself only when the launcher created it,
@@ -16,6 +18,12 @@ pub const MARKER: &str = "dimstore-launch.json";
 
 /// Environment variable naming the directory fresh run directories go under.
 pub const RUNTIME_DIR_VAR: &str = "DIMSTORE_RUNTIME_DIR";
+
+/// Files the launcher writes in each node's subdirectory.
+pub const NODE_FILES: [&str; 3] = ["server.log", "ready.json", "exit"];
+
+/// Files the launcher writes at the top of a run directory for a fleet on an allocation.
+pub const STEP_FILES: [&str; 3] = ["hosts", "launcher.log", "step.json"];
 
 /// Why a run directory could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -185,11 +193,14 @@ impl RunDir {
         }
         for node in &self.marker.nodes {
             let dir = self.path.join(node);
-            for file in ["server.log", "ready.json"] {
+            for file in NODE_FILES {
                 gone_ok(std::fs::remove_file(dir.join(file)))?;
             }
             // Only if empty: anything else in it is not ours.
             let _ = std::fs::remove_dir(&dir);
+        }
+        for file in STEP_FILES {
+            gone_ok(std::fs::remove_file(self.path.join(file)))?;
         }
         gone_ok(std::fs::remove_file(self.path.join(MARKER)))
     }

@@ -1,0 +1,599 @@
+//! Fleets on the nodes of a batch allocation: one server per node, started by one parallel
+//! launcher step (`srun`, `mpiexec`, `mpirun`, see [`crate::step`]).
+//!
+//! The step runs `dimstore-launch node-server` once per node ([`node_main`]), which starts
+//! the node's server with `--node <host>` and its files in `<run dir>/<host>/` (`ready.json`,
+//! `server.log`, and `exit` once it has ended), passes signals on to it and ends with it. The
+//! run directory must therefore be visible to all nodes (a shared file system). The fleet
+//! token reaches the servers in `DIMSTORE_TOKEN`, through the launcher's environment.
+//!
+//! [`RemoteFleet::start`] waits until every node of the allocation has a ready server: a node
+//! whose server exits, or that has none when the step ends or the time is up, fails the start
+//! by name with its log tail (unless partial fleets are allowed) and the step is stopped.
+//! [`RemoteFleet::stop`] asks every server to shut down, then waits for the step to end,
+//! terminating it if it does not. `step.json` in the run directory records the step's
+//! process, so that `dimstore-launch down` can wait for it too ([`finish_step`]).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use dimstore::fleet::{Fleet, FleetNode, FLEET_FORMAT};
+use dimstore::spawn::log_tail;
+use dimstore_proto::ReadyFile;
+use rustix::process::Signal;
+use serde::{Deserialize, Serialize};
+
+use crate::allocation::Allocation;
+use crate::fleet_ops::{self, DownOptions};
+use crate::interrupt::Interrupts;
+use crate::local::{FailReason, NodeFailure, StartError, LOG_TAIL_LINES, STOP_GRACE};
+use crate::process;
+use crate::progress::StartProgress;
+use crate::rundir::RunDir;
+use crate::step::Launcher;
+
+/// The subcommand of `dimstore-launch` that the step runs on every node.
+pub const NODE_SERVER: &str = "node-server";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct RemoteSpec {
+    /// The nodes.
+    pub allocation: Allocation,
+    /// The parallel launcher.
+    pub launcher: Launcher,
+    /// `dimstore-launch` itself, as the nodes can run it (an absolute path).
+    pub launch_exe: PathBuf,
+    /// The `dimstore-server` binary, as the nodes can run it.
+    pub server_bin: PathBuf,
+    /// `--memory-limit` for each server.
+    pub memory_limit: Option<String>,
+    /// Further arguments for each server.
+    pub server_args: Vec<String>,
+    /// The fleet token (in `DIMSTORE_TOKEN`, never on a command line).
+    pub token: String,
+    /// How long to wait for all servers.
+    pub ready_timeout: Duration,
+    /// Go on with the servers that started when others fail.
+    pub allow_partial: bool,
+}
+
+/// The launcher step's process, as recorded in `step.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Process id of `srun` / `mpiexec` / `mpirun`.
+    pub pid: u32,
+    /// The host it runs on.
+    pub host: String,
+    /// Its command line, for messages.
+    pub command: String,
+}
+
+/// One node of the allocation.
+#[derive(Debug)]
+struct Node {
+    /// The allocation's name for it.
+    name: String,
+    /// The host name its server reported from (the subdirectory), once seen.
+    host: Option<String>,
+    ready: Option<ReadyFile>,
+    failed: bool,
+}
+
+/// Servers on the nodes of an allocation, started by one launcher step.
+#[derive(Debug)]
+pub struct RemoteFleet {
+    step: Child,
+    record: StepRecord,
+    run_dir: PathBuf,
+    source: &'static str,
+    token: String,
+    nodes: Vec<Node>,
+    /// Stop the servers and the step on drop.
+    armed: bool,
+}
+
+impl RemoteFleet {
+    /// Starts the step with its files in `run_dir` and waits until every node's server is
+    /// ready. A signal number from `interrupted` aborts the start.
+    ///
+    /// # Errors
+    /// See [`StartError`]; the step is stopped before it is returned.
+    pub fn start(
+        spec: &RemoteSpec,
+        run_dir: &mut RunDir,
+        progress: &mut dyn StartProgress,
+        interrupted: &dyn Fn() -> Option<i32>,
+    ) -> Result<RemoteFleet, StartError> {
+        let names = spec.allocation.nodes();
+        if names.is_empty() {
+            return Err(StartError::Empty);
+        }
+        let dir = run_dir.path().to_path_buf();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            fs::write(&path, bytes)
+                .map_err(|source| StartError::RunDir(crate::rundir::RunDirError { path, source }))
+        };
+        write("hosts", format!("{}\n", names.join("\n")).as_bytes())?;
+        let (step, record) = launch_step(spec, &dir)?;
+        let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
+        let mut fleet = RemoteFleet {
+            step,
+            record,
+            run_dir: dir.clone(),
+            source: spec.allocation.source(),
+            token: spec.token.clone(),
+            nodes: names
+                .iter()
+                .map(|name| Node {
+                    name: name.clone(),
+                    host: None,
+                    ready: None,
+                    failed: false,
+                })
+                .collect(),
+            armed: true,
+        };
+        write("step.json", &json)?;
+        progress.launched(names.len());
+        let result = fleet.wait_ready(spec, progress, interrupted);
+        let up = fleet.nodes.iter().filter(|n| n.ready.is_some()).count();
+        progress.finish(up, names.len());
+        // Record the hosts' subdirectories, so that cleanup removes them.
+        for host in fleet.nodes.iter().filter_map(|n| n.host.as_deref()) {
+            let _ = run_dir.node_dir(host);
+        }
+        match result {
+            Ok(()) => Ok(fleet),
+            Err(e) => {
+                fleet.stop(STOP_GRACE);
+                Err(e)
+            }
+        }
+    }
+
+    fn wait_ready(
+        &mut self,
+        spec: &RemoteSpec,
+        progress: &mut dyn StartProgress,
+        interrupted: &dyn Fn() -> Option<i32>,
+    ) -> Result<(), StartError> {
+        let deadline = Instant::now() + spec.ready_timeout;
+        let mut failures = Vec::new();
+        loop {
+            if let Some(signal) = interrupted() {
+                return Err(StartError::Interrupted(signal));
+            }
+            // The step's end is checked before the directory, so nothing written before
+            // it ended is missed.
+            let ended = self.step.try_wait().ok().flatten();
+            for (host, report) in scan(&self.run_dir) {
+                let Some(index) = self.node_for(&host) else {
+                    continue;
+                };
+                let node = &mut self.nodes[index];
+                if node.ready.is_some() || node.failed {
+                    continue;
+                }
+                node.host = Some(host);
+                match report {
+                    Report::Ready(ready) => {
+                        progress.ready(&ready.node, &ready);
+                        node.ready = Some(ready);
+                    }
+                    Report::Exited(how) => {
+                        node.failed = true;
+                        let key = node_key(node);
+                        let reason = FailReason::Other(format!("server {how} before it was ready"));
+                        progress.failed(&key.0, &reason.to_string());
+                        failures.push(self.failure_of(&key, reason));
+                    }
+                    Report::Starting => {}
+                }
+            }
+            let pending = self.nodes.iter().any(|n| n.ready.is_none() && !n.failed);
+            if !pending || (!failures.is_empty() && !spec.allow_partial) {
+                break;
+            }
+            let timed_out = Instant::now() >= deadline;
+            if ended.is_some() || timed_out {
+                let reason = match ended {
+                    Some(status) => FailReason::Other(format!(
+                        "no server ready when the launcher step `{}` ended ({status})",
+                        self.record.command
+                    )),
+                    None => FailReason::Timeout(spec.ready_timeout),
+                };
+                let keys: Vec<(String, Option<String>)> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.ready.is_none() && !n.failed)
+                    .map(node_key)
+                    .collect();
+                for key in keys {
+                    progress.failed(&key.0, &reason.to_string());
+                    failures.push(self.failure_of(&key, reason.clone()));
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let up = self.nodes.iter().filter(|n| n.ready.is_some()).count();
+        if failures.is_empty() || (spec.allow_partial && up > 0) {
+            Ok(())
+        } else {
+            Err(StartError::Failed {
+                total: self.nodes.len(),
+                failures,
+            })
+        }
+    }
+
+    /// The allocation node a host reported from: same name, same short name, or else the
+    /// first node not yet heard of (host names and the batch system's names may differ).
+    fn node_for(&self, host: &str) -> Option<usize> {
+        let short = |s: &str| s.split('.').next().unwrap_or(s).to_owned();
+        let known = self
+            .nodes
+            .iter()
+            .position(|n| n.host.as_deref() == Some(host));
+        known
+            .or_else(|| {
+                self.nodes.iter().position(|n| {
+                    n.host.is_none() && (n.name == host || short(&n.name) == short(host))
+                })
+            })
+            .or_else(|| self.nodes.iter().position(|n| n.host.is_none()))
+    }
+
+    /// A node's failure with its server log's tail, or the launcher's log when the node
+    /// never reported.
+    fn failure_of(
+        &self,
+        (name, host): &(String, Option<String>),
+        reason: FailReason,
+    ) -> NodeFailure {
+        let log = match host {
+            Some(host) => self.run_dir.join(host).join("server.log"),
+            None => self.run_dir.join("launcher.log"),
+        };
+        NodeFailure {
+            node: name.clone(),
+            reason,
+            tail: log_tail(&log, LOG_TAIL_LINES),
+            log,
+        }
+    }
+
+    /// The fleet of the servers that are ready.
+    pub fn fleet(&self) -> Fleet {
+        Fleet {
+            format: FLEET_FORMAT,
+            token: Some(self.token.clone()),
+            launcher: self.source.to_owned(),
+            nodes: self
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    let ready = n.ready.as_ref()?;
+                    let host = n.host.as_deref()?;
+                    Some(FleetNode {
+                        name: ready.node.clone(),
+                        address: ready.address.clone(),
+                        pid: ready.pid,
+                        log: Some(
+                            self.run_dir
+                                .join(host)
+                                .join("server.log")
+                                .display()
+                                .to_string(),
+                        ),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// How many nodes the allocation has.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Leaves the servers and the step running after this handle is gone (the step is in
+    /// its own process group).
+    pub fn detach(mut self) {
+        self.armed = false;
+    }
+
+    /// Stops the fleet: a shutdown request to every ready server, then waits up to `grace`
+    /// for the step to end, then terminates it (SIGTERM, which the launchers pass on to
+    /// the servers) and kills it if it still runs after [`STOP_GRACE`]. Returns what had to
+    /// be forced, for warnings.
+    pub fn stop(&mut self, grace: Duration) -> Vec<String> {
+        self.armed = false;
+        let fleet = self.fleet();
+        let options = DownOptions {
+            timeout: Duration::from_secs(5),
+            wait: grace,
+        };
+        let mut forced: Vec<String> = fleet_ops::down(&fleet, options)
+            .into_iter()
+            .filter(|(_, outcome)| !outcome.is_stopped())
+            .map(|(node, outcome)| format!("{node}: {outcome:?}"))
+            .collect();
+        if let Some(how) = end_child(&mut self.step, grace) {
+            forced.push(format!("launcher step `{}` {how}", self.record.command));
+        }
+        forced
+    }
+}
+
+impl Drop for RemoteFleet {
+    fn drop(&mut self) {
+        if self.armed {
+            self.stop(STOP_GRACE);
+        }
+    }
+}
+
+fn node_key(node: &Node) -> (String, Option<String>) {
+    (node.name.clone(), node.host.clone())
+}
+
+/// Starts the launcher step, its output going to `launcher.log`.
+fn launch_step(spec: &RemoteSpec, dir: &Path) -> Result<(Child, StepRecord), StartError> {
+    let mut inner: Vec<OsString> = vec![
+        spec.launch_exe.clone().into(),
+        NODE_SERVER.into(),
+        "--run-dir".into(),
+        dir.into(),
+        "--".into(),
+        spec.server_bin.clone().into(),
+    ];
+    if let Some(limit) = &spec.memory_limit {
+        inner.extend(["--memory-limit".into(), limit.into()]);
+    }
+    inner.extend(spec.server_args.iter().map(OsString::from));
+    let line = spec.launcher.command_line(
+        spec.allocation.nodes().len(),
+        &dir.join("hosts"),
+        spec.ready_timeout,
+        &inner,
+    );
+    let shown = line
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let log_path = dir.join("launcher.log");
+    let run_dir_error = |source| {
+        StartError::RunDir(crate::rundir::RunDirError {
+            path: log_path.clone(),
+            source,
+        })
+    };
+    let log = fs::File::create(&log_path).map_err(run_dir_error)?;
+    let log2 = log.try_clone().map_err(run_dir_error)?;
+    let (program, args) = line.split_first().ok_or(StartError::Empty)?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env("DIMSTORE_TOKEN", &spec.token)
+        // Settings meant for one server would make every node claim the same identity.
+        .env_remove("DIMSTORE_ADVERTISE")
+        .env_remove("DIMSTORE_NODE_NAME")
+        .env_remove("DIMSTORE_READY_FILE")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // A Ctrl-C at the terminal reaches the user's command, not the fleet's step.
+        .process_group(0);
+    let child = command.spawn().map_err(|source| StartError::Launcher {
+        program: program.to_string_lossy().into_owned(),
+        source,
+    })?;
+    let record = StepRecord {
+        pid: child.id(),
+        host: dimstore::spawn::hostname(),
+        command: shown,
+    };
+    Ok((child, record))
+}
+
+/// What a node's subdirectory says about its server.
+#[derive(Debug)]
+enum Report {
+    Starting,
+    Ready(ReadyFile),
+    Exited(String),
+}
+
+/// Every host subdirectory of the run directory, with what it reports.
+fn scan(dir: &Path) -> BTreeMap<String, Report> {
+    let mut found = BTreeMap::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let host = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let report = if let Some(ready) = read_ready(&path.join("ready.json")) {
+            Report::Ready(ready)
+        } else if let Ok(how) = fs::read_to_string(path.join("exit")) {
+            Report::Exited(how.trim().to_owned())
+        } else {
+            Report::Starting
+        };
+        found.insert(host, report);
+    }
+    found
+}
+
+fn read_ready(path: &Path) -> Option<ReadyFile> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// Waits up to `grace` for `child` to exit, then SIGTERM, then SIGKILL. Returns what had to
+/// be done, if anything beyond waiting.
+fn end_child(child: &mut Child, grace: Duration) -> Option<&'static str> {
+    let waited = |child: &mut Child, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return true,
+                Ok(None) if Instant::now() >= deadline => return false,
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    };
+    if waited(child, grace) {
+        return None;
+    }
+    let _ = process::send(child.id(), Signal::Term);
+    if waited(child, STOP_GRACE) {
+        return Some("was terminated (SIGTERM)");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Some("was killed (SIGKILL)")
+}
+
+/// For `dimstore-launch down`: waits up to `wait` for the launcher step recorded in
+/// `run_dir` to end (its servers were asked to stop), then terminates it. Nothing to do when
+/// there is no record, or the step runs on another host or has ended. Returns a message
+/// when it had to be forced.
+pub fn finish_step(run_dir: &Path, wait: Duration) -> Option<String> {
+    let record: StepRecord =
+        serde_json::from_slice(&fs::read(run_dir.join("step.json")).ok()?).ok()?;
+    if record.host != dimstore::spawn::hostname() || !process::is_running(record.pid) {
+        return None;
+    }
+    if process::wait_gone(&[record.pid], wait).is_empty() {
+        return None;
+    }
+    let _ = process::send(record.pid, Signal::Term);
+    if process::wait_gone(&[record.pid], STOP_GRACE).is_empty() {
+        return Some(format!("launcher step `{}` was terminated", record.command));
+    }
+    let _ = process::send(record.pid, Signal::Kill);
+    Some(format!("launcher step `{}` was killed", record.command))
+}
+
+/// `dimstore-launch node-server --run-dir DIR -- SERVER [ARGS...]`, run once per node by the
+/// launcher step: starts the server with `--node <host>` and its files in `DIR/<host>/`,
+/// passes SIGINT, SIGTERM and SIGHUP on to it, writes `DIR/<host>/exit` when it ends and
+/// exits with its code. Returns the exit code.
+pub fn node_main(run_dir: &Path, server: &[OsString]) -> i32 {
+    let host = dimstore::spawn::hostname();
+    let dir = run_dir.join(&host);
+    let exit_file = dir.join("exit");
+    let report = |text: &str| {
+        let _ = fs::write(&exit_file, format!("{text}\n"));
+    };
+    if let Err(e) = fs::create_dir_all(&dir) {
+        eprintln!(
+            "dimstore-launch: {host}: cannot create {}: {e}",
+            dir.display()
+        );
+        return 1;
+    }
+    let ready = dir.join("ready.json");
+    let _ = fs::remove_file(&ready);
+    let _ = fs::remove_file(&exit_file);
+    let log_path = dir.join("server.log");
+    let log = match fs::File::create(&log_path) {
+        Ok(log) => log,
+        Err(e) => {
+            report(&format!(
+                "could not be started: cannot create {}: {e}",
+                log_path.display()
+            ));
+            return 1;
+        }
+    };
+    let Some((program, args)) = server.split_first() else {
+        report("could not be started: no server command");
+        return 2;
+    };
+    let interrupts = Interrupts::install().ok();
+    let spawned = Command::new(program)
+        .args(args)
+        .arg("--node")
+        .arg(&host)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let text = format!(
+                "could not be started: cannot run {}: {e}",
+                program.to_string_lossy()
+            );
+            let _ = fs::write(&log_path, format!("dimstore-launch: {text}\n"));
+            report(&text);
+            return 127;
+        }
+    };
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(_) => break child.wait().unwrap_or(ExitStatus::from_raw(1 << 8)),
+        }
+        let signal = match &interrupts {
+            Some(i) => i.wait(Duration::from_millis(50)),
+            None => {
+                std::thread::sleep(Duration::from_millis(50));
+                None
+            }
+        };
+        if let Some(sig) = signal.and_then(Signal::from_raw) {
+            let _ = process::send(child.id(), sig);
+        }
+    };
+    report(&format!("exited ({status})"));
+    process::exit_code(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_reads_ready_exited_and_starting_hosts() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let ready = ReadyFile {
+            address: "10.0.0.1:7000".into(),
+            pid: 9,
+            node: "n1".into(),
+            server_id: 1,
+            transports: vec!["tcp".into()],
+            version: "0".into(),
+        };
+        fs::create_dir_all(root.path().join("n1")).expect("n1");
+        fs::write(
+            root.path().join("n1/ready.json"),
+            serde_json::to_vec(&ready).expect("json"),
+        )
+        .expect("ready");
+        fs::create_dir_all(root.path().join("n2")).expect("n2");
+        fs::write(root.path().join("n2/exit"), "exited (exit status: 2)\n").expect("exit");
+        fs::create_dir_all(root.path().join("n3")).expect("n3");
+        fs::write(root.path().join("hosts"), "n1\n").expect("hosts");
+        let found = scan(root.path());
+        assert_eq!(found.len(), 3);
+        assert!(matches!(&found["n1"], Report::Ready(r) if r.pid == 9));
+        assert!(matches!(&found["n2"], Report::Exited(t) if t == "exited (exit status: 2)"));
+        assert!(matches!(found["n3"], Report::Starting));
+    }
+}
