@@ -75,6 +75,8 @@ struct State {
     next_segment_id: u32,
     used: u64,
     mapped: u64,
+    /// Bytes of empty dedicated segments kept for reuse.
+    spare: u64,
 }
 
 #[derive(Debug)]
@@ -82,7 +84,12 @@ struct Slot {
     segment: Arc<Segment>,
     free: FreeList,
     dedicated: bool,
+    /// Pages below this offset have been written before (they are committed).
+    touched: u64,
 }
+
+/// Ranges from this size on have their never-touched pages faulted in at allocation.
+const POPULATE_FROM: u64 = 256 << 10;
 
 impl Arena {
     /// An empty arena; segments are created on first use.
@@ -142,7 +149,19 @@ impl Arena {
         }
         let dedicated = rounded >= config.segment_size / 4;
         let found = if dedicated {
-            None
+            // A spare dedicated segment of about the right size: its pages are warm, and
+            // same-node clients may still have it mapped.
+            let spare = state
+                .slots
+                .iter_mut()
+                .filter(|(_, slot)| slot.dedicated && slot.free.is_empty())
+                .filter(|(_, slot)| (rounded..=rounded * 2).contains(&slot.segment.len()))
+                .min_by_key(|(_, slot)| slot.segment.len())
+                .and_then(|(&id, slot)| slot.free.allocate(rounded).map(|off| (id, off)));
+            if let Some((id, _)) = spare {
+                state.spare -= state.slots[&id].segment.len();
+            }
+            spare
         } else {
             state
                 .slots
@@ -174,13 +193,28 @@ impl Arena {
                         segment,
                         free,
                         dedicated,
+                        touched: 0,
                     },
                 );
                 (id, offset)
             }
         };
         state.used += rounded;
-        let segment = Arc::clone(&state.slots[&segment_id].segment);
+        let slot = state
+            .slots
+            .get_mut(&segment_id)
+            .expect("the slot just allocated from");
+        let end = offset + rounded;
+        let fresh = (end > slot.touched && rounded >= POPULATE_FROM)
+            .then(|| (offset.max(slot.touched), end));
+        slot.touched = slot.touched.max(end);
+        let segment = Arc::clone(&slot.segment);
+        drop(state);
+        // Fault in never-touched pages in one call (outside the lock): a transfer into them
+        // then does not trap once per page. Warm pages are left alone.
+        if let Some((from, to)) = fresh {
+            segment.populate(from, to - from);
+        }
         Ok(Allocation {
             shared: Arc::clone(&self.shared),
             place: Some(Place {
@@ -200,21 +234,32 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Returns a range. Freed pages stay committed for reuse (an allocator's high-water
+    /// mark); an emptied extra regular segment is unmapped; an emptied dedicated segment is
+    /// kept as a spare while spares stay under an eighth of the capacity (at most 1 GiB).
     fn release(&self, place: &Place) {
-        const RELEASE_PAGES_FROM: u64 = 256 << 10;
+        let spare_limit = (self.config.capacity / 8).min(1 << 30);
         let mut state = self.lock();
         state.used -= place.rounded;
         let Some(slot) = state.slots.get_mut(&place.segment_id) else {
             return;
         };
         slot.free.free(place.offset, place.rounded);
-        let drop_segment = slot.dedicated || (slot.free.is_empty() && place.segment_id != 0);
-        if drop_segment {
-            if let Some(slot) = state.slots.remove(&place.segment_id) {
-                state.mapped -= slot.segment.len();
+        if !slot.free.is_empty() {
+            return;
+        }
+        let (dedicated, len) = (slot.dedicated, slot.segment.len());
+        let keep = if dedicated {
+            state.spare + len <= spare_limit
+        } else {
+            place.segment_id == 0
+        };
+        if keep {
+            if dedicated {
+                state.spare += len;
             }
-        } else if place.rounded >= RELEASE_PAGES_FROM {
-            slot.segment.release_pages(place.offset, place.rounded);
+        } else if let Some(slot) = state.slots.remove(&place.segment_id) {
+            state.mapped -= slot.segment.len();
         }
     }
 }
@@ -279,14 +324,6 @@ impl Allocation {
         }
         self.len = len;
         true
-    }
-
-    /// Faults in the allocation's pages ahead of a large write into it (one system call
-    /// instead of a trap per page).
-    pub fn populate(&self) {
-        if let Some(p) = &self.place {
-            p.segment.populate(p.offset, self.len);
-        }
     }
 
     /// Where the bytes live: segment id and offset (for registered-memory descriptors and
@@ -379,7 +416,8 @@ mod tests {
 
     #[test]
     fn bytes_written_are_read_back_and_accounted() {
-        let arena = arena(8 << 20);
+        // Large enough that a 3 MiB spare fits under the spare limit (an eighth).
+        let arena = arena(64 << 20);
         let mut a = arena.allocate(1000).expect("room");
         a.as_mut_slice().copy_from_slice(&[7u8; 1000]);
         let b = arena.allocate(3 << 20).expect("room");
@@ -387,8 +425,20 @@ mod tests {
         assert_eq!(sealed.as_slice(), &[7u8; 1000][..]);
         assert_eq!(arena.stats().used, 1024 + (3 << 20));
         assert_eq!(arena.stats().segments, 2);
+        let b_segment = b.location().expect("placed").0;
         drop(b);
-        assert_eq!(arena.stats().segments, 1, "dedicated segment released");
+        assert_eq!(
+            arena.stats().segments,
+            2,
+            "dedicated segment kept as a spare"
+        );
+        let again = arena.allocate(3 << 20).expect("room");
+        assert_eq!(
+            again.location().expect("placed").0,
+            b_segment,
+            "spare reused"
+        );
+        drop(again);
         let lease = sealed.clone();
         assert_eq!(lease.leases(), 2);
         drop(sealed);

@@ -151,23 +151,6 @@ impl Segment {
             };
         }
     }
-
-    /// Gives the pages of a freed range back to the kernel (they read as zeros afterwards).
-    /// Only whole pages strictly inside the range are released.
-    pub(crate) fn release_pages(&self, offset: u64, len: u64) {
-        const PAGE: u64 = 4096;
-        let start = offset.div_ceil(PAGE) * PAGE;
-        let end = (offset + len) / PAGE * PAGE;
-        if end > start {
-            // Best effort: failure only means the pages stay committed until reused.
-            let _ = rustix::fs::fallocate(
-                &self.fd,
-                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-                start,
-                end - start,
-            );
-        }
-    }
 }
 
 impl Drop for Segment {

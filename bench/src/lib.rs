@@ -28,6 +28,7 @@ pub mod placement;
 pub mod report;
 pub mod run;
 pub mod throughput;
+pub mod zero_copy;
 
 pub use options::{RunArgs, Settings};
 pub use report::Row;

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use dimstore_bench::contenders::raw_tcp;
 use dimstore_bench::options::Parts;
 use dimstore_bench::throughput::{worker, WorkerArgs};
+use dimstore_bench::zero_copy::{self, ZeroCopyArgs};
 use dimstore_bench::{run::run, RunArgs, Settings};
 
 /// Benchmarks dimstore against the raw TCP limit and redis-server, under the same CPU
@@ -30,6 +31,8 @@ enum Command {
     Latency(RunArgs),
     /// Small-get throughput with several client processes.
     Throughput(RunArgs),
+    /// Same-node gets: mapped vs copied vs memcpy; in-place puts vs memcpy.
+    ZeroCopy(ZeroCopyArgs),
     /// Patterns across MPI ranks through the fleet vs plain MPI (run under mpirun or srun,
     /// with the fleet from `dimstore-launch run`).
     #[cfg(feature = "mpi")]
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Run(args)) => (args, Parts::All),
         Some(Command::Latency(args)) => (args, Parts::Latency),
         Some(Command::Throughput(args)) => (args, Parts::Throughput),
+        Some(Command::ZeroCopy(args)) => return zero_copy::run(&args),
         Some(Command::Worker(args)) => return worker(&args),
         Some(Command::RawServer) => return raw_tcp::serve_process(),
         #[cfg(feature = "mpi")]

@@ -1,7 +1,7 @@
 //! Same-node access: mapping a server's segments, mapped gets, and in-place puts
 //! (create, write into the mapping, seal).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -17,10 +17,10 @@ use rkyv::ser::writer::Buffer;
 use crate::error::{PutError, RequestError};
 use crate::store::{Peer, Store};
 
-/// Segments up to this size (regular segments holding many small objects) stay mapped; larger
-/// ones (one big object each) are unmapped once nothing reads them, so a freed object's
-/// memory is not kept alive by this process.
-const KEEP_MAPPED_UP_TO: u64 = 64 << 20;
+/// The most recently used segments stay mapped (a server reuses its segments, so their pages
+/// stay warm in this process too); older ones are unmapped once nothing reads them, so a
+/// freed object's memory is not kept alive by this process.
+const KEEP_RECENT: usize = 8;
 
 /// How a store uses a server on its own node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,13 +36,24 @@ pub enum LocalMode {
 /// A same-node peer's mapped segments.
 #[derive(Debug, Default)]
 pub(crate) struct Mappings {
-    cache: Mutex<HashMap<(u32, bool), Cached>>,
+    cache: Mutex<Cache>,
 }
 
-#[derive(Debug)]
-enum Cached {
-    Kept(Arc<MappedSegment>),
-    WhileUsed(Weak<MappedSegment>),
+#[derive(Debug, Default)]
+struct Cache {
+    all: HashMap<(u32, bool), Weak<MappedSegment>>,
+    recent: VecDeque<((u32, bool), Arc<MappedSegment>)>,
+}
+
+impl Cache {
+    fn touch(&mut self, key: (u32, bool), mapping: &Arc<MappedSegment>) {
+        if self.recent.front().is_some_and(|(k, _)| *k == key) {
+            return;
+        }
+        self.recent.retain(|(k, _)| *k != key);
+        self.recent.push_front((key, Arc::clone(mapping)));
+        self.recent.truncate(KEEP_RECENT);
+    }
 }
 
 impl Mappings {
@@ -54,11 +65,13 @@ impl Mappings {
         fetch: impl FnOnce() -> Result<(OwnedFd, u64), RequestError>,
     ) -> Result<Arc<MappedSegment>, RequestError> {
         let lock = || self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(hit) = lock().get(&(segment, writable)).and_then(|c| match c {
-            Cached::Kept(m) => Some(Arc::clone(m)),
-            Cached::WhileUsed(w) => w.upgrade(),
-        }) {
-            return Ok(hit);
+        let key = (segment, writable);
+        {
+            let mut cache = lock();
+            if let Some(hit) = cache.all.get(&key).and_then(Weak::upgrade) {
+                cache.touch(key, &hit);
+                return Ok(hit);
+            }
         }
         let (fd, len) = fetch()?;
         let mapping =
@@ -66,14 +79,10 @@ impl Mappings {
                 owner: "(this node)".into(),
                 what: format!("cannot map segment {segment}: {e}"),
             })?;
-        let cached = if len <= KEEP_MAPPED_UP_TO {
-            Cached::Kept(Arc::clone(&mapping))
-        } else {
-            Cached::WhileUsed(Arc::downgrade(&mapping))
-        };
         let mut cache = lock();
-        cache.retain(|_, c| !matches!(c, Cached::WhileUsed(w) if w.strong_count() == 0));
-        cache.insert((segment, writable), cached);
+        cache.all.retain(|_, w| w.strong_count() > 0);
+        cache.all.insert(key, Arc::downgrade(&mapping));
+        cache.touch(key, &mapping);
         Ok(mapping)
     }
 }

@@ -78,17 +78,9 @@ impl ObjectStore {
                 format!("object of {big} bytes exceeds the memory limit of {capacity} bytes"),
             ));
         }
-        /// From this size on, pages are faulted in ahead of the transfer.
-        const POPULATE_FROM: u64 = 256 << 10;
         sizes
             .iter()
-            .map(|&size| {
-                let allocation = self.arena.allocate(size).map_err(out_of_memory)?;
-                if size >= POPULATE_FROM {
-                    allocation.populate();
-                }
-                Ok(allocation)
-            })
+            .map(|&size| self.arena.allocate(size).map_err(out_of_memory))
             .collect()
     }
 
