@@ -27,8 +27,9 @@ cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "build (binaries the integration tests run)"
+step "build (binaries the integration tests run, and the SPANK plugin the Slurm tests load)"
 cargo build --workspace --bins --examples --locked
+cargo build -p dimstore-spank --locked
 
 if [ "$quick" = 0 ] && [ -x ci/fuzz-smoke.sh ]; then
     step "fuzz smoke run"
