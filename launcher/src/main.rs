@@ -110,6 +110,9 @@ enum Command {
         /// The fleet's run directory (shared by all nodes).
         #[arg(long, value_name = "DIR")]
         run_dir: PathBuf,
+        /// The launcher's host (to find a routable address when the node's name has none).
+        #[arg(long, value_name = "HOST")]
+        origin: Option<String>,
         /// The server command, after `--`.
         #[arg(required = true, last = true, value_name = "SERVER")]
         server: Vec<OsString>,
@@ -245,9 +248,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { fleet, json } => status(&fleet, json),
         Command::Down { fleet, wait, keep } => down(&fleet, wait, keep),
-        Command::NodeServer { run_dir, server } => {
-            Ok(exit_code(remote::node_main(&run_dir, &server)))
-        }
+        Command::NodeServer {
+            run_dir,
+            origin,
+            server,
+        } => Ok(exit_code(remote::node_main(
+            &run_dir,
+            origin.as_deref(),
+            &server,
+        ))),
     }
 }
 

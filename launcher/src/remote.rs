@@ -17,6 +17,8 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -353,6 +355,8 @@ fn launch_step(spec: &RemoteSpec, dir: &Path) -> Result<(Child, StepRecord), Sta
         NODE_SERVER.into(),
         "--run-dir".into(),
         dir.into(),
+        "--origin".into(),
+        dimstore::spawn::hostname().into(),
         "--".into(),
         spec.server_bin.clone().into(),
     ];
@@ -489,7 +493,11 @@ pub fn finish_step(run_dir: &Path, wait: Duration) -> Option<String> {
 /// launcher step: starts the server with `--node <host>` and its files in `DIR/<host>/`,
 /// passes SIGINT, SIGTERM and SIGHUP on to it, writes `DIR/<host>/exit` when it ends and
 /// exits with its code. Returns the exit code.
-pub fn node_main(run_dir: &Path, server: &[OsString]) -> i32 {
+///
+/// The server advertises the address its host name resolves to. Where that is only a
+/// loopback address (a node whose `/etc/hosts` maps its own name to 127.0.1.1), it listens
+/// on the source address of the route towards `origin`, the launcher's host, instead.
+pub fn node_main(run_dir: &Path, origin: Option<&str>, server: &[OsString]) -> i32 {
     let host = dimstore::spawn::hostname();
     let dir = run_dir.join(&host);
     let exit_file = dir.join("exit");
@@ -522,7 +530,17 @@ pub fn node_main(run_dir: &Path, server: &[OsString]) -> i32 {
         return 2;
     };
     let interrupts = Interrupts::install().ok();
-    let spawned = Command::new(program)
+    let mut command = Command::new(program);
+    if let Some(listen) = origin.and_then(|o| listen_towards(o, args)) {
+        let _ = writeln!(
+            &log,
+            "dimstore-launch: {host} resolves to no routable address; listening on {listen}, \
+             the route towards {}",
+            origin.unwrap_or_default()
+        );
+        command.arg("--listen").arg(listen);
+    }
+    let spawned = command
         .args(args)
         .arg("--node")
         .arg(&host)
@@ -565,9 +583,56 @@ pub fn node_main(run_dir: &Path, server: &[OsString]) -> i32 {
     process::exit_code(status)
 }
 
+/// `IP:0` for the server to listen on when this host's name resolves to no routable IPv4
+/// address: the source address of the route towards `origin`. `None` when the name
+/// resolves well, when the user chose an address (`--listen`, `--advertise`, or their
+/// `DIMSTORE_*` variables), or when no route tells.
+fn listen_towards(origin: &str, server_args: &[OsString]) -> Option<String> {
+    let chosen = server_args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        ["--listen", "--advertise"]
+            .iter()
+            .any(|flag| a == *flag || a.starts_with(&format!("{flag}=")))
+    });
+    let from_env = ["DIMSTORE_LISTEN", "DIMSTORE_ADVERTISE"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if chosen || from_env || routable(&dimstore::spawn::hostname()).is_some() {
+        return None;
+    }
+    let target = (origin, 9)
+        .to_socket_addrs()
+        .ok()?
+        .find(SocketAddr::is_ipv4)?;
+    // A connected UDP socket sends nothing; it only asks the kernel for the route.
+    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect(target).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then(|| SocketAddr::new(ip, 0).to_string())
+}
+
+/// The first non-loopback IPv4 address `host` resolves to.
+fn routable(host: &str) -> Option<IpAddr> {
+    (host, 0)
+        .to_socket_addrs()
+        .ok()?
+        .map(|a| a.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_chosen_by_the_user_is_kept() {
+        for args in [["--listen", "10.0.0.1:0"], ["--advertise=n1:7000", "-v"]] {
+            let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+            assert_eq!(listen_towards("127.0.0.1", &args), None);
+        }
+        // Towards this host itself the route is loopback, which is never chosen.
+        assert_eq!(listen_towards("127.0.0.1", &[]), None);
+    }
 
     #[test]
     fn scan_reads_ready_exited_and_starting_hosts() {
