@@ -6,9 +6,10 @@
 //!
 //! - `auto` finds the interface that carries the server's address, asks hwloc for that
 //!   network device's locality (its first non-I/O ancestor), and binds to it when it is
-//!   narrower than the whole machine. Loopback, an address no interface carries, a device
-//!   hwloc does not report, or a device local to the whole machine (one NUMA node, or a VM)
-//!   bind nothing, and the description says why.
+//!   narrower than the whole machine. Loopback, an address no interface carries, a virtual
+//!   interface, a machine with one NUMA node, a device hwloc does not report, or a device
+//!   local to the whole machine bind nothing, and the description says why. (hwloc's device
+//!   discovery costs tens of milliseconds, so it only runs when it can matter.)
 //! - `--numa N` binds to node N's CPUs (with `auto`) and memory.
 //! - a CPU list binds to those CPUs and to the memory of their NUMA nodes.
 //!
@@ -20,6 +21,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::str::FromStr;
 
 use hwlocality::bitmap::Bitmap;
@@ -202,10 +204,18 @@ impl Placement {
             Some(Ok(nic)) => Some(nic),
             None => None,
         };
-        let topology = match load_topology(auto) {
-            Ok(t) => t,
-            Err(e) if auto => return Ok(Placement::none(e)),
-            Err(e) => return Err(e),
+        let topology = match (load_topology(false), &nic) {
+            (Ok(t), None) => t,
+            (Ok(t), Some(nic)) => match nic_worth_locating(&t, nic) {
+                // Device discovery (PCI, OS devices) costs tens of ms: only when it can matter.
+                Ok(()) => match load_topology(true) {
+                    Ok(t) => t,
+                    Err(e) => return Ok(Placement::none(e)),
+                },
+                Err(reason) => return Ok(Placement::none(reason)),
+            },
+            (Err(e), Some(_)) => return Ok(Placement::none(e)),
+            (Err(e), None) => return Err(e),
         };
         let (cpus, nodes, why) = match (&config.cpu_bind, config.numa) {
             (CpuBind::List(list), numa) => {
@@ -350,6 +360,22 @@ fn sets_of(topology: &Topology, object: &TopologyObject) -> (CpuSet, NodeSet) {
     (cpus, nodes)
 }
 
+/// Whether the NIC's locality can narrow anything: a virtual interface (veth, bridge) has no
+/// device, and with one NUMA node there is nothing to choose.
+fn nic_worth_locating(topology: &Topology, iface: &str) -> Result<(), String> {
+    if !Path::new("/sys/class/net")
+        .join(iface)
+        .join("device")
+        .exists()
+    {
+        return Err(format!("{iface} is a virtual interface (no NIC locality)"));
+    }
+    if topology.objects_with_type(ObjectType::NUMANode).count() < 2 {
+        return Err(format!("one NUMA node, nothing to choose near {iface}"));
+    }
+    Ok(())
+}
+
 /// The locality of the NIC carrying the server's address, or why there is none to use.
 fn nic_locality(topology: &Topology, iface: &str) -> Result<(CpuSet, NodeSet, String), String> {
     let device = topology
@@ -451,6 +477,13 @@ mod tests {
             CpuBind::List(vec![1, 3])
         );
         assert_eq!(format_cpu_list(&[8, 0, 1, 2, 3, 5]), "0-3,5,8");
+    }
+
+    #[test]
+    fn virtual_interfaces_are_not_located() {
+        let topology = load_topology(false).expect("topology");
+        let reason = nic_worth_locating(&topology, "lo").expect_err("lo has no device");
+        assert!(reason.contains("virtual"), "{reason}");
     }
 
     proptest! {

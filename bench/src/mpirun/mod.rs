@@ -182,6 +182,12 @@ fn run_rank(world: &mpi::topology::SimpleCommunicator, args: MpiArgs) -> anyhow:
                 .join(", ")
         );
     }
+    let barrier = patterns::barrier_us(world);
+    if rank == 0 {
+        println!(
+            "# MPI_Barrier alone: {barrier:.1} us (median; collective iterations end with one)"
+        );
+    }
     let mut rows = Vec::new();
     for &pattern in &plan.patterns {
         let mut measured = Vec::new();

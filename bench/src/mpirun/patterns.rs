@@ -43,11 +43,11 @@ impl Pattern {
             }
             Pattern::AllToAll => {
                 "every rank gets one object from every other rank (dimstore: put, all-gather \
-                 of keys, batched get); MB/s over all ranks"
+                 of keys, batched get), to a closing barrier; MB/s over all ranks"
             }
             Pattern::FanOut => {
-                "rank 0 to every other rank (dimstore: put, broadcast of the key, get); MB/s \
-                 delivered to all consumers"
+                "rank 0 to every other rank (dimstore: put, broadcast of the key, get), to a \
+                 closing barrier; MB/s delivered to all consumers"
             }
         }
     }
@@ -120,7 +120,8 @@ pub fn measure(
     let Some(all) = gathered else {
         return Ok(None);
     };
-    // Pairwise: every initiator's one-way times. Collectives: per iteration, the slowest rank.
+    // Pairwise: every initiator's one-way times. Collectives: per iteration, the rank that
+    // started first (all end together at the closing barrier).
     let mut times: Vec<f64> = match pattern {
         Pattern::Pairwise => all.iter().copied().filter(|t| t.is_finite()).collect(),
         _ => (0..iterations)
@@ -166,6 +167,37 @@ impl Samples {
             *slot = elapsed.as_secs_f64() * 1e6;
         }
     }
+}
+
+/// Runs one iteration of a collective pattern between two barriers and records the time to
+/// the closing one: the pattern is done when its slowest rank is. (Timing each rank to its
+/// own completion instead would count the skew of the opening barrier's exits.)
+fn timed_collective<T>(
+    cx: &Context<'_>,
+    samples: &mut Samples,
+    iteration: usize,
+    op: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    cx.world.barrier();
+    let start = Instant::now();
+    let out = op()?;
+    cx.world.barrier();
+    samples.record(iteration, start.elapsed());
+    Ok(out)
+}
+
+/// Median time of one `MPI_Barrier` on this rank, in microseconds: the part of every
+/// collective iteration that is the closing barrier.
+pub fn barrier_us(world: &SimpleCommunicator) -> f64 {
+    const ROUNDS: usize = 200;
+    let mut times = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        world.barrier();
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    percentile(&times, 0.5)
 }
 
 /// Rank 0 receives everybody's samples, rank after rank.
@@ -325,19 +357,18 @@ fn all_to_all_dimstore(
     let mut key_buf = [0u8; KEY_LEN];
     let mut all_keys = vec![0u8; KEY_LEN * ranks];
     let mut mine = Vec::with_capacity(total);
+    let owners: Vec<usize> = (0..ranks).filter(|&r| r != rank).collect();
     for i in 0..total {
-        cx.world.barrier();
-        let start = Instant::now();
-        let key = cx.store.put(&data)?;
-        encode_key(&key, &mut key_buf)?;
-        cx.world.all_gather_into(&key_buf[..], &mut all_keys[..]);
-        let owners: Vec<usize> = (0..ranks).filter(|&r| r != rank).collect();
-        let keys = owners
-            .iter()
-            .map(|&r| decode_key(&all_keys[r * KEY_LEN..(r + 1) * KEY_LEN]))
-            .collect::<anyhow::Result<Vec<Key>>>()?;
-        let objects = cx.store.get_batch(&keys)?;
-        samples.record(i, start.elapsed());
+        let (key, objects) = timed_collective(cx, samples, i, || {
+            let key = cx.store.put(&data)?;
+            encode_key(&key, &mut key_buf)?;
+            cx.world.all_gather_into(&key_buf[..], &mut all_keys[..]);
+            let keys = owners
+                .iter()
+                .map(|&r| decode_key(&all_keys[r * KEY_LEN..(r + 1) * KEY_LEN]))
+                .collect::<anyhow::Result<Vec<Key>>>()?;
+            Ok((key, cx.store.get_batch(&keys)?))
+        })?;
         for (object, &owner) in objects.iter().zip(&owners) {
             let object = object.as_ref().context("object missing")?;
             check(object, len, owner)?;
@@ -358,10 +389,10 @@ fn all_to_all_mpi(
     let send = vec![fill_of(rank); len * ranks];
     let mut receive = vec![0u8; len * ranks];
     for i in 0..total {
-        cx.world.barrier();
-        let start = Instant::now();
-        cx.world.all_to_all_into(&send[..], &mut receive[..]);
-        samples.record(i, start.elapsed());
+        timed_collective(cx, samples, i, || {
+            cx.world.all_to_all_into(&send[..], &mut receive[..]);
+            Ok(())
+        })?;
     }
     let other = (rank + 1) % ranks;
     check(&receive[other * len..(other + 1) * len], len, other)
@@ -383,20 +414,20 @@ fn fan_out_dimstore(
     let mut key_buf = [0u8; KEY_LEN];
     let mut mine = Vec::with_capacity(total);
     for i in 0..total {
-        cx.world.barrier();
-        let start = Instant::now();
-        if rank == 0 {
-            let key = cx.store.put(&data)?;
-            encode_key(&key, &mut key_buf)?;
-            mine.push(key);
-        }
-        root.broadcast_into(&mut key_buf[..]);
-        if rank != 0 {
-            let object = cx.store.get(&decode_key(&key_buf)?)?;
-            samples.record(i, start.elapsed());
+        let object = timed_collective(cx, samples, i, || {
+            if rank == 0 {
+                let key = cx.store.put(&data)?;
+                encode_key(&key, &mut key_buf)?;
+                mine.push(key);
+            }
+            root.broadcast_into(&mut key_buf[..]);
+            match rank {
+                0 => Ok(None),
+                _ => Ok(Some(cx.store.get(&decode_key(&key_buf)?)?)),
+            }
+        })?;
+        if let Some(object) = object {
             check(&object, len, 0)?;
-        } else {
-            samples.record(i, start.elapsed());
         }
     }
     cx.world.barrier();
@@ -413,10 +444,10 @@ fn fan_out_mpi(
     let root = cx.world.process_at_rank(0);
     let mut buf = vec![if rank == 0 { fill_of(0) } else { 0 }; len];
     for i in 0..total {
-        cx.world.barrier();
-        let start = Instant::now();
-        root.broadcast_into(&mut buf[..]);
-        samples.record(i, start.elapsed());
+        timed_collective(cx, samples, i, || {
+            root.broadcast_into(&mut buf[..]);
+            Ok(())
+        })?;
     }
     check(&buf, len, 0)
 }
