@@ -24,7 +24,7 @@ PACKAGES=(
     bc iproute2 util-linux procps
 )
 
-MIN_RUST=1.80
+MIN_RUST=1.85
 
 usage() {
     cat <<EOF
