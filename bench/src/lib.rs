@@ -3,7 +3,9 @@
 //! One run starts every contender's server as a process of its own — a `dimstore-server`
 //! (found through its ready file), a raw TCP request/reply server (the limit: what loopback
 //! TCP gives with nothing on top) and a `redis-server` (a well-known peer) — and measures,
-//! under the same CPU placement for all:
+//! under the same CPU placement for all (dimstore twice: over TCP like any other node,
+//! `dimstore`, and through the client's same-node path, `dimstore_local`: a Unix socket, gets
+//! map the server's memory):
 //!
 //! - [`latency`]: put and get latency per object size (median and p99 from hdrhistogram), plus
 //!   a raw TCP one-way stream as the loopback bandwidth limit;

@@ -129,6 +129,8 @@ pub fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
 pub struct Verdict {
     /// Placement.
     pub placement: Placement,
+    /// The dimstore contender judged.
+    pub contender: ContenderKind,
     /// What is compared.
     pub what: String,
     /// Measured ratio.
@@ -159,84 +161,79 @@ fn find(
     })
 }
 
-/// Evaluates the targets on `rows` for every placement present.
+/// The dimstore contenders targets are evaluated for.
+const DIMSTORES: [ContenderKind; 2] = [ContenderKind::Dimstore, ContenderKind::DimstoreLocal];
+
+/// Evaluates the targets on `rows` for every placement and dimstore contender present.
 pub fn verdicts(rows: &[Row]) -> Vec<Verdict> {
-    use ContenderKind::{Dimstore, RawTcp, Redis};
     let mut out = Vec::new();
     for placement in placements(rows) {
-        let latency = |r: &&Row| r.part == Part::Latency && r.placement == placement;
-        let smallest = rows
-            .iter()
-            .filter(latency)
-            .filter(|r| r.op == Op::Get)
-            .map(|r| r.size_bytes)
-            .min();
-        let streamed = rows
-            .iter()
-            .filter(latency)
-            .filter(|r| r.op == Op::Stream)
-            .map(|r| r.size_bytes)
-            .max();
-        if let Some(size) = smallest {
-            let dim = find(rows, Part::Latency, placement, Dimstore, Op::Get, size, 1);
-            let raw = find(rows, Part::Latency, placement, RawTcp, Op::Get, size, 1);
-            if let (Some(dim), Some(raw)) = (dim, raw) {
-                let ratio = dim.median_us / raw.median_us;
-                out.push(Verdict {
-                    placement,
-                    what: format!("get {} median vs raw TCP round trip", human_size(size)),
-                    ratio,
-                    target: "<= 2x",
-                    met: ratio <= 2.0,
-                });
-            }
-        }
-        let throughput = rows.iter().filter(|r| {
-            r.part == Part::Throughput && r.placement == placement && r.contender == Dimstore
-        });
-        for dim in throughput {
-            let redis = find(
-                rows,
-                Part::Throughput,
-                placement,
-                Redis,
-                dim.op,
-                dim.size_bytes,
-                dim.clients,
-            );
-            if let Some(redis) = redis {
-                let ratio = dim.ops_per_s / redis.ops_per_s;
-                let peer = if dim.op == Op::Get { "GET" } else { "MGET" };
-                out.push(Verdict {
-                    placement,
-                    what: format!(
-                        "{} {} objects/s per client vs redis {peer}, {} client(s)",
-                        human_size(dim.size_bytes),
-                        dim.op.name(),
-                        dim.clients
-                    ),
-                    ratio,
-                    target: ">= 3x",
-                    met: ratio >= 3.0,
-                });
-            }
-        }
-        if let Some(size) = streamed {
-            let dim = find(rows, Part::Latency, placement, Dimstore, Op::Get, size, 1);
-            let stream = find(rows, Part::Latency, placement, RawTcp, Op::Stream, size, 1);
-            if let (Some(dim), Some(stream)) = (dim, stream) {
-                let ratio = dim.mb_per_s / stream.mb_per_s;
-                out.push(Verdict {
-                    placement,
-                    what: format!("get {} bandwidth vs loopback TCP stream", human_size(size)),
-                    ratio,
-                    target: ">= 0.70",
-                    met: ratio >= 0.7,
-                });
-            }
+        for dim in DIMSTORES {
+            verdicts_of(rows, placement, dim, &mut out);
         }
     }
     out
+}
+
+fn verdicts_of(rows: &[Row], placement: Placement, dim: ContenderKind, out: &mut Vec<Verdict>) {
+    use ContenderKind::{RawTcp, Redis};
+    let latency = |r: &&Row| r.part == Part::Latency && r.placement == placement;
+    let smallest = rows
+        .iter()
+        .filter(latency)
+        .filter(|r| r.op == Op::Get)
+        .map(|r| r.size_bytes)
+        .min();
+    let streamed = rows
+        .iter()
+        .filter(latency)
+        .filter(|r| r.op == Op::Stream)
+        .map(|r| r.size_bytes)
+        .max();
+    let mut push = |what: String, ratio: f64, target: &'static str, met: bool| {
+        out.push(Verdict {
+            placement,
+            contender: dim,
+            what,
+            ratio,
+            target,
+            met,
+        })
+    };
+    if let Some(size) = smallest {
+        let ours = find(rows, Part::Latency, placement, dim, Op::Get, size, 1);
+        let raw = find(rows, Part::Latency, placement, RawTcp, Op::Get, size, 1);
+        if let (Some(ours), Some(raw)) = (ours, raw) {
+            let ratio = ours.median_us / raw.median_us;
+            let what = format!("get {} median vs raw TCP round trip", human_size(size));
+            push(what, ratio, "<= 2x", ratio <= 2.0);
+        }
+    }
+    let throughput = rows
+        .iter()
+        .filter(|r| r.part == Part::Throughput && r.placement == placement && r.contender == dim);
+    for ours in throughput {
+        let (op, size, clients) = (ours.op, ours.size_bytes, ours.clients);
+        if let Some(redis) = find(rows, Part::Throughput, placement, Redis, op, size, clients) {
+            let ratio = ours.ops_per_s / redis.ops_per_s;
+            let peer = if op == Op::Get { "GET" } else { "MGET" };
+            let what = format!(
+                "{} {} per client vs redis {peer}, {clients} client(s)",
+                human_size(size),
+                op.name(),
+            );
+            push(what, ratio, ">= 3x", ratio >= 3.0);
+        }
+    }
+    if let Some(size) = streamed {
+        let ours = find(rows, Part::Latency, placement, dim, Op::Get, size, 1);
+        let stream = find(rows, Part::Latency, placement, RawTcp, Op::Stream, size, 1);
+        if let (Some(ours), Some(stream)) = (ours, stream) {
+            let ratio = ours.mb_per_s / stream.mb_per_s;
+            let what = format!("get {} bandwidth vs loopback TCP stream", human_size(size));
+            push(what, ratio, ">= 0.70", ratio >= 0.7);
+        }
+    }
 }
 
 /// Placements present in `rows`, in first-seen order.
@@ -305,7 +302,11 @@ fn render_latency(out: &mut String, rows: &[&Row]) {
     for k in &kinds {
         let _ = write!(head, " {:>21}", k.name());
     }
-    let _ = write!(head, " {:>8} {:>9}", "dim/raw", "dim/redis");
+    let _ = write!(
+        head,
+        " {:>8} {:>9} {:>8} {:>9}",
+        "dim/raw", "dim/redis", "loc/raw", "loc/redis"
+    );
     let _ = writeln!(out, "{head}");
     let mut sizes: Vec<u64> = rows.iter().map(|r| r.size_bytes).collect();
     sizes.sort_unstable();
@@ -321,11 +322,14 @@ fn render_latency(out: &mut String, rows: &[&Row]) {
                 let _ = write!(line, " {:>21}", cell(of(k).copied()));
             }
             let med = |k| of(k).map(|r| r.median_us);
+            let (raw, redis) = (med(ContenderKind::RawTcp), med(ContenderKind::Redis));
             let _ = write!(
                 line,
-                " {:>8} {:>9}",
-                ratio(med(ContenderKind::Dimstore), med(ContenderKind::RawTcp)),
-                ratio(med(ContenderKind::Dimstore), med(ContenderKind::Redis))
+                " {:>8} {:>9} {:>8} {:>9}",
+                ratio(med(ContenderKind::Dimstore), raw),
+                ratio(med(ContenderKind::Dimstore), redis),
+                ratio(med(ContenderKind::DimstoreLocal), raw),
+                ratio(med(ContenderKind::DimstoreLocal), redis)
             );
             let _ = writeln!(out, "{line}");
         }
@@ -340,15 +344,21 @@ fn render_latency(out: &mut String, rows: &[&Row]) {
         };
         let _ = writeln!(
             out,
-            "\nBandwidth, {}: raw TCP one-way stream {:.0} MB/s; get: dimstore {} MB/s ({} of \
-             the stream), raw TCP {} MB/s, redis {} MB/s",
+            "\nBandwidth, {}: raw TCP one-way stream {:.0} MB/s; get (MB/s, share of the stream):",
             human_size(size),
             stream.mb_per_s,
-            get(ContenderKind::Dimstore).map_or("-".into(), |v| format!("{v:.0}")),
-            ratio(get(ContenderKind::Dimstore), Some(stream.mb_per_s)),
-            get(ContenderKind::RawTcp).map_or("-".into(), |v| format!("{v:.0}")),
-            get(ContenderKind::Redis).map_or("-".into(), |v| format!("{v:.0}")),
         );
+        for k in [
+            ContenderKind::Dimstore,
+            ContenderKind::DimstoreLocal,
+            ContenderKind::RawTcp,
+            ContenderKind::Redis,
+        ] {
+            if let Some(v) = get(k) {
+                let share = ratio(Some(v), Some(stream.mb_per_s));
+                let _ = writeln!(out, "  {:<15} {v:>8.0} MB/s  {share:>6}", k.name());
+            }
+        }
     }
 }
 
@@ -365,7 +375,7 @@ fn render_throughput(out: &mut String, rows: &[&Row]) {
     for k in &kinds {
         let _ = write!(head, " {:>20}", k.name());
     }
-    let _ = write!(head, " {:>9}", "dim/redis");
+    let _ = write!(head, " {:>9} {:>9}", "dim/redis", "loc/redis");
     let _ = writeln!(out, "{head}");
     let mut counts: Vec<usize> = rows.iter().map(|r| r.clients).collect();
     counts.sort_unstable();
@@ -387,10 +397,12 @@ fn render_throughput(out: &mut String, rows: &[&Row]) {
                 let _ = write!(line, " {text:>20}");
             }
             let per = |k| of(k).map(|r| r.ops_per_s);
+            let redis = per(ContenderKind::Redis);
             let _ = write!(
                 line,
-                " {:>9}",
-                ratio(per(ContenderKind::Dimstore), per(ContenderKind::Redis))
+                " {:>9} {:>9}",
+                ratio(per(ContenderKind::Dimstore), redis),
+                ratio(per(ContenderKind::DimstoreLocal), redis)
             );
             let _ = writeln!(out, "{line}");
         }
@@ -404,14 +416,15 @@ fn render_verdicts(out: &mut String, verdicts: &[Verdict]) {
     let _ = writeln!(out, "\nTargets (reported, not asserted)");
     let _ = writeln!(
         out,
-        "{:<10} {:<62} {:>8} {:>7} {:>4}",
-        "placement", "comparison (dimstore / reference)", "ratio", "target", "met"
+        "{:<10} {:<15} {:<50} {:>8} {:>7} {:>4}",
+        "placement", "contender", "comparison (contender / reference)", "ratio", "target", "met"
     );
     for v in verdicts {
         let _ = writeln!(
             out,
-            "{:<10} {:<62} {:>7.2}x {:>7} {:>4}",
+            "{:<10} {:<15} {:<50} {:>7.2}x {:>7} {:>4}",
             v.placement.name(),
+            v.contender.name(),
             v.what,
             v.ratio,
             v.target,

@@ -20,8 +20,11 @@ pub mod redis;
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum ContenderKind {
-    /// A `dimstore-server` over its TCP transport.
+    /// A `dimstore-server` over its TCP transport (even on the server's node).
     Dimstore,
+    /// A `dimstore-server` through the client's same-node path: a Unix socket, and gets
+    /// map the server's memory instead of copying it through a socket.
+    DimstoreLocal,
     /// A minimal TCP request/reply server: the limit of anything over loopback TCP.
     RawTcp,
     /// `redis-server` spoken to in RESP2.
@@ -30,8 +33,9 @@ pub enum ContenderKind {
 
 impl ContenderKind {
     /// Every contender, in report order.
-    pub const ALL: [ContenderKind; 3] = [
+    pub const ALL: [ContenderKind; 4] = [
         ContenderKind::Dimstore,
+        ContenderKind::DimstoreLocal,
         ContenderKind::RawTcp,
         ContenderKind::Redis,
     ];
@@ -40,6 +44,7 @@ impl ContenderKind {
     pub fn name(self) -> &'static str {
         match self {
             ContenderKind::Dimstore => "dimstore",
+            ContenderKind::DimstoreLocal => "dimstore_local",
             ContenderKind::RawTcp => "raw_tcp",
             ContenderKind::Redis => "redis",
         }
@@ -139,7 +144,9 @@ pub trait Client {
 /// Starts the server of `kind`; it runs under the calling thread's CPU mask.
 pub fn start(kind: ContenderKind, setup: &ServerSetup) -> anyhow::Result<Box<dyn Contender>> {
     Ok(match kind {
-        ContenderKind::Dimstore => Box::new(dimstore::DimstoreServer::start(setup)?),
+        ContenderKind::Dimstore | ContenderKind::DimstoreLocal => {
+            Box::new(dimstore::DimstoreServer::start(kind, setup)?)
+        }
         ContenderKind::RawTcp => Box::new(raw_tcp::RawServer::start()?),
         ContenderKind::Redis => Box::new(redis::RedisServer::start(setup)?),
     })
@@ -159,7 +166,14 @@ pub fn unavailable(kind: ContenderKind, setup: &ServerSetup) -> Option<String> {
 /// Connects a client of `kind` to `address`.
 pub fn connect(kind: ContenderKind, address: &str) -> anyhow::Result<Box<dyn Client>> {
     Ok(match kind {
-        ContenderKind::Dimstore => Box::new(dimstore::DimstoreClient::connect(address)?),
+        ContenderKind::Dimstore => Box::new(dimstore::DimstoreClient::connect(
+            address,
+            ::dimstore::LocalMode::Off,
+        )?),
+        ContenderKind::DimstoreLocal => Box::new(dimstore::DimstoreClient::connect(
+            address,
+            ::dimstore::LocalMode::Map,
+        )?),
         ContenderKind::RawTcp => Box::new(raw_tcp::RawClient::connect(address)?),
         ContenderKind::Redis => Box::new(redis::RedisClient::connect(address)?),
     })
