@@ -182,6 +182,20 @@ impl Peer {
             .expect("run kill")
             .success();
         assert!(ok, "kill -{signal} failed");
+        if signal == "STOP" {
+            // Delivery is asynchronous: wait until the peer is really stopped (bounded).
+            let stat = format!("/proc/{}/stat", self.pid());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let text = std::fs::read_to_string(&stat).unwrap_or_default();
+                let state = text.rsplit(')').next().unwrap_or("").trim_start();
+                if state.starts_with('T') || state.starts_with('t') {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "peer did not stop");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
     }
 
     /// Kills the peer and reaps it.
