@@ -331,6 +331,8 @@ impl LocalServer {
         let config = ClientConfig {
             node: Some(self.ready.node.clone()),
             local,
+            // The mapped path maps every size (the default copies small objects inline).
+            local_map_from: 0,
             spawn: SpawnPolicy::Never,
             timeout: Duration::from_secs(120),
             ..ClientConfig::default()

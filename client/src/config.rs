@@ -42,6 +42,9 @@ pub struct ClientConfig {
     pub spawn_memory_limit: Option<String>,
     /// How to reach a server on this node (`DIMSTORE_LOCAL=map|copy|off`, default `map`).
     pub local: LocalMode,
+    /// With `map`: objects smaller than this are copied rather than mapped
+    /// (`DIMSTORE_LOCAL_MAP_FROM`, default 16 KiB; a copy is cheaper than a lease there).
+    pub local_map_from: u64,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +62,7 @@ impl Default for ClientConfig {
             spawn_idle_timeout: Duration::from_secs(600),
             spawn_memory_limit: None,
             local: LocalMode::Map,
+            local_map_from: 16 << 10,
         }
     }
 }
@@ -98,6 +102,12 @@ impl ClientConfig {
                 Some(other) => {
                     return Err(format!("DIMSTORE_LOCAL={other}: expected map, copy or off"))
                 }
+            },
+            local_map_from: match var("DIMSTORE_LOCAL_MAP_FROM") {
+                None => d.local_map_from,
+                Some(v) => v
+                    .parse()
+                    .map_err(|e| format!("DIMSTORE_LOCAL_MAP_FROM={v}: {e} (bytes)"))?,
             },
         })
     }

@@ -21,7 +21,10 @@ pub struct ObjectBytes {
 #[derive(Debug)]
 enum Inner {
     Owned(AlignedBuf),
-    Mapped { bytes: MappedBytes, _lease: Lease },
+    Mapped {
+        bytes: MappedBytes,
+        _leases: Arc<Leases>,
+    },
 }
 
 impl ObjectBytes {
@@ -31,11 +34,11 @@ impl ObjectBytes {
         }
     }
 
-    pub(crate) fn mapped(bytes: MappedBytes, lease: Lease) -> Self {
+    pub(crate) fn mapped(bytes: MappedBytes, leases: Arc<Leases>) -> Self {
         ObjectBytes {
             inner: Inner::Mapped {
                 bytes,
-                _lease: lease,
+                _leases: leases,
             },
         }
     }
@@ -82,27 +85,28 @@ impl PartialEq for ObjectBytes {
 
 impl Eq for ObjectBytes {}
 
-/// A lease on a mapped object, released (one-way notice) when dropped.
-pub(crate) struct Lease {
-    pub(crate) id: u64,
+/// The leases of the mapped objects of one reply, released together (one one-way notice)
+/// when the last of those objects is dropped.
+pub(crate) struct Leases {
+    pub(crate) ids: Vec<u64>,
     pub(crate) connection: Arc<dyn Connection>,
+    pub(crate) timeout: Duration,
 }
 
-impl std::fmt::Debug for Lease {
+impl std::fmt::Debug for Leases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Lease({})", self.id)
+        write!(f, "Leases({:?})", self.ids)
     }
 }
 
-impl Drop for Lease {
+impl Drop for Leases {
     fn drop(&mut self) {
-        // Best effort: if the connection is gone, the server has released the lease already.
-        let deadline = Instant::now() + Duration::from_secs(1);
+        // Best effort: if the connection is gone, the server has released the leases already.
         let _ = self.connection.notify(
             &Request::Release {
-                leases: vec![self.id],
+                leases: std::mem::take(&mut self.ids),
             },
-            deadline,
+            Instant::now() + self.timeout,
         );
     }
 }

@@ -14,7 +14,7 @@ use dimstore_transport::{AlignedBuf, Connection, Connector, ReplyFrame};
 use crate::config::ClientConfig;
 use crate::error::{ConnectError, GetError, PutError, RequestError, SetError};
 use crate::local::{LocalMode, Mappings};
-use crate::object::{Lease, ObjectBytes};
+use crate::object::{Leases, ObjectBytes};
 use crate::spawn::{self, LocalServer};
 
 /// A connected, greeted server.
@@ -194,7 +194,10 @@ impl Store {
                 [GetItem::Found { size }] if *size == payload.len() as u64 => {
                     Ok(ObjectBytes::owned(payload))
                 }
-                &[item @ GetItem::Mapped { .. }] => Ok(self.mapped(&key.owner, &peer, item)?),
+                &[item @ GetItem::Mapped { .. }] => {
+                    let leases = self.leases(&peer, &[item]);
+                    Ok(self.mapped(&key.owner, &peer, item, &leases)?)
+                }
                 [GetItem::NotFound] => Err(GetError::NotFound(key.clone())),
                 [GetItem::NotSet] => Err(GetError::NotSet(key.clone())),
                 _ => Err(unexpected(&key.owner, &Response::Get { items }).into()),
@@ -216,6 +219,7 @@ impl Store {
             if items.len() != ids.len() {
                 return Err(unexpected(owner, &Response::Get { items }).into());
             }
+            let leases = self.leases(&peer, &items);
             let mut offset = 0usize;
             for (&i, item) in indices.iter().zip(&items) {
                 if let GetItem::Found { size } = *item {
@@ -232,33 +236,46 @@ impl Store {
                     offset = end;
                 }
                 if let GetItem::Mapped { .. } = *item {
-                    out[i] = Some(self.mapped(owner, &peer, *item)?);
+                    out[i] = Some(self.mapped(owner, &peer, *item, &leases)?);
                 }
             }
         }
         Ok(out)
     }
 
-    /// The object of a mapped get item, viewed in place (lease released on drop).
+    /// The leases granted by one reply, released together when its objects are dropped
+    /// (taken before anything can fail, so errors release them too).
+    fn leases(&self, peer: &Arc<Peer>, items: &[GetItem]) -> Arc<Leases> {
+        let ids = items
+            .iter()
+            .filter_map(|i| match *i {
+                GetItem::Mapped { lease, .. } => Some(lease),
+                _ => None,
+            })
+            .collect();
+        Arc::new(Leases {
+            ids,
+            connection: Arc::clone(&peer.connection),
+            timeout: self.timeout,
+        })
+    }
+
+    /// The object of a mapped get item, viewed in place under `leases`.
     fn mapped(
         &self,
         owner: &str,
         peer: &Arc<Peer>,
         item: GetItem,
+        leases: &Arc<Leases>,
     ) -> Result<ObjectBytes, RequestError> {
         let GetItem::Mapped {
             size,
             segment,
             offset,
-            lease,
+            ..
         } = item
         else {
             return Err(unexpected(owner, &Response::Get { items: vec![item] }));
-        };
-        // Taken first, so every error below releases it.
-        let lease = Lease {
-            id: lease,
-            connection: Arc::clone(&peer.connection),
         };
         let mappings = peer
             .mappings
@@ -274,7 +291,7 @@ impl Store {
                 owner: owner.to_string(),
                 what: format!("object at {offset}+{size} lies outside segment {segment}"),
             })?;
-        Ok(ObjectBytes::mapped(bytes, lease))
+        Ok(ObjectBytes::mapped(bytes, Arc::clone(leases)))
     }
 
     fn get_from(
@@ -472,6 +489,7 @@ impl Store {
             client_node: self.node(),
             client_pid: std::process::id(),
             map: false,
+            map_from: 0,
         });
         let reply = connection.call(&hello, &[], deadline).map_err(fail)?;
         let hello = match reply.response {
@@ -506,6 +524,7 @@ impl Store {
             client_node: self.node(),
             client_pid: std::process::id(),
             map: mode == LocalMode::Map,
+            map_from: self.inner.config.local_map_from,
         });
         match connection.call(&hello, &[], deadline).ok()?.response {
             Response::Hello(hello) if hello.server_id == tcp_hello.server_id => Some(Peer {

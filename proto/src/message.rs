@@ -27,6 +27,9 @@ pub struct Hello {
     /// On a same-node connection: answer gets with mapped items (the client maps the
     /// server's segments) instead of copying the bytes through the socket.
     pub map: bool,
+    /// With `map`: objects smaller than this are copied inline anyway (for small objects a
+    /// copy is cheaper than a lease and its release).
+    pub map_from: u64,
 }
 
 /// The server's answer to [`Hello`].
@@ -224,7 +227,8 @@ pub struct ServerStats {
     pub requests: u64,
     /// Objects handed to same-node clients as mappings.
     pub mapped_gets: u64,
-    /// Objects copied through a same-node socket (mapping refused or not asked for).
+    /// Objects copied through a same-node socket (mapping not asked for, refused, or the
+    /// object below the client's mapping threshold).
     pub copied_local_gets: u64,
     /// Mapped objects same-node clients hold now (leases).
     pub leases: u64,
@@ -340,6 +344,7 @@ mod tests {
                     client_node: node,
                     client_pid: pid,
                     map: pid % 2 == 0,
+                    map_from: u64::from(pid),
                 })
             }),
             proptest::collection::vec(any::<u64>(), 0..20).prop_map(|sizes| Request::Put { sizes }),

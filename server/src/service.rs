@@ -81,6 +81,8 @@ pub struct Session {
     greeted: bool,
     /// Gets are answered with mappings (same node, same user, asked for).
     mapped: bool,
+    /// Smaller objects are copied inline even on a mapped session.
+    map_from: u64,
     leases: Leases,
     reservations: Reservations,
 }
@@ -182,7 +184,9 @@ impl StoreService {
         self.counters
             .gets
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        let leases = session.mapped.then(|| session.leases.clone());
+        let leases = session
+            .mapped
+            .then(|| (session.leases.clone(), session.map_from));
         let local = session.peer.transport == crate::LOCAL_TRANSPORT;
         let found = self.store.lookup(&ids);
         if wait_ms == 0 || !found.iter().any(|l| matches!(l, Lookup::Reserved)) {
@@ -206,7 +210,12 @@ impl StoreService {
     }
 
     /// Found objects travel as leases on mapped memory (`leases` given) or as payload.
-    fn get_reply(&self, found: Vec<Lookup>, leases: Option<&Leases>, local: bool) -> Reply<Object> {
+    fn get_reply(
+        &self,
+        found: Vec<Lookup>,
+        leases: Option<&(Leases, u64)>,
+        local: bool,
+    ) -> Reply<Object> {
         let mut items = Vec::with_capacity(found.len());
         let mut payload = Vec::new();
         let mut hits = 0;
@@ -216,12 +225,16 @@ impl StoreService {
                     hits += 1;
                     let size = object.len();
                     match (leases, object.location()) {
-                        (Some(leases), Some((segment, offset))) => GetItem::Mapped {
-                            size,
-                            segment,
-                            offset,
-                            lease: leases.grant(object),
-                        },
+                        (Some((leases, map_from)), Some((segment, offset)))
+                            if size >= *map_from =>
+                        {
+                            GetItem::Mapped {
+                                size,
+                                segment,
+                                offset,
+                                lease: leases.grant(object),
+                            }
+                        }
                         _ => {
                             payload.push(object);
                             GetItem::Found { size }
@@ -267,6 +280,7 @@ impl StoreService {
         }
         session.greeted = true;
         session.mapped = hello.map && session.peer.may_map;
+        session.map_from = hello.map_from;
         Ok(Response::Hello(HelloReply {
             server_id: self.identity.server_id,
             node: self.identity.node.clone(),
@@ -407,6 +421,7 @@ impl Service for StoreService {
             },
             greeted: false,
             mapped: false,
+            map_from: 0,
             leases: Leases::new(Arc::clone(&self.live)),
             reservations: Reservations::new(Arc::clone(&self.live)),
         }

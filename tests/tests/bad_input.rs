@@ -53,6 +53,7 @@ fn hello() -> Request {
         client_node: "fuzzer".into(),
         client_pid: 1,
         map: false,
+        map_from: 0,
     })
 }
 

@@ -44,6 +44,29 @@ fn a_same_node_get_maps_the_object_instead_of_copying_it() {
     assert_eq!(served, 0, "no object bytes went through a socket");
     drop(object);
     wait_stats(&local, "lease released on drop", |s| s.leases == 0);
+    // Small objects are copied inline: for them a copy is cheaper than a lease.
+    let small = local.put(&[7u8; 100]).expect("put");
+    let copied = local.get(&small).expect("get small");
+    assert!(!copied.is_mapped());
+    assert_eq!(&copied[..], &[7u8; 100][..]);
+    assert_eq!(local.stats().expect("stats").leases, 0);
+    // A batch of mapped objects holds its leases until its last object is dropped, then
+    // releases them in one notice.
+    let keys: Vec<_> = (0..4)
+        .map(|i| local.put(&pattern(64 << 10, i)).expect("put"))
+        .collect();
+    let mut batch: Vec<_> = local
+        .get_batch(&keys)
+        .expect("batch")
+        .into_iter()
+        .map(|o| o.expect("found"))
+        .collect();
+    assert!(batch.iter().all(|o| o.is_mapped()));
+    assert_eq!(local.stats().expect("stats").leases, 4);
+    batch.truncate(1);
+    assert_eq!(batch[0][..], pattern(64 << 10, 0)[..]);
+    drop(batch);
+    wait_stats(&local, "batch leases released together", |s| s.leases == 0);
     // A client on another node (by identity, same machine) copies over TCP.
     let remote = server.client("tcp");
     let copy = remote.get(&key).expect("remote get");
@@ -176,7 +199,8 @@ fn abandoned_reservations_are_reclaimed_and_never_visible() {
 #[test]
 fn in_place_puts_write_straight_into_server_memory() {
     let server = server("64MiB");
-    let store = server.client("local");
+    // Map objects of every size (by default small ones are copied inline).
+    let store = server.client_with("local", |c| c.local_map_from = 0);
     let mut reservation = store.create(10_000).expect("create");
     assert!(reservation.is_mapped());
     reservation[..5].copy_from_slice(b"01234");
