@@ -177,6 +177,23 @@ impl Arena {
                 } else {
                     config.segment_size
                 };
+                // Spares are reclaimable: unmap the least fitting ones until the new segment
+                // fits under the capacity together with everything in use.
+                while state.used + state.spare + seg_len > config.capacity {
+                    let Some(victim) = state
+                        .slots
+                        .iter()
+                        .filter(|(_, s)| s.dedicated && s.free.is_empty())
+                        .max_by_key(|(_, s)| s.segment.len())
+                        .map(|(&id, _)| id)
+                    else {
+                        break;
+                    };
+                    if let Some(slot) = state.slots.remove(&victim) {
+                        state.spare -= slot.segment.len();
+                        state.mapped -= slot.segment.len();
+                    }
+                }
                 let segment = Arc::new(Segment::new(seg_len)?);
                 let mut free = FreeList::new(seg_len);
                 let offset = free.allocate(rounded).ok_or(OutOfMemory::Full {
@@ -236,9 +253,11 @@ impl Shared {
 
     /// Returns a range. Freed pages stay committed for reuse (an allocator's high-water
     /// mark); an emptied extra regular segment is unmapped; an emptied dedicated segment is
-    /// kept as a spare while spares stay under an eighth of the capacity (at most 1 GiB).
+    /// kept as a spare (its warm pages serve the next large object), reclaimed as soon as a
+    /// new segment needs the room.
     fn release(&self, place: &Place) {
-        let spare_limit = (self.config.capacity / 8).min(1 << 30);
+        // Spares count against the capacity and are unmapped first when room is needed.
+        let spare_limit = self.config.capacity;
         let mut state = self.lock();
         state.used -= place.rounded;
         let Some(slot) = state.slots.get_mut(&place.segment_id) else {
@@ -416,8 +435,7 @@ mod tests {
 
     #[test]
     fn bytes_written_are_read_back_and_accounted() {
-        // Large enough that a 3 MiB spare fits under the spare limit (an eighth).
-        let arena = arena(64 << 20);
+        let arena = arena(8 << 20);
         let mut a = arena.allocate(1000).expect("room");
         a.as_mut_slice().copy_from_slice(&[7u8; 1000]);
         let b = arena.allocate(3 << 20).expect("room");
@@ -445,6 +463,19 @@ mod tests {
         assert_eq!(arena.stats().used, 1024, "a lease keeps the bytes");
         drop(lease);
         assert_eq!(arena.stats().used, 0);
+    }
+
+    #[test]
+    fn spares_make_room_for_new_segments() {
+        let arena = arena(8 << 20);
+        drop(arena.allocate(5 << 20).expect("room"));
+        assert_eq!(arena.stats().mapped, 5 << 20, "kept as a spare");
+        // 6 MiB does not fit next to the 5 MiB spare: the spare is unmapped first.
+        let big = arena
+            .allocate(6 << 20)
+            .expect("room after reclaiming the spare");
+        assert_eq!(arena.stats().mapped, 6 << 20);
+        drop(big);
     }
 
     #[test]

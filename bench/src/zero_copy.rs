@@ -37,6 +37,10 @@ pub struct ZeroCopyArgs {
     /// Longest time spent on one measurement. [default: 1s; quick: 200ms]
     #[arg(long, value_parser = crate::options::parse_duration)]
     pub cell_time: Option<Duration>,
+    /// CPUs the server and this client run on (`none`: no pinning). One CPU avoids the
+    /// cross-CPU wake-up that dominates small transfers on small VMs. [default: 0]
+    #[arg(long, default_value = "0")]
+    pub cpus: String,
     /// The server binary. [default: dimstore-server next to this program]
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
@@ -63,6 +67,18 @@ pub fn run(args: &ZeroCopyArgs) -> anyhow::Result<()> {
         Duration::from_secs(1)
     });
     let largest = sizes.iter().copied().max().unwrap_or(8);
+    let cpus: Option<Vec<usize>> = match args.cpus.as_str() {
+        "none" => None,
+        list => Some(
+            list.split(',')
+                .map(|c| c.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--cpus {list}: expected `none` or a list like 0,1"))?,
+        ),
+    };
+    // The server inherits the mask when spawned; this thread keeps it while measuring.
+    let _pinned = crate::placement::Pinned::to(cpus.as_deref())?;
+    eprintln!("zero-copy: pinned to CPUs {}", args.cpus);
     let server = LocalServer::start(args.server_bin.clone(), largest)?;
     let mapped = server.client(LocalMode::Map)?;
     let copy = server.client(LocalMode::Copy)?;
