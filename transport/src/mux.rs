@@ -24,6 +24,35 @@ use crate::{AlignedBuf, Connection, ReplyFrame, TransportError};
 /// Payloads up to this size are copied into the header buffer and sent in one write.
 pub(crate) const COALESCE_LIMIT: usize = 64 << 10;
 
+/// Lays out a frame for sending: the header and body, with the payload appended when it is
+/// small (one write), and the payload pieces still to write after it (none if appended).
+pub(crate) fn frame_head<'p>(
+    kind: FrameKind,
+    request_id: u64,
+    body: &[u8],
+    payload: &[&'p [u8]],
+) -> (Vec<u8>, Vec<&'p [u8]>) {
+    let payload_len: usize = payload.iter().map(|p| p.len()).sum();
+    let header = FrameHeader {
+        kind,
+        request_id,
+        body_len: body.len() as u32,
+        payload_len: payload_len as u64,
+    };
+    let coalesce = payload_len <= COALESCE_LIMIT;
+    let mut head =
+        Vec::with_capacity(HEADER_LEN + body.len() + if coalesce { payload_len } else { 0 });
+    head.extend_from_slice(&header.encode());
+    head.extend_from_slice(body);
+    if !coalesce {
+        return (head, payload.to_vec());
+    }
+    for piece in payload {
+        head.extend_from_slice(piece);
+    }
+    (head, Vec::new())
+}
+
 /// Longest a follower sleeps before checking whether it should take over reading.
 const FOLLOWER_NAP: Duration = Duration::from_millis(20);
 
@@ -150,32 +179,13 @@ impl<S: Socket> MuxConnection<S> {
         payload: &[&[u8]],
         deadline: Instant,
     ) -> io::Result<()> {
-        let body = encode_request(request);
-        let payload_len: usize = payload.iter().map(|p| p.len()).sum();
-        let header = FrameHeader {
-            kind,
-            request_id: id,
-            body_len: body.len() as u32,
-            payload_len: payload_len as u64,
-        };
-        let coalesce = payload_len <= COALESCE_LIMIT;
-        let mut head =
-            Vec::with_capacity(HEADER_LEN + body.len() + if coalesce { payload_len } else { 0 });
-        head.extend_from_slice(&header.encode());
-        head.extend_from_slice(&body);
-        if coalesce {
-            for piece in payload {
-                head.extend_from_slice(piece);
-            }
-        }
+        let (head, rest) = frame_head(kind, id, &encode_request(request), payload);
         let mut timed = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         timed.ensure(remaining(deadline)?, S::set_write_timeout)?;
         let stream = &mut timed.stream;
         stream.write_all(&head)?;
-        if !coalesce {
-            for piece in payload {
-                stream.write_all(piece)?;
-            }
+        for piece in rest {
+            stream.write_all(piece)?;
         }
         Ok(())
     }

@@ -14,8 +14,37 @@ use rkyv::util::AlignedVec;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::Mutex;
 
-use crate::mux::COALESCE_LIMIT;
+use crate::mux::frame_head;
 use crate::{Outcome, PeerInfo, Reply, Service};
+
+/// Accepts connections until `shutdown` completes, serving each with `serve_one` on a task
+/// of its own. Accept errors (out of descriptors, ...) back off instead of spinning.
+pub(crate) async fn accept_until<T, A, AF, C, CF>(
+    mut accept: A,
+    shutdown: impl Future<Output = ()>,
+    serve_one: C,
+) where
+    A: FnMut() -> AF,
+    AF: Future<Output = std::io::Result<T>>,
+    C: Fn(T) -> CF,
+    CF: Future<Output = ()> + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = accept() => match accepted {
+                Ok(connection) => {
+                    tokio::spawn(serve_one(connection));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
 
 /// Writes one reply frame: header and body, passed descriptors, payload pieces.
 pub(crate) trait FrameWriter: Send + 'static {
@@ -188,33 +217,14 @@ async fn send_reply<S: Service, W: FrameWriter>(
     service: &S,
     transport: &'static str,
 ) -> std::io::Result<()> {
+    let pieces: Vec<&[u8]> = reply.payload.iter().map(|p| p.as_ref()).collect();
+    let payload_len: usize = pieces.iter().map(|p| p.len()).sum();
     let body = encode_response(&reply.response);
-    let payload_len: usize = reply.payload.iter().map(|p| p.as_ref().len()).sum();
-    let header = FrameHeader {
-        kind: FrameKind::Response,
-        request_id,
-        body_len: body.len() as u32,
-        payload_len: payload_len as u64,
-    };
-    let coalesce = payload_len <= COALESCE_LIMIT;
-    let mut head =
-        Vec::with_capacity(HEADER_LEN + body.len() + if coalesce { payload_len } else { 0 });
-    head.extend_from_slice(&header.encode());
-    head.extend_from_slice(&body);
-    if coalesce {
-        for piece in &reply.payload {
-            head.extend_from_slice(piece.as_ref());
-        }
-    }
-    let pieces: Vec<&[u8]> = if coalesce {
-        Vec::new()
-    } else {
-        reply.payload.iter().map(|p| p.as_ref()).collect()
-    };
+    let (head, rest) = frame_head(FrameKind::Response, request_id, &body, &pieces);
     writer
         .lock()
         .await
-        .write_frame(&head, &reply.fds, &pieces)
+        .write_frame(&head, &reply.fds, &rest)
         .await?;
     if !matches!(reply.response, Response::Error(_)) && payload_len > 0 {
         service.record_sent(transport, payload_len as u64);

@@ -272,7 +272,8 @@ pub fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     for r in rows {
         let _ = writeln!(
             text,
-            "{},{},{},{},{},{},{:.2},{:.2},{:.2}",
+            // Rates of tiny objects are small: keep their significant digits.
+            "{},{},{},{},{},{},{:.2},{:.2},{:.6}",
             r.pattern.name(),
             r.transport.name(),
             r.size_bytes,

@@ -12,7 +12,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixListener;
 
 use super::NAME;
-use crate::serve::{serve_connection, FrameWriter, ServeOptions};
+use crate::serve::{accept_until, serve_connection, FrameWriter, ServeOptions};
 use crate::{PeerInfo, Service};
 
 /// Serves `service` on the Unix `listener` until `shutdown` completes.
@@ -22,39 +22,27 @@ pub async fn serve<S: Service>(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let service = Arc::clone(&service);
-                    tokio::spawn(async move {
-                        let cred = stream.peer_cred().ok();
-                        let address = match cred.as_ref().and_then(|c| c.pid()) {
-                            Some(pid) => format!("local pid {pid}"),
-                            None => "local".to_string(),
-                        };
-                        let peer = PeerInfo {
-                            address: address.clone(),
-                            uid: cred.map(|c| c.uid()),
-                        };
-                        let (read_half, write_half) = stream.into_split();
-                        let writer = FdWriter(write_half);
-                        let served =
-                            serve_connection(read_half, writer, NAME, peer, service, options);
-                        if let Err(e) = served.await {
-                            tracing::debug!(peer = %address, error = %e, "connection closed");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed on the local socket");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+    let serve_one = |(stream, _): (tokio::net::UnixStream, tokio::net::unix::SocketAddr)| {
+        let service = Arc::clone(&service);
+        async move {
+            let cred = stream.peer_cred().ok();
+            let address = match cred.as_ref().and_then(|c| c.pid()) {
+                Some(pid) => format!("local pid {pid}"),
+                None => "local".to_string(),
+            };
+            let peer = PeerInfo {
+                address: address.clone(),
+                uid: cred.map(|c| c.uid()),
+            };
+            let (read_half, write_half) = stream.into_split();
+            let writer = FdWriter(write_half);
+            let served = serve_connection(read_half, writer, NAME, peer, service, options);
+            if let Err(e) = served.await {
+                tracing::debug!(peer = %address, error = %e, "connection closed");
             }
         }
-    }
+    };
+    accept_until(|| listener.accept(), shutdown, serve_one).await;
 }
 
 /// The write half of a Unix connection, able to pass descriptors.

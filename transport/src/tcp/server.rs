@@ -9,7 +9,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
 
 use super::NAME;
-use crate::serve::{serve_connection, FrameWriter};
+use crate::serve::{accept_until, serve_connection, FrameWriter};
 use crate::{PeerInfo, Service};
 
 pub use crate::serve::ServeOptions;
@@ -38,31 +38,21 @@ pub async fn serve<S: Service>(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let service = Arc::clone(&service);
-                    tokio::spawn(async move {
-                        let address = peer.to_string();
-                        let _ = stream.set_nodelay(true);
-                        let (read_half, write_half) = stream.into_split();
-                        let peer = PeerInfo { address: address.clone(), uid: None };
-                        let served =
-                            serve_connection(read_half, write_half, NAME, peer, service, options);
-                        if let Err(e) = served.await {
-                            tracing::debug!(peer = %address, error = %e, "connection closed");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of fds and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+    let serve_one = |(stream, peer): (tokio::net::TcpStream, std::net::SocketAddr)| {
+        let service = Arc::clone(&service);
+        async move {
+            let address = peer.to_string();
+            let _ = stream.set_nodelay(true);
+            let (read_half, write_half) = stream.into_split();
+            let peer = PeerInfo {
+                address: address.clone(),
+                uid: None,
+            };
+            let served = serve_connection(read_half, write_half, NAME, peer, service, options);
+            if let Err(e) = served.await {
+                tracing::debug!(peer = %address, error = %e, "connection closed");
             }
         }
-    }
+    };
+    accept_until(|| listener.accept(), shutdown, serve_one).await;
 }
