@@ -135,7 +135,7 @@ fn run_in(
     interrupts: &Interrupts,
     run_dir: &mut RunDir,
 ) -> Result<i32, LaunchError> {
-    let mut fleet = start(options, run_dir, interrupts)?;
+    let mut fleet = start(options, run_dir, interrupts, true)?;
     let fleet_path = fleet_path(options, run_dir);
     let written = write_fleet(&fleet, &fleet_path);
     let outcome = written.and_then(|()| {
@@ -187,7 +187,7 @@ fn run_in(
 pub fn up(options: &StartOptions) -> Result<PathBuf, LaunchError> {
     let interrupts = Interrupts::install().map_err(LaunchError::Signals)?;
     let mut run_dir = make_run_dir(options)?;
-    let started = start(options, &mut run_dir, &interrupts).and_then(|fleet| {
+    let started = start(options, &mut run_dir, &interrupts, false).and_then(|fleet| {
         let path = fleet_path(options, &run_dir);
         write_fleet(&fleet, &path)?;
         fleet.detach();
@@ -277,10 +277,12 @@ impl Servers {
     }
 }
 
+/// Starts the fleet; with `tied`, local servers exit with this launcher even if it is killed.
 fn start(
     options: &StartOptions,
     run_dir: &mut RunDir,
     interrupts: &Interrupts,
+    tied: bool,
 ) -> Result<Servers, LaunchError> {
     let server_bin = options.server_bin.clone().unwrap_or_else(|| {
         dimstore::spawn::server_binary(&ClientConfig {
@@ -302,6 +304,7 @@ fn start(
                 token: local::new_token(),
                 ready_timeout: options.ready_timeout,
                 allow_partial: options.allow_partial,
+                exit_with_launcher: tied,
             };
             let fleet = LocalFleet::start(&spec, run_dir, progress.as_mut(), &interrupted)?;
             (Servers::Local(fleet), count)

@@ -49,6 +49,8 @@ pub struct LocalSpec {
     pub ready_timeout: Duration,
     /// Keep going with the servers that did start when some fail.
     pub allow_partial: bool,
+    /// Servers exit when the launcher does, even if it is killed (`run`); `up` detaches.
+    pub exit_with_launcher: bool,
 }
 
 /// Why a node's server did not come up.
@@ -376,6 +378,9 @@ fn launch(spec: &LocalSpec, name: &str, dir: &Path) -> Result<Server, StartError
     if let Some(limit) = &spec.memory_limit {
         command.arg("--memory-limit").arg(limit);
     }
+    if spec.exit_with_launcher {
+        command.arg("--exit-with-parent");
+    }
     command
         .args(&spec.server_args)
         .env("DIMSTORE_TOKEN", &spec.token)
@@ -428,6 +433,7 @@ mod tests {
             token: new_token(),
             ready_timeout: Duration::from_secs(5),
             allow_partial: false,
+            exit_with_launcher: false,
         }
     }
 

@@ -67,6 +67,10 @@ pub struct Args {
     /// payload stalls), freeing what it reserved. [default: 30s]
     #[arg(long, env = "DIMSTORE_STALL_TIMEOUT", value_parser = humantime::parse_duration)]
     pub stall_timeout: Option<Duration>,
+    /// Exit when the process that started this server exits (a launcher's `run`), even if
+    /// that process was killed without a chance to stop it.
+    #[arg(long, env = "DIMSTORE_EXIT_WITH_PARENT")]
+    pub exit_with_parent: bool,
     /// Worker threads serving connections. [default: 2]
     #[arg(long, env = "DIMSTORE_THREADS")]
     pub threads: Option<usize>,
@@ -141,6 +145,8 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// Stall timeout mid-frame.
     pub stall_timeout: Duration,
+    /// Exit when the parent process exits.
+    pub exit_with_parent: bool,
     /// Worker threads.
     pub threads: usize,
     /// Log filter.
@@ -243,6 +249,7 @@ impl ServerConfig {
                 .stall_timeout
                 .or(file.stall_timeout)
                 .unwrap_or(Duration::from_secs(30)),
+            exit_with_parent: args.exit_with_parent,
             threads,
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             cpu_bind,

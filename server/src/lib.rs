@@ -68,6 +68,8 @@ pub enum StopReason {
     Requested,
     /// Idle for the configured timeout.
     Idle,
+    /// The process that started the server exited (`--exit-with-parent`).
+    ParentExited,
 }
 
 /// Runs the server until it is told to stop. `binding` describes the threads' placement
@@ -224,6 +226,21 @@ fn spawn_stop_watchers(
         tokio::time::sleep(Duration::from_millis(50)).await;
         on_request(StopReason::Requested);
     });
+    if config.exit_with_parent {
+        // Orphaned processes are re-parented: a changed parent id means the parent is gone.
+        let parent = rustix::process::getppid();
+        let on_orphan = finish.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if rustix::process::getppid() != parent {
+                    tracing::warn!("the process that started this server exited; stopping");
+                    on_orphan(StopReason::ParentExited);
+                    return;
+                }
+            }
+        });
+    }
     if let Some(idle) = config.idle_timeout {
         let service = service.clone();
         tokio::spawn(async move {

@@ -86,3 +86,60 @@ fn bad_configuration_is_reported_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not-an-address"));
 }
+
+/// Whether `pid` has exited (gone, or a zombie nobody reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn exit_with_parent_stops_the_server_when_its_parent_is_killed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready.json");
+    let log = dir.path().join("server.log");
+    // A parent shell starts the server in the background and waits; kill -9 orphans it.
+    let script = format!(
+        "'{}' --listen 127.0.0.1:0 --node orphan --exit-with-parent --ready-file '{}' \
+         --runtime-dir '{}' --log info 2>'{}' & wait",
+        dimstore_tests::binary("dimstore-server").display(),
+        ready.display(),
+        dir.path().join("run").display(),
+        log.display()
+    );
+    let mut parent = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .spawn()
+        .expect("spawn parent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let Some(r) = std::fs::read(&ready)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<dimstore_proto::ReadyFile>(&b).ok())
+        {
+            break r.pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "server not ready");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    parent.kill().expect("kill -9 the parent");
+    parent.wait().expect("reap the parent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !exited(pid) {
+        if std::time::Instant::now() >= deadline {
+            // Do not leave it behind when the assertion fails.
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, Signal::Kill);
+            }
+            panic!("the orphaned server kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("ParentExited"), "{text}");
+}
