@@ -13,7 +13,7 @@ use dimstore::ClientConfig;
 use crate::allocation::{self, Allocation, DetectError, DetectOptions};
 use crate::command::{self, CommandError, Forwarding};
 use crate::interrupt::{self, Interrupts};
-use crate::local::{self, LocalFleet, LocalSpec, StartError, STOP_GRACE};
+use crate::local::{self, LocalFleet, LocalSpec, ServerSpec, StartError, STOP_GRACE};
 use crate::process;
 use crate::progress;
 use crate::remote::{RemoteFleet, RemoteSpec};
@@ -294,16 +294,19 @@ fn start(
     });
     let mut progress = progress::for_stderr(options.quiet);
     let interrupted = || interrupts.pending();
+    let server = |server_bin| ServerSpec {
+        server_bin,
+        memory_limit: options.memory_limit.clone(),
+        server_args: options.server_args.clone(),
+        token: local::new_token(),
+        ready_timeout: options.ready_timeout,
+        allow_partial: options.allow_partial,
+    };
     let (servers, wanted) = match target(options)? {
         Target::Local(count) => {
             let spec = LocalSpec {
                 count,
-                server_bin,
-                memory_limit: options.memory_limit.clone(),
-                server_args: options.server_args.clone(),
-                token: local::new_token(),
-                ready_timeout: options.ready_timeout,
-                allow_partial: options.allow_partial,
+                server: server(server_bin),
                 exit_with_launcher: tied,
             };
             let fleet = LocalFleet::start(&spec, run_dir, progress.as_mut(), &interrupted)?;
@@ -325,16 +328,11 @@ fn start(
                 launcher,
                 launch_exe: std::env::current_exe().map_err(LaunchError::CurrentExe)?,
                 // The nodes resolve a relative path against their own working directory.
-                server_bin: if server_bin.components().count() > 1 {
+                server: server(if server_bin.components().count() > 1 {
                     absolute(&server_bin)
                 } else {
                     server_bin
-                },
-                memory_limit: options.memory_limit.clone(),
-                server_args: options.server_args.clone(),
-                token: local::new_token(),
-                ready_timeout: options.ready_timeout,
-                allow_partial: options.allow_partial,
+                }),
             };
             let fleet = RemoteFleet::start(&spec, run_dir, progress.as_mut(), &interrupted)?;
             (Servers::Remote(fleet), wanted)

@@ -36,7 +36,16 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 pub struct LocalSpec {
     /// Number of servers (simulated nodes).
     pub count: usize,
-    /// The `dimstore-server` binary.
+    /// What each server gets.
+    pub server: ServerSpec,
+    /// Servers exit when the launcher does, even if it is killed (`run`); `up` detaches.
+    pub exit_with_launcher: bool,
+}
+
+/// What every node's server gets, however the fleet is started (local or remote).
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// The `dimstore-server` binary (as the nodes can run it).
     pub server_bin: PathBuf,
     /// Passed as `--memory-limit` to each server (validated by the server).
     pub memory_limit: Option<String>,
@@ -49,8 +58,6 @@ pub struct LocalSpec {
     pub ready_timeout: Duration,
     /// Keep going with the servers that did start when some fail.
     pub allow_partial: bool,
-    /// Servers exit when the launcher does, even if it is killed (`run`); `up` detaches.
-    pub exit_with_launcher: bool,
 }
 
 /// Why a node's server did not come up.
@@ -196,7 +203,7 @@ impl LocalFleet {
         }
         let mut fleet = LocalFleet {
             servers: Vec::with_capacity(spec.count),
-            token: spec.token.clone(),
+            token: spec.server.token.clone(),
             armed: true,
         };
         for i in 0..spec.count {
@@ -217,7 +224,7 @@ impl LocalFleet {
         progress: &mut dyn StartProgress,
         interrupted: &dyn Fn() -> Option<i32>,
     ) -> Result<(), StartError> {
-        let deadline = Instant::now() + spec.ready_timeout;
+        let deadline = Instant::now() + spec.server.ready_timeout;
         let mut failures = Vec::new();
         loop {
             if let Some(signal) = interrupted() {
@@ -235,7 +242,7 @@ impl LocalFleet {
                 }
             }
             let pending = self.servers.iter().any(Server::pending);
-            if !pending || (!failures.is_empty() && !spec.allow_partial) {
+            if !pending || (!failures.is_empty() && !spec.server.allow_partial) {
                 break;
             }
             if Instant::now() >= deadline {
@@ -243,7 +250,7 @@ impl LocalFleet {
                     let _ = server.child.kill();
                     let _ = server.child.wait();
                     server.done = true;
-                    let failure = server.failure(FailReason::Timeout(spec.ready_timeout));
+                    let failure = server.failure(FailReason::Timeout(spec.server.ready_timeout));
                     progress.failed(&server.name, &failure.reason.to_string());
                     failures.push(failure);
                 }
@@ -252,7 +259,7 @@ impl LocalFleet {
             std::thread::sleep(Duration::from_millis(10));
         }
         let up = self.servers.iter().filter(|s| s.ready.is_some()).count();
-        if failures.is_empty() || (spec.allow_partial && up > 0) {
+        if failures.is_empty() || (spec.server.allow_partial && up > 0) {
             Ok(())
         } else {
             Err(StartError::Failed {
@@ -358,7 +365,7 @@ fn launch(spec: &LocalSpec, name: &str, dir: &Path) -> Result<Server, StartError
     let _ = std::fs::remove_file(&ready_file);
     let spawn_error = |source| StartError::Spawn {
         node: name.to_string(),
-        bin: spec.server_bin.clone(),
+        bin: spec.server.server_bin.clone(),
         source,
     };
     let log_file = std::fs::File::create(&log).map_err(|source| {
@@ -367,7 +374,7 @@ fn launch(spec: &LocalSpec, name: &str, dir: &Path) -> Result<Server, StartError
             source,
         })
     })?;
-    let mut command = Command::new(&spec.server_bin);
+    let mut command = Command::new(&spec.server.server_bin);
     command
         .arg("--node")
         .arg(name)
@@ -375,15 +382,15 @@ fn launch(spec: &LocalSpec, name: &str, dir: &Path) -> Result<Server, StartError
         .arg("127.0.0.1:0")
         .arg("--ready-file")
         .arg(&ready_file);
-    if let Some(limit) = &spec.memory_limit {
+    if let Some(limit) = &spec.server.memory_limit {
         command.arg("--memory-limit").arg(limit);
     }
     if spec.exit_with_launcher {
         command.arg("--exit-with-parent");
     }
     command
-        .args(&spec.server_args)
-        .env("DIMSTORE_TOKEN", &spec.token)
+        .args(&spec.server.server_args)
+        .env("DIMSTORE_TOKEN", &spec.server.token)
         // One address for every simulated node would make them all claim to be one server.
         .env_remove("DIMSTORE_ADVERTISE")
         .stdin(Stdio::null())
@@ -427,12 +434,14 @@ mod tests {
     fn spec(bin: &str, count: usize) -> LocalSpec {
         LocalSpec {
             count,
-            server_bin: bin.into(),
-            memory_limit: None,
-            server_args: Vec::new(),
-            token: new_token(),
-            ready_timeout: Duration::from_secs(5),
-            allow_partial: false,
+            server: ServerSpec {
+                server_bin: bin.into(),
+                memory_limit: None,
+                server_args: Vec::new(),
+                token: new_token(),
+                ready_timeout: Duration::from_secs(5),
+                allow_partial: false,
+            },
             exit_with_launcher: false,
         }
     }
@@ -482,7 +491,7 @@ mod tests {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod");
         let mut spec = spec(script.to_str().expect("utf-8"), 1);
-        spec.ready_timeout = Duration::from_millis(300);
+        spec.server.ready_timeout = Duration::from_millis(300);
         let started = Instant::now();
         let err = LocalFleet::start(&spec, &mut dir, &mut Quiet, &|| None).expect_err("timeout");
         assert!(started.elapsed() < Duration::from_secs(10));

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::allocation::Allocation;
 use crate::fleet_ops::{self, DownOptions};
 use crate::interrupt::Interrupts;
-use crate::local::{FailReason, NodeFailure, StartError, LOG_TAIL_LINES, STOP_GRACE};
+use crate::local::{FailReason, NodeFailure, ServerSpec, StartError, LOG_TAIL_LINES, STOP_GRACE};
 use crate::process;
 use crate::progress::StartProgress;
 use crate::rundir::RunDir;
@@ -51,18 +51,8 @@ pub struct RemoteSpec {
     pub launcher: Launcher,
     /// `dimstore-launch` itself, as the nodes can run it (an absolute path).
     pub launch_exe: PathBuf,
-    /// The `dimstore-server` binary, as the nodes can run it.
-    pub server_bin: PathBuf,
-    /// `--memory-limit` for each server.
-    pub memory_limit: Option<String>,
-    /// Further arguments for each server.
-    pub server_args: Vec<String>,
-    /// The fleet token (in `DIMSTORE_TOKEN`, never on a command line).
-    pub token: String,
-    /// How long to wait for all servers.
-    pub ready_timeout: Duration,
-    /// Go on with the servers that started when others fail.
-    pub allow_partial: bool,
+    /// What each server gets (the binary as the nodes can run it).
+    pub server: ServerSpec,
 }
 
 /// The launcher step's process, as recorded in `step.json`.
@@ -130,7 +120,7 @@ impl RemoteFleet {
             record,
             run_dir: dir.clone(),
             source: spec.allocation.source(),
-            token: spec.token.clone(),
+            token: spec.server.token.clone(),
             nodes: names
                 .iter()
                 .map(|name| Node {
@@ -166,7 +156,7 @@ impl RemoteFleet {
         progress: &mut dyn StartProgress,
         interrupted: &dyn Fn() -> Option<i32>,
     ) -> Result<(), StartError> {
-        let deadline = Instant::now() + spec.ready_timeout;
+        let deadline = Instant::now() + spec.server.ready_timeout;
         let mut failures = Vec::new();
         loop {
             if let Some(signal) = interrupted() {
@@ -200,7 +190,7 @@ impl RemoteFleet {
                 }
             }
             let pending = self.nodes.iter().any(|n| n.ready.is_none() && !n.failed);
-            if !pending || (!failures.is_empty() && !spec.allow_partial) {
+            if !pending || (!failures.is_empty() && !spec.server.allow_partial) {
                 break;
             }
             let timed_out = Instant::now() >= deadline;
@@ -210,7 +200,7 @@ impl RemoteFleet {
                         "no server ready when the launcher step `{}` ended ({status})",
                         self.record.command
                     )),
-                    None => FailReason::Timeout(spec.ready_timeout),
+                    None => FailReason::Timeout(spec.server.ready_timeout),
                 };
                 let keys: Vec<(String, Option<String>)> = self
                     .nodes
@@ -227,7 +217,7 @@ impl RemoteFleet {
             std::thread::sleep(Duration::from_millis(10));
         }
         let up = self.nodes.iter().filter(|n| n.ready.is_some()).count();
-        if failures.is_empty() || (spec.allow_partial && up > 0) {
+        if failures.is_empty() || (spec.server.allow_partial && up > 0) {
             Ok(())
         } else {
             Err(StartError::Failed {
@@ -358,16 +348,16 @@ fn launch_step(spec: &RemoteSpec, dir: &Path) -> Result<(Child, StepRecord), Sta
         "--origin".into(),
         dimstore::spawn::hostname().into(),
         "--".into(),
-        spec.server_bin.clone().into(),
+        spec.server.server_bin.clone().into(),
     ];
-    if let Some(limit) = &spec.memory_limit {
+    if let Some(limit) = &spec.server.memory_limit {
         inner.extend(["--memory-limit".into(), limit.into()]);
     }
-    inner.extend(spec.server_args.iter().map(OsString::from));
+    inner.extend(spec.server.server_args.iter().map(OsString::from));
     let line = spec.launcher.command_line(
         spec.allocation.nodes().len(),
         &dir.join("hosts"),
-        spec.ready_timeout,
+        spec.server.ready_timeout,
         &inner,
     );
     let shown = line
@@ -388,7 +378,7 @@ fn launch_step(spec: &RemoteSpec, dir: &Path) -> Result<(Child, StepRecord), Sta
     let mut command = Command::new(program);
     command
         .args(args)
-        .env("DIMSTORE_TOKEN", &spec.token)
+        .env("DIMSTORE_TOKEN", &spec.server.token)
         // Settings meant for one server would make every node claim the same identity.
         .env_remove("DIMSTORE_ADVERTISE")
         .env_remove("DIMSTORE_NODE_NAME")

@@ -98,6 +98,24 @@ fn react(stream: &mut TcpStream) -> Reaction {
     }
 }
 
+/// Reads `count` replies (request id, response) off a connection that stays open.
+fn read_replies(stream: &mut TcpStream, count: usize) -> Vec<(u64, Response)> {
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 4096];
+    while replies.len() < count {
+        let n = stream.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early");
+        decoder.push(&buf[..n]);
+        while let Some(f) = decoder.next_frame().expect("valid") {
+            let mut body = rkyv::util::AlignedVec::<16>::new();
+            body.extend_from_slice(&f.body);
+            replies.push((f.header.request_id, decode_response(&body).expect("valid")));
+        }
+    }
+    replies
+}
+
 fn send(server: &TestServer, bytes: &[u8]) -> Reaction {
     let mut s = raw(server);
     // The server may close before reading everything; a reset on write is a reaction too.
@@ -196,19 +214,7 @@ fn every_malformed_frame_gets_an_error_or_a_close_and_others_are_served() {
     s.write_all(&frame(FrameKind::Request, 9, &pattern(64, 3), &[]))
         .expect("write");
     s.write_all(&good).expect("write hello");
-    let mut decoder = FrameDecoder::new(FrameLimits::default());
-    let mut replies = Vec::new();
-    let mut buf = [0u8; 4096];
-    while replies.len() < 2 {
-        let n = s.read(&mut buf).expect("read");
-        assert!(n > 0, "closed early");
-        decoder.push(&buf[..n]);
-        while let Some(f) = decoder.next_frame().expect("valid") {
-            let mut body = rkyv::util::AlignedVec::<16>::new();
-            body.extend_from_slice(&f.body);
-            replies.push((f.header.request_id, decode_response(&body).expect("valid")));
-        }
-    }
+    let replies = read_replies(&mut s, 2);
     assert!(matches!(&replies[0], (9, Response::Error(e)) if e.status == Status::BadRequest));
     assert!(matches!(&replies[1], (1, Response::Hello(_))));
 
@@ -236,21 +242,13 @@ fn every_malformed_frame_gets_an_error_or_a_close_and_others_are_served() {
         &[1u8; 8],
     ))
     .expect("write");
-    let mut decoder = FrameDecoder::new(FrameLimits::default());
-    let mut statuses = Vec::new();
-    while statuses.len() < 3 {
-        let n = s.read(&mut buf).expect("read");
-        assert!(n > 0, "closed early");
-        decoder.push(&buf[..n]);
-        while let Some(f) = decoder.next_frame().expect("valid") {
-            let mut body = rkyv::util::AlignedVec::<16>::new();
-            body.extend_from_slice(&f.body);
-            statuses.push(match decode_response(&body).expect("valid") {
-                Response::Error(e) => Some(e.status),
-                _ => None,
-            });
-        }
-    }
+    let statuses: Vec<Option<Status>> = read_replies(&mut s, 3)
+        .into_iter()
+        .map(|(_, reply)| match reply {
+            Response::Error(e) => Some(e.status),
+            _ => None,
+        })
+        .collect();
     assert_eq!(
         statuses,
         vec![None, Some(Status::BadRequest), Some(Status::BadRequest)]
