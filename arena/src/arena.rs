@@ -350,11 +350,6 @@ impl Allocation {
     pub fn location(&self) -> Option<(u32, u64)> {
         self.place.as_ref().map(|p| (p.segment_id, p.offset))
     }
-
-    /// The segment holding the bytes.
-    pub fn segment(&self) -> Option<&Arc<Segment>> {
-        self.place.as_ref().map(|p| &p.segment)
-    }
 }
 
 /// A sealed object: read-only, shared. Every clone is a lease that keeps the bytes valid;

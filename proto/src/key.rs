@@ -37,13 +37,6 @@ pub const KEY_SCHEME: &str = "dim://";
 #[rkyv(derive(Debug, PartialEq, Eq, Hash))]
 pub struct ObjectId(pub u128);
 
-impl ObjectId {
-    /// The id as it travels in archived messages.
-    pub fn from_archived(archived: &ArchivedObjectId) -> Self {
-        ObjectId(archived.0.to_native())
-    }
-}
-
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:032x}", self.0)

@@ -1,7 +1,7 @@
 //! Test harness: real `dimstore-server` processes on loopback, cleaned up on drop, and the
 //! transport test suite ([`suite`]) that every transport runs unchanged.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -225,13 +225,6 @@ impl Cluster {
     }
 }
 
-/// FNV-1a, to compare large objects without keeping two copies around.
-pub fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// Deterministic pseudo-random bytes.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -243,9 +236,4 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-/// Whether a file exists (for readability in tests).
-pub fn exists(path: &Path) -> bool {
-    path.exists()
 }
