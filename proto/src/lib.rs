@@ -22,7 +22,8 @@ pub use frame::{FrameDecoder, FrameError, FrameHeader, FrameKind, FrameLimits, H
 pub use key::{Key, KeyParseError, ObjectId};
 pub use message::{
     decode_request, decode_response, encode_request, encode_response, DecodeError, GetItem, Hello,
-    HelloReply, Request, Reservation, Response, SegmentInfo, ServerStats, TransportStats,
+    HelloReply, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
+    ServerStats, TransportStats,
 };
 pub use status::{ErrorReply, Status};
 

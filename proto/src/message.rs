@@ -51,6 +51,31 @@ pub struct HelloReply {
     pub local_socket: Option<String>,
     /// Whether this connection gets mapped replies (same node, same user, asked for).
     pub mapped: bool,
+    /// One-sided transports the server exports its memory on, with their addresses (only
+    /// sent to authenticated clients: on some providers an address alone grants reads).
+    pub one_sided: Vec<OneSidedOffer>,
+}
+
+/// A one-sided transport a server offers: clients read object memory with it.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct OneSidedOffer {
+    /// Transport name (`"ucx"`, `"ofi"`).
+    pub transport: String,
+    /// Provider or device detail, for diagnostics (e.g. `tcp;ofi_rxm`).
+    pub detail: String,
+    /// The server's transport address (UCX worker address, libfabric endpoint name).
+    pub address: Vec<u8>,
+}
+
+/// How a client reads one arena segment remotely.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct SegmentKey {
+    /// Segment id.
+    pub id: u32,
+    /// Remote address of the segment's first byte (as the transport wants it).
+    pub address: u64,
+    /// Packed remote key (UCX rkey, or a libfabric MR key as 8 little-endian bytes).
+    pub key: Vec<u8>,
 }
 
 /// A client request.
@@ -124,6 +149,20 @@ pub enum Request {
         /// Reservation ids.
         reservations: Vec<u64>,
     },
+    /// Answer gets of objects of `from` bytes or more on this connection with
+    /// [`GetItem::Remote`] items, read one-sided over `transport` (one of
+    /// [`HelloReply::one_sided`]).
+    UseOneSided {
+        /// Transport name.
+        transport: String,
+        /// Smaller objects still come inline.
+        from: u64,
+    },
+    /// Remote keys of these arena segments on the connection's one-sided transport.
+    SegmentKeys {
+        /// Segment ids.
+        ids: Vec<u32>,
+    },
 }
 
 /// Per-object outcome of a get.
@@ -149,6 +188,19 @@ pub enum GetItem {
         /// Offset in the segment.
         offset: u64,
         /// Lease to release when done reading.
+        lease: u64,
+    },
+    /// Found, and to be read one-sided from the server's registered segment (connections
+    /// that asked with [`Request::UseOneSided`]). The object stays valid until the client
+    /// releases `lease`.
+    Remote {
+        /// Object size.
+        size: u64,
+        /// Arena segment holding it (its key: [`Request::SegmentKeys`]).
+        segment: u32,
+        /// Offset in the segment.
+        offset: u64,
+        /// Lease to release when the read is done.
         lease: u64,
     },
 }
@@ -184,8 +236,11 @@ pub struct TransportStats {
     pub connections: u64,
     /// Object bytes sent to clients by this transport.
     pub bytes_served: u64,
-    /// Of which moved by one-sided reads of registered memory.
+    /// Of which moved by one-sided reads of registered memory (counted as the server hands
+    /// out the regions: the reads themselves do not involve it).
     pub one_sided_bytes: u64,
+    /// Memory registrations alive now (one-sided transports).
+    pub registrations: u64,
 }
 
 /// Server statistics.
@@ -279,6 +334,11 @@ pub enum Response {
     Segments {
         /// Segment ids and lengths.
         segments: Vec<SegmentInfo>,
+    },
+    /// Remote keys, in request order.
+    SegmentKeys {
+        /// Keys.
+        keys: Vec<SegmentKey>,
     },
     /// Reserved space for in-place puts, in request order.
     Created {

@@ -22,6 +22,23 @@ pub enum TransportError {
     /// The peer sent a frame this side refuses.
     #[error("protocol violation by peer: {0}")]
     Frame(#[from] FrameError),
+    /// A transport asked for is not available here (library missing, provider absent,
+    /// the server does not offer it).
+    #[error("transport {transport} unavailable: {reason}")]
+    Unavailable {
+        /// Transport name.
+        transport: String,
+        /// Why.
+        reason: String,
+    },
+    /// A one-sided operation failed (the library's error, naming the call).
+    #[error("{transport} one-sided read failed: {reason}")]
+    OneSided {
+        /// Transport name.
+        transport: String,
+        /// The library's error.
+        reason: String,
+    },
     /// The peer sent a body that failed validation.
     #[error(transparent)]
     Decode(#[from] DecodeError),

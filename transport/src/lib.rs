@@ -26,6 +26,7 @@ mod buffer;
 mod error;
 pub mod local;
 pub mod mux;
+pub mod onesided;
 mod serve;
 pub mod tcp;
 

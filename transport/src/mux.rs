@@ -159,6 +159,11 @@ impl<S: Socket> MuxConnection<S> {
         })
     }
 
+    /// The socket (for its addresses; reading or writing it would corrupt the stream).
+    pub fn socket(&self) -> &S {
+        &self.control
+    }
+
     fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

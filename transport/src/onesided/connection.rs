@@ -1,0 +1,214 @@
+//! The client connection of a one-sided transport: control over an inner connection (TCP),
+//! object bytes by one-sided reads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use dimstore_proto::{GetItem, Request, Response, SegmentKey};
+
+use super::{Reader, RemoteRead, RemoteRegion};
+use crate::{AlignedBuf, Connection, ReplyFrame, TransportError};
+
+/// A connection whose gets are answered with remote regions that it reads one-sided, then
+/// returns as ordinary inline replies.
+pub struct OneSidedConnection<C> {
+    control: C,
+    reader: Arc<dyn Reader>,
+    /// The server's address on the reader's transport.
+    peer: Vec<u8>,
+    /// Segment keys fetched so far (segment ids are never reused by a server instance).
+    keys: Mutex<HashMap<u32, RemoteRegion>>,
+}
+
+impl<C: Connection> OneSidedConnection<C> {
+    /// Wraps `control`, a greeted connection on which [`Request::UseOneSided`] was accepted
+    /// for `reader`'s transport; `peer` is the server's address on that transport.
+    pub fn new(control: C, reader: Arc<dyn Reader>, peer: Vec<u8>) -> Self {
+        OneSidedConnection {
+            control,
+            reader,
+            peer,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The transport reading object bytes.
+    pub fn transport(&self) -> &'static str {
+        self.reader.name()
+    }
+
+    /// Reads the remote items of a get reply and turns them into inline ones.
+    fn resolve(
+        &self,
+        items: Vec<GetItem>,
+        inline: AlignedBuf,
+        deadline: Instant,
+    ) -> Result<ReplyFrame, TransportError> {
+        let leases: Vec<u64> = items
+            .iter()
+            .filter_map(|i| match *i {
+                GetItem::Remote { lease, .. } => Some(lease),
+                _ => None,
+            })
+            .collect();
+        let result = self.read_items(&items, &inline, deadline);
+        // Release whatever happened: the server must not pin the objects for us any longer.
+        let released = self.control.notify(&Request::Release { leases }, deadline);
+        let payload = result?;
+        released?;
+        let items = items
+            .into_iter()
+            .map(|item| match item {
+                GetItem::Remote { size, .. } => GetItem::Found { size },
+                other => other,
+            })
+            .collect();
+        Ok(ReplyFrame {
+            response: Response::Get { items },
+            payload,
+            fds: Vec::new(),
+        })
+    }
+
+    fn read_items(
+        &self,
+        items: &[GetItem],
+        inline: &AlignedBuf,
+        deadline: Instant,
+    ) -> Result<AlignedBuf, TransportError> {
+        let regions = self.regions(items, deadline)?;
+        let total: u64 = items
+            .iter()
+            .map(|i| match *i {
+                GetItem::Found { size } | GetItem::Remote { size, .. } => size,
+                _ => 0,
+            })
+            .sum();
+        let total = usize::try_from(total)
+            .map_err(|_| TransportError::ConnectionLost("reply larger than memory".into()))?;
+        let mut target = AlignedBuf::zeroed(total);
+        let mut reads = Vec::new();
+        let (mut offset, mut inline_at) = (0usize, 0usize);
+        for item in items {
+            match *item {
+                GetItem::Found { size } => {
+                    let size = size as usize;
+                    let bytes = inline.get(inline_at..inline_at + size).ok_or_else(|| {
+                        TransportError::ConnectionLost(
+                            "reply payload shorter than its items".into(),
+                        )
+                    })?;
+                    target[offset..offset + size].copy_from_slice(bytes);
+                    inline_at += size;
+                    offset += size;
+                }
+                GetItem::Remote {
+                    size,
+                    segment,
+                    offset: at,
+                    ..
+                } => {
+                    let region = &regions[&segment];
+                    reads.push(RemoteRead {
+                        address: region.address + at,
+                        key: &region.key,
+                        len: size as usize,
+                        offset,
+                    });
+                    offset += size as usize;
+                }
+                _ => {}
+            }
+        }
+        self.reader.read(&self.peer, &reads, target, deadline)
+    }
+
+    /// The keys of every segment `items` name, fetching the missing ones in one call.
+    fn regions(
+        &self,
+        items: &[GetItem],
+        deadline: Instant,
+    ) -> Result<HashMap<u32, RemoteRegion>, TransportError> {
+        let mut known = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            for item in items {
+                if let GetItem::Remote { segment, .. } = *item {
+                    match keys.get(&segment) {
+                        Some(region) => {
+                            known.insert(segment, region.clone());
+                        }
+                        None if !missing.contains(&segment) => missing.push(segment),
+                        None => {}
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(known);
+        }
+        let reply = self.control.call(
+            &Request::SegmentKeys {
+                ids: missing.clone(),
+            },
+            &[],
+            deadline,
+        )?;
+        let fetched = match reply.response {
+            Response::SegmentKeys { keys } if keys.len() == missing.len() => keys,
+            Response::Error(e) => {
+                return Err(TransportError::ConnectionLost(format!(
+                    "server refused segment keys: {}",
+                    e.message
+                )))
+            }
+            other => {
+                return Err(TransportError::ConnectionLost(format!(
+                    "unexpected answer to SegmentKeys: {other:?}"
+                )))
+            }
+        };
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        for SegmentKey { id, address, key } in fetched {
+            let region = RemoteRegion { address, key };
+            keys.insert(id, region.clone());
+            known.insert(id, region);
+        }
+        Ok(known)
+    }
+}
+
+impl<C: Connection> Connection for OneSidedConnection<C> {
+    fn call(
+        &self,
+        request: &Request,
+        payload: &[&[u8]],
+        deadline: Instant,
+    ) -> Result<ReplyFrame, TransportError> {
+        let reply = self.control.call(request, payload, deadline)?;
+        match reply.response {
+            Response::Get { items }
+                if items.iter().any(|i| matches!(i, GetItem::Remote { .. })) =>
+            {
+                self.resolve(items, reply.payload, deadline)
+            }
+            response => Ok(ReplyFrame { response, ..reply }),
+        }
+    }
+
+    fn notify(&self, request: &Request, deadline: Instant) -> Result<(), TransportError> {
+        self.control.notify(request, deadline)
+    }
+
+    fn is_broken(&self) -> bool {
+        self.control.is_broken()
+    }
+}
+
+impl<C> Drop for OneSidedConnection<C> {
+    fn drop(&mut self) {
+        self.reader.forget(&self.peer);
+    }
+}

@@ -1,0 +1,105 @@
+//! One-sided data planes (UCX, libfabric): clients read object bytes straight out of the
+//! server's registered arena segments.
+//!
+//! The control messages keep flowing over the TCP connection; only object bytes move
+//! one-sided. A server [`Exporter`] registers arena segments whole (once each) and hands out
+//! their remote keys; a get on a connection that asked for one-sided replies
+//! ([`dimstore_proto::Request::UseOneSided`]) answers with
+//! [`dimstore_proto::GetItem::Remote`] items (segment, offset, lease). The client's
+//! [`OneSidedConnection`] fetches the segment keys it lacks, reads the bytes with its
+//! [`Reader`] into the reply buffer, releases the leases and returns an ordinary reply: the
+//! client above it cannot tell the difference.
+//!
+//! Each implementation owns its C objects on one thread per process (the "fabric thread"),
+//! which sleeps on the library's wait fd when idle and serves peers' emulated one-sided
+//! operations (UCX over tcp, libfabric's manual-progress providers) as they come.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dimstore_arena::Segment;
+
+use crate::{AlignedBuf, TransportError};
+
+mod connection;
+mod target;
+
+pub use connection::OneSidedConnection;
+pub use target::{ReadChunk, ReadTarget};
+
+/// Largest piece one read operation moves; longer objects are read in chunks of this size.
+pub const DEFAULT_CHUNK: usize = 4 << 20;
+
+/// Read operations in flight per peer at most (over tcp, many large emulated reads in
+/// flight collapse the bandwidth).
+pub const DEFAULT_IN_FLIGHT: usize = 2;
+
+/// Objects below this size come inline in the get reply rather than by a one-sided read
+/// (the read needs an extra round trip plus a release notice).
+pub const DEFAULT_ONE_SIDED_FROM: u64 = 64 << 10;
+
+/// Where a registered segment can be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRegion {
+    /// Remote address of the first byte, as the transport's read wants it.
+    pub address: u64,
+    /// Packed remote key.
+    pub key: Vec<u8>,
+}
+
+/// The server side of a one-sided transport: registers segments for peers to read.
+pub trait Exporter: Send + Sync + 'static {
+    /// Transport name as advertised (`"ucx"`, `"ofi"`).
+    fn name(&self) -> &'static str;
+
+    /// Provider or device detail, for logs and stats (e.g. `tcp;ofi_rxm`, `UCX_TLS=tcp`).
+    fn detail(&self) -> String;
+
+    /// The address peers connect to (UCX worker address, libfabric endpoint name).
+    fn address(&self) -> Vec<u8>;
+
+    /// Registers segment `id` (once: later calls return the same region) and returns where
+    /// peers read it. The registration keeps the segment mapped until [`Exporter::sweep`]
+    /// sees that nobody else holds it any more.
+    fn export(&self, id: u32, segment: &Arc<Segment>) -> Result<RemoteRegion, TransportError>;
+
+    /// Drops the registrations of segments the arena has released.
+    fn sweep(&self);
+
+    /// Registrations alive now.
+    fn live_registrations(&self) -> u64;
+}
+
+/// One region to read.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteRead<'a> {
+    /// Remote address of the first byte.
+    pub address: u64,
+    /// The packed remote key of the region's segment.
+    pub key: &'a [u8],
+    /// Bytes to read.
+    pub len: usize,
+    /// Where they land in the target buffer.
+    pub offset: usize,
+}
+
+/// The client side of a one-sided transport: reads registered memory of servers.
+pub trait Reader: Send + Sync + 'static {
+    /// Transport name (`"ucx"`, `"ofi"`).
+    fn name(&self) -> &'static str;
+
+    /// Reads every `reads` region of the peer at `peer` (its advertised address) into
+    /// `target` at the region's offset, within `deadline`. On error, the target may have
+    /// been partly written; nothing is read after the call returns.
+    fn read(
+        &self,
+        peer: &[u8],
+        reads: &[RemoteRead<'_>],
+        target: AlignedBuf,
+        deadline: Instant,
+    ) -> Result<AlignedBuf, TransportError>;
+
+    /// Forgets the endpoint to `peer` and every key unpacked for it (the server restarted
+    /// or its connection broke).
+    fn forget(&self, peer: &[u8]);
+}
