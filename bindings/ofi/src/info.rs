@@ -150,6 +150,21 @@ impl Info {
         unsafe { cstr((*(*self.ptr).domain_attr).name) }
     }
 
+    /// The largest message, and the largest single RMA transfer, the endpoint accepts
+    /// (`ep_attr->max_msg_size`); 0 if the provider leaves it unset.
+    pub fn max_msg_size(&self) -> usize {
+        // SAFETY: the entry is alive; fi_getinfo always fills its ep_attr (checked for
+        // null anyway).
+        unsafe {
+            let ep = (*self.ptr).ep_attr;
+            if ep.is_null() {
+                0
+            } else {
+                (*ep).max_msg_size
+            }
+        }
+    }
+
     /// The provider's memory registration mode bits (`FI_MR_*`).
     pub fn mr_mode(&self) -> i32 {
         // SAFETY: the entry is alive and has a domain_attr.

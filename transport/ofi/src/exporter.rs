@@ -1,0 +1,286 @@
+//! The server side: segments registered on the exporter's fabric thread, which keeps
+//! progressing its queue so peers' reads are served.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam::channel::{self, Receiver, Sender, TryRecvError};
+use dimstore_arena::Segment;
+use dimstore_transport::onesided::{Exporter, RemoteRegion};
+use dimstore_transport::TransportError;
+
+use crate::fabric::{Node, Waker, NAP};
+use crate::register::Registration;
+use crate::{OfiConfig, NAME};
+
+/// Longest sleep of the idle loop, a safety net should a provider's wait fd miss an event.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A libfabric exporter: arena segments registered with `FI_REMOTE_READ` on one endpoint,
+/// owned by a fabric thread that stops (deregistering everything) when the exporter is
+/// dropped.
+pub struct OfiExporter {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+    address: Vec<u8>,
+    provider: String,
+    live: Arc<AtomicU64>,
+    /// Regions exported so far, by segment id (shared with the fabric thread, which removes
+    /// swept ones).
+    cache: Arc<Mutex<HashMap<u32, RemoteRegion>>>,
+}
+
+/// What the fabric thread is asked to do.
+enum Command {
+    Export {
+        id: u32,
+        segment: Arc<Segment>,
+        reply: Sender<Result<RemoteRegion, TransportError>>,
+    },
+    Sweep {
+        reply: Sender<()>,
+    },
+}
+
+/// What the thread reports once its objects are open.
+struct Started {
+    address: Vec<u8>,
+    provider: String,
+}
+
+impl OfiExporter {
+    /// Opens the provider of `config` on a new fabric thread. Fails with
+    /// [`TransportError::Unavailable`] (one sentence saying why) if the provider, node or
+    /// domain cannot be opened.
+    pub fn start(config: &OfiConfig) -> Result<Arc<OfiExporter>, TransportError> {
+        let unavailable = |reason: String| TransportError::Unavailable {
+            transport: NAME.to_owned(),
+            reason,
+        };
+        let waker = Arc::new(Waker::new().map_err(unavailable)?);
+        let (commands, rx) = channel::unbounded();
+        let (started_tx, started_rx) = channel::bounded(1);
+        let live = Arc::new(AtomicU64::new(0));
+        let cache = Arc::new(Mutex::new(HashMap::new()));
+        let thread = {
+            let (config, waker, live, cache) =
+                (config.clone(), waker.clone(), live.clone(), cache.clone());
+            std::thread::Builder::new()
+                .name("dimstore-ofi-export".into())
+                .spawn(move || run(&config, &waker, &rx, &started_tx, &live, &cache))
+                .map_err(|e| unavailable(format!("cannot start the fabric thread: {e}")))?
+        };
+        let started = started_rx
+            .recv()
+            .unwrap_or_else(|_| Err("the fabric thread died while starting".to_owned()));
+        let started = match started {
+            Ok(s) => s,
+            Err(reason) => {
+                let _ = thread.join();
+                return Err(unavailable(reason));
+            }
+        };
+        Ok(Arc::new(OfiExporter {
+            commands,
+            waker,
+            thread: Some(thread),
+            address: started.address,
+            provider: started.provider,
+            live,
+            cache,
+        }))
+    }
+
+    /// Sends `command` to the fabric thread and wakes it.
+    fn send(&self, command: Command) -> Result<(), TransportError> {
+        self.commands.send(command).map_err(|_| gone())?;
+        self.waker.wake();
+        Ok(())
+    }
+}
+
+/// The error when the fabric thread is no longer running.
+fn gone() -> TransportError {
+    TransportError::OneSided {
+        transport: NAME.to_owned(),
+        reason: "the exporter's fabric thread is gone".to_owned(),
+    }
+}
+
+impl Exporter for OfiExporter {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn detail(&self) -> String {
+        self.provider.clone()
+    }
+
+    fn address(&self) -> Vec<u8> {
+        self.address.clone()
+    }
+
+    fn export(&self, id: u32, segment: &Arc<Segment>) -> Result<RemoteRegion, TransportError> {
+        if let Some(region) = lock(&self.cache).get(&id) {
+            return Ok(region.clone());
+        }
+        let (reply, answer) = channel::bounded(1);
+        self.send(Command::Export {
+            id,
+            segment: Arc::clone(segment),
+            reply,
+        })?;
+        answer.recv().map_err(|_| gone())?
+    }
+
+    fn sweep(&self) {
+        let (reply, answer) = channel::bounded(1);
+        if self.send(Command::Sweep { reply }).is_ok() {
+            let _ = answer.recv();
+        }
+    }
+
+    fn live_registrations(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OfiExporter {
+    fn drop(&mut self) {
+        // Closing the channel stops the thread.
+        let (closed, _) = channel::unbounded();
+        self.commands = closed;
+        self.waker.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for OfiExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OfiExporter")
+            .field("provider", &self.provider)
+            .field("live_registrations", &self.live_registrations())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The fabric thread: opens the objects, then serves commands and progresses the queue
+/// until the command channel closes.
+fn run(
+    config: &OfiConfig,
+    waker: &Waker,
+    commands: &Receiver<Command>,
+    started: &Sender<Result<Started, String>>,
+    live: &AtomicU64,
+    cache: &Mutex<HashMap<u32, RemoteRegion>>,
+) {
+    let node = match Node::open(config).and_then(|node| {
+        let address = node.ep.name().map_err(|e| {
+            format!(
+                "libfabric provider '{}': cannot name the endpoint: {e}",
+                config.provider
+            )
+        })?;
+        Ok((node, address))
+    }) {
+        Ok((node, address)) => {
+            let provider = node.provider.clone();
+            let _ = started.send(Ok(Started { address, provider }));
+            node
+        }
+        Err(reason) => {
+            let _ = started.send(Err(reason));
+            return;
+        }
+    };
+    let mut regs: HashMap<u32, Registration> = HashMap::new();
+    'serve: loop {
+        loop {
+            match commands.try_recv() {
+                Ok(Command::Export { id, segment, reply }) => {
+                    let result = export(&node, &mut regs, id, &segment, live, cache);
+                    drop(segment);
+                    let _ = reply.send(result);
+                }
+                Ok(Command::Sweep { reply }) => {
+                    sweep(&mut regs, live, cache);
+                    let _ = reply.send(());
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => break 'serve,
+            }
+        }
+        // Reading the queue is what serves peers' reads on manual-progress providers.
+        if node.cq.progress().is_err() {
+            // A broken queue: do not spin on it.
+            std::thread::sleep(NAP);
+        }
+        node.sleep(waker, Some(IDLE_TIMEOUT), true);
+    }
+    // Regions go before the endpoint and domain (and before the segments they keep).
+    let n = regs.len() as u64;
+    regs.clear();
+    live.fetch_sub(n, Ordering::Relaxed);
+    lock(cache).clear();
+}
+
+/// Registers segment `id` unless it is already.
+fn export(
+    node: &Node,
+    regs: &mut HashMap<u32, Registration>,
+    id: u32,
+    segment: &Arc<Segment>,
+    live: &AtomicU64,
+    cache: &Mutex<HashMap<u32, RemoteRegion>>,
+) -> Result<RemoteRegion, TransportError> {
+    let failed = |e: dimstore_ofi::OfiError| TransportError::OneSided {
+        transport: NAME.to_owned(),
+        reason: format!("cannot register segment {id}: {e}"),
+    };
+    let reg = match regs.entry(id) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => {
+            let ep = node.bind_regions.then_some(&node.ep);
+            let reg = Registration::new(&node.domain, segment, ep).map_err(failed)?;
+            live.fetch_add(1, Ordering::Relaxed);
+            e.insert(reg)
+        }
+    };
+    let region = reg.region();
+    let remote = RemoteRegion {
+        address: region.remote_address(),
+        key: region.key().map_err(failed)?.to_le_bytes().to_vec(),
+    };
+    lock(cache).insert(id, remote.clone());
+    Ok(remote)
+}
+
+/// Drops the registrations of segments nobody else holds.
+fn sweep(
+    regs: &mut HashMap<u32, Registration>,
+    live: &AtomicU64,
+    cache: &Mutex<HashMap<u32, RemoteRegion>>,
+) {
+    let dead: Vec<u32> = regs
+        .iter()
+        .filter(|(_, r)| r.is_orphaned())
+        .map(|(&id, _)| id)
+        .collect();
+    let mut cache = lock(cache);
+    for id in dead {
+        cache.remove(&id);
+        regs.remove(&id);
+        live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
