@@ -14,6 +14,46 @@ pub enum SpawnPolicy {
     Never,
 }
 
+/// Which transport moves object bytes from other servers (`DIMSTORE_TRANSPORT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportChoice {
+    /// The best both ends share: the same-node mapping for this node's server, else the
+    /// first one-sided transport the server offers and this process can start, else TCP.
+    Auto,
+    /// TCP only (bytes inline in replies).
+    Tcp,
+    /// UCX one-sided reads; an error where it is not available.
+    Ucx,
+    /// libfabric one-sided reads; an error where it is not available.
+    Ofi,
+}
+
+impl TransportChoice {
+    /// The one-sided transport name of a forced choice.
+    pub fn forced_one_sided(self) -> Option<&'static str> {
+        match self {
+            TransportChoice::Ucx => Some("ucx"),
+            TransportChoice::Ofi => Some("ofi"),
+            TransportChoice::Auto | TransportChoice::Tcp => None,
+        }
+    }
+}
+
+impl std::str::FromStr for TransportChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(TransportChoice::Auto),
+            "tcp" => Ok(TransportChoice::Tcp),
+            "ucx" => Ok(TransportChoice::Ucx),
+            "ofi" => Ok(TransportChoice::Ofi),
+            other => Err(format!(
+                "DIMSTORE_TRANSPORT={other}: expected auto, tcp, ucx or ofi"
+            )),
+        }
+    }
+}
+
 /// How a client finds servers and how long it waits for them.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -45,6 +85,11 @@ pub struct ClientConfig {
     /// With `map`: objects smaller than this are copied rather than mapped
     /// (`DIMSTORE_LOCAL_MAP_FROM`, default 16 KiB; a copy is cheaper than a lease there).
     pub local_map_from: u64,
+    /// Transport for object bytes (`DIMSTORE_TRANSPORT=auto|tcp|ucx|ofi`, default `auto`).
+    pub transport: TransportChoice,
+    /// Objects from this size on are read one-sided; smaller ones come inline
+    /// (`DIMSTORE_ONE_SIDED_FROM`, bytes, default 64 KiB).
+    pub one_sided_from: u64,
 }
 
 impl Default for ClientConfig {
@@ -63,6 +108,8 @@ impl Default for ClientConfig {
             spawn_memory_limit: None,
             local: LocalMode::Map,
             local_map_from: 16 << 10,
+            transport: TransportChoice::Auto,
+            one_sided_from: dimstore_transport::onesided::DEFAULT_ONE_SIDED_FROM,
         }
     }
 }
@@ -108,6 +155,16 @@ impl ClientConfig {
                 Some(v) => v
                     .parse()
                     .map_err(|e| format!("DIMSTORE_LOCAL_MAP_FROM={v}: {e} (bytes)"))?,
+            },
+            transport: match var("DIMSTORE_TRANSPORT") {
+                None => d.transport,
+                Some(v) => v.parse()?,
+            },
+            one_sided_from: match var("DIMSTORE_ONE_SIDED_FROM") {
+                None => d.one_sided_from,
+                Some(v) => v
+                    .parse()
+                    .map_err(|e| format!("DIMSTORE_ONE_SIDED_FROM={v}: {e} (bytes)"))?,
             },
         })
     }

@@ -50,6 +50,26 @@ pub enum RequestError {
         /// The server's explanation.
         message: String,
     },
+    /// The transport asked for (`DIMSTORE_TRANSPORT`) cannot be used with this server.
+    #[error("server {owner}: transport {transport} unavailable: {reason}")]
+    TransportUnavailable {
+        /// The server's address.
+        owner: String,
+        /// The transport.
+        transport: String,
+        /// Why.
+        reason: String,
+    },
+    /// A one-sided read of object bytes failed.
+    #[error("reading from server {owner} over {transport} failed: {reason}")]
+    OneSided {
+        /// The server's address.
+        owner: String,
+        /// The transport.
+        transport: String,
+        /// The library's error.
+        reason: String,
+    },
     /// The server answered with something that does not fit the request.
     #[error("server {owner} sent an unexpected reply: {what}")]
     Protocol {
@@ -69,6 +89,18 @@ impl RequestError {
             TransportError::ConnectionLost(reason) => {
                 RequestError::ConnectionLost { owner, reason }
             }
+            TransportError::Unavailable { transport, reason } => {
+                RequestError::TransportUnavailable {
+                    owner,
+                    transport,
+                    reason,
+                }
+            }
+            TransportError::OneSided { transport, reason } => RequestError::OneSided {
+                owner,
+                transport,
+                reason,
+            },
             other => RequestError::Protocol {
                 owner,
                 what: other.to_string(),

@@ -21,12 +21,13 @@ mod error;
 pub mod fleet;
 mod local;
 mod object;
+mod one_sided;
 mod proxy;
 pub mod spawn;
 mod store;
 
 pub use archived::Archived;
-pub use config::{ClientConfig, SpawnPolicy};
+pub use config::{ClientConfig, SpawnPolicy, TransportChoice};
 pub use dimstore_proto::{Key, KeyParseError, ObjectId, ServerStats, TransportStats};
 pub use error::{ConnectError, GetError, PutError, RequestError, SetError};
 pub use local::{LocalMode, Reservation};

@@ -497,13 +497,28 @@ impl Store {
             Response::Error(e) => return Err(RequestError::from_reply(owner, e)),
             other => return Err(unexpected(owner, &other)),
         };
-        let peer = match self.same_node_peer(&hello, deadline) {
+        let choice = self.inner.config.transport;
+        let local = match choice.forced_one_sided() {
+            Some(_) => None,
+            None => self.same_node_peer(&hello, deadline),
+        };
+        let peer = match local {
             Some(local) => local,
-            None => Peer {
-                connection: Arc::new(connection),
-                hello,
-                mappings: None,
-            },
+            None => {
+                let chosen = crate::one_sided::choose(
+                    connection,
+                    &hello,
+                    choice,
+                    self.inner.config.one_sided_from,
+                    deadline,
+                )
+                .map_err(fail)?;
+                Peer {
+                    connection: chosen.connection,
+                    hello,
+                    mappings: None,
+                }
+            }
         };
         let peer = Arc::new(peer);
         *slot = Some(Arc::clone(&peer));

@@ -71,6 +71,14 @@ pub struct Args {
     /// that process was killed without a chance to stop it.
     #[arg(long, env = "DIMSTORE_EXIT_WITH_PARENT")]
     pub exit_with_parent: bool,
+    /// One-sided (RDMA) transports to export object memory on: `auto` (each of ucx, ofi
+    /// that starts here; the others are logged and skipped), `none`, or a list like
+    /// `ucx,ofi` (each must start, or the server exits naming why). UCX reads its own UCX_*
+    /// variables; libfabric's provider comes from DIMSTORE_OFI_PROVIDER (default
+    /// `tcp;ofi_rxm`) and its address from DIMSTORE_OFI_NODE (default: the advertised
+    /// host). [default: auto]
+    #[arg(long, env = "DIMSTORE_ONE_SIDED", value_name = "auto|none|LIST")]
+    pub one_sided: Option<OneSided>,
     /// Worker threads serving connections. [default: 2]
     #[arg(long, env = "DIMSTORE_THREADS")]
     pub threads: Option<usize>,
@@ -105,6 +113,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     stall_timeout: Option<Duration>,
     threads: Option<usize>,
+    one_sided: Option<String>,
     log: Option<String>,
     cpu_bind: Option<String>,
     numa: Option<u32>,
@@ -118,6 +127,40 @@ mod humantime_serde_opt {
         Option::<String>::deserialize(d)?
             .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+/// Which one-sided transports a server exports its memory on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OneSided {
+    /// Every one that starts.
+    Auto,
+    /// None.
+    None,
+    /// These, each required.
+    Required(Vec<String>),
+}
+
+/// One-sided transport names this build knows.
+pub const ONE_SIDED_TRANSPORTS: [&str; 2] = ["ucx", "ofi"];
+
+impl std::str::FromStr for OneSided {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(OneSided::Auto),
+            "none" | "" => Ok(OneSided::None),
+            list => {
+                let names: Vec<String> = list.split(',').map(|n| n.trim().to_string()).collect();
+                match names.iter().find(|n| !ONE_SIDED_TRANSPORTS.contains(&n.as_str())) {
+                    Some(bad) => Err(format!(
+                        "unknown one-sided transport {bad:?} (expected auto, none, or a list of {})",
+                        ONE_SIDED_TRANSPORTS.join(", ")
+                    )),
+                    None => Ok(OneSided::Required(names)),
+                }
+            }
+        }
     }
 }
 
@@ -147,6 +190,8 @@ pub struct ServerConfig {
     pub stall_timeout: Duration,
     /// Exit when the parent process exits.
     pub exit_with_parent: bool,
+    /// One-sided transports to export memory on.
+    pub one_sided: OneSided,
     /// Worker threads.
     pub threads: usize,
     /// Log filter.
@@ -251,6 +296,16 @@ impl ServerConfig {
                 .unwrap_or(Duration::from_secs(30)),
             exit_with_parent: args.exit_with_parent,
             threads,
+            one_sided: match args.one_sided {
+                Some(o) => o,
+                None => file
+                    .one_sided
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(ConfigError::Invalid)?
+                    .unwrap_or(OneSided::Auto),
+            },
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             cpu_bind,
             numa: args.numa.or(file.numa),

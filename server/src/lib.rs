@@ -14,6 +14,7 @@ use dimstore_transport::tcp::ServeOptions;
 use tokio::net::TcpListener;
 
 pub mod config;
+pub mod one_sided;
 pub mod placement;
 pub mod service;
 pub mod session;
@@ -54,6 +55,9 @@ pub enum ServerError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A required one-sided transport could not start.
+    #[error("cannot start one-sided transport: {0}")]
+    OneSided(dimstore_transport::TransportError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -98,6 +102,12 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
     if local_path.is_some() {
         transports.push(LOCAL_TRANSPORT.to_string());
     }
+    let host = advertised
+        .rsplit_once(':')
+        .map_or(advertised.as_str(), |(h, _)| h)
+        .trim_matches(['[', ']']);
+    let (offers, exporters) =
+        one_sided::start(&config.one_sided, host).map_err(ServerError::OneSided)?;
     let identity = ServiceIdentity {
         node: config.node.clone(),
         advertised: advertised.clone(),
@@ -105,13 +115,18 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         server_id,
         transports,
         local_socket: local_path.as_ref().map(|p| p.display().to_string()),
+        one_sided: offers,
         binding,
     };
     let arena = Arena::new(ArenaConfig {
         capacity: config.memory_limit,
         segment_size: config.segment_size,
     });
-    let service = StoreService::new(ObjectStore::new(arena, server_id), identity.clone());
+    let service = StoreService::new(
+        ObjectStore::new(arena, server_id),
+        identity.clone(),
+        exporters,
+    );
     let options = ServeOptions {
         limits: FrameLimits {
             max_body: 16 << 20,
@@ -123,6 +138,17 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
     let stop = Arc::new(tokio::sync::Notify::new());
     let reason = Arc::new(std::sync::Mutex::new(None));
     spawn_stop_watchers(&service, &config, &stop, &reason)?;
+    if !identity.one_sided.is_empty() {
+        // Registrations of segments the arena released go within a second.
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                service.sweep_registrations();
+            }
+        });
+    }
 
     if let Some(path) = &config.ready_file {
         write_ready_file(
@@ -132,7 +158,12 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
                 pid: std::process::id(),
                 node: config.node.clone(),
                 server_id,
-                transports: identity.transports.clone(),
+                transports: identity
+                    .transports
+                    .iter()
+                    .cloned()
+                    .chain(identity.one_sided.iter().map(|o| o.transport.clone()))
+                    .collect(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
         )?;

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use dimstore_arena::Allocation;
 use dimstore_proto::{
-    ErrorReply, GetItem, HelloReply, ObjectId, Request, Reservation, Response, SegmentInfo,
-    ServerStats, Status, TransportStats, PROTOCOL_VERSION,
+    ErrorReply, GetItem, HelloReply, ObjectId, OneSidedOffer, Request, Reservation, Response,
+    SegmentInfo, SegmentKey, ServerStats, Status, TransportStats, PROTOCOL_VERSION,
 };
+use dimstore_transport::onesided::Exporter;
 use dimstore_transport::{Outcome, PeerInfo, Reply, Service};
 use tokio::sync::Notify;
 
@@ -31,6 +32,8 @@ pub struct ServiceIdentity {
     pub transports: Vec<String>,
     /// Unix socket for same-node clients, if offered.
     pub local_socket: Option<String>,
+    /// One-sided transports, told to authenticated clients.
+    pub one_sided: Vec<OneSidedOffer>,
     /// CPU and memory binding of the server's threads, as reported in stats.
     pub binding: String,
 }
@@ -55,10 +58,23 @@ pub struct ServiceState {
     counters: Counters,
     live: Arc<LiveCounts>,
     per_transport: Mutex<Vec<TransportStats>>,
+    exporters: Exporters,
     /// Notified when a client asks the server to stop.
     pub shutdown: Arc<Notify>,
     connections: AtomicU64,
     last_activity_ms: AtomicU64,
+}
+
+/// The one-sided transports' server sides, in the order of [`ServiceIdentity::one_sided`].
+#[derive(Default)]
+pub struct Exporters(pub Vec<Arc<dyn Exporter>>);
+
+impl std::fmt::Debug for Exporters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|e| e.name()))
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -83,8 +99,31 @@ pub struct Session {
     mapped: bool,
     /// Smaller objects are copied inline even on a mapped session.
     map_from: u64,
+    /// Gets are answered with remote regions for this one-sided transport.
+    one_sided: Option<OneSidedUse>,
     leases: Leases,
     reservations: Reservations,
+}
+
+/// How a get's found objects travel, fixed per session.
+struct ReplyPolicy {
+    /// Mapped, from this size on.
+    mapped: Option<u64>,
+    /// One-sided, from the transport's threshold on.
+    one_sided: Option<OneSidedUse>,
+    /// Leases pinning mapped or remote objects.
+    leases: Leases,
+    /// A same-node socket (copies are counted).
+    local: bool,
+}
+
+/// A session's one-sided transport.
+#[derive(Debug, Clone, Copy)]
+struct OneSidedUse {
+    /// Index into [`Exporters`].
+    exporter: usize,
+    /// Smaller objects come inline.
+    from: u64,
 }
 
 impl Drop for Session {
@@ -93,18 +132,25 @@ impl Drop for Session {
         self.service.touch();
         self.service
             .adjust_transport(self.peer.transport, |t| t.connections -= 1);
+        if let Some(used) = self.one_sided {
+            let name = self.service.exporters.0[used.exporter].name();
+            self.service.adjust_transport(name, |t| t.connections -= 1);
+        }
         tracing::debug!(peer = %self.peer.address, "session closed");
     }
 }
 
 impl StoreService {
-    /// A service over `store`.
-    pub fn new(store: ObjectStore, identity: ServiceIdentity) -> Self {
+    /// A service over `store`, exporting its memory with `exporters` (one per
+    /// [`ServiceIdentity::one_sided`] offer).
+    pub fn new(store: ObjectStore, identity: ServiceIdentity, exporters: Exporters) -> Self {
         let per_transport = identity
             .transports
             .iter()
+            .map(String::as_str)
+            .chain(exporters.0.iter().map(|e| e.name()))
             .map(|name| TransportStats {
-                name: name.clone(),
+                name: name.to_string(),
                 ..Default::default()
             })
             .collect();
@@ -115,6 +161,7 @@ impl StoreService {
             counters: Counters::default(),
             live: Arc::default(),
             per_transport: Mutex::new(per_transport),
+            exporters,
             shutdown: Arc::new(Notify::new()),
             connections: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
@@ -159,12 +206,33 @@ impl StoreService {
             copied_local_gets: c.copied_local_gets.load(Ordering::Relaxed),
             leases: self.live.leases.load(Ordering::Relaxed),
             reservations: self.live.reservations.load(Ordering::Relaxed),
-            transports: self
-                .per_transport
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            transports: self.transport_stats(),
             binding: self.identity.binding.clone(),
+        }
+    }
+
+    /// Per-transport counters, with the one-sided transports' live registrations.
+    fn transport_stats(&self) -> Vec<TransportStats> {
+        for exporter in &self.exporters.0 {
+            exporter.sweep();
+        }
+        let mut all = self
+            .per_transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for exporter in &self.exporters.0 {
+            if let Some(t) = all.iter_mut().find(|t| t.name == exporter.name()) {
+                t.registrations = exporter.live_registrations();
+            }
+        }
+        all
+    }
+
+    /// Drops the registrations of segments the arena has let go.
+    pub fn sweep_registrations(&self) {
+        for exporter in &self.exporters.0 {
+            exporter.sweep();
         }
     }
 
@@ -184,13 +252,15 @@ impl StoreService {
         self.counters
             .gets
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        let leases = session
-            .mapped
-            .then(|| (session.leases.clone(), session.map_from));
-        let local = session.peer.transport == crate::LOCAL_TRANSPORT;
+        let policy = ReplyPolicy {
+            mapped: session.mapped.then_some(session.map_from),
+            one_sided: session.one_sided,
+            leases: session.leases.clone(),
+            local: session.peer.transport == crate::LOCAL_TRANSPORT,
+        };
         let found = self.store.lookup(&ids);
         if wait_ms == 0 || !found.iter().any(|l| matches!(l, Lookup::Reserved)) {
-            return Outcome::Ready(self.get_reply(found, leases.as_ref(), local));
+            return Outcome::Ready(self.get_reply(found, &policy));
         }
         let service = self.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
@@ -202,37 +272,41 @@ impl StoreService {
                 let found = service.store.lookup(&ids);
                 let waiting = found.iter().any(|l| matches!(l, Lookup::Reserved));
                 if !waiting || tokio::time::Instant::now() >= deadline {
-                    return service.get_reply(found, leases.as_ref(), local);
+                    return service.get_reply(found, &policy);
                 }
                 let _ = tokio::time::timeout_at(deadline, changed).await;
             }
         }))
     }
 
-    /// Found objects travel as leases on mapped memory (`leases` given) or as payload.
-    fn get_reply(
-        &self,
-        found: Vec<Lookup>,
-        leases: Option<&(Leases, u64)>,
-        local: bool,
-    ) -> Reply<Object> {
+    /// Found objects travel as leases on mapped memory, as remote regions to read
+    /// one-sided, or as payload.
+    fn get_reply(&self, found: Vec<Lookup>, policy: &ReplyPolicy) -> Reply<Object> {
         let mut items = Vec::with_capacity(found.len());
         let mut payload = Vec::new();
-        let mut hits = 0;
+        let (mut hits, mut mapped, mut one_sided_bytes) = (0, 0, 0);
         for lookup in found {
             items.push(match lookup {
                 Lookup::Found(object) => {
                     hits += 1;
                     let size = object.len();
-                    match (leases, object.location()) {
-                        (Some((leases, map_from)), Some((segment, offset)))
-                            if size >= *map_from =>
-                        {
+                    match (policy.mapped, policy.one_sided, object.location()) {
+                        (Some(map_from), _, Some((segment, offset))) if size >= map_from => {
+                            mapped += 1;
                             GetItem::Mapped {
                                 size,
                                 segment,
                                 offset,
-                                lease: leases.grant(object),
+                                lease: policy.leases.grant(object),
+                            }
+                        }
+                        (_, Some(used), Some((segment, offset))) if size >= used.from => {
+                            one_sided_bytes += size;
+                            GetItem::Remote {
+                                size,
+                                segment,
+                                offset,
+                                lease: policy.leases.grant(object),
                             }
                         }
                         _ => {
@@ -247,11 +321,15 @@ impl StoreService {
         }
         let c = &self.counters;
         c.get_hits.fetch_add(hits, Ordering::Relaxed);
-        if leases.is_some() {
-            c.mapped_gets
-                .fetch_add(hits - payload.len() as u64, Ordering::Relaxed);
+        c.mapped_gets.fetch_add(mapped, Ordering::Relaxed);
+        if let (Some(used), true) = (policy.one_sided, one_sided_bytes > 0) {
+            let name = self.exporters.0[used.exporter].name();
+            self.adjust_transport(name, |t| {
+                t.one_sided_bytes += one_sided_bytes;
+                t.bytes_served += one_sided_bytes;
+            });
         }
-        if local {
+        if policy.local {
             c.copied_local_gets
                 .fetch_add(payload.len() as u64, Ordering::Relaxed);
         }
@@ -290,12 +368,72 @@ impl StoreService {
             max_object: self.store.arena().config().capacity,
             local_socket: self.identity.local_socket.clone(),
             mapped: session.mapped,
+            one_sided: self.identity.one_sided.clone(),
         }))
+    }
+
+    /// Switches the session's gets to one-sided replies.
+    fn use_one_sided(
+        &self,
+        session: &mut Session,
+        transport: &str,
+        from: u64,
+    ) -> Result<Response, ErrorReply> {
+        let Some(exporter) = self.exporters.0.iter().position(|e| e.name() == transport) else {
+            let offered: Vec<&str> = self.exporters.0.iter().map(|e| e.name()).collect();
+            return Err(ErrorReply::new(
+                Status::BadRequest,
+                format!("this server does not offer one-sided transport {transport:?} (it offers {offered:?})"),
+            ));
+        };
+        if session.one_sided.is_none() {
+            self.adjust_transport(self.exporters.0[exporter].name(), |t| t.connections += 1);
+        } else if let Some(old) = session.one_sided {
+            let name = self.exporters.0[old.exporter].name();
+            self.adjust_transport(name, |t| t.connections -= 1);
+            self.adjust_transport(self.exporters.0[exporter].name(), |t| t.connections += 1);
+        }
+        session.one_sided = Some(OneSidedUse { exporter, from });
+        Ok(Response::Done)
+    }
+
+    /// Remote keys of arena segments on the session's one-sided transport (registered on
+    /// first use).
+    fn segment_keys(&self, session: &Session, ids: &[u32]) -> Result<Response, ErrorReply> {
+        let Some(used) = session.one_sided else {
+            return Err(ErrorReply::new(
+                Status::BadRequest,
+                "segment keys need a connection that asked for one-sided replies",
+            ));
+        };
+        let exporter = &self.exporters.0[used.exporter];
+        let mut keys = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let Some(segment) = self.store.arena().segment(id) else {
+                return Err(ErrorReply::new(
+                    Status::NotFound,
+                    format!("segment {id} is not mapped (any more)"),
+                ));
+            };
+            let region = exporter.export(id, &segment).map_err(|e| {
+                ErrorReply::new(
+                    Status::Internal,
+                    format!("cannot register segment {id}: {e}"),
+                )
+            })?;
+            keys.push(SegmentKey {
+                id,
+                address: region.address,
+                key: region.key,
+            });
+        }
+        Ok(Response::SegmentKeys { keys })
     }
 
     /// Same-node requests, refused on connections that may not map.
     fn same_node(&self, session: &mut Session, request: Request) -> Reply<Object> {
-        if !session.mapped {
+        let releasing = matches!(request, Request::Release { .. });
+        if !session.mapped && !(releasing && session.one_sided.is_some()) {
             return Reply::error(ErrorReply::new(
                 Status::BadRequest,
                 "mapping requests need a same-node, same-user connection that asked for mapping",
@@ -422,6 +560,7 @@ impl Service for StoreService {
             greeted: false,
             mapped: false,
             map_from: 0,
+            one_sided: None,
             leases: Leases::new(Arc::clone(&self.live)),
             reservations: Reservations::new(Arc::clone(&self.live)),
         }
@@ -517,6 +656,12 @@ impl Service for StoreService {
                 }
             }
             Request::Stats => Response::Stats(self.stats()),
+            Request::UseOneSided { transport, from } => self
+                .use_one_sided(session, &transport, from)
+                .unwrap_or_else(Response::Error),
+            Request::SegmentKeys { ids } => self
+                .segment_keys(session, &ids)
+                .unwrap_or_else(Response::Error),
             Request::Shutdown => {
                 tracing::info!(peer = %session.peer.address, "shutdown requested by client");
                 self.shutdown.notify_one();

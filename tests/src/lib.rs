@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dimstore::{ClientConfig, LocalMode, SpawnPolicy, Store};
+use dimstore::{ClientConfig, LocalMode, SpawnPolicy, Store, TransportChoice};
 use dimstore_proto::ReadyFile;
 
 pub mod suite;
@@ -70,8 +70,11 @@ impl TestServer {
         let ready_path = dir.path().join("ready.json");
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
         let mut command = Command::new(binary("dimstore-server"));
+        if !options.extra.iter().any(|a| a == "--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0", "--node", &options.node])
+            .args(["--node", &options.node])
             .args(["--memory-limit", &options.memory_limit])
             .arg("--ready-file")
             .arg(&ready_path)
@@ -185,19 +188,62 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Client configuration for tests: short timeout, never spawn, the given transport
-/// (`tcp`: everything over TCP; `local`: a client's own server over its Unix socket, with
-/// mapped gets).
+/// The transports the suite runs against: `tcp` (everything over TCP), `local` (a client's
+/// own server over its Unix socket, with mapped gets), and the one-sided transports on each
+/// provider this machine has: `ucx-tcp`, `ucx-shm` (UCX_TLS=posix,sysv,cma), `ofi-tcp`
+/// (`tcp;ofi_rxm`), `ofi-shm`.
+pub const SUITE_TRANSPORTS: [&str; 6] =
+    ["tcp", "local", "ucx-tcp", "ucx-shm", "ofi-tcp", "ofi-shm"];
+
+/// Sets the environment a suite transport needs, for this process and the servers it
+/// starts (call first thing in a test: tests run one per process under nextest). One-sided
+/// transports are required of the servers (`DIMSTORE_ONE_SIDED`), so a transport that fails
+/// to start fails the test instead of silently falling back.
+pub fn prepare(transport: &str) {
+    let vars: &[(&str, &str)] = match transport {
+        "tcp" | "local" => &[("DIMSTORE_ONE_SIDED", "none")],
+        "ucx-tcp" => &[
+            ("DIMSTORE_ONE_SIDED", "ucx"),
+            ("UCX_TLS", "tcp"),
+            ("UCX_NET_DEVICES", "lo"),
+        ],
+        "ucx-shm" => &[("DIMSTORE_ONE_SIDED", "ucx"), ("UCX_TLS", "posix,sysv,cma")],
+        "ofi-tcp" => &[
+            ("DIMSTORE_ONE_SIDED", "ofi"),
+            ("DIMSTORE_OFI_PROVIDER", "tcp;ofi_rxm"),
+            ("DIMSTORE_OFI_NODE", "127.0.0.1"),
+        ],
+        "ofi-shm" => &[
+            ("DIMSTORE_ONE_SIDED", "ofi"),
+            ("DIMSTORE_OFI_PROVIDER", "shm"),
+        ],
+        other => panic!("unknown suite transport {other} (expected one of {SUITE_TRANSPORTS:?})"),
+    };
+    for (name, value) in vars {
+        std::env::set_var(name, value);
+    }
+}
+
+/// The transport name a suite transport reports in stats (`ucx-tcp` → `ucx`).
+pub fn transport_name(transport: &str) -> &str {
+    transport.split('-').next().unwrap_or(transport)
+}
+
+/// Client configuration for tests: short timeout, never spawn, the given suite transport
+/// (see [`SUITE_TRANSPORTS`]).
 pub fn test_config(transport: &str) -> ClientConfig {
-    let local = match transport {
-        "tcp" => LocalMode::Off,
-        "local" => LocalMode::Map,
-        other => panic!("transport {other} is not built yet"),
+    let (local, choice) = match transport_name(transport) {
+        "tcp" => (LocalMode::Off, TransportChoice::Tcp),
+        "local" => (LocalMode::Map, TransportChoice::Auto),
+        "ucx" => (LocalMode::Off, TransportChoice::Ucx),
+        "ofi" => (LocalMode::Off, TransportChoice::Ofi),
+        other => panic!("unknown suite transport {other}"),
     };
     ClientConfig {
         timeout: Duration::from_secs(10),
         spawn: SpawnPolicy::Never,
         local,
+        transport: choice,
         ..ClientConfig::default()
     }
 }

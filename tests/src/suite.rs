@@ -15,6 +15,7 @@ macro_rules! transport_suite {
         $(
             #[test]
             fn $name() {
+                $crate::prepare($transport);
                 $crate::suite::$name($transport);
             }
         )*
@@ -35,6 +36,7 @@ macro_rules! transport_suite {
             wrong_token_is_refused,
             archived_values_and_proxies_round_trip,
             sizes_from_empty_to_megabytes_round_trip,
+            large_gets_move_by_the_transport,
         );
     };
 }
@@ -365,7 +367,7 @@ pub fn threads_share_one_connection(transport: &str) {
     let used = stats
         .transports
         .iter()
-        .find(|t| t.name == transport)
+        .find(|t| t.name == crate::transport_name(transport))
         .expect("transport stats");
     assert_eq!(
         used.connections, 1,
@@ -471,4 +473,57 @@ pub fn sizes_from_empty_to_megabytes_round_trip(transport: &str) {
             "size {size}"
         );
     }
+}
+
+/// Objects above the one-sided threshold move by the transport under test: the owner counts
+/// them as one-sided bytes of that transport (and TCP ones as TCP bytes), leases end with
+/// the read, and small objects still come inline.
+pub fn large_gets_move_by_the_transport(transport: &str) {
+    let cluster = Cluster::start(2);
+    let (owner, reader) = (&cluster.servers[0], &cluster.servers[1]);
+    let producer = owner.client(transport);
+    let consumer = reader.client(transport);
+    let big = pattern(3 << 20, 7);
+    let small = pattern(100, 8);
+    let (big_key, small_key) = (
+        producer.put(&big).expect("put big"),
+        producer.put(&small).expect("put small"),
+    );
+    assert_eq!(&consumer.get(&big_key).expect("get big")[..], &big[..]);
+    assert_eq!(
+        &consumer.get(&small_key).expect("get small")[..],
+        &small[..]
+    );
+    let got = consumer
+        .get_batch(&[small_key.clone(), big_key.clone(), small_key])
+        .expect("batch");
+    assert_eq!(&got[0].as_deref().expect("small")[..], &small[..]);
+    assert_eq!(&got[1].as_deref().expect("big")[..], &big[..]);
+    assert_eq!(&got[2].as_deref().expect("small")[..], &small[..]);
+
+    let stats = producer.stats().expect("stats");
+    let name = crate::transport_name(transport);
+    let row = |n: &str| stats.transports.iter().find(|t| t.name == n).cloned();
+    match name {
+        "ucx" | "ofi" => {
+            let t = row(name).unwrap_or_else(|| panic!("no {name} row in {stats:?}"));
+            assert_eq!(
+                t.one_sided_bytes,
+                2 * big.len() as u64,
+                "the big object was read one-sided twice, the small one never: {t:?}"
+            );
+            assert!(t.registrations >= 1, "its segment is registered: {t:?}");
+            assert_eq!(
+                t.connections, 2,
+                "the producer's and the consumer's connections use {name}: {t:?}"
+            );
+        }
+        _ => {
+            assert!(
+                stats.transports.iter().all(|t| t.one_sided_bytes == 0),
+                "{stats:?}"
+            );
+        }
+    }
+    assert_eq!(stats.leases, 0, "every lease ended with its read");
 }

@@ -19,7 +19,12 @@ use dimstore::{ClientConfig, Key, SpawnPolicy, Store};
         the key, which fetches the bytes straight from the owning server.\n\n\
         This node's server is found through the fleet file (DIMSTORE_FLEET, written by \
         dimstore-launch), an explicit DIMSTORE_SERVER address, or the runtime directory \
-        (DIMSTORE_RUNTIME_DIR); when none runs, one is spawned (DIMSTORE_SPAWN=never to forbid)."
+        (DIMSTORE_RUNTIME_DIR); when none runs, one is spawned (DIMSTORE_SPAWN=never to forbid).\n\n\
+        Object bytes from other nodes move by the transport DIMSTORE_TRANSPORT names: `auto` \
+        (default: mapped memory for this node's server, else the first one-sided transport the \
+        owner offers, else TCP), `tcp`, `ucx` or `ofi` (one-sided reads of the owner's \
+        registered memory; an error if unavailable). UCX honours its UCX_* variables; \
+        libfabric uses DIMSTORE_OFI_PROVIDER (default `tcp;ofi_rxm`) and DIMSTORE_OFI_NODE."
 )]
 struct Cli {
     /// Act as a client on this fleet node (index from 0, or name).
@@ -190,8 +195,8 @@ fn stat(store: &Store, config: &ClientConfig, json: bool, all: bool) -> anyhow::
         println!("  binding: {}", s.binding);
         for t in &s.transports {
             println!(
-                "  {}: {} connections, {} bytes served ({} one-sided)",
-                t.name, t.connections, t.bytes_served, t.one_sided_bytes
+                "  {}: {} connections, {} bytes served ({} one-sided, {} registrations)",
+                t.name, t.connections, t.bytes_served, t.one_sided_bytes, t.registrations
             );
         }
     }
@@ -209,6 +214,7 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
                 "connections": t.connections,
                 "bytes_served": t.bytes_served,
                 "one_sided_bytes": t.one_sided_bytes,
+                "registrations": t.registrations,
             })
         })
         .collect();

@@ -1,0 +1,3 @@
+//! The transport suite over libfabric tcp;ofi_rxm.
+
+dimstore_tests::transport_suite!("ofi-tcp");

@@ -1,0 +1,262 @@
+//! One-sided transports beyond the shared suite: an owner killed during a 256 MiB read, an
+//! evict racing a read, stale keys after an owner restarts on the same address, `auto`
+//! picking a one-sided transport, and a forced transport the owner does not offer. Each runs
+//! over UCX (UCX_TLS=tcp) and libfabric (tcp;ofi_rxm).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dimstore::{ConnectError, GetError, RequestError, Store, TransportChoice};
+use dimstore_tests::{pattern, prepare, test_config, transport_name, ServerOptions, TestServer};
+
+macro_rules! per_transport {
+    ($($module:ident => $transport:literal),* $(,)?) => {
+        $(
+            mod $module {
+                #[test]
+                fn owner_killed_during_a_large_read() {
+                    super::owner_killed_during_a_large_read($transport);
+                }
+                #[test]
+                fn evict_during_a_read_waits_for_it() {
+                    super::evict_during_a_read_waits_for_it($transport);
+                }
+                #[test]
+                fn restarted_owner_never_serves_through_stale_keys() {
+                    super::restarted_owner_never_serves_through_stale_keys($transport);
+                }
+                #[test]
+                fn auto_picks_the_one_sided_transport() {
+                    super::auto_picks_the_one_sided_transport($transport);
+                }
+                #[test]
+                fn forced_transport_not_offered_is_a_clear_error() {
+                    super::forced_transport_not_offered_is_a_clear_error($transport);
+                }
+            }
+        )*
+    };
+}
+
+per_transport!(ucx => "ucx-tcp", ofi => "ofi-tcp");
+
+const BIG: usize = 256 << 20;
+
+fn server(node: &str, extra: &[&str]) -> TestServer {
+    TestServer::start(ServerOptions {
+        node: node.into(),
+        memory_limit: "600MiB".into(),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+        ..ServerOptions::default()
+    })
+}
+
+/// Waits (bounded) until the owner has handed out at least `bytes` for one-sided reads:
+/// the reader's transfer has begun.
+fn wait_until_read_starts(owner: &Store, transport: &str, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = owner.stats().expect("owner stats");
+        let served = stats
+            .transports
+            .iter()
+            .find(|t| t.name == transport_name(transport))
+            .map_or(0, |t| t.one_sided_bytes);
+        if served >= bytes {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the read never started: {stats:?}"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// kill -9 of the owner while a 256 MiB object is being read: the get ends with a typed
+/// error within its timeout (or, if the read won the race, with the right bytes), and the
+/// reader keeps working with other servers.
+pub fn owner_killed_during_a_large_read(transport: &str) {
+    prepare(transport);
+    // Small chunks, one in flight: the transfer lasts long enough to be interrupted.
+    std::env::set_var("DIMSTORE_UCX_CHUNK", "262144");
+    std::env::set_var("DIMSTORE_OFI_CHUNK", "262144");
+    std::env::set_var("DIMSTORE_UCX_IN_FLIGHT", "1");
+    std::env::set_var("DIMSTORE_OFI_IN_FLIGHT", "1");
+    let timeout = Duration::from_secs(5);
+    let data = Arc::new(pattern(BIG, 3));
+    let mut interrupted = 0;
+    for attempt in 0..3 {
+        let mut owner = server("n0", &[]);
+        let other = server("n1", &[]);
+        let producer = owner.client(transport);
+        let consumer = other.client(transport).with_timeout(timeout);
+        let key = producer.put(&data).expect("put 256 MiB");
+        let local_key = consumer
+            .put(b"still here")
+            .expect("put on the reader's node");
+        let reading = {
+            let (consumer, key) = (consumer.clone(), key.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let result = consumer.get(&key);
+                (result, started.elapsed())
+            })
+        };
+        wait_until_read_starts(&producer, transport, BIG as u64);
+        owner.kill();
+        let (result, took) = reading.join().expect("reader thread");
+        assert!(
+            took < timeout + Duration::from_secs(5),
+            "attempt {attempt}: the get must end by its timeout, took {took:?}"
+        );
+        match result {
+            Ok(bytes) => assert!(
+                bytes[..] == data[..],
+                "a completed read has the right bytes"
+            ),
+            Err(GetError::Request(
+                RequestError::OneSided { .. }
+                | RequestError::ConnectionLost { .. }
+                | RequestError::Timeout { .. }
+                | RequestError::Unreachable { .. },
+            )) => interrupted += 1,
+            Err(other) => {
+                panic!("attempt {attempt}: expected a typed transport error, got {other:?}")
+            }
+        }
+        assert_eq!(
+            &consumer
+                .get(&local_key)
+                .expect("the reader's own node still serves")[..],
+            b"still here"
+        );
+        if interrupted > 0 {
+            break;
+        }
+    }
+    assert!(interrupted > 0, "no attempt interrupted a read in flight");
+}
+
+/// An evict arriving while a 256 MiB object is read: the read completes with the right
+/// bytes (the lease defers the free), then the object is gone (typed NotFound) and its
+/// memory returns.
+pub fn evict_during_a_read_waits_for_it(transport: &str) {
+    prepare(transport);
+    std::env::set_var("DIMSTORE_UCX_CHUNK", "1048576");
+    std::env::set_var("DIMSTORE_OFI_CHUNK", "1048576");
+    let owner = server("n0", &[]);
+    let other = server("n1", &[]);
+    let producer = owner.client(transport);
+    let consumer = other.client(transport);
+    let data = Arc::new(pattern(BIG, 4));
+    let key = producer.put(&data).expect("put");
+    let reading = {
+        let (consumer, key) = (consumer.clone(), key.clone());
+        std::thread::spawn(move || consumer.get(&key))
+    };
+    wait_until_read_starts(&producer, transport, BIG as u64);
+    assert!(producer.evict(&key).expect("evict"), "the object was there");
+    let got = reading
+        .join()
+        .expect("reader")
+        .expect("the read in flight completes");
+    assert!(got[..] == data[..], "bytes intact despite the evict");
+    match consumer.get(&key) {
+        Err(GetError::NotFound(_)) => {}
+        other => panic!("a read after the evict must be NotFound, got {other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = producer.stats().expect("stats");
+        if stats.leases == 0 && stats.bytes_used == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "memory never returned: {stats:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The owner dies and a new one starts on the same address: the client's keys (rkeys,
+/// segment addresses) belonged to the old process and must never be used against the new
+/// one. Gets of new objects return their bytes; the old object is NotFound.
+pub fn restarted_owner_never_serves_through_stale_keys(transport: &str) {
+    prepare(transport);
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+        probe.local_addr().expect("addr").port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let other = server("n1", &[]);
+    let consumer = other.client(transport);
+    let old = pattern(4 << 20, 5);
+    let old_key = {
+        let mut first = server("n0", &["--listen", &listen]);
+        let key = first.client(transport).put(&old).expect("put");
+        assert_eq!(&consumer.get(&key).expect("get")[..], &old[..]);
+        first.kill();
+        key
+    };
+    let second = server("n0", &["--listen", &listen]);
+    let new = pattern(4 << 20, 6);
+    let new_key = second
+        .client(transport)
+        .put(&new)
+        .expect("put on the new owner");
+    assert_eq!(new_key.owner, old_key.owner, "same address");
+    // The first call may find the old connection broken; the next one reconnects.
+    let got = match consumer.get(&new_key) {
+        Ok(bytes) => bytes,
+        Err(GetError::Request(RequestError::ConnectionLost { .. })) => {
+            consumer.get(&new_key).expect("get after reconnecting")
+        }
+        Err(e) => panic!("unexpected error after the restart: {e}"),
+    };
+    assert_eq!(&got[..], &new[..], "bytes of the new owner's object");
+    match consumer.get(&old_key) {
+        Err(GetError::NotFound(_)) => {}
+        other => panic!("the old object is gone with its owner, got {other:?}"),
+    }
+}
+
+/// `DIMSTORE_TRANSPORT=auto` takes the owner's one-sided transport for a remote node.
+pub fn auto_picks_the_one_sided_transport(transport: &str) {
+    prepare(transport);
+    let owner = server("n0", &[]);
+    let other = server("n1", &[]);
+    let key = owner
+        .client(transport)
+        .put(&pattern(1 << 20, 9))
+        .expect("put");
+    let consumer = other.client_with(transport, |c| c.transport = TransportChoice::Auto);
+    assert_eq!(consumer.get(&key).expect("get").len(), 1 << 20);
+    let stats = consumer.stats_of(&key.owner).expect("stats");
+    let row = stats
+        .transports
+        .iter()
+        .find(|t| t.name == transport_name(transport))
+        .expect("transport row");
+    assert_eq!(row.one_sided_bytes, 1 << 20, "{stats:?}");
+}
+
+/// A forced transport the owner does not offer fails the connection with a typed error
+/// naming it, instead of silently using TCP.
+pub fn forced_transport_not_offered_is_a_clear_error(transport: &str) {
+    prepare(transport);
+    let owner = server("n0", &["--one-sided", "none"]);
+    match Store::connect(owner.address(), test_config(transport)) {
+        Err(ConnectError::Request(RequestError::TransportUnavailable {
+            transport: name,
+            reason,
+            ..
+        })) => {
+            assert_eq!(name, transport_name(transport));
+            assert!(reason.contains("does not offer"), "{reason}");
+        }
+        Ok(_) => panic!("connected although the owner offers no {transport}"),
+        Err(e) => panic!("expected TransportUnavailable, got {e}"),
+    }
+}
