@@ -16,6 +16,9 @@
 //! [`report`] turns the measurements into tables of ratios, a verdict on the project's
 //! targets, and CSV. Every loop is bounded in iterations and in time.
 //!
+//! [`rdma`] (`dimstore-bench rdma`) measures the one-sided transports (UCX, libfabric)
+//! across two local "nodes" next to the raw transports' own tools on the same provider.
+//!
 //! With the `mpi` feature (on by default), [`mpirun`] measures communication patterns
 //! across MPI ranks through a fleet (`mpirun -n N dimstore-bench mpi`), against plain MPI.
 #![forbid(unsafe_code)]
@@ -27,6 +30,7 @@ pub mod measure;
 pub mod mpirun;
 pub mod options;
 pub mod placement;
+pub mod rdma;
 pub mod report;
 pub mod run;
 pub mod throughput;

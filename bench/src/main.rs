@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use dimstore_bench::contenders::raw_tcp;
 use dimstore_bench::options::Parts;
+use dimstore_bench::rdma::{self, fi_read, get, ucx_get, RdmaArgs};
 use dimstore_bench::throughput::{worker, WorkerArgs};
 use dimstore_bench::zero_copy::{self, ZeroCopyArgs};
 use dimstore_bench::{run::run, RunArgs, Settings};
@@ -33,6 +34,9 @@ enum Command {
     Throughput(RunArgs),
     /// Same-node gets: mapped vs copied vs memcpy; in-place puts vs memcpy.
     ZeroCopy(ZeroCopyArgs),
+    /// One-sided transports (UCX, libfabric) across two local nodes, next to the raw
+    /// transports' tools (ucx_perftest, fi_pingpong, our fi_read) on the same provider.
+    Rdma(RdmaArgs),
     /// Patterns across MPI ranks through the fleet vs plain MPI (run under mpirun or srun,
     /// with the fleet from `dimstore-launch run`).
     #[cfg(feature = "mpi")]
@@ -43,6 +47,21 @@ enum Command {
     /// The raw TCP server process (started by the bench itself).
     #[command(hide = true)]
     RawServer,
+    /// The client process of one `rdma` row (started by the bench itself).
+    #[command(hide = true)]
+    RdmaGet(get::GetArgs),
+    /// The target of our fi_read (started by the bench itself).
+    #[command(hide = true)]
+    RdmaFiTarget(fi_read::FiTargetArgs),
+    /// The initiator of our fi_read (started by the bench itself).
+    #[command(hide = true)]
+    RdmaFiRead(fi_read::FiReadArgs),
+    /// The target of our ucp_get (started by the bench itself).
+    #[command(hide = true)]
+    RdmaUcxTarget(ucx_get::UcxTargetArgs),
+    /// The initiator of our ucp_get (started by the bench itself).
+    #[command(hide = true)]
+    RdmaUcxGet(ucx_get::UcxGetArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +74,12 @@ fn main() -> anyhow::Result<()> {
         Some(Command::ZeroCopy(args)) => return zero_copy::run(&args),
         Some(Command::Worker(args)) => return worker(&args),
         Some(Command::RawServer) => return raw_tcp::serve_process(),
+        Some(Command::Rdma(args)) => return rdma::run(&args),
+        Some(Command::RdmaGet(args)) => return get::client(&args),
+        Some(Command::RdmaFiTarget(args)) => return fi_read::target(&args),
+        Some(Command::RdmaFiRead(args)) => return fi_read::initiator(&args),
+        Some(Command::RdmaUcxTarget(args)) => return ucx_get::target(&args),
+        Some(Command::RdmaUcxGet(args)) => return ucx_get::initiator(&args),
         #[cfg(feature = "mpi")]
         Some(Command::Mpi(args)) => return dimstore_bench::mpirun::run(args),
     };

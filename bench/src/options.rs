@@ -221,7 +221,7 @@ fn client_counts(max: usize) -> Vec<usize> {
 }
 
 /// `dimstore-server` next to this program (or one level up, for test binaries), else `PATH`.
-fn default_server_bin() -> anyhow::Result<PathBuf> {
+pub(crate) fn default_server_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let found = exe.ancestors().skip(1).take(2).find_map(|dir| {
         let candidate = dir.join("dimstore-server");

@@ -181,7 +181,7 @@ impl Client for DimstoreClient {
 
 /// Reads one byte of every 4 KiB page, so a get that maps the server's memory (same-node
 /// path) pays for making the bytes usable, as a copy through a socket does.
-fn touch_pages(bytes: &[u8]) {
+pub(crate) fn touch_pages(bytes: &[u8]) {
     let sum: u64 = bytes.iter().step_by(4096).map(|&b| u64::from(b)).sum();
     std::hint::black_box(sum);
 }

@@ -1,0 +1,223 @@
+//! Our own raw UCX one-sided read over the safe wrappers of `dimstore-ucx`, next to
+//! `ucx_perftest -t ucp_get` (which keeps many reads in flight; over tcp, where UCX emulates
+//! RMA with active messages, that collapses, so it is no fair limit there). Two hidden
+//! subcommands, configured by the row's `UCX_*` environment:
+//!
+//! - `rdma-ucx-target`: maps a buffer of the largest size (`ucp_mem_map`), prints one JSON
+//!   line [`UcxTargetInfo`] (worker address, packed remote key, base address, in hex), then
+//!   progresses its worker (sleeping on its event fd, as the dimstore server's exporter
+//!   does) until its stdin closes or `--max-time` passes.
+//! - `rdma-ucx-get`: connects to the target's worker and, per size, reads the bytes again
+//!   and again within a count and a time bound (`ucp_get_nbx`): `whole` (one read of the
+//!   size) and, above the chunk, `chunked` (`--chunk` pieces, `--in-flight` at once); prints
+//!   one JSON line [`ReadResult`] per size and strategy.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _};
+use clap::Args;
+use dimstore_ucx::{Context, ContextConfig, Endpoint, MemoryRegion, RemoteKey, Worker};
+use dimstore_ucx::{WaitError, WorkerAddress};
+use serde::{Deserialize, Serialize};
+
+use super::fi_read::{hex, unhex, ReadResult};
+use crate::contenders::pattern;
+use crate::measure::{timed_loop, Bounds};
+use crate::options::{parse_duration, parse_size};
+
+/// Deadline of one read (a whole object).
+const READ_LIMIT: Duration = Duration::from_secs(30);
+
+/// Options of the hidden `rdma-ucx-target` subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct UcxTargetArgs {
+    /// Bytes mapped for remote reads.
+    #[arg(long, value_parser = parse_size)]
+    pub size: u64,
+    /// Longest lifetime, whatever happens to the bench.
+    #[arg(long, value_parser = parse_duration, default_value = "600s")]
+    pub max_time: Duration,
+}
+
+/// Options of the hidden `rdma-ucx-get` subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct UcxGetArgs {
+    /// The target's worker address, hex.
+    #[arg(long)]
+    pub address: String,
+    /// The target's packed remote key, hex.
+    #[arg(long)]
+    pub rkey: String,
+    /// The target region's address.
+    #[arg(long)]
+    pub base: u64,
+    /// Sizes to read (each at most the target's region).
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, required = true)]
+    pub sizes: Vec<u64>,
+    /// Longest time spent on one size and strategy.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub cell_time: Duration,
+    /// Chunk of the `chunked` strategy.
+    #[arg(long, value_parser = parse_size, default_value = "1M")]
+    pub chunk: u64,
+    /// Chunks in flight in the `chunked` strategy (UCX over tcp: few).
+    #[arg(long, default_value_t = 2)]
+    pub in_flight: usize,
+}
+
+/// What the target prints once its region is mapped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UcxTargetInfo {
+    /// Worker address, hex.
+    pub address: String,
+    /// Packed remote key, hex.
+    pub rkey: String,
+    /// Address of the region's first byte.
+    pub base: u64,
+}
+
+/// Runs the target (the `rdma-ucx-target` subcommand).
+pub fn target(args: &UcxTargetArgs) -> anyhow::Result<()> {
+    let ctx = Context::new(&ContextConfig::from_env()).context("ucp_init")?;
+    let worker = Worker::new(&ctx).context("ucp_worker_create")?;
+    let region =
+        MemoryRegion::map(&ctx, pattern(usize::try_from(args.size)?)).context("ucp_mem_map")?;
+    let info = UcxTargetInfo {
+        address: hex(worker.address().context("worker address")?.as_bytes()),
+        rkey: hex(&region.pack_rkey().context("rkey pack")?),
+        base: region.address(),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(&info)?)?;
+    out.flush()?;
+    drop(out);
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&closed);
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let stdin = std::io::stdin();
+        let mut lock = stdin.lock();
+        while matches!(lock.read_line(&mut sink), Ok(n) if n > 0) {
+            sink.clear();
+        }
+        flag.store(true, Ordering::Relaxed);
+    });
+    let started = Instant::now();
+    while !closed.load(Ordering::Relaxed) && started.elapsed() < args.max_time {
+        worker
+            .wait_for_event(Duration::from_millis(100))
+            .context("wait")?;
+        worker.progress();
+    }
+    drop(region);
+    Ok(())
+}
+
+/// Runs the initiator (the `rdma-ucx-get` subcommand).
+pub fn initiator(args: &UcxGetArgs) -> anyhow::Result<()> {
+    let ctx = Context::new(&ContextConfig::from_env()).context("ucp_init")?;
+    let worker = Worker::new(&ctx).context("ucp_worker_create")?;
+    let ep = Endpoint::connect(&worker, &WorkerAddress::from_bytes(unhex(&args.address)?))
+        .context("ucp_ep_create")?;
+    let rkey = ep.unpack_rkey(&unhex(&args.rkey)?).context("rkey unpack")?;
+    let chunk = usize::try_from(args.chunk)?.max(1);
+    let largest = args.sizes.iter().copied().max().unwrap_or(0);
+    let expected = pattern(usize::try_from(largest)?);
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut out = std::io::stdout().lock();
+    let read = Reader {
+        ep: &ep,
+        rkey: &rkey,
+        base: args.base,
+    };
+    for &size in &args.sizes {
+        let len = usize::try_from(size)?;
+        let mut strategies = vec![("whole", len.max(1), 1)];
+        if len > chunk {
+            strategies.push(("chunked", chunk, args.in_flight.max(1)));
+        }
+        for (strategy, piece, in_flight) in strategies {
+            spare.clear();
+            let first = read.object(len, piece, in_flight, &mut spare)?;
+            ensure!(
+                first
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .eq(expected[..len].iter().copied()),
+                "ucp_get {size} B ({strategy}): the bytes differ from the target's"
+            );
+            spare.extend(first);
+            let bounds = Bounds {
+                warmup: 1,
+                iterations: ((1u64 << 30) / size.max(1)).clamp(5, 5000) as usize,
+                time: args.cell_time,
+            };
+            let latencies = timed_loop(
+                bounds,
+                |_| {
+                    let bufs = read.object(len, piece, in_flight, &mut spare)?;
+                    spare.extend(bufs);
+                    Ok(())
+                },
+                || Ok(()),
+            )?;
+            let result = ReadResult {
+                size,
+                strategy: strategy.into(),
+                count: latencies.count(),
+                median_us: latencies.median_us(),
+                p99_us: latencies.p99_us(),
+            };
+            writeln!(out, "{}", serde_json::to_string(&result)?)?;
+            out.flush()?;
+        }
+    }
+    let _ = ep.close(Instant::now() + Duration::from_secs(2));
+    Ok(())
+}
+
+/// Reads of one peer's region.
+struct Reader<'a> {
+    ep: &'a Endpoint,
+    rkey: &'a RemoteKey,
+    base: u64,
+}
+
+impl Reader<'_> {
+    /// Reads `len` bytes from the region's start in pieces of `piece` bytes, at most
+    /// `in_flight` at once; returns the pieces' buffers in order (taken from `spare`).
+    fn object(
+        &self,
+        len: usize,
+        piece: usize,
+        in_flight: usize,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> anyhow::Result<Vec<Vec<u8>>> {
+        let deadline = Instant::now() + READ_LIMIT;
+        let mut pending = VecDeque::new();
+        let mut done = Vec::with_capacity(len.div_ceil(piece.max(1)));
+        let mut offset = 0usize;
+        while offset < len || !pending.is_empty() {
+            while pending.len() < in_flight && offset < len {
+                let n = piece.min(len - offset);
+                let mut buffer = spare.pop().unwrap_or_default();
+                buffer.resize(n, 0);
+                pending.push_back(self.ep.get(self.base + offset as u64, self.rkey, buffer));
+                offset += n;
+            }
+            if let Some(request) = pending.pop_front() {
+                let buffer = request
+                    .wait(deadline)
+                    .map_err(WaitError::into_error)
+                    .context("ucp_get")?;
+                done.push(buffer);
+            }
+        }
+        Ok(done)
+    }
+}
