@@ -1,0 +1,251 @@
+//! The server side: arena segments registered for peers to read.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use dimstore_arena::Segment;
+use dimstore_transport::onesided::{Exporter, RemoteRegion};
+use dimstore_transport::TransportError;
+use dimstore_ucx::{Context, ContextConfig, Worker};
+
+use crate::register::Registration;
+use crate::wake::{sleep, Wake};
+use crate::{one_sided, tls_detail, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};
+
+/// Longest sleep of the idle fabric thread: a safety net only (it is woken by its worker's
+/// event fd and by commands).
+const IDLE_SLEEP: Duration = Duration::from_secs(1);
+
+/// The UCX [`Exporter`]: one context and worker on a dedicated fabric thread, which
+/// registers segments and progresses the worker so that peers' reads are served (over tcp
+/// the target of an emulated read must progress). Dropping the last handle stops the thread
+/// and unregisters every segment.
+pub struct UcxExporter {
+    commands: mpsc::Sender<Command>,
+    wake: Arc<Wake>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    address: Vec<u8>,
+    detail: String,
+    live: Arc<AtomicU64>,
+}
+
+/// What callers ask of the fabric thread.
+enum Command {
+    Export {
+        id: u32,
+        segment: Arc<Segment>,
+        reply: mpsc::SyncSender<Result<RemoteRegion, TransportError>>,
+    },
+    Sweep {
+        done: mpsc::SyncSender<()>,
+    },
+    Stop,
+}
+
+impl UcxExporter {
+    /// Starts the fabric thread with a context configured from the `UCX_*` environment.
+    /// Fails with [`TransportError::Unavailable`] when UCX cannot be used here.
+    pub fn start(config: &UcxConfig) -> Result<Arc<UcxExporter>, TransportError> {
+        let _ = config; // The exporter has no settings of its own yet.
+        let wake = Arc::new(Wake::new().map_err(unavailable)?);
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let live = Arc::new(AtomicU64::new(0));
+        let thread = std::thread::Builder::new()
+            .name("dimstore-ucx-export".into())
+            .spawn({
+                let (wake, live) = (Arc::clone(&wake), Arc::clone(&live));
+                move || fabric_thread(rx, wake, live, ready_tx)
+            })
+            .map_err(|e| unavailable(format!("cannot start the UCX fabric thread: {e}")))?;
+        let address = match ready_rx.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(Ok(address)) => address,
+            Ok(Err(reason)) => {
+                let _ = thread.join();
+                return Err(unavailable(reason));
+            }
+            Err(_) => return Err(unavailable("the UCX fabric thread did not start")),
+        };
+        Ok(Arc::new(UcxExporter {
+            commands: tx,
+            wake,
+            thread: Mutex::new(Some(thread)),
+            address,
+            detail: tls_detail(),
+            live,
+        }))
+    }
+
+    /// Queues `command` and wakes the fabric thread.
+    fn send(&self, command: Command) -> Result<(), TransportError> {
+        let sent = self.commands.send(command);
+        self.wake.wake();
+        sent.map_err(|_| one_sided("the UCX fabric thread has stopped"))
+    }
+}
+
+impl Exporter for UcxExporter {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn detail(&self) -> String {
+        self.detail.clone()
+    }
+
+    fn address(&self) -> Vec<u8> {
+        self.address.clone()
+    }
+
+    fn export(&self, id: u32, segment: &Arc<Segment>) -> Result<RemoteRegion, TransportError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Command::Export {
+            id,
+            segment: Arc::clone(segment),
+            reply,
+        })?;
+        answer
+            .recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| one_sided("the UCX fabric thread did not answer an export"))?
+    }
+
+    fn sweep(&self) {
+        let (done, finished) = mpsc::sync_channel(1);
+        if self.send(Command::Sweep { done }).is_ok() {
+            let _ = finished.recv_timeout(COMMAND_TIMEOUT);
+        }
+    }
+
+    fn live_registrations(&self) -> u64 {
+        self.live.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for UcxExporter {
+    fn drop(&mut self) {
+        let _ = self.send(Command::Stop);
+        let thread = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for UcxExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UcxExporter")
+            .field("detail", &self.detail)
+            .field("live_registrations", &self.live_registrations())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fabric thread: creates the context and worker, reports the worker address (or why
+/// UCX is unusable), then serves commands and progresses the worker until told to stop.
+fn fabric_thread(
+    commands: mpsc::Receiver<Command>,
+    wake: Arc<Wake>,
+    live: Arc<AtomicU64>,
+    ready: mpsc::SyncSender<Result<Vec<u8>, String>>,
+) {
+    let setup = Context::new(&ContextConfig::from_env())
+        .map_err(|e| format!("UCX context creation failed ({e})"))
+        .and_then(|context| {
+            let worker =
+                Worker::new(&context).map_err(|e| format!("UCX worker creation failed ({e})"))?;
+            let address = worker
+                .address()
+                .map_err(|e| format!("UCX worker address unavailable ({e})"))?;
+            worker
+                .event_fd()
+                .map_err(|e| format!("UCX worker has no event fd ({e})"))?;
+            Ok((context, worker, address.into_bytes()))
+        });
+    let (context, worker) = match setup {
+        Ok((context, worker, address)) => {
+            let _ = ready.send(Ok(address));
+            (context, worker)
+        }
+        Err(reason) => {
+            let _ = ready.send(Err(reason));
+            return;
+        }
+    };
+    let mut registrations: HashMap<u32, Exported> = HashMap::new();
+    loop {
+        while worker.progress() > 0 {}
+        loop {
+            match commands.try_recv() {
+                Ok(Command::Export { id, segment, reply }) => {
+                    let result = export(&context, &mut registrations, id, segment);
+                    live.store(registrations.len() as u64, Ordering::SeqCst);
+                    let _ = reply.send(result);
+                }
+                Ok(Command::Sweep { done }) => {
+                    registrations.retain(|_, e| Arc::strong_count(e.registration.segment()) > 1);
+                    live.store(registrations.len() as u64, Ordering::SeqCst);
+                    let _ = done.send(());
+                }
+                Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
+                    // Unregister before the worker and context go.
+                    drop(registrations);
+                    live.store(0, Ordering::SeqCst);
+                    drop(worker);
+                    drop(context);
+                    return;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        if let Err(e) = sleep(&worker, &wake, Some(IDLE_SLEEP)) {
+            tracing::warn!("UCX exporter: {e}; polling instead");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// A registered segment and what peers need to read it.
+struct Exported {
+    registration: Registration,
+    remote: RemoteRegion,
+}
+
+/// Registers `segment` as `id`, or returns its existing registration.
+fn export(
+    context: &Context,
+    registrations: &mut HashMap<u32, Exported>,
+    id: u32,
+    segment: Arc<Segment>,
+) -> Result<RemoteRegion, TransportError> {
+    if let Some(e) = registrations.get(&id) {
+        // Segment ids are not reused while a segment lives; a different segment under a
+        // known id means the old one is gone: register the new one instead.
+        if Arc::ptr_eq(e.registration.segment(), &segment) {
+            return Ok(e.remote.clone());
+        }
+    }
+    let registration = Registration::new(context, segment)
+        .map_err(|e| one_sided(format!("registering segment {id}: {e}")))?;
+    let region = registration.region();
+    let remote = RemoteRegion {
+        address: region.address(),
+        key: region
+            .pack_rkey()
+            .map_err(|e| one_sided(format!("packing the key of segment {id}: {e}")))?,
+    };
+    registrations.insert(
+        id,
+        Exported {
+            registration,
+            remote: remote.clone(),
+        },
+    );
+    Ok(remote)
+}

@@ -1,0 +1,69 @@
+//! dimstore's UCX one-sided data plane.
+//!
+//! - [`UcxExporter`] (server side): registers arena segments whole with `ucp_mem_map` and
+//!   hands out their packed remote keys.
+//! - [`UcxReader`] (client side): reads registered memory of servers with `ucp_get_nbx`
+//!   straight into the reply buffer, in chunks, with a bounded number of reads in flight
+//!   per endpoint; [`shared_reader`] is the one reader of a process.
+//!
+//! Each owns one UCX context and worker on a dedicated thread (the "fabric thread"): the
+//! wrappers of `dimstore-ucx` are single-threaded. The thread sleeps on the worker's event
+//! fd together with an eventfd that callers use to hand it commands, so it costs no CPU when
+//! idle, and it progresses the worker whenever woken, which is what serves peers' emulated
+//! reads over tcp (UCX emulates RMA with active messages there: the *target* must progress).
+//!
+//! Measured with UCX 1.13 (no RDMA NIC): with `UCX_TLS=tcp` and with
+//! `UCX_TLS=posix,sysv,cma` alike, UCX serves gets of arena memory by active-message
+//! emulation, so the exporter's thread must keep progressing, and the *target copies from
+//! the requested address without checking it against its registrations*: a read of an
+//! address whose segment was unmapped crashes the server. Clients read only objects they
+//! hold a lease on, which keeps the memory mapped; keys and worker addresses are accepted
+//! only from authenticated peers. Over shared memory UCX 1.13 cannot detect a dead peer:
+//! a read from one ends at its deadline (over tcp it fails at once).
+//!
+//! UCX itself is configured by its environment (`UCX_TLS`, `UCX_NET_DEVICES`, ...), read
+//! when the context is created; [`UcxConfig`] holds dimstore's own settings.
+
+mod config;
+mod exporter;
+mod reader;
+mod register;
+mod wake;
+
+pub use config::UcxConfig;
+pub use exporter::UcxExporter;
+pub use reader::{shared_reader, UcxReader};
+
+use dimstore_transport::TransportError;
+
+/// The transport's name, as advertised in the handshake.
+pub const NAME: &str = "ucx";
+
+/// How long a caller waits for the fabric thread to answer a command that has no deadline
+/// of its own (export, sweep, start-up) before it reports the transport broken.
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The value of `UCX_TLS` (or `default`) for logs and stats.
+fn tls_detail() -> String {
+    let tls = std::env::var("UCX_TLS").unwrap_or_else(|_| "default".to_owned());
+    match std::env::var("UCX_NET_DEVICES") {
+        Ok(dev) => format!("UCX_TLS={tls} UCX_NET_DEVICES={dev}"),
+        Err(_) => format!("UCX_TLS={tls}"),
+    }
+}
+
+/// `TransportError::Unavailable` for this transport.
+fn unavailable(reason: impl Into<String>) -> TransportError {
+    TransportError::Unavailable {
+        transport: NAME.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// `TransportError::OneSided` for this transport.
+fn one_sided(reason: impl Into<String>) -> TransportError {
+    TransportError::OneSided {
+        transport: NAME.to_owned(),
+        reason: reason.into(),
+    }
+}

@@ -1,0 +1,621 @@
+//! The client side: reads of servers' registered memory, chunked, on the fabric thread.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dimstore_transport::onesided::{ReadChunk, ReadTarget, Reader, RemoteRead};
+use dimstore_transport::{AlignedBuf, TransportError};
+use dimstore_ucx::{
+    Context, ContextConfig, Endpoint, RemoteKey, Request, UcxError, Worker, WorkerAddress,
+};
+
+use crate::wake::{sleep, Wake};
+use crate::{one_sided, tls_detail, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};
+
+/// How long the fabric thread keeps progressing (without sleeping) while gets are in
+/// flight and nothing happens, before it sleeps on the event fd: a short read completes
+/// within this, and sleeping would add a wake-up to its latency.
+const SPIN: Duration = Duration::from_micros(50);
+/// Longest sleep of the idle fabric thread: a safety net only.
+const IDLE_SLEEP: Duration = Duration::from_secs(1);
+/// How long past its deadline a caller waits for the fabric thread's answer (which comes
+/// at the deadline at the latest) before giving up on it.
+const ANSWER_GRACE: Duration = Duration::from_secs(5);
+/// `UCS_MEMORY_TYPE_HOST`: arena segments are host memory.
+const MEMORY_TYPE_HOST: u8 = 0;
+
+/// The UCX [`Reader`]: one context and worker on a dedicated fabric thread, one endpoint
+/// per peer (with peer-failure detection where the transports allow it), each packed key
+/// unpacked once per endpoint. Reads from any number of threads are interleaved by the
+/// fabric thread, with at most [`UcxConfig::in_flight`] gets in flight per endpoint.
+pub struct UcxReader {
+    commands: mpsc::Sender<Command>,
+    wake: Arc<Wake>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    config: UcxConfig,
+    detail: String,
+}
+
+/// What callers ask of the fabric thread.
+enum Command {
+    Read(Box<ReadJob>),
+    Forget(Vec<u8>),
+    Stop,
+}
+
+/// One [`Reader::read`] call, checked, as handed to the fabric thread.
+struct ReadJob {
+    peer: Vec<u8>,
+    /// The distinct packed keys of the pieces.
+    keys: Vec<Vec<u8>>,
+    /// Non-empty, sorted by offset, disjoint, inside the target.
+    pieces: Vec<Piece>,
+    target: AlignedBuf,
+    deadline: Instant,
+    reply: mpsc::SyncSender<Result<AlignedBuf, TransportError>>,
+}
+
+/// One region to read, its key by index.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    address: u64,
+    key: usize,
+    len: usize,
+    offset: usize,
+}
+
+/// The reader shared by the whole process (UCX wants one context and worker per process):
+/// started by the first call, with that call's `config`; later calls return it.
+pub fn shared_reader(config: &UcxConfig) -> Result<Arc<UcxReader>, TransportError> {
+    static SHARED: Mutex<Option<Arc<UcxReader>>> = Mutex::new(None);
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(reader) = &*shared {
+        return Ok(Arc::clone(reader));
+    }
+    let reader = UcxReader::start(config)?;
+    *shared = Some(Arc::clone(&reader));
+    Ok(reader)
+}
+
+impl UcxReader {
+    /// Starts a reader with its own context (configured from the `UCX_*` environment) and
+    /// fabric thread. Prefer [`shared_reader`]; this is for tests and tools. Fails with
+    /// [`TransportError::Unavailable`] when UCX cannot be used here.
+    pub fn start(config: &UcxConfig) -> Result<Arc<UcxReader>, TransportError> {
+        let config = config.sanitized();
+        let wake = Arc::new(Wake::new().map_err(unavailable)?);
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("dimstore-ucx-read".into())
+            .spawn({
+                let wake = Arc::clone(&wake);
+                move || fabric_thread(config, rx, wake, ready_tx)
+            })
+            .map_err(|e| unavailable(format!("cannot start the UCX fabric thread: {e}")))?;
+        match ready_rx.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                let _ = thread.join();
+                return Err(unavailable(reason));
+            }
+            Err(_) => return Err(unavailable("the UCX fabric thread did not start")),
+        }
+        Ok(Arc::new(UcxReader {
+            commands: tx,
+            wake,
+            thread: Mutex::new(Some(thread)),
+            config,
+            detail: tls_detail(),
+        }))
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> UcxConfig {
+        self.config
+    }
+
+    /// The UCX transports in use, for logs (e.g. `UCX_TLS=tcp`).
+    pub fn detail(&self) -> String {
+        self.detail.clone()
+    }
+
+    /// Queues `command` and wakes the fabric thread.
+    fn send(&self, command: Command) -> Result<(), TransportError> {
+        let sent = self.commands.send(command);
+        self.wake.wake();
+        sent.map_err(|_| one_sided("the UCX fabric thread has stopped"))
+    }
+}
+
+impl Reader for UcxReader {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn read(
+        &self,
+        peer: &[u8],
+        reads: &[RemoteRead<'_>],
+        target: AlignedBuf,
+        deadline: Instant,
+    ) -> Result<AlignedBuf, TransportError> {
+        let (keys, pieces) = plan(reads, target.len())?;
+        if pieces.is_empty() {
+            return Ok(target);
+        }
+        if Instant::now() >= deadline {
+            return Err(TransportError::Timeout);
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Command::Read(Box::new(ReadJob {
+            peer: peer.to_vec(),
+            keys,
+            pieces,
+            target,
+            deadline,
+            reply,
+        })))?;
+        let wait = deadline.saturating_duration_since(Instant::now()) + ANSWER_GRACE;
+        match answer.recv_timeout(wait) {
+            Ok(result) => result,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(TransportError::Timeout),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(one_sided("the UCX fabric thread stopped during the read"))
+            }
+        }
+    }
+
+    fn forget(&self, peer: &[u8]) {
+        let _ = self.send(Command::Forget(peer.to_vec()));
+    }
+}
+
+impl Drop for UcxReader {
+    fn drop(&mut self) {
+        let _ = self.send(Command::Stop);
+        let thread = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for UcxReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UcxReader")
+            .field("config", &self.config)
+            .field("detail", &self.detail)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks `reads` against a target of `len` bytes and turns them into pieces sorted by
+/// offset (empty ones dropped) with their distinct keys.
+fn plan(
+    reads: &[RemoteRead<'_>],
+    len: usize,
+) -> Result<(Vec<Vec<u8>>, Vec<Piece>), TransportError> {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut pieces = Vec::with_capacity(reads.len());
+    for read in reads.iter().filter(|r| r.len > 0) {
+        let end = read.offset.checked_add(read.len);
+        if end.is_none_or(|end| end > len) {
+            return Err(one_sided(format!(
+                "read of {} bytes at offset {} does not fit a target of {len} bytes",
+                read.len, read.offset
+            )));
+        }
+        if read.address.checked_add(read.len as u64).is_none() {
+            return Err(one_sided("remote address range wraps around"));
+        }
+        let key = match keys.iter().position(|k| k == read.key) {
+            Some(i) => i,
+            None => {
+                check_packed_key(read.key)
+                    .map_err(|e| one_sided(format!("bad remote key: {e}")))?;
+                keys.push(read.key.to_vec());
+                keys.len() - 1
+            }
+        };
+        pieces.push(Piece {
+            address: read.address,
+            key,
+            len: read.len,
+            offset: read.offset,
+        });
+    }
+    pieces.sort_by_key(|p| p.offset);
+    for pair in pieces.windows(2) {
+        if pair[0].offset + pair[0].len > pair[1].offset {
+            return Err(one_sided(format!(
+                "reads overlap in the target at offset {}",
+                pair[1].offset
+            )));
+        }
+    }
+    Ok((keys, pieces))
+}
+
+/// Rejects bytes that are not shaped like a UCX packed key of host memory, so that UCX
+/// (which trusts them and is given no length) never reads past them: a memory-domain map
+/// (8 bytes, host order), the memory type (1 byte), then one length-prefixed entry per bit
+/// of the map.
+fn check_packed_key(key: &[u8]) -> Result<(), String> {
+    let Some((map, rest)) = key.split_first_chunk::<8>() else {
+        return Err(format!("{} bytes, shorter than a key header", key.len()));
+    };
+    let Some((&mem_type, mut rest)) = rest.split_first() else {
+        return Err("no memory type".to_owned());
+    };
+    if mem_type != MEMORY_TYPE_HOST {
+        return Err(format!("memory type {mem_type}, not host memory"));
+    }
+    for _ in 0..u64::from_ne_bytes(*map).count_ones() {
+        let Some((&size, tail)) = rest.split_first() else {
+            return Err("fewer entries than its memory-domain map names".to_owned());
+        };
+        rest = tail
+            .get(usize::from(size)..)
+            .ok_or("an entry runs past the end of the key")?;
+    }
+    Ok(())
+}
+
+/// An endpoint to one peer and the keys unpacked on it.
+struct Peer {
+    ep: Endpoint,
+    keys: HashMap<Vec<u8>, Rc<RemoteKey>>,
+    /// Gets in flight on `ep`, shared with the reads using it.
+    in_flight: Rc<Cell<usize>>,
+}
+
+/// A read being served.
+struct Active {
+    peer: Vec<u8>,
+    ep: Endpoint,
+    in_flight: Rc<Cell<usize>>,
+    keys: Vec<Rc<RemoteKey>>,
+    pieces: Vec<Piece>,
+    /// The next piece to issue, and how much of it is issued already.
+    next: usize,
+    issued_in_next: usize,
+    target: ReadTarget,
+    requests: Vec<Request<ReadChunk>>,
+    deadline: Instant,
+    reply: mpsc::SyncSender<Result<AlignedBuf, TransportError>>,
+}
+
+/// Where a read stands after its requests were tested.
+enum Outcome {
+    Running,
+    Finished,
+    Failed(UcxError),
+    TimedOut,
+}
+
+impl Active {
+    /// Whether chunks are left to issue.
+    fn pending(&self) -> bool {
+        self.next < self.pieces.len()
+    }
+
+    /// Issues the next chunk (at most `chunk` bytes).
+    fn issue_one(&mut self, chunk: usize) {
+        let piece = self.pieces[self.next];
+        let start = self.issued_in_next;
+        let n = chunk.min(piece.len - start);
+        let at = piece.offset + start;
+        let dst = self
+            .target
+            .chunk(at..at + n)
+            .expect("pieces are checked to be in bounds, sorted and disjoint");
+        let request = self
+            .ep
+            .get(piece.address + start as u64, &self.keys[piece.key], dst);
+        self.requests.push(request);
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.issued_in_next += n;
+        if self.issued_in_next == piece.len {
+            self.next += 1;
+            self.issued_in_next = 0;
+        }
+    }
+
+    /// Tests the requests in flight (without progressing the worker); counts those that
+    /// completed into `completed`.
+    fn poll(&mut self, now: Instant, completed: &mut usize) -> Outcome {
+        let mut i = 0;
+        while i < self.requests.len() {
+            match self.requests[i].test() {
+                None => i += 1,
+                Some(result) => {
+                    drop(self.requests.swap_remove(i));
+                    self.in_flight.set(self.in_flight.get() - 1);
+                    *completed += 1;
+                    if let Err(e) = result {
+                        return Outcome::Failed(e);
+                    }
+                }
+            }
+        }
+        if !self.pending() && self.requests.is_empty() {
+            Outcome::Finished
+        } else if now >= self.deadline {
+            Outcome::TimedOut
+        } else {
+            Outcome::Running
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        // Requests still in flight are handed to the worker with their chunks (which keep
+        // the target buffer alive) and no longer count against the endpoint.
+        let left = self.requests.len();
+        self.in_flight.set(self.in_flight.get() - left);
+    }
+}
+
+/// The state of the reader's fabric thread.
+struct Fabric {
+    config: UcxConfig,
+    worker: Worker,
+    peers: HashMap<Vec<u8>, Peer>,
+    reads: Vec<Active>,
+}
+
+impl Fabric {
+    /// Handles queued commands; `false` once told to stop.
+    fn commands(&mut self, commands: &mpsc::Receiver<Command>) -> bool {
+        loop {
+            match commands.try_recv() {
+                Ok(Command::Read(job)) => self.start(*job),
+                Ok(Command::Forget(peer)) => {
+                    self.peers.remove(&peer);
+                }
+                Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => return false,
+                Err(mpsc::TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    /// Starts serving `job`: its endpoint and keys (from the caches), or its error.
+    fn start(&mut self, job: ReadJob) {
+        let ReadJob {
+            peer,
+            keys,
+            pieces,
+            target,
+            deadline,
+            reply,
+        } = job;
+        let ready = self.peer(&peer).and_then(|p| {
+            let keys = keys
+                .iter()
+                .map(|k| p.key(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((p.ep.clone(), Rc::clone(&p.in_flight), keys))
+        });
+        match ready {
+            Ok((ep, in_flight, keys)) => self.reads.push(Active {
+                peer,
+                ep,
+                in_flight,
+                keys,
+                pieces,
+                next: 0,
+                issued_in_next: 0,
+                target: ReadTarget::new(target),
+                requests: Vec::new(),
+                deadline,
+                reply,
+            }),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// The cached endpoint to `address`, or a new one.
+    fn peer(&mut self, address: &[u8]) -> Result<&mut Peer, TransportError> {
+        if !self.peers.contains_key(address) {
+            let ep = Endpoint::connect(&self.worker, &WorkerAddress::from_bytes(address))
+                .map_err(|e| one_sided(format!("connecting to the peer: {e}")))?;
+            self.peers.insert(
+                address.to_vec(),
+                Peer {
+                    ep,
+                    keys: HashMap::new(),
+                    in_flight: Rc::default(),
+                },
+            );
+        }
+        Ok(self.peers.get_mut(address).expect("inserted above"))
+    }
+
+    /// Issues chunks, one per read in turn, while their endpoints have room.
+    fn issue(&mut self) {
+        let (limit, chunk) = (self.config.in_flight, self.config.chunk);
+        loop {
+            let mut issued = false;
+            for read in &mut self.reads {
+                if read.pending() && read.in_flight.get() < limit {
+                    read.issue_one(chunk);
+                    issued = true;
+                }
+            }
+            if !issued {
+                return;
+            }
+        }
+    }
+
+    /// Answers the reads that finished, failed or timed out; whether any get completed
+    /// (then chunks may be issued) or any read ended.
+    fn complete(&mut self, now: Instant) -> bool {
+        let mut completed = 0;
+        let mut ended = false;
+        let mut i = 0;
+        while i < self.reads.len() {
+            let outcome = self.reads[i].poll(now, &mut completed);
+            if matches!(outcome, Outcome::Running) {
+                i += 1;
+                continue;
+            }
+            ended = true;
+            let read = self.reads.remove(i);
+            self.answer(read, outcome);
+        }
+        ended || completed > 0
+    }
+
+    /// Sends `read`'s result to its caller.
+    fn answer(&mut self, mut read: Active, outcome: Outcome) {
+        let result = match outcome {
+            Outcome::Running => unreachable!("only ended reads are answered"),
+            Outcome::Finished => {
+                let target =
+                    std::mem::replace(&mut read.target, ReadTarget::new(AlignedBuf::default()));
+                target
+                    .finish()
+                    .map_err(|_| one_sided("a chunk of a finished read is still in use"))
+            }
+            Outcome::TimedOut => Err(TransportError::Timeout),
+            Outcome::Failed(e) => {
+                if e.is_peer_failure() || read.ep.error().is_some() {
+                    // The endpoint is broken: the next read reconnects. (Only if the cache
+                    // still holds this very endpoint.)
+                    let same = self
+                        .peers
+                        .get(&read.peer)
+                        .is_some_and(|p| Rc::ptr_eq(&p.in_flight, &read.in_flight));
+                    if same {
+                        self.peers.remove(&read.peer);
+                    }
+                }
+                Err(one_sided(e.to_string()))
+            }
+        };
+        // Drop the read (its requests still in flight go to the worker) before answering:
+        // the caller must not see the answer while a chunk could still be written.
+        let reply = read.reply.clone();
+        drop(read);
+        let _ = reply.send(result);
+    }
+
+    /// Fails every read (the reader stops).
+    fn fail_all(&mut self) {
+        for read in self.reads.drain(..) {
+            let _ = read
+                .reply
+                .send(Err(one_sided("the UCX reader is shutting down")));
+        }
+    }
+
+    /// The earliest deadline of the reads being served.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.reads.iter().map(|r| r.deadline).min()
+    }
+
+    /// Whether gets are in flight.
+    fn busy(&self) -> bool {
+        self.reads.iter().any(|r| !r.requests.is_empty())
+    }
+}
+
+impl Peer {
+    /// The key `packed` unpacked on this endpoint (cached).
+    fn key(&mut self, packed: &[u8]) -> Result<Rc<RemoteKey>, TransportError> {
+        if let Some(key) = self.keys.get(packed) {
+            return Ok(Rc::clone(key));
+        }
+        let key = self
+            .ep
+            .unpack_rkey(packed)
+            .map(Rc::new)
+            .map_err(|e| one_sided(format!("unpacking a remote key: {e}")))?;
+        self.keys.insert(packed.to_vec(), Rc::clone(&key));
+        Ok(key)
+    }
+}
+
+/// The fabric thread: creates the context and worker, reports whether UCX is usable, then
+/// serves reads until told to stop.
+fn fabric_thread(
+    config: UcxConfig,
+    commands: mpsc::Receiver<Command>,
+    wake: Arc<Wake>,
+    ready: mpsc::SyncSender<Result<(), String>>,
+) {
+    let setup = Context::new(&ContextConfig::from_env())
+        .map_err(|e| format!("UCX context creation failed ({e})"))
+        .and_then(|context| {
+            let worker =
+                Worker::new(&context).map_err(|e| format!("UCX worker creation failed ({e})"))?;
+            worker
+                .event_fd()
+                .map_err(|e| format!("UCX worker has no event fd ({e})"))?;
+            Ok((context, worker))
+        });
+    let (context, worker) = match setup {
+        Ok(pair) => {
+            let _ = ready.send(Ok(()));
+            pair
+        }
+        Err(reason) => {
+            let _ = ready.send(Err(reason));
+            return;
+        }
+    };
+    let mut fabric = Fabric {
+        config,
+        worker,
+        peers: HashMap::new(),
+        reads: Vec::new(),
+    };
+    let mut idle_since: Option<Instant> = None;
+    while fabric.commands(&commands) {
+        fabric.issue();
+        let mut events = 0u64;
+        loop {
+            let n = fabric.worker.progress();
+            if n == 0 {
+                break;
+            }
+            events += u64::from(n);
+        }
+        let now = Instant::now();
+        let changed = fabric.complete(now);
+        if events > 0 || changed {
+            idle_since = None;
+            continue;
+        }
+        if fabric.busy() && now.duration_since(*idle_since.get_or_insert(now)) < SPIN {
+            continue;
+        }
+        idle_since = None;
+        let timeout = fabric.next_deadline().map_or(IDLE_SLEEP, |d| {
+            d.saturating_duration_since(now).min(IDLE_SLEEP)
+        });
+        if let Err(e) = sleep(&fabric.worker, &wake, Some(timeout)) {
+            tracing::warn!("UCX reader: {e}; polling instead");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    fabric.fail_all();
+    let Fabric { worker, peers, .. } = fabric;
+    drop(peers);
+    // Dropping the worker drains requests still in flight (bounded) before it goes.
+    drop(worker);
+    drop(context);
+}
