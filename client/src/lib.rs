@@ -34,3 +34,8 @@ pub use local::{LocalMode, Reservation};
 pub use object::ObjectBytes;
 pub use proxy::{Proxy, ProxyError};
 pub use store::Store;
+
+/// Restores the default SIGINT/SIGTERM dispositions that libraries loaded with libfabric
+/// (Debian's PSM providers) replace with handlers calling `exit(1)`. Programs that install
+/// their own handlers (tokio, signal-hook, which chain to the replaced one) call this first.
+pub use dimstore_transport_ofi::restore_default_signal_handlers;

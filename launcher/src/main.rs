@@ -211,6 +211,9 @@ struct FleetArgs {
 }
 
 fn main() -> ExitCode {
+    // Our SIGINT/SIGTERM handling chains to what it replaces: drop the exiting handlers
+    // libraries loaded with libfabric install first.
+    dimstore::restore_default_signal_handlers();
     match dispatch(Cli::parse().command) {
         Ok(code) => code,
         Err(e) => {

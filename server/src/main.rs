@@ -8,11 +8,20 @@ use dimstore_server::{run, Args, CpuBind, Placement, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    // Before any handler of ours: libfabric's PSM libraries install exiting SIGINT/SIGTERM
+    // handlers at load time, which tokio would chain to.
+    let reset = dimstore_transport_ofi::restore_default_signal_handlers();
     let config = ServerConfig::resolve(Args::parse())?;
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&config.log).context("invalid --log filter")?)
         .with_writer(std::io::stderr)
         .init();
+    if !reset.is_empty() {
+        tracing::debug!(
+            ?reset,
+            "restored default handlers of signals a library had taken"
+        );
+    }
     let placement = Arc::new(place(&config)?);
     let on_start = Arc::clone(&placement);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -386,13 +386,11 @@ impl StoreService {
                 format!("this server does not offer one-sided transport {transport:?} (it offers {offered:?})"),
             ));
         };
-        if session.one_sided.is_none() {
-            self.adjust_transport(self.exporters.0[exporter].name(), |t| t.connections += 1);
-        } else if let Some(old) = session.one_sided {
+        if let Some(old) = session.one_sided {
             let name = self.exporters.0[old.exporter].name();
             self.adjust_transport(name, |t| t.connections -= 1);
-            self.adjust_transport(self.exporters.0[exporter].name(), |t| t.connections += 1);
         }
+        self.adjust_transport(self.exporters.0[exporter].name(), |t| t.connections += 1);
         session.one_sided = Some(OneSidedUse { exporter, from });
         Ok(Response::Done)
     }
@@ -432,8 +430,10 @@ impl StoreService {
 
     /// Same-node requests, refused on connections that may not map.
     fn same_node(&self, session: &mut Session, request: Request) -> Reply<Object> {
-        let releasing = matches!(request, Request::Release { .. });
-        if !session.mapped && !(releasing && session.one_sided.is_some()) {
+        // Leases of one-sided reads are released the same way as mapped ones.
+        let one_sided_release =
+            matches!(request, Request::Release { .. }) && session.one_sided.is_some();
+        if !(session.mapped || one_sided_release) {
             return Reply::error(ErrorReply::new(
                 Status::BadRequest,
                 "mapping requests need a same-node, same-user connection that asked for mapping",

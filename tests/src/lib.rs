@@ -172,6 +172,14 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Memory the server process owns, in KiB: private anonymous plus shared memory it
+    /// created (`RssAnon + RssShmem`), without the page cache of its libraries' code.
+    pub fn owned_memory_kib(&self) -> u64 {
+        status_kib(self.child.id(), "RssAnon:") + status_kib(self.child.id(), "RssShmem:")
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
@@ -180,10 +188,15 @@ impl Drop for TestServer {
 
 /// Resident set size of a process in KiB (from /proc).
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status` (0 when unreadable).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }

@@ -497,9 +497,9 @@ pub fn large_gets_move_by_the_transport(transport: &str) {
     let got = consumer
         .get_batch(&[small_key.clone(), big_key.clone(), small_key])
         .expect("batch");
-    assert_eq!(&got[0].as_deref().expect("small")[..], &small[..]);
-    assert_eq!(&got[1].as_deref().expect("big")[..], &big[..]);
-    assert_eq!(&got[2].as_deref().expect("small")[..], &small[..]);
+    assert_eq!(got[0].as_deref().expect("small"), &small[..]);
+    assert_eq!(got[1].as_deref().expect("big"), &big[..]);
+    assert_eq!(got[2].as_deref().expect("small"), &small[..]);
 
     let stats = producer.stats().expect("stats");
     let name = crate::transport_name(transport);

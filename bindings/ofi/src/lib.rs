@@ -32,6 +32,7 @@ mod fabric;
 mod info;
 mod memory;
 mod op;
+mod signals;
 
 pub use av::{AddressVector, PeerAddr};
 pub use cq::CompletionQueue;
@@ -41,4 +42,5 @@ pub use fabric::{Domain, Fabric};
 pub use info::{Info, InfoQuery};
 pub use memory::{Access, Descriptor, MemoryRegion};
 pub use op::{Completion, Op, WaitError};
+pub use signals::restore_default_signal_handlers;
 pub use stable_deref_trait::StableDeref;

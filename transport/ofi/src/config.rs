@@ -77,6 +77,28 @@ impl OfiConfig {
     }
 }
 
+/// libfabric settings dimstore lowers unless the user set them: object bytes move by RMA
+/// only, so ofi_rxm's eager bounce buffers (16 KiB x thousands by default, ~65 MiB resident
+/// per process) and deep message queues buy nothing. Applied once per process, before the
+/// first libfabric call, by [`crate::OfiExporter::start`] and [`crate::OfiReader::start`].
+pub(crate) const LEAN_DEFAULTS: [(&str, &str); 3] = [
+    ("FI_OFI_RXM_BUFFER_SIZE", "4096"),
+    ("FI_OFI_RXM_MSG_TX_SIZE", "32"),
+    ("FI_OFI_RXM_MSG_RX_SIZE", "32"),
+];
+
+/// Sets [`LEAN_DEFAULTS`] where the environment leaves them unset (once per process).
+pub(crate) fn apply_lean_defaults() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for (name, value) in LEAN_DEFAULTS {
+            if std::env::var_os(name).is_none() {
+                std::env::set_var(name, value);
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

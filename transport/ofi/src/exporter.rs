@@ -58,6 +58,7 @@ impl OfiExporter {
     /// [`TransportError::Unavailable`] (one sentence saying why) if the provider, node or
     /// domain cannot be opened.
     pub fn start(config: &OfiConfig) -> Result<Arc<OfiExporter>, TransportError> {
+        crate::config::apply_lean_defaults();
         let unavailable = |reason: String| TransportError::Unavailable {
             transport: NAME.to_owned(),
             reason,

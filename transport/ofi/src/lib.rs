@@ -38,6 +38,7 @@ mod reader;
 mod register;
 
 pub use config::OfiConfig;
+pub use dimstore_ofi::restore_default_signal_handlers;
 pub use exporter::OfiExporter;
 pub use reader::{shared_reader, OfiReader};
 

@@ -69,6 +69,7 @@ impl OfiReader {
     /// [`TransportError::Unavailable`] (one sentence saying why) if the provider, node or
     /// domain cannot be opened.
     pub fn start(config: &OfiConfig) -> Result<Arc<OfiReader>, TransportError> {
+        crate::config::apply_lean_defaults();
         let unavailable = |reason: String| TransportError::Unavailable {
             transport: NAME.to_owned(),
             reason,
