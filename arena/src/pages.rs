@@ -47,10 +47,25 @@ impl PageBuffer {
         Ok(PageBuffer { base, len, mapped })
     }
 
+    /// Bytes mapped (the length rounded up to whole huge pages).
+    pub fn capacity(&self) -> usize {
+        self.mapped
+    }
+
+    /// Changes the length within the capacity (the bytes keep whatever they held: zeros
+    /// where never written); `false` if `len` exceeds the capacity.
+    pub fn set_len(&mut self, len: usize) -> bool {
+        if len > self.mapped {
+            return false;
+        }
+        self.len = len;
+        true
+    }
+
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `base` points to `mapped >= len` bytes owned by `self`, zero-initialised
-        // by the kernel; `&self` rules out a live `&mut` view.
+        // SAFETY: `base` points to `mapped >= len` bytes owned by `self`, initialised (zeros
+        // from the kernel, or bytes written since); `&self` rules out a live `&mut` view.
         unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
     }
 

@@ -238,7 +238,7 @@ impl<S: Socket> MuxConnection<S> {
         let len = usize::try_from(header.payload_len).map_err(|_| {
             ReadFailure::Broken(TransportError::ConnectionLost("payload too large".into()))
         })?;
-        let mut payload = AlignedBuf::zeroed(len);
+        let mut payload = AlignedBuf::for_overwrite(len);
         reader.read_exact(&mut payload).map_err(broken)?;
         // Descriptors travel with the bytes of the reply that announces them.
         let fds = match &response {

@@ -54,9 +54,9 @@ impl<C: Connection> OneSidedConnection<C> {
             .collect();
         let result = self.read_items(&items, &inline, deadline);
         // Release whatever happened: the server must not pin the objects for us any longer.
-        let released = self.control.notify(&Request::Release { leases }, deadline);
+        // If the notice cannot be sent the connection is gone, and its leases with it.
+        let _ = self.control.notify(&Request::Release { leases }, deadline);
         let payload = result?;
-        released?;
         let items = items
             .into_iter()
             .map(|item| match item {
@@ -87,7 +87,8 @@ impl<C: Connection> OneSidedConnection<C> {
             .sum();
         let total = usize::try_from(total)
             .map_err(|_| TransportError::ConnectionLost("reply larger than memory".into()))?;
-        let mut target = AlignedBuf::zeroed(total);
+        // Every byte is written: inline items copied, remote ones read.
+        let mut target = AlignedBuf::for_overwrite(total);
         let mut reads = Vec::new();
         let (mut offset, mut inline_at) = (0usize, 0usize);
         for item in items {
