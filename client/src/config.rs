@@ -17,8 +17,11 @@ pub enum SpawnPolicy {
 /// Which transport moves object bytes from other servers (`DIMSTORE_TRANSPORT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportChoice {
-    /// The best both ends share: the same-node mapping for this node's server, else the
-    /// first one-sided transport the server offers and this process can start, else TCP.
+    /// The best both ends share: the same-node mapping for this node's server; else, on a
+    /// node with RDMA hardware, the first one-sided transport the server offers and this
+    /// process can start; else TCP. Without RDMA hardware the one-sided providers emulate
+    /// reads over TCP or shared memory and are no faster than TCP's inline replies (see
+    /// docs/PERFORMANCE.md); force them with `ucx` / `ofi`.
     Auto,
     /// TCP only (bytes inline in replies).
     Tcp,
@@ -90,6 +93,9 @@ pub struct ClientConfig {
     /// Objects from this size on are read one-sided; smaller ones come inline
     /// (`DIMSTORE_ONE_SIDED_FROM`, bytes, default 64 KiB).
     pub one_sided_from: u64,
+    /// Whether this node has RDMA hardware, for `auto` (`DIMSTORE_RDMA_HARDWARE=yes|no`;
+    /// default: detected from `/sys/class/infiniband` and `/sys/class/cxi`).
+    pub rdma_hardware: Option<bool>,
 }
 
 impl Default for ClientConfig {
@@ -110,6 +116,7 @@ impl Default for ClientConfig {
             local_map_from: 16 << 10,
             transport: TransportChoice::Auto,
             one_sided_from: dimstore_transport::onesided::DEFAULT_ONE_SIDED_FROM,
+            rdma_hardware: None,
         }
     }
 }
@@ -159,6 +166,16 @@ impl ClientConfig {
             transport: match var("DIMSTORE_TRANSPORT") {
                 None => d.transport,
                 Some(v) => v.parse()?,
+            },
+            rdma_hardware: match var("DIMSTORE_RDMA_HARDWARE").as_deref() {
+                None | Some("detect") => None,
+                Some("yes") => Some(true),
+                Some("no") => Some(false),
+                Some(other) => {
+                    return Err(format!(
+                        "DIMSTORE_RDMA_HARDWARE={other}: expected yes, no or detect"
+                    ))
+                }
             },
             one_sided_from: match var("DIMSTORE_ONE_SIDED_FROM") {
                 None => d.one_sided_from,

@@ -10,7 +10,7 @@ use dimstore_transport::{Connection, TransportError};
 use dimstore_transport_ofi::OfiConfig;
 use dimstore_transport_ucx::UcxConfig;
 
-use crate::config::TransportChoice;
+use crate::config::{ClientConfig, TransportChoice};
 
 /// The outcome of choosing: the connection to use.
 pub(crate) struct Chosen {
@@ -18,17 +18,21 @@ pub(crate) struct Chosen {
 }
 
 /// Upgrades a greeted TCP connection to a one-sided transport per `choice`: forced
-/// transports the server does not offer (or this process cannot start) are an error, `auto`
-/// takes the first the server offers that starts here, else stays on TCP.
+/// transports the server does not offer (or this process cannot start) are an error; `auto`
+/// takes the first the server offers that starts here when this node has RDMA hardware,
+/// else stays on TCP.
 pub(crate) fn choose(
     control: TcpConnection,
     hello: &HelloReply,
     choice: TransportChoice,
-    one_sided_from: u64,
+    config: &ClientConfig,
     deadline: Instant,
 ) -> Result<Chosen, TransportError> {
+    let one_sided_from = config.one_sided_from;
+    let hardware = config.rdma_hardware.unwrap_or_else(rdma_hardware_present);
     let wanted: Vec<&str> = match choice {
         TransportChoice::Tcp => Vec::new(),
+        TransportChoice::Auto if !hardware => Vec::new(),
         TransportChoice::Auto => hello
             .one_sided
             .iter()
@@ -110,4 +114,15 @@ fn reader(name: &str, local_ip: Option<&str>) -> Result<Arc<dyn Reader>, Transpo
             reason: "not a one-sided transport of this build".into(),
         }),
     }
+}
+
+/// Whether this node has RDMA devices (InfiniBand/RoCE/EFA verbs devices, or Slingshot CXI).
+fn rdma_hardware_present() -> bool {
+    ["/sys/class/infiniband", "/sys/class/cxi"]
+        .iter()
+        .any(|dir| {
+            std::fs::read_dir(dir)
+                .map(|mut entries| entries.next().is_some())
+                .unwrap_or(false)
+        })
 }

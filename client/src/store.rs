@@ -509,7 +509,7 @@ impl Store {
                     connection,
                     &hello,
                     choice,
-                    self.inner.config.one_sided_from,
+                    &self.inner.config,
                     deadline,
                 )
                 .map_err(fail)?;

@@ -253,3 +253,68 @@ fn no_server_and_spawning_disabled_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("spawning is disabled"), "{err}");
 }
+
+/// The one-sided CLI surface: `DIMSTORE_TRANSPORT=ucx|ofi dimstore get KEY -o FILE` moves the
+/// object by that transport (the owner's `stat --json` counts it per transport), and a
+/// transport the owner does not offer is a clear error, not a silent fallback.
+#[test]
+fn cli_gets_by_a_forced_one_sided_transport_and_stat_counts_it() {
+    let options = |node: &str| ServerOptions {
+        node: node.into(),
+        extra: vec!["--one-sided".into(), "ucx,ofi".into()],
+        ..ServerOptions::default()
+    };
+    let (owner, reader) = (
+        TestServer::start(options("n0")),
+        TestServer::start(options("n1")),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.bin");
+    let data = pattern(5 << 20, 11);
+    std::fs::write(&input, &data).expect("write");
+    let run = |server: &TestServer, env: &[(&str, &str)], args: &[&str]| {
+        dimstore(dir.path())
+            .env("DIMSTORE_SERVER", server.address())
+            .env("UCX_TLS", "tcp")
+            .env("UCX_NET_DEVICES", "lo")
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .expect("run dimstore")
+    };
+    let key = stdout(&run(&owner, &[], &["put", input.to_str().expect("utf8")]));
+    for transport in ["ucx", "ofi"] {
+        let output = dir.path().join(format!("out-{transport}.bin"));
+        stdout(&run(
+            &reader,
+            &[("DIMSTORE_TRANSPORT", transport)],
+            &["get", &key, "-o", output.to_str().expect("utf8")],
+        ));
+        assert_eq!(std::fs::read(&output).expect("read"), data, "{transport}");
+    }
+    let stat: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&owner, &[], &["stat", "--json"]))).expect("json");
+    for transport in ["ucx", "ofi"] {
+        let row = stat["transports"]
+            .as_array()
+            .expect("transports")
+            .iter()
+            .find(|t| t["name"] == transport)
+            .unwrap_or_else(|| panic!("no {transport} row: {stat}"));
+        assert_eq!(row["one_sided_bytes"], data.len(), "{transport}: {stat}");
+        assert!(row["registrations"].as_u64() >= Some(1), "{stat}");
+    }
+
+    let tcp_only = TestServer::start(ServerOptions {
+        node: "n2".into(),
+        extra: vec!["--one-sided".into(), "none".into()],
+        ..ServerOptions::default()
+    });
+    let refused = run(&tcp_only, &[("DIMSTORE_TRANSPORT", "ucx")], &["stat"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("transport ucx unavailable") && err.contains("does not offer"),
+        "{err}"
+    );
+}

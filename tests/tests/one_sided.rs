@@ -222,7 +222,8 @@ pub fn restarted_owner_never_serves_through_stale_keys(transport: &str) {
     }
 }
 
-/// `DIMSTORE_TRANSPORT=auto` takes the owner's one-sided transport for a remote node.
+/// `DIMSTORE_TRANSPORT=auto` takes the owner's one-sided transport for a remote node when
+/// the node has RDMA hardware (asserted here by `rdma_hardware`), and stays on TCP without.
 pub fn auto_picks_the_one_sided_transport(transport: &str) {
     prepare(transport);
     let owner = server("n0", &[]);
@@ -231,15 +232,27 @@ pub fn auto_picks_the_one_sided_transport(transport: &str) {
         .client(transport)
         .put(&pattern(1 << 20, 9))
         .expect("put");
-    let consumer = other.client_with(transport, |c| c.transport = TransportChoice::Auto);
-    assert_eq!(consumer.get(&key).expect("get").len(), 1 << 20);
-    let stats = consumer.stats_of(&key.owner).expect("stats");
-    let row = stats
-        .transports
-        .iter()
-        .find(|t| t.name == transport_name(transport))
-        .expect("transport row");
-    assert_eq!(row.one_sided_bytes, 1 << 20, "{stats:?}");
+    let served = |consumer: &Store| {
+        let stats = consumer.stats_of(&key.owner).expect("stats");
+        stats
+            .transports
+            .iter()
+            .find(|t| t.name == transport_name(transport))
+            .expect("transport row")
+            .one_sided_bytes
+    };
+    let without = other.client_with(transport, |c| {
+        c.transport = TransportChoice::Auto;
+        c.rdma_hardware = Some(false);
+    });
+    assert_eq!(without.get(&key).expect("get").len(), 1 << 20);
+    assert_eq!(served(&without), 0, "no RDMA hardware: TCP");
+    let with = other.client_with(transport, |c| {
+        c.transport = TransportChoice::Auto;
+        c.rdma_hardware = Some(true);
+    });
+    assert_eq!(with.get(&key).expect("get").len(), 1 << 20);
+    assert_eq!(served(&with), 1 << 20, "RDMA hardware: one-sided");
 }
 
 /// A forced transport the owner does not offer fails the connection with a typed error
