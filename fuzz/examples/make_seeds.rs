@@ -72,7 +72,20 @@ fn main() -> std::io::Result<()> {
                     token: Some("fleet-token".into()),
                     client_node: "n1".into(),
                     client_pid: 4242,
+                    map: false,
+                    map_from: 0,
                 }),
+                b"",
+            ),
+        ),
+        (
+            "req-use-one-sided",
+            request(
+                1,
+                &Request::UseOneSided {
+                    transport: "ucx".into(),
+                    from: 65536,
+                },
                 b"",
             ),
         ),
@@ -133,6 +146,13 @@ fn main() -> std::io::Result<()> {
                     pid: 77,
                     transports: vec!["tcp".into()],
                     max_object: 1 << 30,
+                    local_socket: None,
+                    mapped: false,
+                    one_sided: vec![dimstore_proto::OneSidedOffer {
+                        transport: "ofi".into(),
+                        detail: "tcp;ofi_rxm".into(),
+                        address: vec![1, 2, 3, 4],
+                    }],
                 }),
                 b"",
             ),
@@ -190,6 +210,7 @@ fn main() -> std::io::Result<()> {
                         connections: 1,
                         bytes_served: 12,
                         one_sided_bytes: 0,
+                        registrations: 0,
                     }],
                     ..Default::default()
                 }),

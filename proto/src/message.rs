@@ -285,8 +285,10 @@ pub struct ServerStats {
     /// Objects copied through a same-node socket (mapping not asked for, refused, or the
     /// object below the client's mapping threshold).
     pub copied_local_gets: u64,
-    /// Mapped objects same-node clients hold now (leases).
+    /// Objects clients hold now (leases of mapped and one-sided reads).
     pub leases: u64,
+    /// Leases of one-sided reads the server ended at their deadline since start.
+    pub expired_leases: u64,
     /// In-place reservations not sealed yet.
     pub reservations: u64,
     /// Per-transport counters.

@@ -79,6 +79,11 @@ pub struct Args {
     /// host). [default: auto]
     #[arg(long, env = "DIMSTORE_ONE_SIDED", value_name = "auto|none|LIST")]
     pub one_sided: Option<OneSided>,
+    /// How long a one-sided read may pin its object (e.g. `10m`): a client that hangs with
+    /// its connection open loses its leases then, and objects evicted meanwhile are freed.
+    /// Keep it above clients' DIMSTORE_TIMEOUT. [default: 10m]
+    #[arg(long, env = "DIMSTORE_LEASE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub lease_timeout: Option<Duration>,
     /// Worker threads serving connections. [default: 2]
     #[arg(long, env = "DIMSTORE_THREADS")]
     pub threads: Option<usize>,
@@ -114,6 +119,8 @@ struct FileConfig {
     stall_timeout: Option<Duration>,
     threads: Option<usize>,
     one_sided: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    lease_timeout: Option<Duration>,
     log: Option<String>,
     cpu_bind: Option<String>,
     numa: Option<u32>,
@@ -192,6 +199,8 @@ pub struct ServerConfig {
     pub exit_with_parent: bool,
     /// One-sided transports to export memory on.
     pub one_sided: OneSided,
+    /// Longest a one-sided read's lease lasts.
+    pub lease_timeout: Duration,
     /// Worker threads.
     pub threads: usize,
     /// Log filter.
@@ -306,6 +315,10 @@ impl ServerConfig {
                     .map_err(ConfigError::Invalid)?
                     .unwrap_or(OneSided::Auto),
             },
+            lease_timeout: args
+                .lease_timeout
+                .or(file.lease_timeout)
+                .unwrap_or(Duration::from_secs(600)),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             cpu_bind,
             numa: args.numa.or(file.numa),

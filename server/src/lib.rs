@@ -116,6 +116,7 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         transports,
         local_socket: local_path.as_ref().map(|p| p.display().to_string()),
         one_sided: offers,
+        lease_timeout: config.lease_timeout,
         binding,
     };
     let arena = Arena::new(ArenaConfig {
@@ -139,12 +140,14 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
     let reason = Arc::new(std::sync::Mutex::new(None));
     spawn_stop_watchers(&service, &config, &stop, &reason)?;
     if !identity.one_sided.is_empty() {
-        // Registrations of segments the arena released go within a second.
+        // Registrations of segments the arena released go within a second, and so do
+        // one-sided leases past their deadline.
         let service = service.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
+                service.expire_leases();
                 service.sweep_registrations();
             }
         });

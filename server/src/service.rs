@@ -34,6 +34,8 @@ pub struct ServiceIdentity {
     pub local_socket: Option<String>,
     /// One-sided transports, told to authenticated clients.
     pub one_sided: Vec<OneSidedOffer>,
+    /// How long a one-sided read may hold its lease before the server ends it.
+    pub lease_timeout: Duration,
     /// CPU and memory binding of the server's threads, as reported in stats.
     pub binding: String,
 }
@@ -113,6 +115,8 @@ struct ReplyPolicy {
     one_sided: Option<OneSidedUse>,
     /// Leases pinning mapped or remote objects.
     leases: Leases,
+    /// When leases of one-sided reads granted now expire.
+    lease_deadline: Instant,
     /// A same-node socket (copies are counted).
     local: bool,
 }
@@ -205,6 +209,7 @@ impl StoreService {
             mapped_gets: c.mapped_gets.load(Ordering::Relaxed),
             copied_local_gets: c.copied_local_gets.load(Ordering::Relaxed),
             leases: self.live.leases.load(Ordering::Relaxed),
+            expired_leases: self.live.expired_leases.load(Ordering::Relaxed),
             reservations: self.live.reservations.load(Ordering::Relaxed),
             transports: self.transport_stats(),
             binding: self.identity.binding.clone(),
@@ -227,6 +232,12 @@ impl StoreService {
             }
         }
         all
+    }
+
+    /// Ends one-sided leases past their deadline (a reader that hangs with its connection
+    /// open); an object evicted meanwhile is freed then.
+    pub fn expire_leases(&self) {
+        self.live.expire_leases(Instant::now());
     }
 
     /// Drops the registrations of segments the arena has let go.
@@ -256,6 +267,7 @@ impl StoreService {
             mapped: session.mapped.then_some(session.map_from),
             one_sided: session.one_sided,
             leases: session.leases.clone(),
+            lease_deadline: Instant::now() + self.identity.lease_timeout,
             local: session.peer.transport == crate::LOCAL_TRANSPORT,
         };
         let found = self.store.lookup(&ids);
@@ -297,7 +309,7 @@ impl StoreService {
                                 size,
                                 segment,
                                 offset,
-                                lease: policy.leases.grant(object),
+                                lease: policy.leases.grant(object, None),
                             }
                         }
                         (_, Some(used), Some((segment, offset))) if size >= used.from => {
@@ -306,7 +318,7 @@ impl StoreService {
                                 size,
                                 segment,
                                 offset,
-                                lease: policy.leases.grant(object),
+                                lease: policy.leases.grant(object, Some(policy.lease_deadline)),
                             }
                         }
                         _ => {

@@ -1,10 +1,13 @@
-//! Per-connection state: authentication, and for same-node clients the leases on objects
-//! they read in place and the reservations they write in place. Both are released when the
-//! connection closes, so a client that dies never pins memory.
+//! Per-connection state: authentication, the leases on objects clients read in place
+//! (same node) or one-sided (remote), and the reservations same-node clients write in place.
+//! All are released when the connection closes, so a client that dies never pins memory;
+//! one-sided leases also expire, so a client that hangs with its connection open does not
+//! pin memory forever either.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
 
 use dimstore_arena::{Allocation, Sealed};
 
@@ -26,6 +29,32 @@ pub struct LiveCounts {
     pub leases: AtomicU64,
     /// Reservations open now.
     pub reservations: AtomicU64,
+    /// Leases expired since start.
+    pub expired_leases: AtomicU64,
+    /// Lease tables holding leases that expire, for [`LiveCounts::expire_leases`].
+    expiring: Mutex<Vec<Weak<Mutex<LeaseTable>>>>,
+}
+
+impl LiveCounts {
+    /// Ends every expiring lease whose deadline is before `now`, in every session.
+    pub fn expire_leases(&self, now: Instant) {
+        let mut tables = self.expiring.lock().unwrap_or_else(|e| e.into_inner());
+        tables.retain(|weak| {
+            let Some(table) = weak.upgrade() else {
+                return false;
+            };
+            let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+            let before = table.held.len();
+            table
+                .held
+                .retain(|_, (_, deadline)| deadline.is_none_or(|d| d > now));
+            let expired = (before - table.held.len()) as u64;
+            self.leases.fetch_sub(expired, Ordering::Relaxed);
+            self.expired_leases.fetch_add(expired, Ordering::Relaxed);
+            table.listed = table.held.values().any(|(_, d)| d.is_some());
+            table.listed
+        });
+    }
 }
 
 /// Objects a same-node client reads in place; shared with deferred gets of the session.
@@ -38,7 +67,10 @@ pub struct Leases {
 #[derive(Debug, Default)]
 struct LeaseTable {
     next: u64,
-    held: HashMap<u64, Sealed>,
+    /// Pinned objects, with the deadline of leases that expire.
+    held: HashMap<u64, (Sealed, Option<Instant>)>,
+    /// Whether the table is listed in [`LiveCounts`] for expiry.
+    listed: bool,
 }
 
 impl Leases {
@@ -54,13 +86,23 @@ impl Leases {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Pins `object` until [`Leases::release`]; returns the lease id.
-    pub fn grant(&self, object: Sealed) -> u64 {
+    /// Pins `object` until [`Leases::release`] (or until `expires`, if given, by
+    /// [`LiveCounts::expire_leases`]); returns the lease id.
+    pub fn grant(&self, object: Sealed, expires: Option<Instant>) -> u64 {
         let mut table = self.table();
         table.next += 1;
         let id = table.next;
-        table.held.insert(id, object);
+        table.held.insert(id, (object, expires));
         self.live.leases.fetch_add(1, Ordering::Relaxed);
+        if expires.is_some() && !table.listed {
+            table.listed = true;
+            drop(table);
+            self.live
+                .expiring
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::downgrade(&self.inner));
+        }
         id
     }
 
@@ -179,7 +221,7 @@ mod tests {
                 s.spawn(move || {
                     let mut mine = Vec::new();
                     for i in 0..2000 {
-                        mine.push(leases.grant(object.clone()));
+                        mine.push(leases.grant(object.clone(), None));
                         if i % 3 == t % 3 {
                             let id = mine.swap_remove(0);
                             leases.release(&[id, id]);
@@ -201,7 +243,7 @@ mod tests {
         let live = Arc::new(LiveCounts::default());
         let leases = Leases::new(Arc::clone(&live));
         let mut reservations = Reservations::new(Arc::clone(&live));
-        leases.grant(arena.allocate(100).expect("room").seal());
+        leases.grant(arena.allocate(100).expect("room").seal(), None);
         let kept = reservations.open(arena.allocate(200).expect("room"));
         reservations.open(arena.allocate(300).expect("room"));
         assert!(

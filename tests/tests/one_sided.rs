@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dimstore::{ConnectError, GetError, RequestError, Store, TransportChoice};
+use dimstore_proto::{GetItem, Hello, Request, Response};
+use dimstore_transport::tcp::TcpConnector;
+use dimstore_transport::{Connection, Connector};
 use dimstore_tests::{pattern, prepare, test_config, transport_name, ServerOptions, TestServer};
 
 macro_rules! per_transport {
@@ -28,6 +31,10 @@ macro_rules! per_transport {
                 #[test]
                 fn auto_picks_the_one_sided_transport() {
                     super::auto_picks_the_one_sided_transport($transport);
+                }
+                #[test]
+                fn a_hung_reader_loses_its_lease_at_the_deadline() {
+                    super::a_hung_reader_loses_its_lease_at_the_deadline($transport);
                 }
                 #[test]
                 fn forced_transport_not_offered_is_a_clear_error() {
@@ -272,4 +279,64 @@ pub fn forced_transport_not_offered_is_a_clear_error(transport: &str) {
         Ok(_) => panic!("connected although the owner offers no {transport}"),
         Err(e) => panic!("expected TransportUnavailable, got {e}"),
     }
+}
+
+/// A reader that takes a one-sided lease and then hangs, its connection open, never reading
+/// nor releasing: the lease ends at the server's `--lease-timeout`, and an object evicted
+/// meanwhile is freed then.
+pub fn a_hung_reader_loses_its_lease_at_the_deadline(transport: &str) {
+    prepare(transport);
+    let owner = server("n0", &["--lease-timeout", "1s"]);
+    let producer = owner.client(transport);
+    let key = producer.put(&pattern(1 << 20, 12)).expect("put");
+    let deadline = || Instant::now() + Duration::from_secs(10);
+    let hung = TcpConnector::default()
+        .connect(owner.address(), deadline())
+        .expect("connect");
+    let hello = Request::Hello(Hello {
+        token: None,
+        client_node: "elsewhere".into(),
+        client_pid: std::process::id(),
+        map: false,
+        map_from: 0,
+    });
+    assert!(matches!(
+        hung.call(&hello, &[], deadline()).expect("hello").response,
+        Response::Hello(_)
+    ));
+    let use_one_sided = Request::UseOneSided {
+        transport: transport_name(transport).into(),
+        from: 0,
+    };
+    assert_eq!(
+        hung.call(&use_one_sided, &[], deadline()).expect("use").response,
+        Response::Done
+    );
+    let get = Request::Get {
+        ids: vec![key.id],
+        wait_ms: 0,
+    };
+    match hung.call(&get, &[], deadline()).expect("get").response {
+        Response::Get { items } => assert!(
+            matches!(items[..], [GetItem::Remote { .. }]),
+            "a remote item with a lease: {items:?}"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(producer.evict(&key).expect("evict"));
+    let stats = producer.stats().expect("stats");
+    assert_eq!(stats.leases, 1, "the hung reader's lease pins the object");
+    assert!(stats.bytes_used > 0, "evicted but still pinned: {stats:?}");
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = producer.stats().expect("stats");
+        if stats.leases == 0 {
+            assert_eq!(stats.expired_leases, 1, "{stats:?}");
+            assert_eq!(stats.bytes_used, 0, "freed with the lease: {stats:?}");
+            break;
+        }
+        assert!(Instant::now() < until, "the lease never expired: {stats:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!hung.is_broken(), "the connection itself stays open");
 }

@@ -236,6 +236,11 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
         "evictions": s.evictions,
         "store_full": s.store_full,
         "requests": s.requests,
+        "mapped_gets": s.mapped_gets,
+        "copied_local_gets": s.copied_local_gets,
+        "leases": s.leases,
+        "expired_leases": s.expired_leases,
+        "reservations": s.reservations,
         "transports": transports,
         "binding": s.binding,
     })
