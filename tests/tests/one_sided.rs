@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use dimstore::{ConnectError, GetError, RequestError, Store, TransportChoice};
 use dimstore_proto::{GetItem, Hello, Request, Response};
+use dimstore_tests::{pattern, prepare, test_config, transport_name, ServerOptions, TestServer};
 use dimstore_transport::tcp::TcpConnector;
 use dimstore_transport::{Connection, Connector};
-use dimstore_tests::{pattern, prepare, test_config, transport_name, ServerOptions, TestServer};
 
 macro_rules! per_transport {
     ($($module:ident => $transport:literal),* $(,)?) => {
@@ -309,7 +309,9 @@ pub fn a_hung_reader_loses_its_lease_at_the_deadline(transport: &str) {
         from: 0,
     };
     assert_eq!(
-        hung.call(&use_one_sided, &[], deadline()).expect("use").response,
+        hung.call(&use_one_sided, &[], deadline())
+            .expect("use")
+            .response,
         Response::Done
     );
     let get = Request::Get {
