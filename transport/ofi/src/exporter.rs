@@ -5,15 +5,16 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam::channel::{self, Receiver, Sender, TryRecvError};
+use crossbeam::channel::{self, Sender};
 use dimstore_arena::Segment;
 use dimstore_transport::onesided::{Exporter, RemoteRegion};
+use dimstore_transport::onesided::{FabricThread, Wake};
 use dimstore_transport::TransportError;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
-use crate::fabric::{Node, Waker, NAP};
+use crate::fabric::{Node, NAP};
 use crate::register::Registration;
 use crate::{OfiConfig, NAME};
 
@@ -24,9 +25,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// owned by a fabric thread that stops (deregistering everything) when the exporter is
 /// dropped.
 pub struct OfiExporter {
-    commands: Sender<Command>,
-    waker: Arc<Waker>,
-    thread: Option<JoinHandle<()>>,
+    thread: FabricThread<Command>,
     address: Vec<u8>,
     provider: String,
     live: Arc<AtomicU64>,
@@ -45,6 +44,7 @@ enum Command {
     Sweep {
         reply: Sender<()>,
     },
+    Stop,
 }
 
 /// What the thread reports once its objects are open.
@@ -63,33 +63,20 @@ impl OfiExporter {
             transport: NAME.to_owned(),
             reason,
         };
-        let waker = Arc::new(Waker::new().map_err(unavailable)?);
-        let (commands, rx) = channel::unbounded();
-        let (started_tx, started_rx) = channel::bounded(1);
         let live = Arc::new(AtomicU64::new(0));
         let cache = Arc::new(Mutex::new(HashMap::new()));
-        let thread = {
-            let (config, waker, live, cache) =
-                (config.clone(), waker.clone(), live.clone(), cache.clone());
-            std::thread::Builder::new()
-                .name("dimstore-ofi-export".into())
-                .spawn(move || run(&config, &waker, &rx, &started_tx, &live, &cache))
-                .map_err(|e| unavailable(format!("cannot start the fabric thread: {e}")))?
-        };
-        let started = started_rx
-            .recv()
-            .unwrap_or_else(|_| Err("the fabric thread died while starting".to_owned()));
-        let started = match started {
-            Ok(s) => s,
-            Err(reason) => {
-                let _ = thread.join();
-                return Err(unavailable(reason));
-            }
-        };
+        let (thread, started) = FabricThread::start(
+            "dimstore-ofi-export",
+            crate::START_TIMEOUT,
+            || Command::Stop,
+            {
+                let (config, live, cache) = (config.clone(), live.clone(), cache.clone());
+                move |(rx, wake, ready)| run(&config, &wake, &rx, &ready, &live, &cache)
+            },
+        )
+        .map_err(unavailable)?;
         Ok(Arc::new(OfiExporter {
-            commands,
-            waker,
-            thread: Some(thread),
+            thread,
             address: started.address,
             provider: started.provider,
             live,
@@ -99,9 +86,7 @@ impl OfiExporter {
 
     /// Sends `command` to the fabric thread and wakes it.
     fn send(&self, command: Command) -> Result<(), TransportError> {
-        self.commands.send(command).map_err(|_| gone())?;
-        self.waker.wake();
-        Ok(())
+        self.thread.send(command).then_some(()).ok_or_else(gone)
     }
 }
 
@@ -151,18 +136,6 @@ impl Exporter for OfiExporter {
     }
 }
 
-impl Drop for OfiExporter {
-    fn drop(&mut self) {
-        // Closing the channel stops the thread.
-        let (closed, _) = channel::unbounded();
-        self.commands = closed;
-        self.waker.wake();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 impl std::fmt::Debug for OfiExporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OfiExporter")
@@ -177,12 +150,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The fabric thread: opens the objects, then serves commands and progresses the queue
-/// until the command channel closes.
+/// until told to stop (or the command channel closes).
 fn run(
     config: &OfiConfig,
-    waker: &Waker,
+    waker: &Wake,
     commands: &Receiver<Command>,
-    started: &Sender<Result<Started, String>>,
+    started: &SyncSender<Result<Started, String>>,
     live: &AtomicU64,
     cache: &Mutex<HashMap<u32, RemoteRegion>>,
 ) {
@@ -219,7 +192,7 @@ fn run(
                     let _ = reply.send(());
                 }
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => break 'serve,
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => break 'serve,
             }
         }
         // Reading the queue is what serves peers' reads on manual-progress providers.

@@ -1,13 +1,13 @@
 //! What both fabric threads share: opening the libfabric objects from a configuration, and
 //! the thread's sleep (the queue's wait fd plus an eventfd that wakes it for commands).
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use dimstore_ofi::{
     AddressVector, CompletionQueue, Domain, Endpoint, Fabric, Info, InfoQuery, OfiError,
 };
-use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+use dimstore_transport::onesided::Wake;
+use rustix::event::{poll, PollFd, PollFlags};
 
 use crate::OfiConfig;
 
@@ -94,7 +94,7 @@ impl Node {
     /// a wait fd (or if `fi_trywait` fails) it naps at most [`NAP`] if the queue must keep
     /// progressing (`serving`: peers may be reading from us), otherwise it waits for the
     /// waker alone.
-    pub(crate) fn sleep(&self, waker: &Waker, timeout: Option<Duration>, serving: bool) {
+    pub(crate) fn sleep(&self, waker: &Wake, timeout: Option<Duration>, serving: bool) {
         let fd = self.cq.wait_fd();
         let can_sleep = match (&fd, self.cq.try_wait()) {
             (Some(_), Ok(true)) => true,
@@ -110,7 +110,7 @@ impl Node {
             // Round up, so a sub-millisecond wait does not become a busy loop.
             i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
         });
-        let waker_fd = waker.fd.as_fd();
+        let waker_fd = waker.fd();
         let mut fds = Vec::with_capacity(2);
         fds.push(PollFd::new(&waker_fd, PollFlags::IN));
         if let (true, Some(cq_fd)) = (can_sleep, fd.as_ref()) {
@@ -121,31 +121,5 @@ impl Node {
         if !fds[0].revents().is_empty() {
             waker.drain();
         }
-    }
-}
-
-/// An eventfd that wakes a fabric thread sleeping in [`Node::sleep`].
-pub(crate) struct Waker {
-    fd: OwnedFd,
-}
-
-impl Waker {
-    /// A new, unsignalled waker.
-    pub(crate) fn new() -> Result<Waker, String> {
-        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| format!("eventfd: {e}"))?;
-        Ok(Waker { fd })
-    }
-
-    /// Wakes the thread (or makes its next sleep return at once).
-    pub(crate) fn wake(&self) {
-        // Cannot fail short of a counter overflow (2^64 - 2 wakes), which still wakes.
-        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
-    }
-
-    /// Resets the counter.
-    fn drain(&self) {
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.fd, &mut buf);
     }
 }

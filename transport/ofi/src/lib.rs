@@ -44,3 +44,6 @@ pub use reader::{shared_reader, OfiReader};
 
 /// Transport name, as advertised in the handshake.
 pub const NAME: &str = "ofi";
+
+/// Longest wait for a fabric thread to open its objects (fi_getinfo through the endpoint).
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -3,15 +3,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam::channel::{self, RecvTimeoutError, Sender};
 use dimstore_ofi::{Op, PeerAddr, WaitError};
-use dimstore_transport::onesided::{ReadChunk, ReadTarget, Reader, RemoteRead};
+use dimstore_transport::onesided::{FabricThread, ReadChunk, ReadTarget, Reader, RemoteRead, Wake};
 use dimstore_transport::{AlignedBuf, TransportError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
-use crate::fabric::{Node, Waker};
+use crate::fabric::Node;
 use crate::{OfiConfig, NAME};
 
 /// Without a wait fd, how long the loop keeps polling the queue after the last event before
@@ -34,9 +34,7 @@ const QUARANTINE: Duration = Duration::from_millis(25);
 /// size), with at most [`OfiConfig::in_flight`] chunks in flight per peer, taken in turn
 /// from the reads waiting for that peer.
 pub struct OfiReader {
-    commands: Sender<Command>,
-    waker: Arc<Waker>,
-    thread: Option<JoinHandle<()>>,
+    thread: FabricThread<Command>,
     provider: String,
     chunk: usize,
 }
@@ -45,6 +43,7 @@ pub struct OfiReader {
 enum Command {
     Read(Box<Job>),
     Forget(Vec<u8>),
+    Stop,
 }
 
 /// One `read` call.
@@ -74,30 +73,18 @@ impl OfiReader {
             transport: NAME.to_owned(),
             reason,
         };
-        let waker = Arc::new(Waker::new().map_err(unavailable)?);
-        let (commands, rx) = channel::unbounded();
-        let (started_tx, started_rx) = channel::bounded(1);
-        let thread = {
-            let (config, waker) = (config.clone(), waker.clone());
-            std::thread::Builder::new()
-                .name("dimstore-ofi-read".into())
-                .spawn(move || run(&config, &waker, &rx, &started_tx))
-                .map_err(|e| unavailable(format!("cannot start the fabric thread: {e}")))?
-        };
-        let started = started_rx
-            .recv()
-            .unwrap_or_else(|_| Err("the fabric thread died while starting".to_owned()));
-        let (provider, max_msg) = match started {
-            Ok(s) => s,
-            Err(reason) => {
-                let _ = thread.join();
-                return Err(unavailable(reason));
-            }
-        };
+        let (thread, (provider, max_msg)) = FabricThread::start(
+            "dimstore-ofi-read",
+            crate::START_TIMEOUT,
+            || Command::Stop,
+            {
+                let config = config.clone();
+                move |(rx, wake, ready)| run(&config, &wake, &rx, &ready)
+            },
+        )
+        .map_err(unavailable)?;
         Ok(Arc::new(OfiReader {
-            commands,
-            waker,
-            thread: Some(thread),
+            thread,
             provider,
             chunk: config.chunk.min(max_msg).max(1),
         }))
@@ -115,11 +102,10 @@ impl OfiReader {
 
     /// Sends `command` to the fabric thread and wakes it.
     fn send(&self, command: Command) -> Result<(), TransportError> {
-        self.commands
+        self.thread
             .send(command)
-            .map_err(|_| one_sided("the reader's fabric thread is gone".to_owned()))?;
-        self.waker.wake();
-        Ok(())
+            .then_some(())
+            .ok_or_else(|| one_sided("the reader's fabric thread is gone".to_owned()))
     }
 
     /// The pieces of `reads` (sorted by target offset, split into chunks of `target`).
@@ -221,18 +207,6 @@ impl Reader for OfiReader {
     }
 }
 
-impl Drop for OfiReader {
-    fn drop(&mut self) {
-        // Closing the channel stops the thread.
-        let (closed, _) = channel::unbounded();
-        self.commands = closed;
-        self.waker.wake();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 impl std::fmt::Debug for OfiReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OfiReader")
@@ -302,13 +276,13 @@ struct State {
     waiting: Vec<Box<Job>>,
 }
 
-/// The fabric thread: opens the objects, then serves jobs until the command channel
-/// closes.
+/// The fabric thread: opens the objects, then serves jobs until told to stop (or the
+/// command channel closes).
 fn run(
     config: &OfiConfig,
-    waker: &Waker,
+    waker: &Wake,
     commands: &Receiver<Command>,
-    started: &Sender<Result<(String, usize), String>>,
+    started: &SyncSender<Result<(String, usize), String>>,
 ) {
     let node = match Node::open(config) {
         Ok(node) => {
@@ -341,7 +315,7 @@ fn run(
                 }
                 Ok(Command::Forget(name)) => state.retire_name(&name),
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => break 'serve,
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => break 'serve,
             }
         }
         state.readmit();

@@ -23,9 +23,11 @@ use crate::{AlignedBuf, TransportError};
 
 mod connection;
 mod target;
+mod thread;
 
 pub use connection::OneSidedConnection;
 pub use target::{ReadChunk, ReadTarget};
+pub use thread::{FabricThread, Startup, Wake};
 
 /// Largest piece one read operation moves; longer objects are read in chunks of this size.
 pub const DEFAULT_CHUNK: usize = 4 << 20;

@@ -2,8 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use dimstore_arena::Segment;
@@ -12,8 +11,9 @@ use dimstore_transport::TransportError;
 use dimstore_ucx::{Context, ContextConfig, Worker};
 
 use crate::register::Registration;
-use crate::wake::{sleep, Wake};
+use crate::wake::sleep;
 use crate::{one_sided, tls_detail, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};
+use dimstore_transport::onesided::{FabricThread, Wake};
 
 /// Longest sleep of the idle fabric thread: a safety net only (it is woken by its worker's
 /// event fd and by commands).
@@ -24,9 +24,7 @@ const IDLE_SLEEP: Duration = Duration::from_secs(1);
 /// the target of an emulated read must progress). Dropping the last handle stops the thread
 /// and unregisters every segment.
 pub struct UcxExporter {
-    commands: mpsc::Sender<Command>,
-    wake: Arc<Wake>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: FabricThread<Command>,
     address: Vec<u8>,
     detail: String,
     live: Arc<AtomicU64>,
@@ -50,29 +48,15 @@ impl UcxExporter {
     /// Fails with [`TransportError::Unavailable`] when UCX cannot be used here.
     pub fn start(config: &UcxConfig) -> Result<Arc<UcxExporter>, TransportError> {
         let _ = config; // The exporter has no settings of its own yet.
-        let wake = Arc::new(Wake::new().map_err(unavailable)?);
-        let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let live = Arc::new(AtomicU64::new(0));
-        let thread = std::thread::Builder::new()
-            .name("dimstore-ucx-export".into())
-            .spawn({
-                let (wake, live) = (Arc::clone(&wake), Arc::clone(&live));
-                move || fabric_thread(rx, wake, live, ready_tx)
+        let (thread, address) =
+            FabricThread::start("dimstore-ucx-export", COMMAND_TIMEOUT, || Command::Stop, {
+                let live = Arc::clone(&live);
+                move |(rx, wake, ready_tx)| fabric_thread(rx, wake, live, ready_tx)
             })
-            .map_err(|e| unavailable(format!("cannot start the UCX fabric thread: {e}")))?;
-        let address = match ready_rx.recv_timeout(COMMAND_TIMEOUT) {
-            Ok(Ok(address)) => address,
-            Ok(Err(reason)) => {
-                let _ = thread.join();
-                return Err(unavailable(reason));
-            }
-            Err(_) => return Err(unavailable("the UCX fabric thread did not start")),
-        };
+            .map_err(unavailable)?;
         Ok(Arc::new(UcxExporter {
-            commands: tx,
-            wake,
-            thread: Mutex::new(Some(thread)),
+            thread,
             address,
             detail: tls_detail(),
             live,
@@ -81,9 +65,10 @@ impl UcxExporter {
 
     /// Queues `command` and wakes the fabric thread.
     fn send(&self, command: Command) -> Result<(), TransportError> {
-        let sent = self.commands.send(command);
-        self.wake.wake();
-        sent.map_err(|_| one_sided("the UCX fabric thread has stopped"))
+        self.thread
+            .send(command)
+            .then_some(())
+            .ok_or_else(|| one_sided("the UCX fabric thread has stopped"))
     }
 }
 
@@ -121,20 +106,6 @@ impl Exporter for UcxExporter {
 
     fn live_registrations(&self) -> u64 {
         self.live.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for UcxExporter {
-    fn drop(&mut self) {
-        let _ = self.send(Command::Stop);
-        let thread = self
-            .thread
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(thread) = thread {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -4,7 +4,6 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dimstore_transport::onesided::{ReadChunk, ReadTarget, Reader, RemoteRead};
@@ -13,8 +12,9 @@ use dimstore_ucx::{
     Context, ContextConfig, Endpoint, RemoteKey, Request, UcxError, Worker, WorkerAddress,
 };
 
-use crate::wake::{sleep, Wake};
+use crate::wake::sleep;
 use crate::{one_sided, tls_detail, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};
+use dimstore_transport::onesided::{FabricThread, Wake};
 
 /// How long the fabric thread keeps progressing (without sleeping) while gets are in
 /// flight and nothing happens, before it sleeps on the event fd: a short read completes
@@ -33,9 +33,7 @@ const MEMORY_TYPE_HOST: u8 = 0;
 /// unpacked once per endpoint. Reads from any number of threads are interleaved by the
 /// fabric thread, with at most [`UcxConfig::in_flight`] gets in flight per endpoint.
 pub struct UcxReader {
-    commands: mpsc::Sender<Command>,
-    wake: Arc<Wake>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: FabricThread<Command>,
     config: UcxConfig,
     detail: String,
 }
@@ -87,28 +85,15 @@ impl UcxReader {
     /// [`TransportError::Unavailable`] when UCX cannot be used here.
     pub fn start(config: &UcxConfig) -> Result<Arc<UcxReader>, TransportError> {
         let config = config.sanitized();
-        let wake = Arc::new(Wake::new().map_err(unavailable)?);
-        let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name("dimstore-ucx-read".into())
-            .spawn({
-                let wake = Arc::clone(&wake);
-                move || fabric_thread(config, rx, wake, ready_tx)
-            })
-            .map_err(|e| unavailable(format!("cannot start the UCX fabric thread: {e}")))?;
-        match ready_rx.recv_timeout(COMMAND_TIMEOUT) {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                let _ = thread.join();
-                return Err(unavailable(reason));
-            }
-            Err(_) => return Err(unavailable("the UCX fabric thread did not start")),
-        }
+        let (thread, ()) = FabricThread::start(
+            "dimstore-ucx-read",
+            COMMAND_TIMEOUT,
+            || Command::Stop,
+            move |(rx, wake, ready_tx)| fabric_thread(config, rx, wake, ready_tx),
+        )
+        .map_err(unavailable)?;
         Ok(Arc::new(UcxReader {
-            commands: tx,
-            wake,
-            thread: Mutex::new(Some(thread)),
+            thread,
             config,
             detail: tls_detail(),
         }))
@@ -126,9 +111,10 @@ impl UcxReader {
 
     /// Queues `command` and wakes the fabric thread.
     fn send(&self, command: Command) -> Result<(), TransportError> {
-        let sent = self.commands.send(command);
-        self.wake.wake();
-        sent.map_err(|_| one_sided("the UCX fabric thread has stopped"))
+        self.thread
+            .send(command)
+            .then_some(())
+            .ok_or_else(|| one_sided("the UCX fabric thread has stopped"))
     }
 }
 
@@ -172,20 +158,6 @@ impl Reader for UcxReader {
 
     fn forget(&self, peer: &[u8]) {
         let _ = self.send(Command::Forget(peer.to_vec()));
-    }
-}
-
-impl Drop for UcxReader {
-    fn drop(&mut self) {
-        let _ = self.send(Command::Stop);
-        let thread = self
-            .thread
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(thread) = thread {
-            let _ = thread.join();
-        }
     }
 }
 
