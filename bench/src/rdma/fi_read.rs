@@ -216,29 +216,11 @@ pub fn initiator(args: &FiReadArgs) -> anyhow::Result<()> {
                 "fi_read {size} B ({strategy}): the bytes differ from the target's"
             );
             spare.extend(first);
-            let bounds = Bounds {
-                warmup: 1,
-                iterations: (((1u64 << 30) / size.max(1)).clamp(5, 5000)) as usize,
-                time: args.cell_time,
-            };
-            let latencies = timed_loop(
-                bounds,
-                |_| {
-                    let bufs = read.object(len, piece, in_flight, &mut spare)?;
-                    spare.extend(bufs);
-                    Ok(())
-                },
-                || Ok(()),
-            )?;
-            let result = ReadResult {
-                size,
-                strategy: strategy.into(),
-                count: latencies.count(),
-                median_us: latencies.median_us(),
-                p99_us: latencies.p99_us(),
-            };
-            writeln!(out, "{}", serde_json::to_string(&result)?)?;
-            out.flush()?;
+            time_reads(&mut out, size, strategy, args.cell_time, || {
+                let bufs = read.object(len, piece, in_flight, &mut spare)?;
+                spare.extend(bufs);
+                Ok(())
+            })?;
         }
     }
     drop(me.ep);
@@ -317,6 +299,34 @@ pub fn unhex(text: &str) -> anyhow::Result<Vec<u8>> {
             u8::from_str_radix(digits, 16).context("bad hex")
         })
         .collect()
+}
+
+/// Times `read_object` (one whole object per call) for `size` bytes with `strategy`,
+/// bounded in count (about 1 GiB moved, 5 to 5000 reads) and in `cell_time`, and prints
+/// one [`ReadResult`] line to `out`.
+pub(crate) fn time_reads(
+    out: &mut impl Write,
+    size: u64,
+    strategy: &str,
+    cell_time: Duration,
+    mut read_object: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let bounds = Bounds {
+        warmup: 1,
+        iterations: ((1u64 << 30) / size.max(1)).clamp(5, 5000) as usize,
+        time: cell_time,
+    };
+    let latencies = timed_loop(bounds, |_| read_object(), || Ok(()))?;
+    let result = ReadResult {
+        size,
+        strategy: strategy.into(),
+        count: latencies.count(),
+        median_us: latencies.median_us(),
+        p99_us: latencies.p99_us(),
+    };
+    writeln!(out, "{}", serde_json::to_string(&result)?)?;
+    out.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,9 +24,8 @@ use dimstore_ucx::{Context, ContextConfig, Endpoint, MemoryRegion, RemoteKey, Wo
 use dimstore_ucx::{WaitError, WorkerAddress};
 use serde::{Deserialize, Serialize};
 
-use super::fi_read::{hex, unhex, ReadResult};
+use super::fi_read::{hex, time_reads, unhex};
 use crate::contenders::pattern;
-use crate::measure::{timed_loop, Bounds};
 use crate::options::{parse_duration, parse_size};
 
 /// Deadline of one read (a whole object).
@@ -152,29 +151,11 @@ pub fn initiator(args: &UcxGetArgs) -> anyhow::Result<()> {
                 "ucp_get {size} B ({strategy}): the bytes differ from the target's"
             );
             spare.extend(first);
-            let bounds = Bounds {
-                warmup: 1,
-                iterations: ((1u64 << 30) / size.max(1)).clamp(5, 5000) as usize,
-                time: args.cell_time,
-            };
-            let latencies = timed_loop(
-                bounds,
-                |_| {
-                    let bufs = read.object(len, piece, in_flight, &mut spare)?;
-                    spare.extend(bufs);
-                    Ok(())
-                },
-                || Ok(()),
-            )?;
-            let result = ReadResult {
-                size,
-                strategy: strategy.into(),
-                count: latencies.count(),
-                median_us: latencies.median_us(),
-                p99_us: latencies.p99_us(),
-            };
-            writeln!(out, "{}", serde_json::to_string(&result)?)?;
-            out.flush()?;
+            time_reads(&mut out, size, strategy, args.cell_time, || {
+                let bufs = read.object(len, piece, in_flight, &mut spare)?;
+                spare.extend(bufs);
+                Ok(())
+            })?;
         }
     }
     let _ = ep.close(Instant::now() + Duration::from_secs(2));
