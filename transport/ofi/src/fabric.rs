@@ -40,6 +40,8 @@ impl Node {
         let mut query = InfoQuery::provider(config.provider.clone());
         if let Some(node) = &config.node {
             query = query.source_node(node.clone());
+        } else if config.provider == "shm" {
+            query = query.source_node(shm_name());
         }
         if let Some(domain) = &config.domain {
             query = query.domain(domain.clone());
@@ -120,6 +122,43 @@ impl Node {
         let _ = poll(&mut fds, ms);
         if !fds[0].revents().is_empty() {
             waker.drain();
+        }
+    }
+}
+
+/// Prefix of the shm provider's endpoint names (`/dev/shm/<name>`) this crate chooses.
+const SHM_PREFIX: &str = "dimstore-ofi-";
+
+/// A name for a new shm endpoint, unique on this node: `dimstore-ofi-<pid>-<n>`.
+///
+/// The provider's default name starts with the process id, and a process killed without
+/// closing its endpoint leaves its 16 MiB region in `/dev/shm`: a later process given the
+/// same pid then fails to open its endpoint (EBUSY). Named regions of processes that no
+/// longer exist are removed here first, so such leftovers neither collide nor pile up.
+fn shm_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    remove_stale_shm_regions();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{SHM_PREFIX}{}-{n}", std::process::id())
+}
+
+/// Removes `/dev/shm/dimstore-ofi-<pid>-*` regions whose process is gone.
+fn remove_stale_shm_regions() {
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SHM_PREFIX))
+            .and_then(|rest| rest.split(['-', ':']).next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
