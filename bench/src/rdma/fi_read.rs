@@ -247,23 +247,16 @@ impl Reader<'_> {
         spare: &mut Vec<Vec<u8>>,
     ) -> anyhow::Result<Vec<Vec<u8>>> {
         let deadline = Instant::now() + READ_LIMIT;
-        let mut pending = VecDeque::new();
-        let mut done = Vec::with_capacity(len.div_ceil(piece.max(1)));
-        let mut offset = 0usize;
-        while offset < len || !pending.is_empty() {
-            while pending.len() < in_flight && offset < len {
-                let n = piece.min(len - offset);
-                let mut buffer = spare.pop().unwrap_or_default();
-                buffer.resize(n, 0);
-                pending.push_back(self.ep.read(
-                    self.peer,
-                    self.base + offset as u64,
-                    self.key,
-                    buffer,
-                ));
-                offset += n;
-            }
-            if let Some(op) = pending.pop_front() {
+        let mut done = pipelined(
+            len,
+            piece,
+            in_flight,
+            spare,
+            |offset, buffer| {
+                self.ep
+                    .read(self.peer, self.base + offset, self.key, buffer)
+            },
+            |op| {
                 let completion = op
                     .wait(deadline)
                     .map_err(WaitError::into_error)
@@ -274,14 +267,44 @@ impl Reader<'_> {
                     completion.len,
                     completion.buffer.len()
                 );
-                done.push(completion.buffer);
-            }
-        }
+                Ok(completion.buffer)
+            },
+        )?;
         if len == 0 {
             done.push(Vec::new());
         }
         Ok(done)
     }
+}
+
+/// Reads `len` bytes in pieces of `piece` bytes with at most `in_flight` operations
+/// outstanding: `post(offset, buffer)` starts the read of one piece into a buffer taken
+/// from `spare`, `complete(op)` waits for the oldest and gives its buffer back. Returns the
+/// pieces' buffers in order.
+pub(crate) fn pipelined<Op>(
+    len: usize,
+    piece: usize,
+    in_flight: usize,
+    spare: &mut Vec<Vec<u8>>,
+    mut post: impl FnMut(u64, Vec<u8>) -> Op,
+    mut complete: impl FnMut(Op) -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut pending = VecDeque::new();
+    let mut done = Vec::with_capacity(len.div_ceil(piece.max(1)));
+    let mut offset = 0usize;
+    while offset < len || !pending.is_empty() {
+        while pending.len() < in_flight && offset < len {
+            let n = piece.min(len - offset);
+            let mut buffer = spare.pop().unwrap_or_default();
+            buffer.resize(n, 0);
+            pending.push_back(post(offset as u64, buffer));
+            offset += n;
+        }
+        if let Some(op) = pending.pop_front() {
+            done.push(complete(op)?);
+        }
+    }
+    Ok(done)
 }
 
 /// Bytes as lowercase hex.

@@ -12,7 +12,6 @@
 //!   size) and, above the chunk, `chunked` (`--chunk` pieces, `--in-flight` at once); prints
 //!   one JSON line [`ReadResult`] per size and strategy.
 
-use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use dimstore_ucx::{Context, ContextConfig, Endpoint, MemoryRegion, RemoteKey, Wo
 use dimstore_ucx::{WaitError, WorkerAddress};
 use serde::{Deserialize, Serialize};
 
-use super::fi_read::{hex, time_reads, unhex};
+use super::fi_read::{hex, pipelined, time_reads, unhex};
 use crate::contenders::pattern;
 use crate::options::{parse_duration, parse_size};
 
@@ -180,25 +179,18 @@ impl Reader<'_> {
         spare: &mut Vec<Vec<u8>>,
     ) -> anyhow::Result<Vec<Vec<u8>>> {
         let deadline = Instant::now() + READ_LIMIT;
-        let mut pending = VecDeque::new();
-        let mut done = Vec::with_capacity(len.div_ceil(piece.max(1)));
-        let mut offset = 0usize;
-        while offset < len || !pending.is_empty() {
-            while pending.len() < in_flight && offset < len {
-                let n = piece.min(len - offset);
-                let mut buffer = spare.pop().unwrap_or_default();
-                buffer.resize(n, 0);
-                pending.push_back(self.ep.get(self.base + offset as u64, self.rkey, buffer));
-                offset += n;
-            }
-            if let Some(request) = pending.pop_front() {
-                let buffer = request
+        pipelined(
+            len,
+            piece,
+            in_flight,
+            spare,
+            |offset, buffer| self.ep.get(self.base + offset, self.rkey, buffer),
+            |request| {
+                request
                     .wait(deadline)
                     .map_err(WaitError::into_error)
-                    .context("ucp_get")?;
-                done.push(buffer);
-            }
-        }
-        Ok(done)
+                    .context("ucp_get")
+            },
+        )
     }
 }
