@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dimstore_proto::{HelloReply, Request, Response};
-use dimstore_transport::onesided::{OneSidedConnection, Reader};
+use dimstore_transport::onesided::{ChannelConnection, Messenger, OneSidedConnection, Reader};
 use dimstore_transport::tcp::TcpConnection;
 use dimstore_transport::{Connection, TransportError};
 use dimstore_transport_ofi::OfiConfig;
@@ -62,7 +62,11 @@ pub(crate) fn choose(
             Ok::<_, TransportError>((offer.address.clone(), reader))
         })();
         match attempt {
-            Ok((address, reader)) => {
+            Ok((address, (reader, messenger))) => {
+                let control: Arc<dyn Connection> = match messenger {
+                    Some(messenger) => open_channel(control, messenger, &address, deadline)?,
+                    None => Arc::new(control),
+                };
                 let reply = control.call(
                     &Request::UseOneSided {
                         transport: name.to_string(),
@@ -94,12 +98,49 @@ pub(crate) fn choose(
     })
 }
 
+/// Requests go on `control` until a channel is open; then on the channel, with `control`
+/// kept open beside it (the server closes the channel with it). A server that takes no
+/// requests on the transport's messages keeps them on `control`.
+fn open_channel(
+    control: TcpConnection,
+    messenger: Arc<dyn Messenger>,
+    peer: &[u8],
+    deadline: Instant,
+) -> Result<Arc<dyn Connection>, TransportError> {
+    let reply = control.call(
+        &Request::OpenChannel {
+            transport: messenger.name().to_string(),
+            address: messenger.address(),
+        },
+        &[],
+        deadline,
+    )?;
+    match reply.response {
+        Response::Channel { id } => Ok(Arc::new(ChannelConnection::new(
+            control,
+            messenger,
+            peer.to_vec(),
+            id,
+        ))),
+        // An older server, or one whose transport cannot take requests.
+        _ => Ok(Arc::new(control)),
+    }
+}
+
+/// A reader and, where requests travel on the transport's own messages, its messenger.
+type Readers = (Arc<dyn Reader>, Option<Arc<dyn Messenger>>);
+
 /// This process's reader for `name` (one per process, started on first use). libfabric
 /// binds to `DIMSTORE_OFI_NODE`, else to the address the control connection left from.
-fn reader(name: &str, local_ip: Option<&str>) -> Result<Arc<dyn Reader>, TransportError> {
+fn reader(name: &str, local_ip: Option<&str>) -> Result<Readers, TransportError> {
     match name {
         "ucx" => {
-            Ok(dimstore_transport_ucx::shared_reader(&UcxConfig::from_env())? as Arc<dyn Reader>)
+            let config = UcxConfig::from_env();
+            let reader = dimstore_transport_ucx::shared_reader(&config)?;
+            let messenger = config
+                .requests_over_am
+                .then(|| Arc::clone(&reader) as Arc<dyn Messenger>);
+            Ok((reader as Arc<dyn Reader>, messenger))
         }
         "ofi" => {
             let mut config = OfiConfig::from_env()?;
@@ -107,7 +148,10 @@ fn reader(name: &str, local_ip: Option<&str>) -> Result<Arc<dyn Reader>, Transpo
             if config.node.is_none() && config.provider != "shm" {
                 config.node = local_ip.map(str::to_string);
             }
-            Ok(dimstore_transport_ofi::shared_reader(&config)? as Arc<dyn Reader>)
+            Ok((
+                dimstore_transport_ofi::shared_reader(&config)? as Arc<dyn Reader>,
+                None,
+            ))
         }
         other => Err(TransportError::Unavailable {
             transport: other.to_string(),

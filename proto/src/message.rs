@@ -163,6 +163,16 @@ pub enum Request {
         /// Segment ids.
         ids: Vec<u32>,
     },
+    /// Open a channel on `transport`'s own messages (UCX active messages): later requests
+    /// may travel there instead of on this connection. The channel is a session of its own,
+    /// authenticated by this one, and closes with it. `address` is the client's address on
+    /// that transport, where replies go.
+    OpenChannel {
+        /// Transport name (one of [`HelloReply::one_sided`]).
+        transport: String,
+        /// The client's address on that transport.
+        address: Vec<u8>,
+    },
 }
 
 /// Per-object outcome of a get.
@@ -349,6 +359,11 @@ pub enum Response {
     },
     /// The request failed as a whole.
     Error(ErrorReply),
+    /// Answer to [`Request::OpenChannel`]: the channel id its messages carry.
+    Channel {
+        /// Random id, only told to this connection.
+        id: u64,
+    },
 }
 
 /// A message body that failed validation.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use dimstore_arena::{Arena, ArenaConfig};
 use dimstore_proto::{FrameLimits, ReadyFile};
+use dimstore_transport::onesided::rpc::ServiceHost;
 use dimstore_transport::tcp::ServeOptions;
 use tokio::net::TcpListener;
 
@@ -135,6 +136,28 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         },
         stall_timeout: config.stall_timeout,
     };
+    // Requests may also travel on the one-sided transports' own messages (UCX active
+    // messages), on channels opened from TCP connections. The hosts hold the service
+    // weakly (it owns the transports); this handle keeps it while the server runs.
+    let rpc_service = Arc::new(service.clone());
+    for exporter in &service.exporters().0 {
+        let host = ServiceHost::new(
+            &rpc_service,
+            options.limits,
+            exporter.name(),
+            tokio::runtime::Handle::current(),
+        );
+        match exporter.serve_rpc(Arc::new(host)) {
+            Ok(()) => {
+                service.serve_rpc_on(exporter.name());
+                tracing::info!(
+                    transport = exporter.name(),
+                    "requests accepted on the transport's messages"
+                );
+            }
+            Err(e) => tracing::debug!(transport = exporter.name(), "{e}"),
+        }
+    }
 
     let stop = Arc::new(tokio::sync::Notify::new());
     let reason = Arc::new(std::sync::Mutex::new(None));

@@ -10,12 +10,17 @@ use dimstore_proto::{
     ErrorReply, GetItem, HelloReply, ObjectId, OneSidedOffer, Request, Reservation, Response,
     SegmentInfo, SegmentKey, ServerStats, Status, TransportStats, PROTOCOL_VERSION,
 };
+use dimstore_transport::onesided::rpc::{ChannelGuard, ChannelTable};
 use dimstore_transport::onesided::Exporter;
 use dimstore_transport::{Outcome, PeerInfo, Reply, Service};
 use tokio::sync::Notify;
 
 use crate::session::{Leases, LiveCounts, Peer, Reservations};
 use crate::store::{Lookup, Object, ObjectStore};
+
+/// Longest client fabric address a channel accepts (UCX worker addresses are a few hundred
+/// bytes).
+const MAX_CHANNEL_ADDRESS: usize = 64 << 10;
 
 /// Identity and policy of the server, fixed at start.
 #[derive(Debug, Clone)]
@@ -61,6 +66,10 @@ pub struct ServiceState {
     live: Arc<LiveCounts>,
     per_transport: Mutex<Vec<TransportStats>>,
     exporters: Exporters,
+    /// One-sided transports whose own messages carry requests ([`Request::OpenChannel`]).
+    rpc_transports: Mutex<Vec<&'static str>>,
+    /// Channels open on those transports.
+    channels: Arc<ChannelTable<Session>>,
     /// Notified when a client asks the server to stop.
     pub shutdown: Arc<Notify>,
     connections: AtomicU64,
@@ -105,6 +114,10 @@ pub struct Session {
     one_sided: Option<OneSidedUse>,
     leases: Leases,
     reservations: Reservations,
+    /// Whether this is a channel's session (counted with the connection it came from).
+    is_channel: bool,
+    /// Channels opened from this connection; they close with it.
+    channels: Vec<ChannelGuard<Session>>,
 }
 
 /// How a get's found objects travel, fixed per session.
@@ -132,13 +145,19 @@ struct OneSidedUse {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.service.connections.fetch_sub(1, Ordering::Relaxed);
+        // Channels first: their sessions end with this one.
+        self.channels.clear();
+        if !self.is_channel {
+            self.service.connections.fetch_sub(1, Ordering::Relaxed);
+        }
         self.service.touch();
         self.service
             .adjust_transport(self.peer.transport, |t| t.connections -= 1);
         if let Some(used) = self.one_sided {
             let name = self.service.exporters.0[used.exporter].name();
-            self.service.adjust_transport(name, |t| t.connections -= 1);
+            if name != self.peer.transport {
+                self.service.adjust_transport(name, |t| t.connections -= 1);
+            }
         }
         tracing::debug!(peer = %self.peer.address, "session closed");
     }
@@ -166,10 +185,17 @@ impl StoreService {
             live: Arc::default(),
             per_transport: Mutex::new(per_transport),
             exporters,
+            rpc_transports: Mutex::new(Vec::new()),
+            channels: Arc::default(),
             shutdown: Arc::new(Notify::new()),
             connections: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
         }))
+    }
+
+    /// The one-sided transports' server sides.
+    pub fn exporters(&self) -> &Exporters {
+        &self.exporters
     }
 
     /// Open connections now.
@@ -398,13 +424,89 @@ impl StoreService {
                 format!("this server does not offer one-sided transport {transport:?} (it offers {offered:?})"),
             ));
         };
+        // A channel's session is counted on its transport already.
+        let own = session.peer.transport;
         if let Some(old) = session.one_sided {
             let name = self.exporters.0[old.exporter].name();
-            self.adjust_transport(name, |t| t.connections -= 1);
+            if name != own {
+                self.adjust_transport(name, |t| t.connections -= 1);
+            }
         }
-        self.adjust_transport(self.exporters.0[exporter].name(), |t| t.connections += 1);
+        let name = self.exporters.0[exporter].name();
+        if name != own {
+            self.adjust_transport(name, |t| t.connections += 1);
+        }
         session.one_sided = Some(OneSidedUse { exporter, from });
         Ok(Response::Done)
+    }
+
+    /// Records that `transport`'s exporter now serves requests on its own messages, so
+    /// clients may open channels on it.
+    pub fn serve_rpc_on(&self, transport: &'static str) {
+        self.rpc_transports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(transport);
+    }
+
+    /// Opens a channel on `transport` for `session`'s client, whose address there is
+    /// `address`: a session of its own, authenticated by this one, closed with it.
+    fn open_channel(
+        &self,
+        session: &mut Session,
+        transport: &str,
+        address: Vec<u8>,
+    ) -> Result<Response, ErrorReply> {
+        if session.is_channel {
+            return Err(ErrorReply::new(
+                Status::BadRequest,
+                "channels are opened from TCP connections, not from channels",
+            ));
+        }
+        let Some(name) = self
+            .rpc_transports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .find(|t| *t == transport)
+        else {
+            return Err(ErrorReply::new(
+                Status::BadRequest,
+                format!("this server takes no requests over {transport:?}"),
+            ));
+        };
+        if address.is_empty() || address.len() > MAX_CHANNEL_ADDRESS {
+            return Err(ErrorReply::new(
+                Status::BadRequest,
+                format!(
+                    "a client address of {} bytes (1 to {MAX_CHANNEL_ADDRESS})",
+                    address.len()
+                ),
+            ));
+        }
+        let mut channel = self.open_session(
+            name,
+            PeerInfo {
+                address: format!("{} ({name} channel)", session.peer.address),
+                uid: None,
+            },
+        );
+        // Counted once, with the connection it came from.
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        channel.is_channel = true;
+        channel.greeted = true;
+        loop {
+            match self.channels.open(rand::random(), address.clone(), channel) {
+                Ok(guard) => {
+                    let id = guard.id();
+                    session.channels.push(guard);
+                    tracing::debug!(peer = %session.peer.address, transport = name, "channel opened");
+                    return Ok(Response::Channel { id });
+                }
+                Err(back) => channel = back,
+            }
+        }
     }
 
     /// Remote keys of arena segments on the session's one-sided transport (registered on
@@ -575,6 +677,8 @@ impl Service for StoreService {
             one_sided: None,
             leases: Leases::new(Arc::clone(&self.live)),
             reservations: Reservations::new(Arc::clone(&self.live)),
+            is_channel: false,
+            channels: Vec::new(),
         }
     }
 
@@ -674,6 +778,9 @@ impl Service for StoreService {
             Request::SegmentKeys { ids } => self
                 .segment_keys(session, &ids)
                 .unwrap_or_else(Response::Error),
+            Request::OpenChannel { transport, address } => self
+                .open_channel(session, &transport, address)
+                .unwrap_or_else(Response::Error),
             Request::Shutdown => {
                 tracing::info!(peer = %session.peer.address, "shutdown requested by client");
                 self.shutdown.notify_one();
@@ -690,5 +797,9 @@ impl Service for StoreService {
 
     fn record_sent(&self, transport: &'static str, bytes: u64) {
         self.adjust_transport(transport, |t| t.bytes_served += bytes);
+    }
+
+    fn channels(&self) -> Option<&ChannelTable<Session>> {
+        Some(&self.channels)
     }
 }

@@ -138,7 +138,13 @@ pub fn deferred_get_waits_for_set(transport: &str) {
         std::thread::sleep(Duration::from_millis(300));
         setter.set(&setter_key, b"the future's value").expect("set")
     });
-    let got = owner.get(&key).expect("waiting get");
+    let got = match owner.get(&key) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("SERVER0 LOG:\n{}", cluster.servers[0].log());
+            panic!("waiting get: {e:?}");
+        }
+    };
     assert_eq!(&got[..], b"the future's value");
     assert!(
         started.elapsed() >= Duration::from_millis(250),

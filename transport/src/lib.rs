@@ -117,6 +117,12 @@ pub trait Service: Send + Sync + 'static {
 
     /// Counts object bytes a transport has sent.
     fn record_sent(&self, transport: &'static str, bytes: u64);
+
+    /// The channels opened on fabric messages ([`onesided::rpc`]), for services that offer
+    /// them.
+    fn channels(&self) -> Option<&onesided::rpc::ChannelTable<Self::Session>> {
+        None
+    }
 }
 
 /// A reply as a client receives it.
@@ -160,4 +166,33 @@ pub trait Connection: Send + Sync + 'static {
 
     /// Whether the connection has failed and must be replaced.
     fn is_broken(&self) -> bool;
+
+    /// Whether the server is known to be gone: broken, or (where the transport can tell
+    /// without blocking) closed by the peer while idle.
+    fn peer_closed(&self) -> bool {
+        self.is_broken()
+    }
+}
+
+impl<C: Connection + ?Sized> Connection for std::sync::Arc<C> {
+    fn call(
+        &self,
+        request: &Request,
+        payload: &[&[u8]],
+        deadline: Instant,
+    ) -> Result<ReplyFrame, TransportError> {
+        (**self).call(request, payload, deadline)
+    }
+
+    fn notify(&self, request: &Request, deadline: Instant) -> Result<(), TransportError> {
+        (**self).notify(request, deadline)
+    }
+
+    fn is_broken(&self) -> bool {
+        (**self).is_broken()
+    }
+
+    fn peer_closed(&self) -> bool {
+        (**self).peer_closed()
+    }
 }

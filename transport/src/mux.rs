@@ -71,6 +71,11 @@ pub trait Socket: Read + Write + Send + Sync + Sized + std::fmt::Debug + 'static
         let _ = n;
         Vec::new()
     }
+    /// Whether the peer has closed the stream or it failed, checked without blocking or
+    /// consuming anything. Only meaningful while no reply is expected on the stream.
+    fn peer_closed(&self) -> bool {
+        false
+    }
 }
 
 /// A connection to one server over a byte-stream socket, shared by all threads of a
@@ -395,6 +400,10 @@ impl<S: Socket> Connection for MuxConnection<S> {
 
     fn is_broken(&self) -> bool {
         self.lock_state().broken.is_some()
+    }
+
+    fn peer_closed(&self) -> bool {
+        self.is_broken() || self.control.peer_closed()
     }
 }
 

@@ -25,6 +25,7 @@ impl<C: Connection> OneSidedConnection<C> {
     /// Wraps `control`, a greeted connection on which [`Request::UseOneSided`] was accepted
     /// for `reader`'s transport; `peer` is the server's address on that transport.
     pub fn new(control: C, reader: Arc<dyn Reader>, peer: Vec<u8>) -> Self {
+        *users().entry((reader.name(), peer.clone())).or_default() += 1;
         OneSidedConnection {
             control,
             reader,
@@ -210,6 +211,25 @@ impl<C: Connection> Connection for OneSidedConnection<C> {
 
 impl<C> Drop for OneSidedConnection<C> {
     fn drop(&mut self) {
-        self.reader.forget(&self.peer);
+        // The reader's endpoint to the server is shared by this process's connections to
+        // it: only the last one lets it go.
+        let key = (self.reader.name(), self.peer.clone());
+        let mut users = users();
+        let last = users.get_mut(&key).is_none_or(|n| {
+            *n -= 1;
+            *n == 0
+        });
+        if last {
+            users.remove(&key);
+            drop(users);
+            self.reader.forget(&self.peer);
+        }
     }
+}
+
+/// Connections per (transport, server address) in this process.
+fn users() -> std::sync::MutexGuard<'static, HashMap<(&'static str, Vec<u8>), usize>> {
+    type Users = Mutex<HashMap<(&'static str, Vec<u8>), usize>>;
+    static USERS: std::sync::LazyLock<Users> = std::sync::LazyLock::new(Users::default);
+    USERS.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -21,13 +21,16 @@ use dimstore_arena::Segment;
 
 use crate::{AlignedBuf, TransportError};
 
+mod channel;
 mod connection;
+pub mod rpc;
 mod target;
 mod thread;
 
+pub use channel::{ChannelConnection, Messenger};
 pub use connection::OneSidedConnection;
 pub use target::{ReadChunk, ReadTarget};
-pub use thread::{FabricThread, Startup, Wake};
+pub use thread::{CommandSender, FabricThread, Startup, Wake};
 
 /// Largest piece one read operation moves; longer objects are read in chunks of this size.
 pub const DEFAULT_CHUNK: usize = 4 << 20;
@@ -70,6 +73,17 @@ pub trait Exporter: Send + Sync + 'static {
 
     /// Registrations alive now.
     fn live_registrations(&self) -> u64;
+
+    /// Starts serving requests on the fabric's own messages for `host` (see [`rpc`]).
+    /// Transports without request messaging refuse with
+    /// [`TransportError::Unavailable`].
+    fn serve_rpc(&self, host: Arc<dyn rpc::RpcHost>) -> Result<(), TransportError> {
+        let _ = host;
+        Err(TransportError::Unavailable {
+            transport: self.name().to_owned(),
+            reason: "requests travel on the TCP connection with this transport".into(),
+        })
+    }
 }
 
 /// One region to read.

@@ -104,6 +104,39 @@ impl<C: Send + 'static> FabricThread<C> {
         self.wake.wake();
         sent
     }
+
+    /// A handle that queues commands from anywhere, without owning the thread.
+    pub fn sender(&self) -> CommandSender<C> {
+        CommandSender {
+            commands: self.commands.clone(),
+            wake: Arc::clone(&self.wake),
+        }
+    }
+}
+
+/// Queues commands to a fabric thread (see [`FabricThread::sender`]); dropping it does not
+/// stop the thread.
+pub struct CommandSender<C> {
+    commands: mpsc::Sender<C>,
+    wake: Arc<Wake>,
+}
+
+impl<C> Clone for CommandSender<C> {
+    fn clone(&self) -> Self {
+        CommandSender {
+            commands: self.commands.clone(),
+            wake: Arc::clone(&self.wake),
+        }
+    }
+}
+
+impl<C> CommandSender<C> {
+    /// Queues `command` and wakes the thread; `false` once the thread has stopped.
+    pub fn send(&self, command: C) -> bool {
+        let sent = self.commands.send(command).is_ok();
+        self.wake.wake();
+        sent
+    }
 }
 
 impl<C: Send + 'static> Drop for FabricThread<C> {

@@ -25,6 +25,15 @@ impl Socket for TcpStream {
     fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         TcpStream::shutdown(self, how)
     }
+    fn peer_closed(&self) -> bool {
+        use rustix::net::{recv, RecvFlags};
+        let mut byte = [0u8; 1];
+        match recv(self, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
+        }
+    }
 }
 
 /// Opens TCP connections.

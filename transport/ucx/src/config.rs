@@ -10,6 +10,9 @@ pub struct UcxConfig {
     /// Gets in flight per endpoint at most (over tcp, more than about two large emulated
     /// gets in flight collapse the bandwidth).
     pub in_flight: usize,
+    /// Whether clients send their requests as UCX active messages on a channel (`true`,
+    /// the default) or on the TCP connection (object bytes move by UCX either way).
+    pub requests_over_am: bool,
 }
 
 impl Default for UcxConfig {
@@ -17,16 +20,25 @@ impl Default for UcxConfig {
         UcxConfig {
             chunk: DEFAULT_CHUNK,
             in_flight: DEFAULT_IN_FLIGHT,
+            requests_over_am: true,
         }
     }
 }
 
 impl UcxConfig {
     /// The defaults overridden by `DIMSTORE_UCX_CHUNK` (bytes, with an optional `k`, `m`
-    /// or `g` binary suffix) and `DIMSTORE_UCX_IN_FLIGHT` (a count). Values that do not
-    /// parse, or are zero, are ignored with a warning.
+    /// or `g` binary suffix), `DIMSTORE_UCX_IN_FLIGHT` (a count) and
+    /// `DIMSTORE_UCX_REQUESTS` (`am` or `tcp`). Values that do not parse, or are zero,
+    /// are ignored with a warning.
     pub fn from_env() -> Self {
         let mut config = Self::default();
+        if let Ok(text) = std::env::var("DIMSTORE_UCX_REQUESTS") {
+            match text.trim() {
+                "am" => config.requests_over_am = true,
+                "tcp" => config.requests_over_am = false,
+                _ => tracing::warn!("ignoring DIMSTORE_UCX_REQUESTS={text:?}: expected am or tcp"),
+            }
+        }
         if let Some(chunk) = env_value("DIMSTORE_UCX_CHUNK", parse_bytes) {
             config.chunk = chunk;
         }
@@ -41,6 +53,7 @@ impl UcxConfig {
         UcxConfig {
             chunk: self.chunk.max(1),
             in_flight: self.in_flight.max(1),
+            ..self
         }
     }
 }

@@ -3,21 +3,26 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dimstore_arena::Segment;
 use dimstore_transport::onesided::{Exporter, RemoteRegion};
 use dimstore_transport::TransportError;
 use dimstore_ucx::{Context, ContextConfig, Worker};
 
+use crate::channels::Served;
 use crate::register::Registration;
 use crate::wake::sleep;
 use crate::{one_sided, tls_detail, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};
+use dimstore_transport::onesided::rpc::{LaterReply, RpcHost, RpcReply};
 use dimstore_transport::onesided::{FabricThread, Wake};
 
 /// Longest sleep of the idle fabric thread: a safety net only (it is woken by its worker's
 /// event fd and by commands).
 const IDLE_SLEEP: Duration = Duration::from_secs(1);
+/// How long the fabric thread keeps progressing after its last activity before it sleeps:
+/// requests of a burst then arrive without a wake-up each.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// The UCX [`Exporter`]: one context and worker on a dedicated fabric thread, which
 /// registers segments and progresses the worker so that peers' reads are served (over tcp
@@ -39,6 +44,15 @@ enum Command {
     },
     Sweep {
         done: mpsc::SyncSender<()>,
+    },
+    ServeRpc {
+        host: Arc<dyn RpcHost>,
+        later: LaterReply,
+        done: mpsc::SyncSender<Result<(), String>>,
+    },
+    Reply {
+        channel: u64,
+        reply: RpcReply,
     },
     Stop,
 }
@@ -107,6 +121,19 @@ impl Exporter for UcxExporter {
     fn live_registrations(&self) -> u64 {
         self.live.load(Ordering::SeqCst)
     }
+
+    fn serve_rpc(&self, host: Arc<dyn RpcHost>) -> Result<(), TransportError> {
+        let sender = self.thread.sender();
+        let later: LaterReply = Arc::new(move |channel, reply| {
+            sender.send(Command::Reply { channel, reply });
+        });
+        let (done, finished) = mpsc::sync_channel(1);
+        self.send(Command::ServeRpc { host, later, done })?;
+        finished
+            .recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| one_sided("the UCX fabric thread did not answer"))?
+            .map_err(unavailable)
+    }
 }
 
 impl std::fmt::Debug for UcxExporter {
@@ -150,10 +177,23 @@ fn fabric_thread(
         }
     };
     let mut registrations: HashMap<u32, Exported> = HashMap::new();
+    let mut served: Option<Served> = None;
+    let mut idle_since: Option<Instant> = None;
     loop {
-        while worker.progress() > 0 {}
+        let mut events = 0;
         loop {
-            match commands.try_recv() {
+            let n = worker.progress();
+            if n == 0 {
+                break;
+            }
+            events += n;
+        }
+        let landed = served.as_mut().is_some_and(|s| s.poll(&worker));
+        let mut commanded = false;
+        loop {
+            let command = commands.try_recv();
+            commanded |= command.is_ok();
+            match command {
                 Ok(Command::Export { id, segment, reply }) => {
                     let result = export(&context, &mut registrations, id, segment);
                     live.store(registrations.len() as u64, Ordering::SeqCst);
@@ -162,10 +202,26 @@ fn fabric_thread(
                 Ok(Command::Sweep { done }) => {
                     registrations.retain(|_, e| Arc::strong_count(e.registration.segment()) > 1);
                     live.store(registrations.len() as u64, Ordering::SeqCst);
+                    if let Some(served) = &mut served {
+                        served.sweep();
+                    }
                     let _ = done.send(());
+                }
+                Ok(Command::ServeRpc { host, later, done }) => {
+                    let started = match &served {
+                        Some(_) => Err("requests are served already".to_owned()),
+                        None => Served::start(&worker, host, later).map(|s| served = Some(s)),
+                    };
+                    let _ = done.send(started);
+                }
+                Ok(Command::Reply { channel, reply }) => {
+                    if let Some(served) = &mut served {
+                        served.send(&worker, channel, reply);
+                    }
                 }
                 Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
                     // Unregister before the worker and context go.
+                    drop(served);
                     drop(registrations);
                     live.store(0, Ordering::SeqCst);
                     drop(worker);
@@ -175,6 +231,18 @@ fn fabric_thread(
                 Err(mpsc::TryRecvError::Empty) => break,
             }
         }
+        // Keep progressing briefly after activity: the next request of a burst then
+        // needs no wake-up.
+        let now = Instant::now();
+        if events > 0 || landed || commanded {
+            idle_since = Some(now);
+            continue;
+        }
+        let receiving = served.as_ref().is_some_and(Served::receiving);
+        if receiving || idle_since.is_some_and(|t| now.duration_since(t) < SPIN) {
+            continue;
+        }
+        idle_since = None;
         if let Err(e) = sleep(&worker, &wake, Some(IDLE_SLEEP)) {
             tracing::warn!("UCX exporter: {e}; polling instead");
             std::thread::sleep(Duration::from_millis(1));

@@ -24,6 +24,8 @@
 //! UCX itself is configured by its environment (`UCX_TLS`, `UCX_NET_DEVICES`, ...), read
 //! when the context is created; [`UcxConfig`] holds dimstore's own settings.
 
+mod calls;
+mod channels;
 mod config;
 mod exporter;
 mod reader;
@@ -38,6 +40,11 @@ use dimstore_transport::TransportError;
 
 /// The transport's name, as advertised in the handshake.
 pub const NAME: &str = "ucx";
+
+/// Active message id of requests on a channel (client to server).
+const AM_REQUEST: u16 = 1;
+/// Active message id of replies (server to client).
+const AM_REPLY: u16 = 2;
 
 /// How long a caller waits for the fabric thread to answer a command that has no deadline
 /// of its own (export, sweep, start-up) before it reports the transport broken.

@@ -12,9 +12,13 @@ use dimstore_ucx::{
     Context, ContextConfig, Endpoint, RemoteKey, Request, UcxError, Worker, WorkerAddress,
 };
 
+use crate::calls::{CallJob, Calls};
 use crate::wake::sleep;
+use crate::AM_REQUEST;
 use crate::{one_sided, tls_detail, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};
+use dimstore_transport::onesided::Messenger;
 use dimstore_transport::onesided::{FabricThread, Wake};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How long the fabric thread keeps progressing (without sleeping) while gets are in
 /// flight and nothing happens, before it sleeps on the event fd: a short read completes
@@ -25,6 +29,8 @@ const IDLE_SLEEP: Duration = Duration::from_secs(1);
 /// How long past its deadline a caller waits for the fabric thread's answer (which comes
 /// at the deadline at the latest) before giving up on it.
 const ANSWER_GRACE: Duration = Duration::from_secs(5);
+/// How often a caller waiting for a reply checks that the server is still there.
+const LIVENESS_CHECK: Duration = Duration::from_millis(100);
 /// `UCS_MEMORY_TYPE_HOST`: arena segments are host memory.
 const MEMORY_TYPE_HOST: u8 = 0;
 
@@ -36,11 +42,16 @@ pub struct UcxReader {
     thread: FabricThread<Command>,
     config: UcxConfig,
     detail: String,
+    /// The worker's address, where servers send replies to request messages.
+    address: Vec<u8>,
+    next_request_id: AtomicU64,
 }
 
 /// What callers ask of the fabric thread.
 enum Command {
     Read(Box<ReadJob>),
+    Call(Box<CallJob>),
+    Notify { peer: Vec<u8>, head: Vec<u8> },
     Forget(Vec<u8>),
     Stop,
 }
@@ -85,7 +96,7 @@ impl UcxReader {
     /// [`TransportError::Unavailable`] when UCX cannot be used here.
     pub fn start(config: &UcxConfig) -> Result<Arc<UcxReader>, TransportError> {
         let config = config.sanitized();
-        let (thread, ()) = FabricThread::start(
+        let (thread, address) = FabricThread::start(
             "dimstore-ucx-read",
             COMMAND_TIMEOUT,
             || Command::Stop,
@@ -96,6 +107,8 @@ impl UcxReader {
             thread,
             config,
             detail: tls_detail(),
+            address,
+            next_request_id: AtomicU64::new(1),
         }))
     }
 
@@ -158,6 +171,73 @@ impl Reader for UcxReader {
 
     fn forget(&self, peer: &[u8]) {
         let _ = self.send(Command::Forget(peer.to_vec()));
+    }
+}
+
+impl Messenger for UcxReader {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn address(&self) -> Vec<u8> {
+        self.address.clone()
+    }
+
+    fn next_request_id(&self) -> u64 {
+        self.next_request_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn call(
+        &self,
+        peer: &[u8],
+        head: Vec<u8>,
+        payload: Vec<u8>,
+        request_id: u64,
+        deadline: Instant,
+        gone: &dyn Fn() -> bool,
+    ) -> Result<(Vec<u8>, AlignedBuf), TransportError> {
+        if Instant::now() >= deadline {
+            return Err(TransportError::Timeout);
+        }
+        let (answer, answered) = mpsc::sync_channel(1);
+        self.send(Command::Call(Box::new(CallJob {
+            peer: peer.to_vec(),
+            head,
+            payload,
+            id: request_id,
+            deadline,
+            answer,
+        })))?;
+        let give_up = deadline + ANSWER_GRACE;
+        loop {
+            let slice = give_up
+                .saturating_duration_since(Instant::now())
+                .min(LIVENESS_CHECK);
+            match answered.recv_timeout(slice) {
+                Ok(result) => return result,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(one_sided("the UCX fabric thread stopped during the call"))
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= give_up => {
+                    return Err(TransportError::Timeout)
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if gone() => {
+                    // The fabric thread drops the call at its deadline, or its reply.
+                    return Err(TransportError::ConnectionLost(
+                        "the server closed its connection during the call".into(),
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn notify(&self, peer: &[u8], head: Vec<u8>, deadline: Instant) -> Result<(), TransportError> {
+        let _ = deadline; // Queued at once; the fabric thread sends it.
+        self.send(Command::Notify {
+            peer: peer.to_vec(),
+            head,
+        })
     }
 }
 
@@ -344,6 +424,7 @@ struct Fabric {
     worker: Worker,
     peers: HashMap<Vec<u8>, Peer>,
     reads: Vec<Active>,
+    calls: Calls,
 }
 
 impl Fabric {
@@ -352,6 +433,18 @@ impl Fabric {
         loop {
             match commands.try_recv() {
                 Ok(Command::Read(job)) => self.start(*job),
+                Ok(Command::Call(job)) => match self.peer(&job.peer).map(|p| p.ep.clone()) {
+                    Ok(ep) => self.calls.start_call(&ep, *job),
+                    Err(e) => {
+                        let _ = job.answer.send(Err(e));
+                    }
+                },
+                Ok(Command::Notify { peer, head }) => {
+                    if let Ok(peer) = self.peer(&peer) {
+                        // The worker keeps the send until it completes.
+                        drop(peer.ep.am_send(AM_REQUEST, head, Vec::new()));
+                    }
+                }
                 Ok(Command::Forget(peer)) => {
                     self.peers.remove(&peer);
                 }
@@ -485,8 +578,18 @@ impl Fabric {
         let _ = reply.send(result);
     }
 
+    /// Answers the calls that ended; whether any did. Endpoints that failed are forgotten.
+    fn complete_calls(&mut self, now: Instant) -> bool {
+        let (changed, failed) = self.calls.poll(now);
+        for peer in failed {
+            self.peers.remove(&peer);
+        }
+        changed
+    }
+
     /// Fails every read (the reader stops).
     fn fail_all(&mut self) {
+        self.calls.fail_all();
         for read in self.reads.drain(..) {
             let _ = read
                 .reply
@@ -494,14 +597,18 @@ impl Fabric {
         }
     }
 
-    /// The earliest deadline of the reads being served.
+    /// The earliest deadline of the reads and calls being served.
     fn next_deadline(&self) -> Option<Instant> {
-        self.reads.iter().map(|r| r.deadline).min()
+        let reads = self.reads.iter().map(|r| r.deadline).min();
+        match (reads, self.calls.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Whether gets are in flight.
+    /// Whether gets or calls are in flight.
     fn busy(&self) -> bool {
-        self.reads.iter().any(|r| !r.requests.is_empty())
+        self.reads.iter().any(|r| !r.requests.is_empty()) || self.calls.busy()
     }
 }
 
@@ -527,7 +634,7 @@ fn fabric_thread(
     config: UcxConfig,
     commands: mpsc::Receiver<Command>,
     wake: Arc<Wake>,
-    ready: mpsc::SyncSender<Result<(), String>>,
+    ready: mpsc::SyncSender<Result<Vec<u8>, String>>,
 ) {
     let setup = Context::new(&ContextConfig::from_env())
         .map_err(|e| format!("UCX context creation failed ({e})"))
@@ -537,12 +644,16 @@ fn fabric_thread(
             worker
                 .event_fd()
                 .map_err(|e| format!("UCX worker has no event fd ({e})"))?;
-            Ok((context, worker))
+            let address = worker
+                .address()
+                .map_err(|e| format!("UCX worker address unavailable ({e})"))?;
+            let calls = Calls::start(&worker)?;
+            Ok((context, worker, calls, address.into_bytes()))
         });
-    let (context, worker) = match setup {
-        Ok(pair) => {
-            let _ = ready.send(Ok(()));
-            pair
+    let (context, worker, calls) = match setup {
+        Ok((context, worker, calls, address)) => {
+            let _ = ready.send(Ok(address));
+            (context, worker, calls)
         }
         Err(reason) => {
             let _ = ready.send(Err(reason));
@@ -554,6 +665,7 @@ fn fabric_thread(
         worker,
         peers: HashMap::new(),
         reads: Vec::new(),
+        calls,
     };
     let mut idle_since: Option<Instant> = None;
     while fabric.commands(&commands) {
@@ -567,7 +679,7 @@ fn fabric_thread(
             events += u64::from(n);
         }
         let now = Instant::now();
-        let changed = fabric.complete(now);
+        let changed = fabric.complete(now) | fabric.complete_calls(now);
         if events > 0 || changed {
             idle_since = None;
             continue;

@@ -247,6 +247,7 @@ fn small_and_scattered_reads() {
     let reader = UcxReader::start(&UcxConfig {
         chunk: 64 << 10,
         in_flight: 2,
+        ..UcxConfig::default()
     })
     .expect("reader");
     let peer = exporter.address();

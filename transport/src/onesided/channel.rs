@@ -1,0 +1,176 @@
+//! Requests over a fabric's own messages (UCX active messages): the client's side.
+//!
+//! A [`ChannelConnection`] sends every request as a fabric message to the server's channel
+//! (see [`super::rpc`]) through a [`Messenger`], and keeps the TCP connection the channel
+//! was opened from: the server closes the channel when that connection closes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use dimstore_proto::{
+    decode_response, encode_request, FrameHeader, FrameKind, FrameLimits, Request, HEADER_LEN,
+};
+use rkyv::util::AlignedVec;
+
+use super::rpc::CHANNEL_PREFIX;
+use crate::{AlignedBuf, Connection, ReplyFrame, TransportError};
+
+/// A fabric that carries request messages to servers and their replies back.
+pub trait Messenger: Send + Sync + 'static {
+    /// Transport name (`"ucx"`).
+    fn name(&self) -> &'static str;
+
+    /// This process's address on the fabric, where servers send replies.
+    fn address(&self) -> Vec<u8>;
+
+    /// A request id unique in this process (replies are matched by it).
+    fn next_request_id(&self) -> u64;
+
+    /// Sends a request message (`head`: channel id and frame head; `payload`) to the server
+    /// at `peer` and waits until `deadline` for the reply to request `request_id`: its frame
+    /// head and payload. While waiting it asks `gone` now and then whether the server is
+    /// known to be dead (fabrics such as shared memory cannot tell), and then fails with
+    /// [`TransportError::ConnectionLost`].
+    fn call(
+        &self,
+        peer: &[u8],
+        head: Vec<u8>,
+        payload: Vec<u8>,
+        request_id: u64,
+        deadline: Instant,
+        gone: &dyn Fn() -> bool,
+    ) -> Result<(Vec<u8>, AlignedBuf), TransportError>;
+
+    /// Sends a notice message (no reply) to the server at `peer`.
+    fn notify(&self, peer: &[u8], head: Vec<u8>, deadline: Instant) -> Result<(), TransportError>;
+}
+
+/// A connection whose requests travel on a server's channel over a [`Messenger`].
+pub struct ChannelConnection<C> {
+    /// The TCP connection the channel was opened from; kept open for the channel's sake.
+    control: C,
+    messenger: std::sync::Arc<dyn Messenger>,
+    peer: Vec<u8>,
+    channel: u64,
+    limits: FrameLimits,
+    broken: AtomicBool,
+}
+
+impl<C: Connection> ChannelConnection<C> {
+    /// Sends requests on channel `channel` of the server at `peer` (its fabric address),
+    /// opened from `control`.
+    pub fn new(
+        control: C,
+        messenger: std::sync::Arc<dyn Messenger>,
+        peer: Vec<u8>,
+        channel: u64,
+    ) -> Self {
+        ChannelConnection {
+            control,
+            messenger,
+            peer,
+            channel,
+            limits: FrameLimits::default(),
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// The message header of `request` with `payload_len` payload bytes.
+    fn head(&self, kind: FrameKind, id: u64, request: &Request, payload_len: usize) -> Vec<u8> {
+        let body = encode_request(request);
+        let header = FrameHeader {
+            kind,
+            request_id: id,
+            body_len: body.len() as u32,
+            payload_len: payload_len as u64,
+        };
+        let mut head = Vec::with_capacity(CHANNEL_PREFIX + HEADER_LEN + body.len());
+        head.extend_from_slice(&self.channel.to_le_bytes());
+        head.extend_from_slice(&header.encode());
+        head.extend_from_slice(&body);
+        head
+    }
+
+    /// Marks the connection broken after errors that leave the channel unusable.
+    fn note(&self, e: TransportError) -> TransportError {
+        if !matches!(e, TransportError::Timeout) {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        e
+    }
+
+    /// Decodes a reply message.
+    fn reply(
+        &self,
+        id: u64,
+        head: &[u8],
+        payload: AlignedBuf,
+    ) -> Result<ReplyFrame, TransportError> {
+        let lost = |why: String| TransportError::ConnectionLost(why);
+        let raw: &[u8; HEADER_LEN] = head
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| lost("reply shorter than a frame header".into()))?;
+        let header = FrameHeader::decode(raw, &self.limits).map_err(|e| lost(e.to_string()))?;
+        if header.kind != FrameKind::Response
+            || header.request_id != id
+            || head.len() != HEADER_LEN + header.body_len as usize
+            || header.payload_len != payload.len() as u64
+        {
+            return Err(lost(format!(
+                "reply frame does not match request {id}: {header:?}, {} body and {} payload bytes",
+                head.len().saturating_sub(HEADER_LEN),
+                payload.len()
+            )));
+        }
+        let mut body = AlignedVec::<16>::with_capacity(header.body_len as usize);
+        body.extend_from_slice(&head[HEADER_LEN..]);
+        let response = decode_response(&body).map_err(|e| lost(e.to_string()))?;
+        Ok(ReplyFrame {
+            response,
+            payload,
+            fds: Vec::new(),
+        })
+    }
+}
+
+impl<C: Connection> Connection for ChannelConnection<C> {
+    fn call(
+        &self,
+        request: &Request,
+        payload: &[&[u8]],
+        deadline: Instant,
+    ) -> Result<ReplyFrame, TransportError> {
+        let id = self.messenger.next_request_id();
+        let len = payload.iter().map(|p| p.len()).sum();
+        // The messenger owns what it sends until the fabric is done with it.
+        let mut bytes = Vec::with_capacity(len);
+        for piece in payload {
+            bytes.extend_from_slice(piece);
+        }
+        let head = self.head(FrameKind::Request, id, request, len);
+        let (head, payload) = self
+            .messenger
+            .call(&self.peer, head, bytes, id, deadline, &|| {
+                self.control.peer_closed()
+            })
+            .map_err(|e| self.note(e))?;
+        self.reply(id, &head, payload).map_err(|e| self.note(e))
+    }
+
+    fn notify(&self, request: &Request, deadline: Instant) -> Result<(), TransportError> {
+        let id = self.messenger.next_request_id();
+        let head = self.head(FrameKind::Notice, id, request, 0);
+        self.messenger
+            .notify(&self.peer, head, deadline)
+            .map_err(|e| self.note(e))
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed) || self.control.is_broken()
+    }
+
+    fn peer_closed(&self) -> bool {
+        self.is_broken() || self.control.peer_closed()
+    }
+}

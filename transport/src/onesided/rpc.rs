@@ -1,0 +1,452 @@
+//! Requests over a fabric's own messages (UCX active messages): the server's side.
+//!
+//! A client opens a *channel* from its authenticated TCP connection
+//! ([`dimstore_proto::Request::OpenChannel`]). The channel is a session of its own, kept in
+//! the service's [`ChannelTable`] until the TCP connection closes (which is how a dead
+//! client is noticed: fabrics do not say). Its requests arrive on the fabric thread as
+//! messages whose header is the channel id followed by an ordinary frame head (frame header
+//! and body); their data is the payload. The fabric thread hands them to an [`RpcHost`],
+//! here a [`ServiceHost`] driving the same [`Service`] as every other transport, and sends
+//! the [`RpcReply`] back on the fabric.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use dimstore_proto::{
+    decode_request, encode_response, ErrorReply, FrameHeader, FrameKind, FrameLimits, Request,
+    Response, Status, HEADER_LEN,
+};
+use rkyv::util::AlignedVec;
+
+use crate::{Outcome, Reply, Service};
+
+/// Bytes before the frame head in a request message's header: the channel id.
+pub const CHANNEL_PREFIX: usize = 8;
+
+/// A reply to send on the fabric: the frame head (header and body) and the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcReply {
+    /// Encoded frame header followed by the response body.
+    pub head: Vec<u8>,
+    /// The payload (small objects; large ones are read one-sided).
+    pub payload: Vec<u8>,
+}
+
+/// Delivers a reply that was not ready when its request was handled (a get waiting for a
+/// deferred object): called with the channel id, from any thread.
+pub type LaterReply = Arc<dyn Fn(u64, RpcReply) + Send + Sync>;
+
+/// What a fabric thread asks of the server for requests arriving on channels.
+pub trait RpcHost: Send + Sync + 'static {
+    /// The client's fabric address of channel `channel`, while it is open.
+    fn channel_peer(&self, channel: u64) -> Option<Vec<u8>>;
+
+    /// The fabric addresses of the clients with a channel open (one entry per client, not
+    /// per channel: a process's connections share its address).
+    fn open_peers(&self) -> Vec<Vec<u8>>;
+
+    /// Checks a request's frame head before its `payload_len` bytes of payload are
+    /// received. `Err(Some(reply))`: answer with it and drop the payload; `Err(None)`: drop
+    /// the message (a notice, which gets no answer).
+    fn admit(&self, channel: u64, head: &[u8], payload_len: usize) -> Result<(), Option<RpcReply>>;
+
+    /// Handles an admitted request whose payload has been received. Returns the reply, or
+    /// `None` when there is none now: notices, and replies delivered later through `later`.
+    fn handle(
+        &self,
+        channel: u64,
+        head: &[u8],
+        payload: &[u8],
+        later: &LaterReply,
+    ) -> Option<RpcReply>;
+}
+
+/// An open channel.
+struct Channel<T> {
+    session: Arc<Mutex<T>>,
+    peer: Vec<u8>,
+}
+
+/// The channels a service has open, by id.
+pub struct ChannelTable<T> {
+    channels: Mutex<HashMap<u64, Channel<T>>>,
+}
+
+impl<T> Default for ChannelTable<T> {
+    fn default() -> Self {
+        ChannelTable {
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ChannelTable<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = self.channels.lock().map_or(0, |c| c.len());
+        f.debug_struct("ChannelTable").field("open", &open).finish()
+    }
+}
+
+impl<T: Send + 'static> ChannelTable<T> {
+    /// Opens channel `id` with `session`, replies going to `peer`; the session back if the
+    /// id is taken (draw another). The channel closes when the guard drops.
+    pub fn open(
+        self: &Arc<Self>,
+        id: u64,
+        peer: Vec<u8>,
+        session: T,
+    ) -> Result<ChannelGuard<T>, T> {
+        let mut channels = self.lock();
+        if channels.contains_key(&id) {
+            return Err(session);
+        }
+        let session = Arc::new(Mutex::new(session));
+        channels.insert(id, Channel { session, peer });
+        Ok(ChannelGuard {
+            id,
+            table: Arc::downgrade(self),
+        })
+    }
+
+    /// The session of channel `id`, while open.
+    pub fn session(&self, id: u64) -> Option<Arc<Mutex<T>>> {
+        self.lock().get(&id).map(|c| Arc::clone(&c.session))
+    }
+
+    /// The client's fabric address of channel `id`, while open.
+    pub fn peer(&self, id: u64) -> Option<Vec<u8>> {
+        self.lock().get(&id).map(|c| c.peer.clone())
+    }
+
+    /// The distinct client addresses of the open channels.
+    pub fn peers(&self) -> Vec<Vec<u8>> {
+        let mut peers: Vec<Vec<u8>> = self.lock().values().map(|c| c.peer.clone()).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        peers
+    }
+
+    /// Channels open now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no channel is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Channel<T>>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Keeps a channel open; dropping it closes the channel (its session ends once no request
+/// of it is being handled).
+pub struct ChannelGuard<T: Send + 'static> {
+    id: u64,
+    table: Weak<ChannelTable<T>>,
+}
+
+impl<T: Send + 'static> ChannelGuard<T> {
+    /// The channel id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl<T: Send + 'static> std::fmt::Debug for ChannelGuard<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelGuard")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl<T: Send + 'static> Drop for ChannelGuard<T> {
+    fn drop(&mut self) {
+        if let Some(table) = self.table.upgrade() {
+            // The session drops after the table's lock is released.
+            let closed = table.lock().remove(&self.id);
+            drop(closed);
+        }
+    }
+}
+
+/// The [`RpcHost`] of a [`Service`]: requests on the service's channels are handled like
+/// those of any other transport, deferred replies on a tokio runtime.
+pub struct ServiceHost<S: Service> {
+    /// Weak: the service owns the transports, which own the host.
+    service: Weak<S>,
+    limits: FrameLimits,
+    transport: &'static str,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<S: Service> ServiceHost<S> {
+    /// A host for `service`'s channels on `transport`, enforcing `limits` on every frame;
+    /// deferred replies run on `runtime`. The host serves while `service` is alive
+    /// elsewhere; afterwards it answers `ShuttingDown`.
+    pub fn new(
+        service: &Arc<S>,
+        limits: FrameLimits,
+        transport: &'static str,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        ServiceHost {
+            service: Arc::downgrade(service),
+            limits,
+            transport,
+            runtime,
+        }
+    }
+
+    /// The header of a request frame head, checked against the limits and its length.
+    fn header(&self, head: &[u8], payload_len: usize) -> Result<FrameHeader, ErrorReply> {
+        let raw: &[u8; HEADER_LEN] = head
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| bad_request("message shorter than a frame header"))?;
+        let header = FrameHeader::decode(raw, &self.limits).map_err(bad_request)?;
+        if header.kind == FrameKind::Response {
+            return Err(bad_request("server accepts only request frames"));
+        }
+        if head.len() != HEADER_LEN + header.body_len as usize {
+            return Err(bad_request(format!(
+                "frame header announces a {}-byte body, the message carries {}",
+                header.body_len,
+                head.len() - HEADER_LEN
+            )));
+        }
+        if header.payload_len != payload_len as u64 {
+            return Err(bad_request(format!(
+                "frame header announces {} payload bytes, the message carries {payload_len}",
+                header.payload_len
+            )));
+        }
+        Ok(header)
+    }
+}
+
+impl<S: Service> RpcHost for ServiceHost<S> {
+    fn channel_peer(&self, channel: u64) -> Option<Vec<u8>> {
+        self.service.upgrade()?.channels()?.peer(channel)
+    }
+
+    fn open_peers(&self) -> Vec<Vec<u8>> {
+        self.service
+            .upgrade()
+            .and_then(|s| s.channels().map(ChannelTable::peers))
+            .unwrap_or_default()
+    }
+
+    fn admit(&self, channel: u64, head: &[u8], payload_len: usize) -> Result<(), Option<RpcReply>> {
+        let answer =
+            |e: ErrorReply, kind, id| (kind != FrameKind::Notice).then(|| error_reply(id, e));
+        let header = self
+            .header(head, payload_len)
+            .map_err(|e| answer(e, FrameKind::Request, request_id_of(head)))?;
+        let Some(service) = self.service.upgrade() else {
+            let e = ErrorReply::new(Status::ShuttingDown, "the server is stopping");
+            return Err(answer(e, header.kind, header.request_id));
+        };
+        if service
+            .channels()
+            .and_then(|c| c.session(channel))
+            .is_none()
+        {
+            let e = ErrorReply::new(Status::Unauthorized, "unknown or closed channel");
+            return Err(answer(e, header.kind, header.request_id));
+        }
+        Ok(())
+    }
+
+    fn handle(
+        &self,
+        channel: u64,
+        head: &[u8],
+        payload: &[u8],
+        later: &LaterReply,
+    ) -> Option<RpcReply> {
+        let header = match self.header(head, payload.len()) {
+            Ok(h) => h,
+            Err(e) => return Some(error_reply(request_id_of(head), e)),
+        };
+        let (id, answers) = (header.request_id, header.kind == FrameKind::Request);
+        let refuse = |e: ErrorReply| answers.then(|| error_reply(id, e));
+        let Some(service) = self.service.upgrade() else {
+            return refuse(ErrorReply::new(
+                Status::ShuttingDown,
+                "the server is stopping",
+            ));
+        };
+        let Some(session) = service.channels().and_then(|c| c.session(channel)) else {
+            return refuse(ErrorReply::new(
+                Status::Unauthorized,
+                "unknown or closed channel",
+            ));
+        };
+        let mut body = AlignedVec::<16>::with_capacity(head.len() - HEADER_LEN);
+        body.extend_from_slice(&head[HEADER_LEN..]);
+        let request = match decode_request(&body) {
+            Ok(r) => r,
+            Err(e) => return refuse(bad_request(e)),
+        };
+        let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sinks = match service.payload_sinks(&mut guard, &request, payload.len() as u64) {
+            Ok(sinks) => sinks,
+            Err(e) => return refuse(e),
+        };
+        let mut rest = payload;
+        for sink in &mut sinks {
+            let sink = sink.as_mut();
+            let (now, after) = rest.split_at(sink.len().min(rest.len()));
+            sink[..now.len()].copy_from_slice(now);
+            rest = after;
+        }
+        if !runs_inline(&request) {
+            // It may call back into the fabric thread (key export, stats): not on it.
+            drop(guard);
+            let (transport, later) = (self.transport, Arc::clone(later));
+            let runtime = self.runtime.clone();
+            self.runtime.spawn_blocking(move || {
+                let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
+                let outcome = service.handle(&mut guard, request, sinks);
+                drop(guard);
+                let reply = Replying {
+                    service: &service,
+                    transport,
+                    runtime: &runtime,
+                    channel,
+                    id,
+                    answers,
+                };
+                if let Some(reply) = reply.outcome(outcome, &later) {
+                    later(channel, reply);
+                }
+            });
+            return None;
+        }
+        let outcome = service.handle(&mut guard, request, sinks);
+        drop(guard);
+        Replying {
+            service: &service,
+            transport: self.transport,
+            runtime: &self.runtime,
+            channel,
+            id,
+            answers,
+        }
+        .outcome(outcome, later)
+    }
+}
+
+/// Requests handled on the fabric thread itself: the data path, which never calls back
+/// into a transport. The others (handshakes, key export, stats, shutdown) run on the
+/// runtime's blocking pool and answer through [`LaterReply`].
+fn runs_inline(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Get { .. }
+            | Request::Put { .. }
+            | Request::Exists { .. }
+            | Request::Evict { .. }
+            | Request::NewKeys { .. }
+            | Request::Set { .. }
+            | Request::Release { .. }
+            | Request::Abort { .. }
+    )
+}
+
+/// Turns a service's outcome into the reply to send.
+struct Replying<'a, S: Service> {
+    service: &'a Arc<S>,
+    transport: &'static str,
+    runtime: &'a tokio::runtime::Handle,
+    channel: u64,
+    id: u64,
+    answers: bool,
+}
+
+impl<S: Service> Replying<'_, S> {
+    /// The reply now, or `None`: a notice's, or one sent through `later` when ready.
+    fn outcome(self, outcome: Outcome<S::Source>, later: &LaterReply) -> Option<RpcReply> {
+        let Replying {
+            service,
+            transport,
+            runtime,
+            channel,
+            id,
+            answers,
+        } = self;
+        match outcome {
+            Outcome::Ready(reply) => answers.then(|| encode(&**service, transport, id, reply)),
+            Outcome::Deferred(reply) => {
+                let (service, later) = (Arc::clone(service), Arc::clone(later));
+                runtime.spawn(async move {
+                    let reply = reply.await;
+                    if answers {
+                        later(channel, encode(&*service, transport, id, reply));
+                    }
+                });
+                None
+            }
+        }
+    }
+}
+
+/// Lays out `reply` to request `request_id`, counting its object bytes as sent.
+fn encode<S: Service>(
+    service: &S,
+    transport: &'static str,
+    request_id: u64,
+    reply: Reply<S::Source>,
+) -> RpcReply {
+    let payload_len: usize = reply.payload.iter().map(|p| p.as_ref().len()).sum();
+    let mut payload = Vec::with_capacity(payload_len);
+    for piece in &reply.payload {
+        payload.extend_from_slice(piece.as_ref());
+    }
+    if !matches!(reply.response, Response::Error(_)) && payload_len > 0 {
+        service.record_sent(transport, payload_len as u64);
+    }
+    RpcReply {
+        head: response_head(request_id, &reply.response, payload_len),
+        payload,
+    }
+}
+
+/// The frame head of `response` to request `request_id`, with `payload_len` bytes to follow.
+pub fn response_head(request_id: u64, response: &Response, payload_len: usize) -> Vec<u8> {
+    let body = encode_response(response);
+    let header = FrameHeader {
+        kind: FrameKind::Response,
+        request_id,
+        body_len: body.len() as u32,
+        payload_len: payload_len as u64,
+    };
+    let mut head = Vec::with_capacity(HEADER_LEN + body.len());
+    head.extend_from_slice(&header.encode());
+    head.extend_from_slice(&body);
+    head
+}
+
+/// An error reply without payload.
+fn error_reply(request_id: u64, error: ErrorReply) -> RpcReply {
+    RpcReply {
+        head: response_head(request_id, &Response::Error(error), 0),
+        payload: Vec::new(),
+    }
+}
+
+fn bad_request(e: impl std::fmt::Display) -> ErrorReply {
+    ErrorReply::new(Status::BadRequest, e.to_string())
+}
+
+/// The request id of a frame head that may not decode (0 if too short): errors about a
+/// malformed frame still reach the caller that sent it.
+fn request_id_of(head: &[u8]) -> u64 {
+    head.get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}

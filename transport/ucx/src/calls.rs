@@ -1,0 +1,220 @@
+//! The client side of requests over UCX active messages, on the reader's fabric thread:
+//! sends request messages, matches replies to their callers by request id, and pulls large
+//! reply payloads (rendezvous).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use dimstore_transport::onesided::{ReadChunk, ReadTarget};
+use dimstore_transport::{AlignedBuf, TransportError};
+use dimstore_ucx::{AmMessage, Endpoint, Request, UcxError, Worker};
+
+use crate::{one_sided, AM_REPLY, AM_REQUEST};
+
+/// Where a call's answer goes: the reply's frame head and payload.
+pub(crate) type Answer = mpsc::SyncSender<Result<(Vec<u8>, AlignedBuf), TransportError>>;
+
+/// One call, as handed to the fabric thread.
+pub(crate) struct CallJob {
+    pub(crate) peer: Vec<u8>,
+    pub(crate) head: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) id: u64,
+    pub(crate) deadline: Instant,
+    pub(crate) answer: Answer,
+}
+
+/// The calls in progress, shared with the reply handler.
+pub(crate) struct Calls {
+    table: Rc<RefCell<Table>>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Calls waiting for their reply, by request id.
+    waiting: HashMap<u64, Waiting>,
+    /// Replies whose payload is being pulled.
+    receiving: Vec<Receiving>,
+}
+
+struct Waiting {
+    peer: Vec<u8>,
+    deadline: Instant,
+    answer: Answer,
+    /// The request's send, until it completes.
+    send: Option<Request<Vec<u8>>>,
+}
+
+struct Receiving {
+    head: Vec<u8>,
+    target: ReadTarget,
+    receive: Request<ReadChunk>,
+    waiting: Waiting,
+}
+
+impl Calls {
+    /// Installs the reply handler on `worker`.
+    pub(crate) fn start(worker: &Worker) -> Result<Calls, String> {
+        let table: Rc<RefCell<Table>> = Rc::default();
+        let handler = {
+            let table = Rc::clone(&table);
+            move |message: AmMessage<'_>| on_reply(&table, message)
+        };
+        worker
+            .set_am_handler(AM_REPLY, handler)
+            .map_err(|e| format!("cannot install the reply handler: {e}"))?;
+        Ok(Calls { table })
+    }
+
+    /// Sends `job`'s request on `ep` and waits for its reply.
+    pub(crate) fn start_call(&self, ep: &Endpoint, job: CallJob) {
+        let CallJob {
+            peer,
+            head,
+            payload,
+            id,
+            deadline,
+            answer,
+        } = job;
+        let send = ep.am_send(AM_REQUEST, head, payload);
+        self.table.borrow_mut().waiting.insert(
+            id,
+            Waiting {
+                peer,
+                deadline,
+                answer,
+                send: Some(send),
+            },
+        );
+    }
+
+    /// Answers the calls that finished, failed or timed out. Returns whether any did, and
+    /// the peers whose endpoints failed (to reconnect next time).
+    pub(crate) fn poll(&self, now: Instant) -> (bool, Vec<Vec<u8>>) {
+        let mut table = self.table.borrow_mut();
+        let mut changed = false;
+        let mut failed_peers = Vec::new();
+        let mut i = 0;
+        while i < table.receiving.len() {
+            if !table.receiving[i].receive.is_complete() {
+                i += 1;
+                continue;
+            }
+            changed = true;
+            let Receiving {
+                head,
+                target,
+                mut receive,
+                waiting,
+            } = table.receiving.swap_remove(i);
+            let received = receive.test().unwrap_or(Ok(()));
+            drop(receive);
+            let result = match (received, target.finish()) {
+                (Ok(()), Ok(payload)) => Ok((head, payload)),
+                (Err(e), _) => Err(failure(&e)),
+                (Ok(()), Err(_)) => Err(one_sided("a received reply is still in use")),
+            };
+            let _ = waiting.answer.send(result);
+        }
+        let mut ended = Vec::new();
+        for (&id, waiting) in &mut table.waiting {
+            if let Some(send) = &mut waiting.send {
+                match send.test() {
+                    None => {}
+                    Some(Ok(())) => waiting.send = None,
+                    Some(Err(e)) => {
+                        if e.is_peer_failure() {
+                            failed_peers.push(waiting.peer.clone());
+                        }
+                        ended.push((id, Err(failure(&e))));
+                        continue;
+                    }
+                }
+            }
+            if now >= waiting.deadline {
+                ended.push((id, Err(TransportError::Timeout)));
+            }
+        }
+        for (id, result) in ended {
+            changed = true;
+            if let Some(waiting) = table.waiting.remove(&id) {
+                let _ = waiting.answer.send(result);
+            }
+        }
+        (changed, failed_peers)
+    }
+
+    /// Whether calls are in progress.
+    pub(crate) fn busy(&self) -> bool {
+        let table = self.table.borrow();
+        !table.waiting.is_empty() || !table.receiving.is_empty()
+    }
+
+    /// The earliest deadline of the calls waiting.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let table = self.table.borrow();
+        table.waiting.values().map(|w| w.deadline).min()
+    }
+
+    /// Fails every call (the reader stops).
+    pub(crate) fn fail_all(&self) {
+        let mut table = self.table.borrow_mut();
+        let stopping = || one_sided("the UCX reader is shutting down");
+        for (_, waiting) in table.waiting.drain() {
+            let _ = waiting.answer.send(Err(stopping()));
+        }
+        for receiving in table.receiving.drain(..) {
+            let _ = receiving.waiting.answer.send(Err(stopping()));
+        }
+    }
+}
+
+/// A failed send or receive, as callers see it: a server that is gone is a lost
+/// connection, as on TCP.
+fn failure(e: &UcxError) -> TransportError {
+    if e.is_peer_failure() {
+        TransportError::ConnectionLost(format!("request message: {e}"))
+    } else {
+        one_sided(format!("request message: {e}"))
+    }
+}
+
+/// The reply handler: hands a carried reply to its caller, or starts pulling a large one.
+fn on_reply(table: &RefCell<Table>, message: AmMessage<'_>) {
+    let head = message.header();
+    let Some(id) = head
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+    else {
+        tracing::debug!("dropped a reply message without a frame header");
+        return;
+    };
+    // A reply to a call that timed out finds nobody; its data is dropped.
+    let Some(waiting) = table.borrow_mut().waiting.remove(&id) else {
+        return;
+    };
+    match message.data() {
+        Some(data) => {
+            let mut payload = AlignedBuf::for_overwrite(data.len());
+            payload.copy_from_slice(data);
+            let _ = waiting.answer.send(Ok((head.to_vec(), payload)));
+        }
+        None => {
+            let len = message.data_len();
+            let mut target = ReadTarget::new(AlignedBuf::for_overwrite(len));
+            let chunk = target.chunk(0..len).expect("the whole target is free");
+            let head = head.to_vec();
+            let receive = message.receive(chunk);
+            table.borrow_mut().receiving.push(Receiving {
+                head,
+                target,
+                receive,
+                waiting,
+            });
+        }
+    }
+}
