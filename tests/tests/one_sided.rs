@@ -342,3 +342,64 @@ pub fn a_hung_reader_loses_its_lease_at_the_deadline(transport: &str) {
     }
     assert!(!hung.is_broken(), "the connection itself stays open");
 }
+
+/// Over UCX, requests travel as active messages on a channel opened from the TCP
+/// connection: small objects come back inline in the channel's replies (counted on the ucx
+/// row, nothing on tcp), large puts are pulled by the server and large gets read one-sided,
+/// and the channel's session ends with the client's TCP connection. With
+/// `DIMSTORE_UCX_REQUESTS=tcp` requests stay on the TCP connection instead.
+#[test]
+fn ucx_requests_travel_on_active_messages() {
+    prepare("ucx-tcp");
+    let owner = server("n0", &[]);
+    let row = |stats: &dimstore_proto::ServerStats, name: &str| {
+        stats
+            .transports
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} row in {stats:?}"))
+    };
+    let small = pattern(1000, 3);
+    let big = pattern(8 << 20, 4);
+    {
+        let client = owner.client("ucx-tcp");
+        let small_key = client.put(&small).expect("small put");
+        let big_key = client.put(&big).expect("big put");
+        assert_eq!(&client.get(&small_key).expect("small get")[..], &small[..]);
+        assert_eq!(&client.get(&big_key).expect("big get")[..], &big[..]);
+        let stats = client.stats().expect("stats");
+        let (ucx, tcp) = (row(&stats, "ucx"), row(&stats, "tcp"));
+        assert_eq!(ucx.connections, 1, "one channel session: {stats:?}");
+        assert_eq!(ucx.one_sided_bytes, 8 << 20, "{stats:?}");
+        assert_eq!(
+            ucx.bytes_served - ucx.one_sided_bytes,
+            1000,
+            "the small object came inline in a channel reply: {stats:?}"
+        );
+        assert_eq!(tcp.bytes_served, 0, "nothing moved on TCP: {stats:?}");
+        assert_eq!(stats.puts, 2, "{stats:?}");
+    }
+    // The client is gone: its TCP connection closed, and the channel with it.
+    let watcher = owner.client("tcp");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = watcher.stats().expect("stats");
+        if row(&stats, "ucx").connections == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "channel never closed: {stats:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::env::set_var("DIMSTORE_UCX_REQUESTS", "tcp");
+    let client = owner.client("ucx-tcp");
+    let key = client.put(&small).expect("put over tcp");
+    assert_eq!(&client.get(&key).expect("get")[..], &small[..]);
+    let stats = watcher.stats().expect("stats");
+    assert_eq!(
+        row(&stats, "tcp").bytes_served,
+        1000,
+        "the small object came inline on TCP: {stats:?}"
+    );
+    assert_eq!(row(&stats, "ucx").connections, 1, "{stats:?}");
+}

@@ -450,3 +450,254 @@ fn request_id_of(head: &[u8]) -> u64 {
         .and_then(|b| b.try_into().ok())
         .map_or(0, u64::from_le_bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use dimstore_proto::{decode_response, encode_request, ObjectId};
+
+    use super::*;
+    use crate::PeerInfo;
+
+    /// Echoes put payloads back, answers exists with `true`, and stats off the fabric
+    /// thread; counts requests per session.
+    struct Echo {
+        channels: Arc<ChannelTable<u32>>,
+    }
+
+    impl Service for Echo {
+        type Session = u32;
+        type Sink = Vec<u8>;
+        type Source = Vec<u8>;
+
+        fn open_session(&self, _: &'static str, _: PeerInfo) -> u32 {
+            0
+        }
+
+        fn payload_sinks(
+            &self,
+            _: &mut u32,
+            request: &Request,
+            len: u64,
+        ) -> Result<Vec<Vec<u8>>, ErrorReply> {
+            match request {
+                Request::Put { sizes } => Ok(sizes.iter().map(|&s| vec![0; s as usize]).collect()),
+                _ if len == 0 => Ok(Vec::new()),
+                _ => Err(ErrorReply::new(Status::BadRequest, "no payload here")),
+            }
+        }
+
+        fn handle(
+            &self,
+            count: &mut u32,
+            request: Request,
+            payload: Vec<Vec<u8>>,
+        ) -> Outcome<Vec<u8>> {
+            *count += 1;
+            let response = match request {
+                Request::Put { .. } => Response::Put { ids: Vec::new() },
+                Request::Exists { ids } => Response::Exists {
+                    present: vec![true; ids.len()],
+                },
+                _ => Response::Done,
+            };
+            Outcome::Ready(Reply {
+                response,
+                payload,
+                fds: Vec::new(),
+            })
+        }
+
+        fn record_sent(&self, _: &'static str, _: u64) {}
+
+        fn channels(&self) -> Option<&ChannelTable<u32>> {
+            Some(&self.channels)
+        }
+    }
+
+    fn head(kind: FrameKind, id: u64, request: &Request, payload_len: usize) -> Vec<u8> {
+        let body = encode_request(request);
+        let mut head = FrameHeader {
+            kind,
+            request_id: id,
+            body_len: body.len() as u32,
+            payload_len: payload_len as u64,
+        }
+        .encode()
+        .to_vec();
+        head.extend_from_slice(&body);
+        head
+    }
+
+    fn response(reply: &RpcReply) -> (FrameHeader, Response) {
+        let raw: &[u8; HEADER_LEN] = reply.head[..HEADER_LEN].try_into().expect("header");
+        let header = FrameHeader::decode(raw, &FrameLimits::default()).expect("valid header");
+        let mut body = AlignedVec::<16>::new();
+        body.extend_from_slice(&reply.head[HEADER_LEN..]);
+        (header, decode_response(&body).expect("valid body"))
+    }
+
+    fn status(reply: Option<RpcReply>) -> Status {
+        match response(&reply.expect("a reply")).1 {
+            Response::Error(e) => e.status,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    fn fixture() -> (tokio::runtime::Runtime, Arc<Echo>, ServiceHost<Echo>) {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let service = Arc::new(Echo {
+            channels: Arc::default(),
+        });
+        let host = ServiceHost::new(
+            &service,
+            FrameLimits {
+                max_body: 1 << 20,
+                max_payload: 1 << 20,
+            },
+            "test",
+            runtime.handle().clone(),
+        );
+        (runtime, service, host)
+    }
+
+    #[test]
+    fn channels_open_once_and_close_with_their_guard() {
+        let table: Arc<ChannelTable<u32>> = Arc::default();
+        let guard = table.open(7, b"addr".to_vec(), 1).expect("opens");
+        assert!(
+            matches!(table.open(7, b"other".to_vec(), 2), Err(2)),
+            "id taken"
+        );
+        let other = table.open(8, b"addr".to_vec(), 3).expect("opens");
+        assert_eq!(table.peer(7).as_deref(), Some(&b"addr"[..]));
+        assert_eq!(
+            table.peers(),
+            vec![b"addr".to_vec()],
+            "one entry per client"
+        );
+        assert_eq!(*table.session(8).expect("open").lock().unwrap(), 3);
+        drop(guard);
+        assert!(table.session(7).is_none() && table.peer(7).is_none());
+        assert_eq!(table.len(), 1);
+        drop(other);
+        assert!(table.is_empty() && table.peers().is_empty());
+    }
+
+    #[test]
+    fn requests_on_a_channel_reach_the_service_and_bad_ones_get_typed_errors() {
+        let (_runtime, service, host) = fixture();
+        let later: LaterReply = Arc::new(|_, _| panic!("no later reply expected"));
+        let exists = Request::Exists {
+            ids: vec![ObjectId(1), ObjectId(2)],
+        };
+        // Unknown channel.
+        let h = head(FrameKind::Request, 5, &exists, 0);
+        assert_eq!(
+            status(host.admit(99, &h, 0).err().flatten()),
+            Status::Unauthorized
+        );
+        assert_eq!(
+            status(host.handle(99, &h, &[], &later)),
+            Status::Unauthorized
+        );
+        // Notices to an unknown channel are dropped silently.
+        let notice = head(FrameKind::Notice, 6, &exists, 0);
+        assert!(matches!(host.admit(99, &notice, 0), Err(None)));
+
+        let _guard = service
+            .channels
+            .open(1, b"client".to_vec(), 0)
+            .expect("open");
+        assert!(host.admit(1, &h, 0).is_ok());
+        let (header, reply) = response(&host.handle(1, &h, &[], &later).expect("reply"));
+        assert_eq!(header.request_id, 5, "the reply names its request");
+        assert_eq!(
+            reply,
+            Response::Exists {
+                present: vec![true, true]
+            }
+        );
+        // Payloads land in the service's sinks and come back.
+        let put = head(
+            FrameKind::Request,
+            7,
+            &Request::Put { sizes: vec![2, 3] },
+            5,
+        );
+        let echoed = host.handle(1, &put, b"hello", &later).expect("reply");
+        assert_eq!(echoed.payload, b"hello");
+        // Malformed: garbage, wrong payload length, over the limit, a response frame.
+        let mut garbage = vec![0xff; 40];
+        garbage[8..16].copy_from_slice(&9u64.to_le_bytes());
+        assert_eq!(
+            status(host.admit(1, &garbage, 0).err().flatten()),
+            Status::BadRequest
+        );
+        assert_eq!(
+            status(host.admit(1, &h, 3).err().flatten()),
+            Status::BadRequest
+        );
+        let huge = head(
+            FrameKind::Request,
+            8,
+            &Request::Put {
+                sizes: vec![2 << 20],
+            },
+            2 << 20,
+        );
+        assert_eq!(
+            status(host.admit(1, &huge, 2 << 20).err().flatten()),
+            Status::BadRequest
+        );
+        let wrong_kind = head(FrameKind::Response, 9, &exists, 0);
+        assert_eq!(
+            status(host.admit(1, &wrong_kind, 0).err().flatten()),
+            Status::BadRequest
+        );
+        let short = head(FrameKind::Request, 10, &exists, 0);
+        assert_eq!(
+            status(host.handle(1, &short[..20], &[], &later)),
+            Status::BadRequest
+        );
+        assert_eq!(
+            *service.channels.session(1).unwrap().lock().unwrap(),
+            2,
+            "two handled"
+        );
+    }
+
+    #[test]
+    fn requests_off_the_data_path_answer_later_and_a_dropped_service_stops_serving() {
+        let (_runtime, service, host) = fixture();
+        let _guard = service
+            .channels
+            .open(1, b"client".to_vec(), 0)
+            .expect("open");
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let later: LaterReply = Arc::new(move |channel, reply| {
+            let _ = tx.lock().unwrap().send((channel, reply));
+        });
+        let stats = head(FrameKind::Request, 11, &Request::Stats, 0);
+        assert!(
+            host.handle(1, &stats, &[], &later).is_none(),
+            "not on the fabric thread"
+        );
+        let (channel, reply) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("later reply");
+        assert_eq!(channel, 1);
+        let (header, response) = response(&reply);
+        assert_eq!((header.request_id, response), (11, Response::Done));
+        drop(_guard);
+        drop(service);
+        assert_eq!(
+            status(host.admit(1, &stats, 0).err().flatten()),
+            Status::ShuttingDown
+        );
+        assert!(host.open_peers().is_empty());
+    }
+}
