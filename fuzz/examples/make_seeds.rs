@@ -211,6 +211,7 @@ fn main() -> std::io::Result<()> {
                         bytes_served: 12,
                         one_sided_bytes: 0,
                         registrations: 0,
+                        pulled_bytes: 0,
                     }],
                     ..Default::default()
                 }),

@@ -251,6 +251,9 @@ pub struct TransportStats {
     pub one_sided_bytes: u64,
     /// Memory registrations alive now (one-sided transports).
     pub registrations: u64,
+    /// Request payload bytes the server pulled from clients' buffers (large puts on a
+    /// channel, UCX rendezvous) rather than received inline.
+    pub pulled_bytes: u64,
 }
 
 /// Server statistics.
@@ -444,6 +447,8 @@ mod tests {
                 .prop_map(|(reservations, lens)| Request::Seal { reservations, lens }),
             proptest::collection::vec(any::<u64>(), 0..5)
                 .prop_map(|leases| Request::Release { leases }),
+            (".{0,5}", proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(transport, address)| Request::OpenChannel { transport, address }),
             proptest::collection::vec(any::<u64>(), 0..5)
                 .prop_map(|reservations| Request::Abort { reservations }),
         ]
@@ -470,6 +475,7 @@ mod tests {
                 .prop_map(|present| Response::Exists { present }),
             Just(Response::Done),
             ".{0,40}".prop_map(|m| Response::Error(ErrorReply::new(Status::StoreFull, m))),
+            any::<u64>().prop_map(|id| Response::Channel { id }),
             (any::<u32>(), ".{0,10}").prop_map(|(pid, node)| Response::Stats(ServerStats {
                 pid,
                 node,

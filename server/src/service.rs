@@ -799,6 +799,10 @@ impl Service for StoreService {
         self.adjust_transport(transport, |t| t.bytes_served += bytes);
     }
 
+    fn record_pulled(&self, transport: &'static str, bytes: u64) {
+        self.adjust_transport(transport, |t| t.pulled_bytes += bytes);
+    }
+
     fn channels(&self) -> Option<&ChannelTable<Session>> {
         Some(&self.channels)
     }

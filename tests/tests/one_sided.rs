@@ -379,6 +379,11 @@ fn ucx_requests_travel_on_active_messages() {
         );
         assert_eq!(tcp.bytes_served, 0, "nothing moved on TCP: {stats:?}");
         assert_eq!(stats.puts, 2, "{stats:?}");
+        assert_eq!(
+            ucx.pulled_bytes,
+            8 << 20,
+            "the big put was pulled from the client's buffer, the small one came with its message: {stats:?}"
+        );
     }
     // The client is gone: its TCP connection closed, and the channel with it.
     let watcher = owner.client("tcp");

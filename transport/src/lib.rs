@@ -118,6 +118,11 @@ pub trait Service: Send + Sync + 'static {
     /// Counts object bytes a transport has sent.
     fn record_sent(&self, transport: &'static str, bytes: u64);
 
+    /// Counts request payload bytes a transport pulled from a client's buffer.
+    fn record_pulled(&self, transport: &'static str, bytes: u64) {
+        let _ = (transport, bytes);
+    }
+
     /// The channels opened on fabric messages ([`onesided::rpc`]), for services that offer
     /// them.
     fn channels(&self) -> Option<&onesided::rpc::ChannelTable<Self::Session>> {

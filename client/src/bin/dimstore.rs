@@ -195,8 +195,8 @@ fn stat(store: &Store, config: &ClientConfig, json: bool, all: bool) -> anyhow::
         println!("  binding: {}", s.binding);
         for t in &s.transports {
             println!(
-                "  {}: {} connections, {} bytes served ({} one-sided, {} registrations)",
-                t.name, t.connections, t.bytes_served, t.one_sided_bytes, t.registrations
+                "  {}: {} connections, {} bytes served ({} one-sided, {} registrations), {} bytes pulled",
+                t.name, t.connections, t.bytes_served, t.one_sided_bytes, t.registrations, t.pulled_bytes
             );
         }
     }
@@ -215,6 +215,7 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
                 "bytes_served": t.bytes_served,
                 "one_sided_bytes": t.one_sided_bytes,
                 "registrations": t.registrations,
+                "pulled_bytes": t.pulled_bytes,
             })
         })
         .collect();

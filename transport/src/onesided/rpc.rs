@@ -50,6 +50,9 @@ pub trait RpcHost: Send + Sync + 'static {
     /// the message (a notice, which gets no answer).
     fn admit(&self, channel: u64, head: &[u8], payload_len: usize) -> Result<(), Option<RpcReply>>;
 
+    /// Counts `bytes` of request payload pulled from a client (rendezvous).
+    fn record_pulled(&self, bytes: u64);
+
     /// Handles an admitted request whose payload has been received. Returns the reply, or
     /// `None` when there is none now: notices, and replies delivered later through `later`.
     fn handle(
@@ -231,6 +234,12 @@ impl<S: Service> ServiceHost<S> {
 impl<S: Service> RpcHost for ServiceHost<S> {
     fn channel_peer(&self, channel: u64) -> Option<Vec<u8>> {
         self.service.upgrade()?.channels()?.peer(channel)
+    }
+
+    fn record_pulled(&self, bytes: u64) {
+        if let Some(service) = self.service.upgrade() {
+            service.record_pulled(self.transport, bytes);
+        }
     }
 
     fn open_peers(&self) -> Vec<Vec<u8>> {

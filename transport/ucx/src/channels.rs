@@ -93,7 +93,10 @@ impl Served {
             let received = receive.test().unwrap_or(Ok(()));
             drop(receive);
             let payload = match (received, target.finish()) {
-                (Ok(()), Ok(payload)) => payload,
+                (Ok(()), Ok(payload)) => {
+                    self.host.record_pulled(payload.len() as u64);
+                    payload
+                }
                 (Err(e), _) => {
                     tracing::debug!(channel, "request payload not received: {e}");
                     continue;
