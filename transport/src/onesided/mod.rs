@@ -29,7 +29,7 @@ mod thread;
 
 pub use channel::{ChannelConnection, Messenger};
 pub use connection::OneSidedConnection;
-pub use target::{ReadChunk, ReadTarget};
+pub use target::{IncomingTarget, ReadChunk, ReadTarget};
 pub use thread::{CommandSender, FabricThread, Startup, Wake};
 
 /// Largest piece one read operation moves; longer objects are read in chunks of this size.

@@ -45,23 +45,49 @@ pub trait RpcHost: Send + Sync + 'static {
     /// per channel: a process's connections share its address).
     fn open_peers(&self) -> Vec<Vec<u8>>;
 
-    /// Checks a request's frame head before its `payload_len` bytes of payload are
-    /// received. `Err(Some(reply))`: answer with it and drop the payload; `Err(None)`: drop
-    /// the message (a notice, which gets no answer).
-    fn admit(&self, channel: u64, head: &[u8], payload_len: usize) -> Result<(), Option<RpcReply>>;
-
     /// Counts `bytes` of request payload pulled from a client (rendezvous).
     fn record_pulled(&self, bytes: u64);
 
-    /// Handles an admitted request whose payload has been received. Returns the reply, or
-    /// `None` when there is none now: notices, and replies delivered later through `later`.
+    /// Checks a request (frame head, channel, limits) before its `payload_len` bytes of
+    /// payload are received, and allocates the memory they land in. `Err(Some(reply))`:
+    /// answer with it and drop the payload; `Err(None)`: drop the message (a notice, which
+    /// gets no answer).
+    fn begin(
+        &self,
+        channel: u64,
+        head: &[u8],
+        payload_len: usize,
+    ) -> Result<Box<dyn IncomingRequest>, Option<RpcReply>>;
+
+    /// [`begin`](Self::begin) and [`IncomingRequest::finish`] for a payload already here.
     fn handle(
         &self,
         channel: u64,
         head: &[u8],
         payload: &[u8],
         later: &LaterReply,
-    ) -> Option<RpcReply>;
+    ) -> Option<RpcReply> {
+        match self.begin(channel, head, payload.len()) {
+            Ok(request) => request.finish(Some(payload), later),
+            Err(reply) => reply,
+        }
+    }
+}
+
+/// A request admitted by [`RpcHost::begin`], waiting for its payload.
+pub trait IncomingRequest {
+    /// The memory the whole payload lands in when it is one piece (a put of one object),
+    /// for a fabric to receive into directly. It stays at the same address until the
+    /// request is finished or dropped. `None`: hand the payload to
+    /// [`finish`](Self::finish).
+    fn destination(&mut self) -> Option<&mut [u8]>;
+
+    /// Handles the request once its payload is in place: `Some(bytes)` to copy into the
+    /// request's memory, `None` if it was received into [`destination`](Self::destination).
+    /// Returns the reply, or `None` when there is none now: notices, and replies delivered
+    /// later through `later`. Dropping the request instead abandons it (its memory is
+    /// freed).
+    fn finish(self: Box<Self>, payload: Option<&[u8]>, later: &LaterReply) -> Option<RpcReply>;
 }
 
 /// An open channel.
@@ -249,104 +275,127 @@ impl<S: Service> RpcHost for ServiceHost<S> {
             .unwrap_or_default()
     }
 
-    fn admit(&self, channel: u64, head: &[u8], payload_len: usize) -> Result<(), Option<RpcReply>> {
-        let answer =
-            |e: ErrorReply, kind, id| (kind != FrameKind::Notice).then(|| error_reply(id, e));
-        let header = self
-            .header(head, payload_len)
-            .map_err(|e| answer(e, FrameKind::Request, request_id_of(head)))?;
-        let Some(service) = self.service.upgrade() else {
-            let e = ErrorReply::new(Status::ShuttingDown, "the server is stopping");
-            return Err(answer(e, header.kind, header.request_id));
-        };
-        if service
-            .channels()
-            .and_then(|c| c.session(channel))
-            .is_none()
-        {
-            let e = ErrorReply::new(Status::Unauthorized, "unknown or closed channel");
-            return Err(answer(e, header.kind, header.request_id));
-        }
-        Ok(())
-    }
-
-    fn handle(
+    fn begin(
         &self,
         channel: u64,
         head: &[u8],
-        payload: &[u8],
-        later: &LaterReply,
-    ) -> Option<RpcReply> {
-        let header = match self.header(head, payload.len()) {
-            Ok(h) => h,
-            Err(e) => return Some(error_reply(request_id_of(head), e)),
-        };
+        payload_len: usize,
+    ) -> Result<Box<dyn IncomingRequest>, Option<RpcReply>> {
+        let header = self
+            .header(head, payload_len)
+            .map_err(|e| Some(error_reply(request_id_of(head), e)))?;
         let (id, answers) = (header.request_id, header.kind == FrameKind::Request);
         let refuse = |e: ErrorReply| answers.then(|| error_reply(id, e));
         let Some(service) = self.service.upgrade() else {
-            return refuse(ErrorReply::new(
+            return Err(refuse(ErrorReply::new(
                 Status::ShuttingDown,
                 "the server is stopping",
-            ));
+            )));
         };
         let Some(session) = service.channels().and_then(|c| c.session(channel)) else {
-            return refuse(ErrorReply::new(
+            return Err(refuse(ErrorReply::new(
                 Status::Unauthorized,
                 "unknown or closed channel",
-            ));
+            )));
         };
         let mut body = AlignedVec::<16>::with_capacity(head.len() - HEADER_LEN);
         body.extend_from_slice(&head[HEADER_LEN..]);
-        let request = match decode_request(&body) {
-            Ok(r) => r,
-            Err(e) => return refuse(bad_request(e)),
+        let request = decode_request(&body).map_err(|e| refuse(bad_request(e)))?;
+        let sinks = {
+            let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
+            service
+                .payload_sinks(&mut guard, &request, payload_len as u64)
+                .map_err(refuse)?
         };
-        let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
-        let mut sinks = match service.payload_sinks(&mut guard, &request, payload.len() as u64) {
-            Ok(sinks) => sinks,
-            Err(e) => return refuse(e),
-        };
-        let mut rest = payload;
-        for sink in &mut sinks {
-            let sink = sink.as_mut();
-            let (now, after) = rest.split_at(sink.len().min(rest.len()));
-            sink[..now.len()].copy_from_slice(now);
-            rest = after;
-        }
-        if !runs_inline(&request) {
-            // It may call back into the fabric thread (key export, stats): not on it.
-            drop(guard);
-            let (transport, later) = (self.transport, Arc::clone(later));
-            let runtime = self.runtime.clone();
-            self.runtime.spawn_blocking(move || {
-                let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
-                let outcome = service.handle(&mut guard, request, sinks);
-                drop(guard);
-                let reply = Replying {
-                    service: &service,
-                    transport,
-                    runtime: &runtime,
-                    channel,
-                    id,
-                    answers,
-                };
-                if let Some(reply) = reply.outcome(outcome, &later) {
-                    later(channel, reply);
-                }
-            });
-            return None;
-        }
-        let outcome = service.handle(&mut guard, request, sinks);
-        drop(guard);
-        Replying {
-            service: &service,
+        Ok(Box::new(Pending {
+            service,
             transport: self.transport,
-            runtime: &self.runtime,
+            runtime: self.runtime.clone(),
+            session,
             channel,
             id,
             answers,
+            request,
+            sinks,
+        }))
+    }
+}
+
+/// A request of a [`ServiceHost`] between [`RpcHost::begin`] and its payload's arrival.
+struct Pending<S: Service> {
+    service: Arc<S>,
+    transport: &'static str,
+    runtime: tokio::runtime::Handle,
+    session: Arc<Mutex<S::Session>>,
+    channel: u64,
+    id: u64,
+    answers: bool,
+    request: Request,
+    sinks: Vec<S::Sink>,
+}
+
+impl<S: Service> IncomingRequest for Pending<S> {
+    fn destination(&mut self) -> Option<&mut [u8]> {
+        match &mut self.sinks[..] {
+            [only] => Some(only.as_mut()),
+            _ => None,
         }
-        .outcome(outcome, later)
+    }
+
+    fn finish(self: Box<Self>, payload: Option<&[u8]>, later: &LaterReply) -> Option<RpcReply> {
+        let Pending {
+            service,
+            transport,
+            runtime,
+            session,
+            channel,
+            id,
+            answers,
+            request,
+            mut sinks,
+        } = *self;
+        if let Some(mut rest) = payload {
+            for sink in &mut sinks {
+                let sink = sink.as_mut();
+                let (now, after) = rest.split_at(sink.len().min(rest.len()));
+                sink[..now.len()].copy_from_slice(now);
+                rest = after;
+            }
+        }
+        if runs_inline(&request) {
+            let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
+            let outcome = service.handle(&mut guard, request, sinks);
+            drop(guard);
+            let replying = Replying {
+                service: &service,
+                transport,
+                runtime: &runtime,
+                channel,
+                id,
+                answers,
+            };
+            return replying.outcome(outcome, later);
+        }
+        // It may call back into the fabric thread (key export, stats): not on it.
+        let later = Arc::clone(later);
+        let blocking = runtime.clone();
+        blocking.spawn_blocking(move || {
+            let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
+            let outcome = service.handle(&mut guard, request, sinks);
+            drop(guard);
+            let replying = Replying {
+                service: &service,
+                transport,
+                runtime: &runtime,
+                channel,
+                id,
+                answers,
+            };
+            if let Some(reply) = replying.outcome(outcome, &later) {
+                later(channel, reply);
+            }
+        });
+        None
     }
 }
 
@@ -605,7 +654,7 @@ mod tests {
         // Unknown channel.
         let h = head(FrameKind::Request, 5, &exists, 0);
         assert_eq!(
-            status(host.admit(99, &h, 0).err().flatten()),
+            status(host.begin(99, &h, 0).err().flatten()),
             Status::Unauthorized
         );
         assert_eq!(
@@ -614,13 +663,13 @@ mod tests {
         );
         // Notices to an unknown channel are dropped silently.
         let notice = head(FrameKind::Notice, 6, &exists, 0);
-        assert!(matches!(host.admit(99, &notice, 0), Err(None)));
+        assert!(matches!(host.begin(99, &notice, 0), Err(None)));
 
         let _guard = service
             .channels
             .open(1, b"client".to_vec(), 0)
             .expect("open");
-        assert!(host.admit(1, &h, 0).is_ok());
+        assert!(host.begin(1, &h, 0).is_ok());
         let (header, reply) = response(&host.handle(1, &h, &[], &later).expect("reply"));
         assert_eq!(header.request_id, 5, "the reply names its request");
         assert_eq!(
@@ -638,15 +687,27 @@ mod tests {
         );
         let echoed = host.handle(1, &put, b"hello", &later).expect("reply");
         assert_eq!(echoed.payload, b"hello");
+        // Several objects: no single destination. One object: received straight into it.
+        let mut two = host.begin(1, &put, 5).expect("admitted");
+        assert!(two.destination().is_none());
+        drop(two);
+        let one = head(FrameKind::Request, 8, &Request::Put { sizes: vec![4] }, 4);
+        let mut pending = host.begin(1, &one, 4).expect("admitted");
+        pending
+            .destination()
+            .expect("one piece")
+            .copy_from_slice(b"abcd");
+        let echoed = pending.finish(None, &later).expect("reply");
+        assert_eq!(echoed.payload, b"abcd");
         // Malformed: garbage, wrong payload length, over the limit, a response frame.
         let mut garbage = vec![0xff; 40];
         garbage[8..16].copy_from_slice(&9u64.to_le_bytes());
         assert_eq!(
-            status(host.admit(1, &garbage, 0).err().flatten()),
+            status(host.begin(1, &garbage, 0).err().flatten()),
             Status::BadRequest
         );
         assert_eq!(
-            status(host.admit(1, &h, 3).err().flatten()),
+            status(host.begin(1, &h, 3).err().flatten()),
             Status::BadRequest
         );
         let huge = head(
@@ -658,12 +719,12 @@ mod tests {
             2 << 20,
         );
         assert_eq!(
-            status(host.admit(1, &huge, 2 << 20).err().flatten()),
+            status(host.begin(1, &huge, 2 << 20).err().flatten()),
             Status::BadRequest
         );
         let wrong_kind = head(FrameKind::Response, 9, &exists, 0);
         assert_eq!(
-            status(host.admit(1, &wrong_kind, 0).err().flatten()),
+            status(host.begin(1, &wrong_kind, 0).err().flatten()),
             Status::BadRequest
         );
         let short = head(FrameKind::Request, 10, &exists, 0);
@@ -673,8 +734,8 @@ mod tests {
         );
         assert_eq!(
             *service.channels.session(1).unwrap().lock().unwrap(),
-            2,
-            "two handled"
+            3,
+            "three handled"
         );
     }
 
@@ -704,7 +765,7 @@ mod tests {
         drop(_guard);
         drop(service);
         assert_eq!(
-            status(host.admit(1, &stats, 0).err().flatten()),
+            status(host.begin(1, &stats, 0).err().flatten()),
             Status::ShuttingDown
         );
         assert!(host.open_peers().is_empty());

@@ -13,6 +13,7 @@ use std::ops::{Deref, DerefMut, Range};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use super::rpc::IncomingRequest;
 use crate::AlignedBuf;
 
 /// The buffer, shared by the chunks writing disjoint ranges of it.
@@ -111,6 +112,61 @@ impl DerefMut for ReadChunk {
 // SAFETY: the bytes live in the shared buffer, not in the chunk: moving the chunk does not
 // move them, and they stay put while the chunk (holding the Arc) lives.
 unsafe impl stable_deref_trait::StableDeref for ReadChunk {}
+
+/// A request's own payload memory (see [`IncomingRequest::destination`]) as a receive
+/// buffer a fabric can own until the receive completes: the payload lands in place, with
+/// no copy.
+pub struct IncomingTarget {
+    request: Box<dyn IncomingRequest>,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl IncomingTarget {
+    /// `request`'s destination as a receive buffer; the request back if it has none.
+    pub fn new(
+        mut request: Box<dyn IncomingRequest>,
+    ) -> Result<IncomingTarget, Box<dyn IncomingRequest>> {
+        let Some(destination) = request.destination() else {
+            return Err(request);
+        };
+        let len = destination.len();
+        let ptr = NonNull::new(destination.as_mut_ptr()).unwrap_or(NonNull::dangling());
+        Ok(IncomingTarget { request, ptr, len })
+    }
+
+    /// The request, to finish once the receive has completed.
+    pub fn into_request(self) -> Box<dyn IncomingRequest> {
+        self.request
+    }
+}
+
+impl Deref for IncomingTarget {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` is the request's destination, which stays at its address
+        // while the request lives (the trait's contract) and is reached only through this
+        // wrapper, which owns the request.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for IncomingTarget {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `deref`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+// SAFETY: the bytes are the request's destination, which does not move when the wrapper
+// (or the boxed request) moves, and stays valid while the wrapper owns the request.
+unsafe impl stable_deref_trait::StableDeref for IncomingTarget {}
+
+impl std::fmt::Debug for IncomingTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IncomingTarget({} bytes)", self.len)
+    }
+}
 
 impl std::fmt::Debug for ReadTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

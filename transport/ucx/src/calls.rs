@@ -56,16 +56,22 @@ struct Receiving {
 }
 
 impl Calls {
-    /// Installs the reply handler on `worker`.
-    pub(crate) fn start(worker: &Worker) -> Result<Calls, String> {
+    /// Installs the reply handler on `worker`, whose endpoints send requests (replies
+    /// sent at once come back on them), and on `replies`, the worker whose address servers
+    /// connect to for replies that come later. A separate worker, because UCX pairs up the
+    /// first endpoints two workers open to each other: a server endpoint to the requesting
+    /// worker, opened while that worker's own endpoint is being wired up, lost replies
+    /// under load over UCX tcp.
+    pub(crate) fn start(worker: &Worker, replies: &Worker) -> Result<Calls, String> {
         let table: Rc<RefCell<Table>> = Rc::default();
-        let handler = {
-            let table = Rc::clone(&table);
-            move |message: AmMessage<'_>| on_reply(&table, message)
-        };
-        worker
-            .set_am_handler(AM_REPLY, handler)
-            .map_err(|e| format!("cannot install the reply handler: {e}"))?;
+        for w in [worker, replies] {
+            let handler = {
+                let table = Rc::clone(&table);
+                move |message: AmMessage<'_>| on_reply(&table, message)
+            };
+            w.set_am_handler(AM_REPLY, handler)
+                .map_err(|e| format!("cannot install the reply handler: {e}"))?;
+        }
         Ok(Calls { table })
     }
 

@@ -5,9 +5,10 @@
 //! head, and whose data is the payload; the reply is [`AM_REPLY`] with the frame head as
 //! header and the payload as data. Small payloads arrive with the message and are handled
 //! inside the message handler, which answers on UCX's reply endpoint at once. A large
-//! payload is announced (rendezvous): the server pulls it from the client's buffer with
-//! `ucp_am_recv_data_nbx` (a one-sided get on RDMA hardware) and handles the request once it
-//! has landed; such replies, and replies that come later (a get waiting for a deferred
+//! payload is announced (rendezvous): the server allocates the request's memory first, then
+//! pulls the payload from the client's buffer with `ucp_am_recv_data_nbx` (a one-sided get
+//! on RDMA hardware) straight into it (a put of one object: its arena allocation; several
+//! objects go through a staging buffer), and handles the request once it has landed; such replies, and replies that come later (a get waiting for a deferred
 //! object, requests run off the fabric thread), go on an endpoint of the channel's own,
 //! connected to the address the client gave when it opened the channel.
 
@@ -16,8 +17,12 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use dimstore_transport::onesided::rpc::{LaterReply, RpcHost, RpcReply, CHANNEL_PREFIX};
-use dimstore_transport::onesided::{ReadChunk, ReadTarget};
+use std::time::Instant;
+
+use dimstore_transport::onesided::rpc::{
+    IncomingRequest, LaterReply, RpcHost, RpcReply, CHANNEL_PREFIX,
+};
+use dimstore_transport::onesided::{IncomingTarget, ReadChunk, ReadTarget};
 use dimstore_transport::AlignedBuf;
 use dimstore_ucx::{AmMessage, Endpoint, Request, Worker, WorkerAddress};
 
@@ -35,11 +40,28 @@ pub(crate) struct Served {
 }
 
 /// A request whose rendezvous payload is being received.
-struct Arrival {
-    channel: u64,
-    head: Vec<u8>,
-    target: ReadTarget,
-    receive: Request<ReadChunk>,
+enum Arrival {
+    /// Straight into the request's own memory (a put of one object).
+    Direct {
+        channel: u64,
+        receive: Request<IncomingTarget>,
+    },
+    /// Into a staging buffer, copied into the request's memory at the end (several objects).
+    Staged {
+        channel: u64,
+        request: Box<dyn IncomingRequest>,
+        target: ReadTarget,
+        receive: Request<ReadChunk>,
+    },
+}
+
+impl Arrival {
+    fn is_complete(&mut self) -> bool {
+        match self {
+            Arrival::Direct { receive, .. } => receive.is_complete(),
+            Arrival::Staged { receive, .. } => receive.is_complete(),
+        }
+    }
 }
 
 impl Served {
@@ -74,7 +96,7 @@ impl Served {
             let mut landed = Vec::new();
             let mut i = 0;
             while i < arrivals.len() {
-                if arrivals[i].receive.is_complete() {
+                if arrivals[i].is_complete() {
                     landed.push(arrivals.swap_remove(i));
                 } else {
                     i += 1;
@@ -84,26 +106,43 @@ impl Served {
         };
         let any = !landed.is_empty();
         for arrival in landed {
-            let Arrival {
-                channel,
-                head,
-                target,
-                mut receive,
-            } = arrival;
-            let received = receive.test().unwrap_or(Ok(()));
-            drop(receive);
-            let payload = match (received, target.finish()) {
-                (Ok(()), Ok(payload)) => {
-                    self.host.record_pulled(payload.len() as u64);
-                    payload
+            let (channel, reply) = match arrival {
+                Arrival::Direct { channel, receive } => {
+                    // Complete: the wait returns at once.
+                    match receive.wait(Instant::now()) {
+                        Ok(target) => {
+                            self.host.record_pulled(target.len() as u64);
+                            let request = target.into_request();
+                            (channel, request.finish(None, &self.later))
+                        }
+                        Err(e) => {
+                            tracing::debug!(channel, "request payload not received: {}", e.error());
+                            continue;
+                        }
+                    }
                 }
-                (Err(e), _) => {
-                    tracing::debug!(channel, "request payload not received: {e}");
-                    continue;
+                Arrival::Staged {
+                    channel,
+                    request,
+                    target,
+                    mut receive,
+                } => {
+                    let received = receive.test().unwrap_or(Ok(()));
+                    drop(receive);
+                    match (received, target.finish()) {
+                        (Ok(()), Ok(payload)) => {
+                            self.host.record_pulled(payload.len() as u64);
+                            (channel, request.finish(Some(&payload), &self.later))
+                        }
+                        (Err(e), _) => {
+                            tracing::debug!(channel, "request payload not received: {e}");
+                            continue;
+                        }
+                        (Ok(()), Err(_)) => continue,
+                    }
                 }
-                (Ok(()), Err(_)) => continue,
             };
-            if let Some(reply) = self.host.handle(channel, &head, &payload, &self.later) {
+            if let Some(reply) = reply {
                 self.send(worker, channel, reply);
             }
         }
@@ -162,27 +201,34 @@ fn on_request(
     };
     let channel = u64::from_le_bytes(*prefix);
     let answer = |reply: RpcReply| drop(message.reply(AM_REPLY, reply.head, reply.payload));
-    match host.admit(channel, head, message.data_len()) {
-        Err(Some(reply)) => answer(reply),
-        Err(None) => {}
-        Ok(()) => match message.data() {
-            Some(payload) => {
-                if let Some(reply) = host.handle(channel, head, payload, later) {
-                    answer(reply);
-                }
-            }
-            None => {
-                let len = message.data_len();
-                let mut target = ReadTarget::new(AlignedBuf::for_overwrite(len));
-                let chunk = target.chunk(0..len).expect("the whole target is free");
-                let receive = message.receive(chunk);
-                arrivals.borrow_mut().push(Arrival {
-                    channel,
-                    head: head.to_vec(),
-                    target,
-                    receive,
-                });
-            }
-        },
+    let request = match host.begin(channel, head, message.data_len()) {
+        Ok(request) => request,
+        Err(Some(reply)) => return answer(reply),
+        Err(None) => return,
+    };
+    if let Some(payload) = message.data() {
+        if let Some(reply) = request.finish(Some(payload), later) {
+            answer(reply);
+        }
+        return;
     }
+    // Announced: pull it, into the request's own memory where it is one piece.
+    let arrival = match IncomingTarget::new(request) {
+        Ok(target) => Arrival::Direct {
+            channel,
+            receive: message.receive(target),
+        },
+        Err(request) => {
+            let len = message.data_len();
+            let mut target = ReadTarget::new(AlignedBuf::for_overwrite(len));
+            let chunk = target.chunk(0..len).expect("the whole target is free");
+            Arrival::Staged {
+                channel,
+                request,
+                target,
+                receive: message.receive(chunk),
+            }
+        }
+    };
+    arrivals.borrow_mut().push(arrival);
 }

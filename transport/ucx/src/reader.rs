@@ -13,7 +13,7 @@ use dimstore_ucx::{
 };
 
 use crate::calls::{CallJob, Calls};
-use crate::wake::sleep;
+use crate::wake::sleep_on;
 use crate::AM_REQUEST;
 use crate::{one_sided, tls_detail, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};
 use dimstore_transport::onesided::Messenger;
@@ -422,6 +422,8 @@ impl Drop for Active {
 struct Fabric {
     config: UcxConfig,
     worker: Worker,
+    /// A second worker, where servers send replies that come later (see [`Calls`]).
+    replies: Worker,
     peers: HashMap<Vec<u8>, Peer>,
     reads: Vec<Active>,
     calls: Calls,
@@ -644,16 +646,21 @@ fn fabric_thread(
             worker
                 .event_fd()
                 .map_err(|e| format!("UCX worker has no event fd ({e})"))?;
-            let address = worker
+            let replies =
+                Worker::new(&context).map_err(|e| format!("UCX worker creation failed ({e})"))?;
+            replies
+                .event_fd()
+                .map_err(|e| format!("UCX worker has no event fd ({e})"))?;
+            let address = replies
                 .address()
                 .map_err(|e| format!("UCX worker address unavailable ({e})"))?;
-            let calls = Calls::start(&worker)?;
-            Ok((context, worker, calls, address.into_bytes()))
+            let calls = Calls::start(&worker, &replies)?;
+            Ok((context, worker, replies, calls, address.into_bytes()))
         });
-    let (context, worker, calls) = match setup {
-        Ok((context, worker, calls, address)) => {
+    let (context, worker, replies, calls) = match setup {
+        Ok((context, worker, replies, calls, address)) => {
             let _ = ready.send(Ok(address));
-            (context, worker, calls)
+            (context, worker, replies, calls)
         }
         Err(reason) => {
             let _ = ready.send(Err(reason));
@@ -663,6 +670,7 @@ fn fabric_thread(
     let mut fabric = Fabric {
         config,
         worker,
+        replies,
         peers: HashMap::new(),
         reads: Vec::new(),
         calls,
@@ -672,7 +680,7 @@ fn fabric_thread(
         fabric.issue();
         let mut events = 0u64;
         loop {
-            let n = fabric.worker.progress();
+            let n = fabric.worker.progress() + fabric.replies.progress();
             if n == 0 {
                 break;
             }
@@ -691,15 +699,23 @@ fn fabric_thread(
         let timeout = fabric.next_deadline().map_or(IDLE_SLEEP, |d| {
             d.saturating_duration_since(now).min(IDLE_SLEEP)
         });
-        if let Err(e) = sleep(&fabric.worker, &wake, Some(timeout)) {
+        if let Err(e) = sleep_on(&[&fabric.worker, &fabric.replies], &wake, Some(timeout)) {
             tracing::warn!("UCX reader: {e}; polling instead");
             std::thread::sleep(Duration::from_millis(1));
         }
     }
     fabric.fail_all();
-    let Fabric { worker, peers, .. } = fabric;
+    let Fabric {
+        worker,
+        replies,
+        peers,
+        calls,
+        ..
+    } = fabric;
     drop(peers);
-    // Dropping the worker drains requests still in flight (bounded) before it goes.
+    drop(calls);
+    // Dropping a worker drains requests still in flight (bounded) before it goes.
+    drop(replies);
     drop(worker);
     drop(context);
 }

@@ -1,4 +1,4 @@
-//! Sleeping on a worker's event fd together with an eventfd that wakes the fabric thread
+//! Sleeping on workers' event fds together with an eventfd that wakes the fabric thread
 //! for commands.
 
 use std::time::Duration;
@@ -12,23 +12,35 @@ use rustix::io::Errno;
 /// (`None`: no limit). Returns at once when arming finds events pending: the caller must
 /// then progress the worker (and call again once `progress` returns 0).
 pub(crate) fn sleep(worker: &Worker, wake: &Wake, timeout: Option<Duration>) -> Result<(), String> {
-    if !worker.arm().map_err(|e| e.to_string())? {
-        return Ok(());
+    sleep_on(&[worker], wake, timeout)
+}
+
+/// [`sleep`] on several workers of the thread: returns when any has events.
+pub(crate) fn sleep_on(
+    workers: &[&Worker],
+    wake: &Wake,
+    timeout: Option<Duration>,
+) -> Result<(), String> {
+    for worker in workers {
+        if !worker.arm().map_err(|e| e.to_string())? {
+            return Ok(());
+        }
     }
-    let efd = worker.event_fd().map_err(|e| e.to_string())?;
     let ms = timeout.map_or(-1, |t| {
         // Round up so that a sleep until a deadline does not wake just before it.
         i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
     });
-    let mut fds = [
-        PollFd::from_borrowed_fd(efd, PollFlags::IN),
-        PollFd::from_borrowed_fd(wake.fd(), PollFlags::IN),
-    ];
+    let mut fds = Vec::with_capacity(workers.len() + 1);
+    fds.push(PollFd::from_borrowed_fd(wake.fd(), PollFlags::IN));
+    for worker in workers {
+        let efd = worker.event_fd().map_err(|e| e.to_string())?;
+        fds.push(PollFd::from_borrowed_fd(efd, PollFlags::IN));
+    }
     match poll(&mut fds, ms) {
         Ok(_) | Err(Errno::INTR) => {}
         Err(e) => return Err(format!("poll: {e}")),
     }
-    if !fds[1].revents().is_empty() {
+    if !fds[0].revents().is_empty() {
         wake.drain();
     }
     Ok(())
