@@ -29,15 +29,15 @@ pub(crate) fn choose(
     deadline: Instant,
 ) -> Result<Chosen, TransportError> {
     let one_sided_from = config.one_sided_from;
-    let hardware = config.rdma_hardware.unwrap_or_else(rdma_hardware_present);
+    let devices = RdmaDevices::detect();
+    let hardware = config.rdma_hardware.unwrap_or(devices.any());
     let wanted: Vec<&str> = match choice {
         TransportChoice::Tcp => Vec::new(),
         TransportChoice::Auto if !hardware => Vec::new(),
-        TransportChoice::Auto => hello
-            .one_sided
-            .iter()
-            .map(|o| o.transport.as_str())
-            .collect(),
+        TransportChoice::Auto => auto_order(
+            hello.one_sided.iter().map(|o| o.transport.as_str()),
+            devices,
+        ),
         forced => vec![forced.forced_one_sided().unwrap_or_default()],
     };
     let local_ip = control
@@ -160,13 +160,80 @@ fn reader(name: &str, local_ip: Option<&str>) -> Result<Readers, TransportError>
     }
 }
 
-/// Whether this node has RDMA devices (InfiniBand/RoCE/EFA verbs devices, or Slingshot CXI).
-fn rdma_hardware_present() -> bool {
-    ["/sys/class/infiniband", "/sys/class/cxi"]
-        .iter()
-        .any(|dir| {
+/// The RDMA devices of this node, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RdmaDevices {
+    /// Verbs devices (InfiniBand, RoCE, EFA): `/sys/class/infiniband`.
+    verbs: bool,
+    /// HPE Slingshot NICs: `/sys/class/cxi`.
+    cxi: bool,
+}
+
+impl RdmaDevices {
+    fn detect() -> RdmaDevices {
+        let present = |dir: &str| {
             std::fs::read_dir(dir)
                 .map(|mut entries| entries.next().is_some())
                 .unwrap_or(false)
-        })
+        };
+        RdmaDevices {
+            verbs: present("/sys/class/infiniband"),
+            cxi: present("/sys/class/cxi"),
+        }
+    }
+
+    fn any(self) -> bool {
+        self.verbs || self.cxi
+    }
+}
+
+/// The order `auto` tries the server's one-sided offers in: libfabric first on a Slingshot
+/// node (UCX has no provider for its NIC, so it would fall back to TCP), UCX first on a
+/// node with verbs devices only, otherwise the server's order.
+fn auto_order<'a>(offers: impl Iterator<Item = &'a str>, devices: RdmaDevices) -> Vec<&'a str> {
+    let mut order: Vec<&str> = offers.collect();
+    let first = match devices {
+        RdmaDevices { cxi: true, .. } => Some("ofi"),
+        RdmaDevices {
+            verbs: true,
+            cxi: false,
+        } => Some("ucx"),
+        _ => None,
+    };
+    if let Some(first) = first {
+        // Stable: the others keep the server's order.
+        order.sort_by_key(|name| *name != first);
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_prefers_libfabric_on_slingshot_and_ucx_on_verbs() {
+        let offers = || ["ucx", "ofi"].into_iter();
+        let cxi = RdmaDevices {
+            verbs: false,
+            cxi: true,
+        };
+        let verbs = RdmaDevices {
+            verbs: true,
+            cxi: false,
+        };
+        assert_eq!(auto_order(offers(), cxi), ["ofi", "ucx"]);
+        assert_eq!(auto_order(offers(), verbs), ["ucx", "ofi"]);
+        assert_eq!(
+            auto_order(["ofi", "ucx"].into_iter(), verbs),
+            ["ucx", "ofi"]
+        );
+        assert_eq!(
+            auto_order(offers(), RdmaDevices::default()),
+            ["ucx", "ofi"],
+            "unknown kind (DIMSTORE_RDMA_HARDWARE=yes): the server's order"
+        );
+        assert_eq!(auto_order(["ucx"].into_iter(), cxi), ["ucx"]);
+        assert!(!RdmaDevices::default().any() && cxi.any() && verbs.any());
+    }
 }
