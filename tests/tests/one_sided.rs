@@ -408,3 +408,37 @@ fn ucx_requests_travel_on_active_messages() {
     );
     assert_eq!(row(&stats, "ucx").connections, 1, "{stats:?}");
 }
+
+/// Over UCX shared memory a dead owner is not detected by UCX (its reads are served by the
+/// owner's progress, which stops): the reader learns it from the owner's TCP connection
+/// closing, and the get fails as a lost connection long before its (long) timeout, not as
+/// a timeout.
+#[test]
+fn ucx_shm_read_from_a_killed_owner_is_a_lost_connection() {
+    prepare("ucx-shm");
+    std::env::set_var("DIMSTORE_UCX_CHUNK", "262144");
+    std::env::set_var("DIMSTORE_UCX_IN_FLIGHT", "1");
+    let data = pattern(BIG, 7);
+    let mut owner = server("n0", &[]);
+    let other = server("n1", &[]);
+    let producer = owner.client("ucx-shm");
+    let consumer = other
+        .client("ucx-shm")
+        .with_timeout(Duration::from_secs(60));
+    let key = producer.put(&data).expect("put 256 MiB");
+    let reading = {
+        let (consumer, key) = (consumer.clone(), key.clone());
+        std::thread::spawn(move || consumer.get(&key))
+    };
+    wait_until_read_starts(&producer, "ucx-shm", BIG as u64);
+    owner.kill();
+    match reading.join().expect("reader thread") {
+        Err(GetError::Request(RequestError::ConnectionLost { .. })) => {}
+        // The read may have finished just before the kill.
+        Ok(bytes) => assert!(
+            bytes[..] == data[..],
+            "a completed read has the right bytes"
+        ),
+        Err(other) => panic!("expected a lost connection, got {other:?}"),
+    }
+}

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, RecvTimeoutError, Sender};
 use dimstore_ofi::{Op, PeerAddr, WaitError};
-use dimstore_transport::onesided::{FabricThread, ReadChunk, ReadTarget, Reader, RemoteRead, Wake};
+use dimstore_transport::onesided::{
+    wait_for_answer, Answer, FabricThread, ReadChunk, ReadTarget, Reader, RemoteRead, Wake,
+};
 use dimstore_transport::{AlignedBuf, TransportError};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
@@ -166,12 +168,13 @@ impl Reader for OfiReader {
         NAME
     }
 
-    fn read(
+    fn read_watching(
         &self,
         peer: &[u8],
         reads: &[RemoteRead<'_>],
         target: AlignedBuf,
         deadline: Instant,
+        gone: &dyn Fn() -> bool,
     ) -> Result<AlignedBuf, TransportError> {
         let mut target = ReadTarget::new(target);
         let pieces = self.pieces(reads, &mut target)?;
@@ -193,13 +196,12 @@ impl Reader for OfiReader {
         })))?;
         // The fabric thread ends the job at its deadline too; this bound only matters if
         // the thread is stuck in a provider call.
-        match answer.recv_deadline(deadline) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout) => Err(TransportError::Timeout),
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(one_sided("the reader's fabric thread is gone".to_owned()))
-            }
-        }
+        let receive = |wait| match answer.recv_timeout(wait) {
+            Ok(result) => Answer::Ready(result),
+            Err(RecvTimeoutError::Timeout) => Answer::Pending,
+            Err(RecvTimeoutError::Disconnected) => Answer::Stopped,
+        };
+        wait_for_answer(receive, deadline, gone, NAME)?
     }
 
     fn forget(&self, peer: &[u8]) {

@@ -123,7 +123,10 @@ impl<C: Connection> OneSidedConnection<C> {
                 _ => {}
             }
         }
-        self.reader.read(&self.peer, &reads, target, deadline)
+        self.reader
+            .read_watching(&self.peer, &reads, target, deadline, &|| {
+                self.control.peer_closed()
+            })
     }
 
     /// The keys of every segment `items` name, fetching the missing ones in one call.

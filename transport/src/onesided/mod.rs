@@ -15,7 +15,7 @@
 //! operations (UCX over tcp, libfabric's manual-progress providers) as they come.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dimstore_arena::Segment;
 
@@ -42,6 +42,53 @@ pub const DEFAULT_IN_FLIGHT: usize = 2;
 /// Objects below this size come inline in the get reply rather than by a one-sided read
 /// (the read needs an extra round trip plus a release notice).
 pub const DEFAULT_ONE_SIDED_FROM: u64 = 64 << 10;
+
+/// How often a caller waiting for a fabric thread's answer asks whether the server is gone.
+pub const LIVENESS_CHECK: Duration = Duration::from_millis(100);
+
+/// What one wait for a fabric thread's answer saw.
+#[derive(Debug)]
+pub enum Answer<T> {
+    /// The answer.
+    Ready(T),
+    /// Nothing yet.
+    Pending,
+    /// The fabric thread dropped the request (it stopped).
+    Stopped,
+}
+
+/// Waits until `give_up` for a fabric thread's answer, `recv` waiting at most the given
+/// time each round; between rounds, a `gone` server ends the wait with
+/// [`TransportError::ConnectionLost`]. `Stopped` becomes [`TransportError::OneSided`] of
+/// `transport`; a wait past `give_up`, [`TransportError::Timeout`].
+pub fn wait_for_answer<T>(
+    mut recv: impl FnMut(Duration) -> Answer<T>,
+    give_up: Instant,
+    gone: &dyn Fn() -> bool,
+    transport: &str,
+) -> Result<T, TransportError> {
+    loop {
+        let slice = give_up
+            .saturating_duration_since(Instant::now())
+            .min(LIVENESS_CHECK);
+        match recv(slice) {
+            Answer::Ready(answer) => return Ok(answer),
+            Answer::Stopped => {
+                return Err(TransportError::OneSided {
+                    transport: transport.to_owned(),
+                    reason: "the fabric thread stopped during the operation".into(),
+                })
+            }
+            Answer::Pending if Instant::now() >= give_up => return Err(TransportError::Timeout),
+            Answer::Pending if gone() => {
+                return Err(TransportError::ConnectionLost(
+                    "the server closed its connection during the operation".into(),
+                ))
+            }
+            Answer::Pending => {}
+        }
+    }
+}
 
 /// Where a registered segment can be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +160,21 @@ pub trait Reader: Send + Sync + 'static {
         reads: &[RemoteRead<'_>],
         target: AlignedBuf,
         deadline: Instant,
+    ) -> Result<AlignedBuf, TransportError> {
+        self.read_watching(peer, reads, target, deadline, &|| false)
+    }
+
+    /// [`read`](Self::read), asking `gone` now and then (every [`LIVENESS_CHECK`]) whether
+    /// the server is known to be dead, which fabrics such as shared memory cannot tell:
+    /// then it fails at once with [`TransportError::ConnectionLost`] instead of at the
+    /// deadline (the read's buffer stays with the fabric until its own deadline).
+    fn read_watching(
+        &self,
+        peer: &[u8],
+        reads: &[RemoteRead<'_>],
+        target: AlignedBuf,
+        deadline: Instant,
+        gone: &dyn Fn() -> bool,
     ) -> Result<AlignedBuf, TransportError>;
 
     /// Forgets the endpoint to `peer` and every key unpacked for it (the server restarted

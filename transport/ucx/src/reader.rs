@@ -16,7 +16,7 @@ use crate::calls::{CallJob, Calls};
 use crate::wake::sleep_on;
 use crate::AM_REQUEST;
 use crate::{one_sided, tls_detail, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};
-use dimstore_transport::onesided::Messenger;
+use dimstore_transport::onesided::{wait_for_answer, Answer, Messenger};
 use dimstore_transport::onesided::{FabricThread, Wake};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,8 +29,6 @@ const IDLE_SLEEP: Duration = Duration::from_secs(1);
 /// How long past its deadline a caller waits for the fabric thread's answer (which comes
 /// at the deadline at the latest) before giving up on it.
 const ANSWER_GRACE: Duration = Duration::from_secs(5);
-/// How often a caller waiting for a reply checks that the server is still there.
-const LIVENESS_CHECK: Duration = Duration::from_millis(100);
 /// `UCS_MEMORY_TYPE_HOST`: arena segments are host memory.
 const MEMORY_TYPE_HOST: u8 = 0;
 
@@ -136,12 +134,13 @@ impl Reader for UcxReader {
         NAME
     }
 
-    fn read(
+    fn read_watching(
         &self,
         peer: &[u8],
         reads: &[RemoteRead<'_>],
         target: AlignedBuf,
         deadline: Instant,
+        gone: &dyn Fn() -> bool,
     ) -> Result<AlignedBuf, TransportError> {
         let (keys, pieces) = plan(reads, target.len())?;
         if pieces.is_empty() {
@@ -159,14 +158,7 @@ impl Reader for UcxReader {
             deadline,
             reply,
         })))?;
-        let wait = deadline.saturating_duration_since(Instant::now()) + ANSWER_GRACE;
-        match answer.recv_timeout(wait) {
-            Ok(result) => result,
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(TransportError::Timeout),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err(one_sided("the UCX fabric thread stopped during the read"))
-            }
-        }
+        wait_for_answer(|t| receive(&answer, t), deadline + ANSWER_GRACE, gone, NAME)?
     }
 
     fn forget(&self, peer: &[u8]) {
@@ -208,28 +200,12 @@ impl Messenger for UcxReader {
             deadline,
             answer,
         })))?;
-        let give_up = deadline + ANSWER_GRACE;
-        loop {
-            let slice = give_up
-                .saturating_duration_since(Instant::now())
-                .min(LIVENESS_CHECK);
-            match answered.recv_timeout(slice) {
-                Ok(result) => return result,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(one_sided("the UCX fabric thread stopped during the call"))
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= give_up => {
-                    return Err(TransportError::Timeout)
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) if gone() => {
-                    // The fabric thread drops the call at its deadline, or its reply.
-                    return Err(TransportError::ConnectionLost(
-                        "the server closed its connection during the call".into(),
-                    ));
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
-        }
+        wait_for_answer(
+            |t| receive(&answered, t),
+            deadline + ANSWER_GRACE,
+            gone,
+            NAME,
+        )?
     }
 
     fn notify(&self, peer: &[u8], head: Vec<u8>, deadline: Instant) -> Result<(), TransportError> {
@@ -238,6 +214,15 @@ impl Messenger for UcxReader {
             peer: peer.to_vec(),
             head,
         })
+    }
+}
+
+/// One wait on a fabric thread's answer channel.
+fn receive<T>(answers: &mpsc::Receiver<T>, wait: Duration) -> Answer<T> {
+    match answers.recv_timeout(wait) {
+        Ok(answer) => Answer::Ready(answer),
+        Err(mpsc::RecvTimeoutError::Timeout) => Answer::Pending,
+        Err(mpsc::RecvTimeoutError::Disconnected) => Answer::Stopped,
     }
 }
 
