@@ -18,8 +18,9 @@
 //! the requested address without checking it against its registrations*: a read of an
 //! address whose segment was unmapped crashes the server. Clients read only objects they
 //! hold a lease on, which keeps the memory mapped; keys and worker addresses are accepted
-//! only from authenticated peers. Over shared memory UCX 1.13 cannot detect a dead peer:
-//! a read from one ends at its deadline (over tcp it fails at once).
+//! only from authenticated peers. Over shared memory UCX 1.13 cannot detect a dead peer
+//! (over tcp it fails at once): callers learn it from the server's TCP connection closing,
+//! which they check while they wait (`Reader::read_watching`, `Messenger::call`).
 //!
 //! UCX itself is configured by its environment (`UCX_TLS`, `UCX_NET_DEVICES`, ...), read
 //! when the context is created; [`UcxConfig`] holds dimstore's own settings.
