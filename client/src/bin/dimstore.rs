@@ -21,10 +21,13 @@ use dimstore::{ClientConfig, Key, SpawnPolicy, Store};
         dimstore-launch), an explicit DIMSTORE_SERVER address, or the runtime directory \
         (DIMSTORE_RUNTIME_DIR); when none runs, one is spawned (DIMSTORE_SPAWN=never to forbid).\n\n\
         Object bytes from other nodes move by the transport DIMSTORE_TRANSPORT names: `auto` \
-        (default: mapped memory for this node's server, else the first one-sided transport the \
-        owner offers, else TCP), `tcp`, `ucx` or `ofi` (one-sided reads of the owner's \
-        registered memory; an error if unavailable). UCX honours its UCX_* variables; \
-        libfabric uses DIMSTORE_OFI_PROVIDER (default `tcp;ofi_rxm`) and DIMSTORE_OFI_NODE."
+        (default: mapped memory for this node's server; on a node with RDMA hardware the first \
+        one-sided transport the owner offers, libfabric first on Slingshot; else TCP), `tcp`, \
+        `ucx` or `ofi` (one-sided reads of the owner's registered memory; an error if \
+        unavailable). With UCX, requests travel as UCX active messages and the owner pulls \
+        large puts (DIMSTORE_UCX_REQUESTS=tcp keeps requests on TCP); UCX honours its UCX_* \
+        variables. libfabric uses DIMSTORE_OFI_PROVIDER (default `tcp;ofi_rxm`) and \
+        DIMSTORE_OFI_NODE."
 )]
 struct Cli {
     /// Act as a client on this fleet node (index from 0, or name).
