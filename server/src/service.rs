@@ -18,6 +18,10 @@ use tokio::sync::Notify;
 use crate::session::{Leases, LiveCounts, Peer, Reservations};
 use crate::store::{Lookup, Object, ObjectStore};
 
+/// Channels one connection may open (a client process needs one per server; more would only
+/// let a client multiply sessions).
+const MAX_CHANNELS_PER_CONNECTION: usize = 4;
+
 /// Longest client fabric address a channel accepts (UCX worker addresses are a few hundred
 /// bytes).
 const MAX_CHANNEL_ADDRESS: usize = 64 << 10;
@@ -483,6 +487,12 @@ impl StoreService {
                     "a client address of {} bytes (1 to {MAX_CHANNEL_ADDRESS})",
                     address.len()
                 ),
+            ));
+        }
+        if session.channels.len() >= MAX_CHANNELS_PER_CONNECTION {
+            return Err(ErrorReply::new(
+                Status::BadRequest,
+                format!("this connection has {MAX_CHANNELS_PER_CONNECTION} channels open already"),
             ));
         }
         let mut channel = self.open_session(

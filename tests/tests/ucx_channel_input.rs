@@ -9,6 +9,8 @@
 //!   differs from the one the header announces each get `Status::BadRequest`, addressed to
 //!   the request id found in the frame head;
 //! - a message too short to carry a channel id is dropped without a reply;
+//! - a connection opens at most 4 channels, and a channel with an empty client address or
+//!   on a transport without channels is refused (`BadRequest`, saying why);
 //! - after all of these the channel still answers valid requests (handled on the fabric
 //!   thread, `Exists`, and off it, `Stats`), a bystander client connected throughout and a
 //!   new client are both served, and once the raw TCP connection is dropped the channel is
@@ -305,6 +307,40 @@ fn malformed_channel_messages_get_typed_errors_and_others_are_served() {
     };
     // Baseline: the channel works before anything malformed is sent.
     assert_exists_works(&fabric, &server, channel, 1, kept.id);
+    // A connection opens a bounded number of channels (4); then a typed refusal.
+    let mut refused = None;
+    for _ in 0..8 {
+        match control.call(&Request::OpenChannel {
+            transport: "ucx".into(),
+            address: fabric.address(),
+        }) {
+            Response::Channel { .. } => {}
+            Response::Error(e) => {
+                refused = Some(e);
+                break;
+            }
+            other => panic!("open channel: {other:?}"),
+        }
+    }
+    let refused = refused.expect("a limit on channels per connection");
+    assert_eq!(refused.status, Status::BadRequest, "{refused:?}");
+    assert!(refused.message.contains("channels open"), "{refused:?}");
+    // Nor is an empty address, or a transport without channels, accepted.
+    for (transport, address, why) in [
+        ("ucx", Vec::new(), "client address"),
+        ("ofi", fabric.address(), "takes no requests"),
+    ] {
+        match control.call(&Request::OpenChannel {
+            transport: transport.into(),
+            address,
+        }) {
+            Response::Error(e) => {
+                assert_eq!(e.status, Status::BadRequest, "{e:?}");
+                assert!(e.message.contains(why), "{e:?}");
+            }
+            other => panic!("open channel on {transport}: {other:?}"),
+        }
+    }
 
     // 1. A valid request on a channel id nobody opened.
     let unknown = channel.wrapping_add(1);
