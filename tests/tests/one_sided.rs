@@ -1,7 +1,9 @@
 //! One-sided transports beyond the shared suite: an owner killed during a 256 MiB read, an
 //! evict racing a read, stale keys after an owner restarts on the same address, `auto`
 //! picking a one-sided transport, and a forced transport the owner does not offer. Each runs
-//! over UCX (UCX_TLS=tcp) and libfabric (tcp;ofi_rxm).
+//! over UCX (UCX_TLS=tcp) and libfabric (tcp;ofi_rxm). UCX alone: requests travel as active
+//! messages, a dead owner over shared memory is a lost connection, and idle fabric threads
+//! sleep.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -441,4 +443,45 @@ fn ucx_shm_read_from_a_killed_owner_is_a_lost_connection() {
         ),
         Err(other) => panic!("expected a lost connection, got {other:?}"),
     }
+}
+
+/// CPU time (user + system) of process `pid` so far, from `/proc/<pid>/stat` (in USER_HZ
+/// ticks of 10 ms, as on every Linux architecture dimstore runs on).
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
+}
+
+/// Idle UCX fabric threads sleep: after traffic (requests on a channel, a one-sided read), a
+/// server and a client that do nothing use a small fraction of a core, not a spinning one.
+#[test]
+fn idle_ucx_fabric_threads_do_not_burn_a_core() {
+    prepare("ucx-tcp");
+    let owner = server("n0", &[]);
+    let client = owner.client("ucx-tcp");
+    let key = client.put(&pattern(1 << 20, 5)).expect("put");
+    assert_eq!(client.get(&key).expect("get").len(), 1 << 20);
+    std::thread::sleep(Duration::from_millis(200));
+    let (server_pid, own_pid) = (owner.pid().to_string(), std::process::id().to_string());
+    let (server_before, own_before) = (cpu_time(&server_pid), cpu_time(&own_pid));
+    let idle = Duration::from_secs(2);
+    std::thread::sleep(idle);
+    let server_used = cpu_time(&server_pid) - server_before;
+    let own_used = cpu_time(&own_pid) - own_before;
+    // A spinning thread would use the whole 2 s.
+    assert!(
+        server_used < idle / 4,
+        "idle server used {server_used:?} of CPU in {idle:?}"
+    );
+    assert!(
+        own_used < idle / 4,
+        "idle client used {own_used:?} of CPU in {idle:?}"
+    );
+    // And they still work.
+    assert_eq!(client.get(&key).expect("get after idling").len(), 1 << 20);
 }
