@@ -119,6 +119,17 @@ pub enum FrameError {
         /// Receiver's limit.
         limit: u64,
     },
+    /// A frame head held in one message (header and body) is shorter than a header.
+    #[error("a frame head of {0} bytes is shorter than a frame header")]
+    ShortHead(usize),
+    /// A frame head held in one message carries another body length than its header says.
+    #[error("frame header announces a {declared}-byte body, the message carries {carried}")]
+    BodyLength {
+        /// Body length in the header.
+        declared: u32,
+        /// Body bytes present.
+        carried: usize,
+    },
 }
 
 impl FrameHeader {
@@ -132,6 +143,52 @@ impl FrameHeader {
         out[16..20].copy_from_slice(&self.body_len.to_le_bytes());
         out[24..32].copy_from_slice(&self.payload_len.to_le_bytes());
         out
+    }
+
+    /// The header followed by `body`, for a frame with `payload_len` bytes of payload to
+    /// follow, appended to `out` (after anything already there, e.g. a transport's own
+    /// prefix).
+    pub fn write_head(
+        out: &mut Vec<u8>,
+        kind: FrameKind,
+        request_id: u64,
+        body: &[u8],
+        payload_len: u64,
+    ) {
+        let header = FrameHeader {
+            kind,
+            request_id,
+            body_len: body.len() as u32,
+            payload_len,
+        };
+        out.reserve(HEADER_LEN + body.len());
+        out.extend_from_slice(&header.encode());
+        out.extend_from_slice(body);
+    }
+
+    /// Parses a frame head held whole in one message (header, then exactly its body, as
+    /// [`write_head`](Self::write_head) lays it out) and returns the header and the body.
+    pub fn decode_head<'a>(
+        head: &'a [u8],
+        limits: &FrameLimits,
+    ) -> Result<(FrameHeader, &'a [u8]), FrameError> {
+        let (raw, body) = head
+            .split_first_chunk::<HEADER_LEN>()
+            .ok_or(FrameError::ShortHead(head.len()))?;
+        let header = FrameHeader::decode(raw, limits)?;
+        if body.len() != header.body_len as usize {
+            return Err(FrameError::BodyLength {
+                declared: header.body_len,
+                carried: body.len(),
+            });
+        }
+        Ok((header, body))
+    }
+
+    /// The request id of header bytes that may not decode (`None` if too short), so that
+    /// an error about a malformed frame still reaches the request that sent it.
+    pub fn peek_request_id(bytes: &[u8]) -> Option<u64> {
+        bytes.get(8..16).map(|id| u64::from_le_bytes(le_array(id)))
     }
 
     /// Parses and validates a header against `limits`. Nothing is allocated.
@@ -257,6 +314,30 @@ impl FrameDecoder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn heads_held_in_one_message_round_trip_and_are_checked() {
+        let mut head = b"prefix".to_vec();
+        FrameHeader::write_head(&mut head, FrameKind::Notice, 42, b"body", 7);
+        let (header, body) =
+            FrameHeader::decode_head(&head[6..], &FrameLimits::default()).expect("valid head");
+        assert_eq!(header, self::header(FrameKind::Notice, 42, 4, 7));
+        assert_eq!(body, b"body");
+        assert_eq!(FrameHeader::peek_request_id(&head[6..]), Some(42));
+        assert_eq!(FrameHeader::peek_request_id(&head[6..15]), None);
+        let limits = FrameLimits::default();
+        assert_eq!(
+            FrameHeader::decode_head(&head[6..20], &limits),
+            Err(FrameError::ShortHead(14))
+        );
+        assert_eq!(
+            FrameHeader::decode_head(&head[6..head.len() - 1], &limits),
+            Err(FrameError::BodyLength {
+                declared: 4,
+                carried: 3
+            })
+        );
+    }
 
     fn header(kind: FrameKind, id: u64, body: u32, payload: u64) -> FrameHeader {
         FrameHeader {

@@ -33,17 +33,10 @@ pub(crate) fn frame_head<'p>(
     payload: &[&'p [u8]],
 ) -> (Vec<u8>, Vec<&'p [u8]>) {
     let payload_len: usize = payload.iter().map(|p| p.len()).sum();
-    let header = FrameHeader {
-        kind,
-        request_id,
-        body_len: body.len() as u32,
-        payload_len: payload_len as u64,
-    };
     let coalesce = payload_len <= COALESCE_LIMIT;
     let mut head =
         Vec::with_capacity(HEADER_LEN + body.len() + if coalesce { payload_len } else { 0 });
-    head.extend_from_slice(&header.encode());
-    head.extend_from_slice(body);
+    FrameHeader::write_head(&mut head, kind, request_id, body, payload_len as u64);
     if !coalesce {
         return (head, payload.to_vec());
     }

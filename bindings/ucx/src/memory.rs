@@ -205,16 +205,17 @@ pub(crate) struct RkeyInner {
 }
 
 impl Endpoint {
-    /// Unpacks a key packed by the peer ([`MemoryRegion::pack_rkey`]) for use on this
-    /// endpoint. UCX trusts the bytes: accept keys only from authenticated peers.
+    /// Unpacks a key of host memory packed by the peer ([`MemoryRegion::pack_rkey`]) for
+    /// use on this endpoint. Bytes not shaped like such a key are refused, but UCX trusts
+    /// what it is given: accept keys only from authenticated peers.
     pub fn unpack_rkey(&self, packed: &[u8]) -> Result<RemoteKey> {
         const API: &str = "ucp_ep_rkey_unpack";
         self.inner.ensure_open(API)?;
-        if packed.is_empty() {
+        if let Err(why) = check_packed_key(packed) {
             return Err(UcxError::local(
                 API,
                 Status::INVALID_PARAM,
-                "empty packed key",
+                format!("not a packed key of host memory: {why}"),
             ));
         }
         let mut handle: ucp_rkey_h = ptr::null_mut();
@@ -252,4 +253,32 @@ impl Drop for RkeyInner {
         // uses it any more (each holds an `Rc` to it); its endpoint and worker are alive.
         unsafe { ucp_rkey_destroy(self.handle) };
     }
+}
+
+/// `UCS_MEMORY_TYPE_HOST`: the memory type byte of a key of host memory.
+const MEMORY_TYPE_HOST: u8 = 0;
+
+/// Rejects bytes that are not shaped like a UCX 1.13 packed key of host memory, so that
+/// UCX (which trusts them and is given no length) never reads past them: a memory-domain map
+/// (8 bytes, host order), the memory type (1 byte), then one length-prefixed entry per bit
+/// of the map.
+fn check_packed_key(key: &[u8]) -> Result<(), String> {
+    let Some((map, rest)) = key.split_first_chunk::<8>() else {
+        return Err(format!("{} bytes, shorter than a key header", key.len()));
+    };
+    let Some((&mem_type, mut rest)) = rest.split_first() else {
+        return Err("no memory type".to_owned());
+    };
+    if mem_type != MEMORY_TYPE_HOST {
+        return Err(format!("memory type {mem_type}, not host memory"));
+    }
+    for _ in 0..u64::from_ne_bytes(*map).count_ones() {
+        let Some((&size, tail)) = rest.split_first() else {
+            return Err("fewer entries than its memory-domain map names".to_owned());
+        };
+        rest = tail
+            .get(usize::from(size)..)
+            .ok_or("an entry runs past the end of the key")?;
+    }
+    Ok(())
 }

@@ -183,12 +183,14 @@ fn run(
         loop {
             match commands.try_recv() {
                 Ok(Command::Export { id, segment, reply }) => {
-                    let result = export(&node, &mut regs, id, &segment, live, cache);
+                    let result = export(&node, &mut regs, id, &segment, cache);
+                    live.store(regs.len() as u64, Ordering::Relaxed);
                     drop(segment);
                     let _ = reply.send(result);
                 }
                 Ok(Command::Sweep { reply }) => {
-                    sweep(&mut regs, live, cache);
+                    sweep(&mut regs, cache);
+                    live.store(regs.len() as u64, Ordering::Relaxed);
                     let _ = reply.send(());
                 }
                 Err(TryRecvError::Empty) => break,
@@ -203,9 +205,8 @@ fn run(
         node.sleep(waker, Some(IDLE_TIMEOUT), true);
     }
     // Regions go before the endpoint and domain (and before the segments they keep).
-    let n = regs.len() as u64;
     regs.clear();
-    live.fetch_sub(n, Ordering::Relaxed);
+    live.store(0, Ordering::Relaxed);
     lock(cache).clear();
 }
 
@@ -215,7 +216,6 @@ fn export(
     regs: &mut HashMap<u32, Registration>,
     id: u32,
     segment: &Arc<Segment>,
-    live: &AtomicU64,
     cache: &Mutex<HashMap<u32, RemoteRegion>>,
 ) -> Result<RemoteRegion, TransportError> {
     let failed = |e: dimstore_ofi::OfiError| TransportError::OneSided {
@@ -226,9 +226,7 @@ fn export(
         Entry::Occupied(e) => e.into_mut(),
         Entry::Vacant(e) => {
             let ep = node.bind_regions.then_some(&node.ep);
-            let reg = Registration::new(&node.domain, segment, ep).map_err(failed)?;
-            live.fetch_add(1, Ordering::Relaxed);
-            e.insert(reg)
+            e.insert(Registration::new(&node.domain, segment, ep).map_err(failed)?)
         }
     };
     let region = reg.region();
@@ -241,11 +239,7 @@ fn export(
 }
 
 /// Drops the registrations of segments nobody else holds.
-fn sweep(
-    regs: &mut HashMap<u32, Registration>,
-    live: &AtomicU64,
-    cache: &Mutex<HashMap<u32, RemoteRegion>>,
-) {
+fn sweep(regs: &mut HashMap<u32, Registration>, cache: &Mutex<HashMap<u32, RemoteRegion>>) {
     let dead: Vec<u32> = regs
         .iter()
         .filter(|(_, r)| r.is_orphaned())
@@ -255,6 +249,5 @@ fn sweep(
     for id in dead {
         cache.remove(&id);
         regs.remove(&id);
-        live.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -52,7 +52,6 @@ pub struct ChannelConnection<C> {
     messenger: std::sync::Arc<dyn Messenger>,
     peer: Vec<u8>,
     channel: u64,
-    limits: FrameLimits,
     broken: AtomicBool,
 }
 
@@ -70,24 +69,17 @@ impl<C: Connection> ChannelConnection<C> {
             messenger,
             peer,
             channel,
-            limits: FrameLimits::default(),
             broken: AtomicBool::new(false),
         }
     }
 
-    /// The message header of `request` with `payload_len` payload bytes.
+    /// The message header of `request` with `payload_len` payload bytes: the channel id,
+    /// then the frame head.
     fn head(&self, kind: FrameKind, id: u64, request: &Request, payload_len: usize) -> Vec<u8> {
         let body = encode_request(request);
-        let header = FrameHeader {
-            kind,
-            request_id: id,
-            body_len: body.len() as u32,
-            payload_len: payload_len as u64,
-        };
         let mut head = Vec::with_capacity(CHANNEL_PREFIX + HEADER_LEN + body.len());
         head.extend_from_slice(&self.channel.to_le_bytes());
-        head.extend_from_slice(&header.encode());
-        head.extend_from_slice(&body);
+        FrameHeader::write_head(&mut head, kind, id, &body, payload_len as u64);
         head
     }
 
@@ -107,24 +99,19 @@ impl<C: Connection> ChannelConnection<C> {
         payload: AlignedBuf,
     ) -> Result<ReplyFrame, TransportError> {
         let lost = |why: String| TransportError::ConnectionLost(why);
-        let raw: &[u8; HEADER_LEN] = head
-            .get(..HEADER_LEN)
-            .and_then(|h| h.try_into().ok())
-            .ok_or_else(|| lost("reply shorter than a frame header".into()))?;
-        let header = FrameHeader::decode(raw, &self.limits).map_err(|e| lost(e.to_string()))?;
+        let (header, body_bytes) = FrameHeader::decode_head(head, &FrameLimits::default())
+            .map_err(|e| lost(e.to_string()))?;
         if header.kind != FrameKind::Response
             || header.request_id != id
-            || head.len() != HEADER_LEN + header.body_len as usize
             || header.payload_len != payload.len() as u64
         {
             return Err(lost(format!(
-                "reply frame does not match request {id}: {header:?}, {} body and {} payload bytes",
-                head.len().saturating_sub(HEADER_LEN),
+                "reply frame does not match request {id}: {header:?}, {} payload bytes",
                 payload.len()
             )));
         }
-        let mut body = AlignedVec::<16>::with_capacity(header.body_len as usize);
-        body.extend_from_slice(&head[HEADER_LEN..]);
+        let mut body = AlignedVec::<16>::with_capacity(body_bytes.len());
+        body.extend_from_slice(body_bytes);
         let response = decode_response(&body).map_err(|e| lost(e.to_string()))?;
         Ok(ReplyFrame {
             response,

@@ -34,11 +34,6 @@ impl<C: Connection> OneSidedConnection<C> {
         }
     }
 
-    /// The transport reading object bytes.
-    pub fn transport(&self) -> &'static str {
-        self.reader.name()
-    }
-
     /// Reads the remote items of a get reply and turns them into inline ones.
     fn resolve(
         &self,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use dimstore_proto::{
     decode_request, encode_response, ErrorReply, FrameHeader, FrameKind, FrameLimits, Request,
-    Response, Status, HEADER_LEN,
+    Response, Status,
 };
 use rkyv::util::AlignedVec;
 
@@ -230,22 +230,16 @@ impl<S: Service> ServiceHost<S> {
         }
     }
 
-    /// The header of a request frame head, checked against the limits and its length.
-    fn header(&self, head: &[u8], payload_len: usize) -> Result<FrameHeader, ErrorReply> {
-        let raw: &[u8; HEADER_LEN] = head
-            .get(..HEADER_LEN)
-            .and_then(|h| h.try_into().ok())
-            .ok_or_else(|| bad_request("message shorter than a frame header"))?;
-        let header = FrameHeader::decode(raw, &self.limits).map_err(bad_request)?;
+    /// The header and body of a request frame head, checked against the limits, its
+    /// length and the payload that came with it.
+    fn header<'h>(
+        &self,
+        head: &'h [u8],
+        payload_len: usize,
+    ) -> Result<(FrameHeader, &'h [u8]), ErrorReply> {
+        let (header, body) = FrameHeader::decode_head(head, &self.limits).map_err(bad_request)?;
         if header.kind == FrameKind::Response {
             return Err(bad_request("server accepts only request frames"));
-        }
-        if head.len() != HEADER_LEN + header.body_len as usize {
-            return Err(bad_request(format!(
-                "frame header announces a {}-byte body, the message carries {}",
-                header.body_len,
-                head.len() - HEADER_LEN
-            )));
         }
         if header.payload_len != payload_len as u64 {
             return Err(bad_request(format!(
@@ -253,7 +247,7 @@ impl<S: Service> ServiceHost<S> {
                 header.payload_len
             )));
         }
-        Ok(header)
+        Ok((header, body))
     }
 }
 
@@ -281,7 +275,7 @@ impl<S: Service> RpcHost for ServiceHost<S> {
         head: &[u8],
         payload_len: usize,
     ) -> Result<Box<dyn IncomingRequest>, Option<RpcReply>> {
-        let header = self
+        let (header, body) = self
             .header(head, payload_len)
             .map_err(|e| Some(error_reply(request_id_of(head), e)))?;
         let (id, answers) = (header.request_id, header.kind == FrameKind::Request);
@@ -298,9 +292,9 @@ impl<S: Service> RpcHost for ServiceHost<S> {
                 "unknown or closed channel",
             )));
         };
-        let mut body = AlignedVec::<16>::with_capacity(head.len() - HEADER_LEN);
-        body.extend_from_slice(&head[HEADER_LEN..]);
-        let request = decode_request(&body).map_err(|e| refuse(bad_request(e)))?;
+        let mut aligned = AlignedVec::<16>::with_capacity(body.len());
+        aligned.extend_from_slice(body);
+        let request = decode_request(&aligned).map_err(|e| refuse(bad_request(e)))?;
         let sinks = {
             let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
             service
@@ -342,7 +336,33 @@ impl<S: Service> IncomingRequest for Pending<S> {
         }
     }
 
-    fn finish(self: Box<Self>, payload: Option<&[u8]>, later: &LaterReply) -> Option<RpcReply> {
+    fn finish(mut self: Box<Self>, payload: Option<&[u8]>, later: &LaterReply) -> Option<RpcReply> {
+        if let Some(mut rest) = payload {
+            for sink in &mut self.sinks {
+                let sink = sink.as_mut();
+                let (now, after) = rest.split_at(sink.len().min(rest.len()));
+                sink[..now.len()].copy_from_slice(now);
+                rest = after;
+            }
+        }
+        if runs_inline(&self.request) {
+            return (*self).run(later);
+        }
+        // It may call back into the fabric thread (key export, stats): not on it.
+        let (later, runtime, channel) = (Arc::clone(later), self.runtime.clone(), self.channel);
+        runtime.spawn_blocking(move || {
+            if let Some(reply) = (*self).run(&later) {
+                later(channel, reply);
+            }
+        });
+        None
+    }
+}
+
+impl<S: Service> Pending<S> {
+    /// Handles the request: the reply now, or `None` (a notice's, or one sent through
+    /// `later` once a deferred outcome is ready).
+    fn run(self, later: &LaterReply) -> Option<RpcReply> {
         let Pending {
             service,
             transport,
@@ -352,50 +372,24 @@ impl<S: Service> IncomingRequest for Pending<S> {
             id,
             answers,
             request,
-            mut sinks,
-        } = *self;
-        if let Some(mut rest) = payload {
-            for sink in &mut sinks {
-                let sink = sink.as_mut();
-                let (now, after) = rest.split_at(sink.len().min(rest.len()));
-                sink[..now.len()].copy_from_slice(now);
-                rest = after;
+            sinks,
+        } = self;
+        let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = service.handle(&mut guard, request, sinks);
+        drop(guard);
+        match outcome {
+            Outcome::Ready(reply) => answers.then(|| encode(&*service, transport, id, reply)),
+            Outcome::Deferred(reply) => {
+                let later = Arc::clone(later);
+                runtime.spawn(async move {
+                    let reply = reply.await;
+                    if answers {
+                        later(channel, encode(&*service, transport, id, reply));
+                    }
+                });
+                None
             }
         }
-        if runs_inline(&request) {
-            let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
-            let outcome = service.handle(&mut guard, request, sinks);
-            drop(guard);
-            let replying = Replying {
-                service: &service,
-                transport,
-                runtime: &runtime,
-                channel,
-                id,
-                answers,
-            };
-            return replying.outcome(outcome, later);
-        }
-        // It may call back into the fabric thread (key export, stats): not on it.
-        let later = Arc::clone(later);
-        let blocking = runtime.clone();
-        blocking.spawn_blocking(move || {
-            let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
-            let outcome = service.handle(&mut guard, request, sinks);
-            drop(guard);
-            let replying = Replying {
-                service: &service,
-                transport,
-                runtime: &runtime,
-                channel,
-                id,
-                answers,
-            };
-            if let Some(reply) = replying.outcome(outcome, &later) {
-                later(channel, reply);
-            }
-        });
-        None
     }
 }
 
@@ -414,43 +408,6 @@ fn runs_inline(request: &Request) -> bool {
             | Request::Release { .. }
             | Request::Abort { .. }
     )
-}
-
-/// Turns a service's outcome into the reply to send.
-struct Replying<'a, S: Service> {
-    service: &'a Arc<S>,
-    transport: &'static str,
-    runtime: &'a tokio::runtime::Handle,
-    channel: u64,
-    id: u64,
-    answers: bool,
-}
-
-impl<S: Service> Replying<'_, S> {
-    /// The reply now, or `None`: a notice's, or one sent through `later` when ready.
-    fn outcome(self, outcome: Outcome<S::Source>, later: &LaterReply) -> Option<RpcReply> {
-        let Replying {
-            service,
-            transport,
-            runtime,
-            channel,
-            id,
-            answers,
-        } = self;
-        match outcome {
-            Outcome::Ready(reply) => answers.then(|| encode(&**service, transport, id, reply)),
-            Outcome::Deferred(reply) => {
-                let (service, later) = (Arc::clone(service), Arc::clone(later));
-                runtime.spawn(async move {
-                    let reply = reply.await;
-                    if answers {
-                        later(channel, encode(&*service, transport, id, reply));
-                    }
-                });
-                None
-            }
-        }
-    }
 }
 
 /// Lays out `reply` to request `request_id`, counting its object bytes as sent.
@@ -475,17 +432,16 @@ fn encode<S: Service>(
 }
 
 /// The frame head of `response` to request `request_id`, with `payload_len` bytes to follow.
-pub fn response_head(request_id: u64, response: &Response, payload_len: usize) -> Vec<u8> {
+fn response_head(request_id: u64, response: &Response, payload_len: usize) -> Vec<u8> {
     let body = encode_response(response);
-    let header = FrameHeader {
-        kind: FrameKind::Response,
+    let mut head = Vec::new();
+    FrameHeader::write_head(
+        &mut head,
+        FrameKind::Response,
         request_id,
-        body_len: body.len() as u32,
-        payload_len: payload_len as u64,
-    };
-    let mut head = Vec::with_capacity(HEADER_LEN + body.len());
-    head.extend_from_slice(&header.encode());
-    head.extend_from_slice(&body);
+        &body,
+        payload_len as u64,
+    );
     head
 }
 
@@ -504,9 +460,7 @@ fn bad_request(e: impl std::fmt::Display) -> ErrorReply {
 /// The request id of a frame head that may not decode (0 if too short): errors about a
 /// malformed frame still reach the caller that sent it.
 fn request_id_of(head: &[u8]) -> u64 {
-    head.get(8..16)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
+    FrameHeader::peek_request_id(head).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -576,24 +530,22 @@ mod tests {
     }
 
     fn head(kind: FrameKind, id: u64, request: &Request, payload_len: usize) -> Vec<u8> {
-        let body = encode_request(request);
-        let mut head = FrameHeader {
+        let mut head = Vec::new();
+        FrameHeader::write_head(
+            &mut head,
             kind,
-            request_id: id,
-            body_len: body.len() as u32,
-            payload_len: payload_len as u64,
-        }
-        .encode()
-        .to_vec();
-        head.extend_from_slice(&body);
+            id,
+            &encode_request(request),
+            payload_len as u64,
+        );
         head
     }
 
     fn response(reply: &RpcReply) -> (FrameHeader, Response) {
-        let raw: &[u8; HEADER_LEN] = reply.head[..HEADER_LEN].try_into().expect("header");
-        let header = FrameHeader::decode(raw, &FrameLimits::default()).expect("valid header");
+        let (header, bytes) =
+            FrameHeader::decode_head(&reply.head, &FrameLimits::default()).expect("valid head");
         let mut body = AlignedVec::<16>::new();
-        body.extend_from_slice(&reply.head[HEADER_LEN..]);
+        body.extend_from_slice(bytes);
         (header, decode_response(&body).expect("valid body"))
     }
 

@@ -113,6 +113,10 @@ impl DerefMut for ReadChunk {
 // move them, and they stay put while the chunk (holding the Arc) lives.
 unsafe impl stable_deref_trait::StableDeref for ReadChunk {}
 
+// SAFETY: an AlignedBuf's bytes live in a Vec's heap allocation or in a page mapping; neither
+// moves when the AlignedBuf moves, and Deref/DerefMut never reallocate them.
+unsafe impl stable_deref_trait::StableDeref for AlignedBuf {}
+
 /// A request's own payload memory (see [`IncomingRequest::destination`]) as a receive
 /// buffer a fabric can own until the receive completes: the payload lands in place, with
 /// no copy.

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use dimstore_transport::onesided::{ReadChunk, ReadTarget};
+use dimstore_proto::FrameHeader;
 use dimstore_transport::{AlignedBuf, TransportError};
 use dimstore_ucx::{AmMessage, Endpoint, Request, UcxError, Worker};
 
@@ -50,8 +50,7 @@ struct Waiting {
 
 struct Receiving {
     head: Vec<u8>,
-    target: ReadTarget,
-    receive: Request<ReadChunk>,
+    receive: Request<AlignedBuf>,
     waiting: Waiting,
 }
 
@@ -112,16 +111,13 @@ impl Calls {
             changed = true;
             let Receiving {
                 head,
-                target,
-                mut receive,
+                receive,
                 waiting,
             } = table.receiving.swap_remove(i);
-            let received = receive.test().unwrap_or(Ok(()));
-            drop(receive);
-            let result = match (received, target.finish()) {
-                (Ok(()), Ok(payload)) => Ok((head, payload)),
-                (Err(e), _) => Err(failure(&e)),
-                (Ok(()), Err(_)) => Err(one_sided("a received reply is still in use")),
+            // Complete: the wait returns at once.
+            let result = match receive.wait(now) {
+                Ok(payload) => Ok((head, payload)),
+                Err(e) => Err(failure(e.error())),
             };
             let _ = waiting.answer.send(result);
         }
@@ -191,11 +187,7 @@ fn failure(e: &UcxError) -> TransportError {
 /// The reply handler: hands a carried reply to its caller, or starts pulling a large one.
 fn on_reply(table: &RefCell<Table>, message: AmMessage<'_>) {
     let head = message.header();
-    let Some(id) = head
-        .get(8..16)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-    else {
+    let Some(id) = FrameHeader::peek_request_id(head) else {
         tracing::debug!("dropped a reply message without a frame header");
         return;
     };
@@ -210,14 +202,11 @@ fn on_reply(table: &RefCell<Table>, message: AmMessage<'_>) {
             let _ = waiting.answer.send(Ok((head.to_vec(), payload)));
         }
         None => {
-            let len = message.data_len();
-            let mut target = ReadTarget::new(AlignedBuf::for_overwrite(len));
-            let chunk = target.chunk(0..len).expect("the whole target is free");
             let head = head.to_vec();
-            let receive = message.receive(chunk);
+            let buffer = AlignedBuf::for_overwrite(message.data_len());
+            let receive = message.receive(buffer);
             table.borrow_mut().receiving.push(Receiving {
                 head,
-                target,
                 receive,
                 waiting,
             });

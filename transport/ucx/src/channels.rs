@@ -22,7 +22,7 @@ use std::time::Instant;
 use dimstore_transport::onesided::rpc::{
     IncomingRequest, LaterReply, RpcHost, RpcReply, CHANNEL_PREFIX,
 };
-use dimstore_transport::onesided::{IncomingTarget, ReadChunk, ReadTarget};
+use dimstore_transport::onesided::IncomingTarget;
 use dimstore_transport::AlignedBuf;
 use dimstore_ucx::{AmMessage, Endpoint, Request, Worker, WorkerAddress};
 
@@ -50,8 +50,7 @@ enum Arrival {
     Staged {
         channel: u64,
         request: Box<dyn IncomingRequest>,
-        target: ReadTarget,
-        receive: Request<ReadChunk>,
+        receive: Request<AlignedBuf>,
     },
 }
 
@@ -105,42 +104,34 @@ impl Served {
             landed
         };
         let any = !landed.is_empty();
+        let now = Instant::now();
         for arrival in landed {
+            // Complete: each wait returns at once.
             let (channel, reply) = match arrival {
-                Arrival::Direct { channel, receive } => {
-                    // Complete: the wait returns at once.
-                    match receive.wait(Instant::now()) {
-                        Ok(target) => {
-                            self.host.record_pulled(target.len() as u64);
-                            let request = target.into_request();
-                            (channel, request.finish(None, &self.later))
-                        }
-                        Err(e) => {
-                            tracing::debug!(channel, "request payload not received: {}", e.error());
-                            continue;
-                        }
+                Arrival::Direct { channel, receive } => match receive.wait(now) {
+                    Ok(target) => {
+                        self.host.record_pulled(target.len() as u64);
+                        (channel, target.into_request().finish(None, &self.later))
                     }
-                }
+                    Err(e) => {
+                        tracing::debug!(channel, "request payload not received: {}", e.error());
+                        continue;
+                    }
+                },
                 Arrival::Staged {
                     channel,
                     request,
-                    target,
-                    mut receive,
-                } => {
-                    let received = receive.test().unwrap_or(Ok(()));
-                    drop(receive);
-                    match (received, target.finish()) {
-                        (Ok(()), Ok(payload)) => {
-                            self.host.record_pulled(payload.len() as u64);
-                            (channel, request.finish(Some(&payload), &self.later))
-                        }
-                        (Err(e), _) => {
-                            tracing::debug!(channel, "request payload not received: {e}");
-                            continue;
-                        }
-                        (Ok(()), Err(_)) => continue,
+                    receive,
+                } => match receive.wait(now) {
+                    Ok(payload) => {
+                        self.host.record_pulled(payload.len() as u64);
+                        (channel, request.finish(Some(&payload), &self.later))
                     }
-                }
+                    Err(e) => {
+                        tracing::debug!(channel, "request payload not received: {}", e.error());
+                        continue;
+                    }
+                },
             };
             if let Some(reply) = reply {
                 self.send(worker, channel, reply);
@@ -219,14 +210,11 @@ fn on_request(
             receive: message.receive(target),
         },
         Err(request) => {
-            let len = message.data_len();
-            let mut target = ReadTarget::new(AlignedBuf::for_overwrite(len));
-            let chunk = target.chunk(0..len).expect("the whole target is free");
+            let staging = AlignedBuf::for_overwrite(message.data_len());
             Arrival::Staged {
                 channel,
                 request,
-                target,
-                receive: message.receive(chunk),
+                receive: message.receive(staging),
             }
         }
     };

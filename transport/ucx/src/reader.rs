@@ -29,8 +29,6 @@ const IDLE_SLEEP: Duration = Duration::from_secs(1);
 /// How long past its deadline a caller waits for the fabric thread's answer (which comes
 /// at the deadline at the latest) before giving up on it.
 const ANSWER_GRACE: Duration = Duration::from_secs(5);
-/// `UCS_MEMORY_TYPE_HOST`: arena segments are host memory.
-const MEMORY_TYPE_HOST: u8 = 0;
 
 /// The UCX [`Reader`]: one context and worker on a dedicated fabric thread, one endpoint
 /// per peer (with peer-failure detection where the transports allow it), each packed key
@@ -257,8 +255,6 @@ fn plan(
         let key = match keys.iter().position(|k| k == read.key) {
             Some(i) => i,
             None => {
-                check_packed_key(read.key)
-                    .map_err(|e| one_sided(format!("bad remote key: {e}")))?;
                 keys.push(read.key.to_vec());
                 keys.len() - 1
             }
@@ -280,31 +276,6 @@ fn plan(
         }
     }
     Ok((keys, pieces))
-}
-
-/// Rejects bytes that are not shaped like a UCX packed key of host memory, so that UCX
-/// (which trusts them and is given no length) never reads past them: a memory-domain map
-/// (8 bytes, host order), the memory type (1 byte), then one length-prefixed entry per bit
-/// of the map.
-fn check_packed_key(key: &[u8]) -> Result<(), String> {
-    let Some((map, rest)) = key.split_first_chunk::<8>() else {
-        return Err(format!("{} bytes, shorter than a key header", key.len()));
-    };
-    let Some((&mem_type, mut rest)) = rest.split_first() else {
-        return Err("no memory type".to_owned());
-    };
-    if mem_type != MEMORY_TYPE_HOST {
-        return Err(format!("memory type {mem_type}, not host memory"));
-    }
-    for _ in 0..u64::from_ne_bytes(*map).count_ones() {
-        let Some((&size, tail)) = rest.split_first() else {
-            return Err("fewer entries than its memory-domain map names".to_owned());
-        };
-        rest = tail
-            .get(usize::from(size)..)
-            .ok_or("an entry runs past the end of the key")?;
-    }
-    Ok(())
 }
 
 /// An endpoint to one peer and the keys unpacked on it.
