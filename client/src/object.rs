@@ -101,6 +101,9 @@ impl std::fmt::Debug for Leases {
 
 impl Drop for Leases {
     fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
         // Best effort: if the connection is gone, the server has released the leases already.
         let _ = self.connection.notify(
             &Request::Release {

@@ -12,11 +12,6 @@ use dimstore_transport_ucx::UcxConfig;
 
 use crate::config::{ClientConfig, TransportChoice};
 
-/// The outcome of choosing: the connection to use.
-pub(crate) struct Chosen {
-    pub(crate) connection: Arc<dyn Connection>,
-}
-
 /// Upgrades a greeted TCP connection to a one-sided transport per `choice`: forced
 /// transports the server does not offer (or this process cannot start) are an error; `auto`
 /// takes the first the server offers that starts here when this node has RDMA hardware,
@@ -27,7 +22,7 @@ pub(crate) fn choose(
     choice: TransportChoice,
     config: &ClientConfig,
     deadline: Instant,
-) -> Result<Chosen, TransportError> {
+) -> Result<Arc<dyn Connection>, TransportError> {
     let one_sided_from = config.one_sided_from;
     let devices = RdmaDevices::detect();
     let hardware = config.rdma_hardware.unwrap_or(devices.any());
@@ -77,9 +72,7 @@ pub(crate) fn choose(
                 )?;
                 match reply.response {
                     Response::Done => {
-                        return Ok(Chosen {
-                            connection: Arc::new(OneSidedConnection::new(control, reader, address)),
-                        });
+                        return Ok(Arc::new(OneSidedConnection::new(control, reader, address)));
                     }
                     other => {
                         return Err(TransportError::Unavailable {
@@ -93,9 +86,7 @@ pub(crate) fn choose(
             Err(_) => continue,
         }
     }
-    Ok(Chosen {
-        connection: Arc::new(control),
-    })
+    Ok(Arc::new(control))
 }
 
 /// Requests go on `control` until a channel is open; then on the channel, with `control`

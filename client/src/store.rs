@@ -505,7 +505,7 @@ impl Store {
         let peer = match local {
             Some(local) => local,
             None => {
-                let chosen = crate::one_sided::choose(
+                let connection = crate::one_sided::choose(
                     connection,
                     &hello,
                     choice,
@@ -514,7 +514,7 @@ impl Store {
                 )
                 .map_err(fail)?;
                 Peer {
-                    connection: chosen.connection,
+                    connection,
                     hello,
                     mappings: None,
                 }

@@ -304,9 +304,7 @@ fn spawn_stop_watchers(
             let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
             loop {
                 tokio::time::sleep(tick).await;
-                let stats = service.stats();
-                let empty = stats.objects == 0 && stats.reserved == 0;
-                if empty && service.connections() == 0 && service.idle_for() >= idle {
+                if service.is_empty() && service.connections() == 0 && service.idle_for() >= idle {
                     finish(StopReason::Idle);
                     return;
                 }

@@ -202,6 +202,11 @@ impl StoreService {
         &self.exporters
     }
 
+    /// Whether the store holds no object and no reservation.
+    pub fn is_empty(&self) -> bool {
+        self.store.counts() == (0, 0)
+    }
+
     /// Open connections now.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
@@ -248,9 +253,7 @@ impl StoreService {
 
     /// Per-transport counters, with the one-sided transports' live registrations.
     fn transport_stats(&self) -> Vec<TransportStats> {
-        for exporter in &self.exporters.0 {
-            exporter.sweep();
-        }
+        self.sweep_registrations();
         let mut all = self
             .per_transport
             .lock()

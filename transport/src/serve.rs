@@ -140,7 +140,7 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
             }
             Err(e) => {
                 // The stream cannot be resynchronised: say why, then close.
-                let id = u64::from_le_bytes(raw[8..16].try_into().unwrap_or_default());
+                let id = FrameHeader::peek_request_id(&raw).unwrap_or_default();
                 let reply =
                     Reply::<S::Source>::error(ErrorReply::new(Status::BadRequest, e.to_string()));
                 let _ = send_reply(&writer, id, reply, &*service, transport).await;
@@ -182,16 +182,22 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
         for sink in &mut sinks {
             read_frame_part(&mut reader, sink.as_mut(), stall_timeout).await?;
         }
+        // Notices get no reply.
+        let answers = header.kind == FrameKind::Request;
         match service.handle(&mut session, request, sinks) {
-            Outcome::Ready(reply) => {
+            Outcome::Ready(reply) if answers => {
                 send_reply(&writer, header.request_id, reply, &*service, transport).await?
             }
+            Outcome::Ready(_) => {}
             Outcome::Deferred(later) => {
                 let writer = Arc::clone(&writer);
                 let service = Arc::clone(&service);
                 let id = header.request_id;
                 tokio::spawn(async move {
                     let reply = later.await;
+                    if !answers {
+                        return;
+                    }
                     if let Err(e) = send_reply(&writer, id, reply, &*service, transport).await {
                         tracing::debug!(error = %e, "deferred reply not delivered");
                     }
