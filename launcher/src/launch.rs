@@ -199,16 +199,11 @@ pub fn up(options: &StartOptions) -> Result<PathBuf, LaunchError> {
     started
 }
 
-/// Where the servers run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Target {
-    Local(usize),
-    Remote(Allocation),
-}
-
-fn target(options: &StartOptions) -> Result<Target, LaunchError> {
+/// Where the servers run: `--count` servers on this machine ([`Allocation::Local`]), or the
+/// nodes of the job's allocation (never [`Allocation::Local`]).
+fn target(options: &StartOptions) -> Result<Allocation, LaunchError> {
     if let Some(count) = options.count {
-        return Ok(Target::Local(count));
+        return Ok(Allocation::Local { count });
     }
     let detect = DetectOptions {
         hostfile: options.hostfile.as_deref().map(absolute),
@@ -216,7 +211,7 @@ fn target(options: &StartOptions) -> Result<Target, LaunchError> {
     };
     match allocation::detect_from_process(&detect)? {
         Allocation::Local { .. } => Err(LaunchError::NoAllocation),
-        found => Ok(Target::Remote(found)),
+        found => Ok(found),
     }
 }
 
@@ -302,17 +297,19 @@ fn start(
         ready_timeout: options.ready_timeout,
         allow_partial: options.allow_partial,
     };
-    let (servers, wanted) = match target(options)? {
-        Target::Local(count) => {
+    let allocation = target(options)?;
+    let wanted = allocation.server_count();
+    let servers = match allocation {
+        Allocation::Local { count } => {
             let spec = LocalSpec {
                 count,
                 server: server(server_bin),
                 exit_with_launcher: tied,
             };
             let fleet = LocalFleet::start(&spec, run_dir, progress.as_mut(), &interrupted)?;
-            (Servers::Local(fleet), count)
+            Servers::Local(fleet)
         }
-        Target::Remote(allocation) => {
+        allocation => {
             let launcher = Launcher::resolve(
                 options.launcher_cmd.as_deref(),
                 options.launcher_kind,
@@ -322,7 +319,6 @@ fn start(
                 options,
                 &format!("{allocation}; launching with {}", launcher.prefix.join(" ")),
             );
-            let wanted = allocation.server_count();
             let spec = RemoteSpec {
                 allocation,
                 launcher,
@@ -335,7 +331,7 @@ fn start(
                 }),
             };
             let fleet = RemoteFleet::start(&spec, run_dir, progress.as_mut(), &interrupted)?;
-            (Servers::Remote(fleet), wanted)
+            Servers::Remote(fleet)
         }
     };
     let up = servers.fleet().nodes.len();

@@ -409,7 +409,7 @@ fn launch(spec: &LocalSpec, name: &str, dir: &Path) -> Result<Server, StartError
 }
 
 /// The ready file's contents, once it exists (servers write it atomically).
-fn read_ready(path: &Path) -> Option<ReadyFile> {
+pub(crate) fn read_ready(path: &Path) -> Option<ReadyFile> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 

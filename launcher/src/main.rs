@@ -315,12 +315,13 @@ fn down(args: &FleetArgs, wait: Duration, keep: bool) -> anyhow::Result<ExitCode
         return Ok(ExitCode::FAILURE);
     }
     // A fleet on an allocation: its launcher step ends with its servers.
-    if let Some(dir) = run_dir_of(&fleet) {
+    let run_dir = run_dir_of(&fleet);
+    if let Some(dir) = &run_dir {
         if let Some(forced) = remote::finish_step(dir.path(), wait) {
             eprintln!("dimstore-launch: {forced}");
         }
     }
-    remove_fleet_files(&fleet, &args.fleet_file, keep)?;
+    remove_fleet_files(run_dir.as_ref(), &args.fleet_file, keep)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -333,8 +334,12 @@ fn run_dir_of(fleet: &Fleet) -> Option<RunDir> {
     RunDir::find(&logs)
 }
 
-fn remove_fleet_files(fleet: &Fleet, fleet_file: &Path, keep: bool) -> anyhow::Result<()> {
-    match (run_dir_of(fleet), keep) {
+fn remove_fleet_files(
+    run_dir: Option<&RunDir>,
+    fleet_file: &Path,
+    keep: bool,
+) -> anyhow::Result<()> {
+    match (run_dir, keep) {
         (Some(dir), false) => dir
             .remove()
             .with_context(|| format!("cannot remove run directory {}", dir.path().display()))?,

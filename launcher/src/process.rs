@@ -65,6 +65,21 @@ pub fn wait_gone(pids: &[u32], timeout: Duration) -> Vec<u32> {
     }
 }
 
+/// Waits up to `grace` for `pid` to end, then sends it SIGTERM and waits up to `term_grace`,
+/// then sends it SIGKILL. Returns the last signal sent (`None` when it ended by itself in
+/// `grace`); it is not waited for after SIGKILL.
+pub fn wait_then_end(pid: u32, grace: Duration, term_grace: Duration) -> Option<Signal> {
+    if wait_gone(&[pid], grace).is_empty() {
+        return None;
+    }
+    let _ = send(pid, Signal::Term);
+    if wait_gone(&[pid], term_grace).is_empty() {
+        return Some(Signal::Term);
+    }
+    let _ = send(pid, Signal::Kill);
+    Some(Signal::Kill)
+}
+
 /// The shell convention for an exit status: the exit code, or 128 + the signal that killed it.
 pub fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
@@ -97,6 +112,24 @@ mod tests {
         assert!(wait_gone(&[pid], Duration::from_secs(10)).is_empty());
         let status = child.wait().expect("wait");
         assert_eq!(exit_code(status), 0);
+    }
+
+    #[test]
+    fn wait_then_end_waits_then_terminates() {
+        let mut quick = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let none = wait_then_end(quick.id(), Duration::from_secs(10), Duration::from_secs(10));
+        assert_eq!(none, None);
+        quick.wait().expect("wait");
+
+        let mut slow = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let term = wait_then_end(slow.id(), Duration::ZERO, Duration::from_secs(10));
+        assert_eq!(term, Some(Signal::Term));
+        assert_eq!(exit_code(slow.wait().expect("wait")), 143);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! terminating it if it does not. `step.json` in the run directory records the step's
 //! process, so that `dimstore-launch down` can wait for it too ([`finish_step`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
@@ -33,10 +33,14 @@ use serde::{Deserialize, Serialize};
 use crate::allocation::Allocation;
 use crate::fleet_ops::{self, DownOptions};
 use crate::interrupt::Interrupts;
-use crate::local::{FailReason, NodeFailure, ServerSpec, StartError, LOG_TAIL_LINES, STOP_GRACE};
+use crate::local::{
+    read_ready, FailReason, NodeFailure, ServerSpec, StartError, LOG_TAIL_LINES, STOP_GRACE,
+};
 use crate::process;
 use crate::progress::StartProgress;
-use crate::rundir::RunDir;
+use crate::rundir::{
+    RunDir, EXIT_FILE, HOSTS_FILE, LAUNCHER_LOG, READY_FILE, SERVER_LOG, STEP_RECORD,
+};
 use crate::step::Launcher;
 
 /// The subcommand of `dimstore-launch` that the step runs on every node.
@@ -112,7 +116,7 @@ impl RemoteFleet {
             fs::write(&path, bytes)
                 .map_err(|source| StartError::RunDir(crate::rundir::RunDirError { path, source }))
         };
-        write("hosts", format!("{}\n", names.join("\n")).as_bytes())?;
+        write(HOSTS_FILE, format!("{}\n", names.join("\n")).as_bytes())?;
         let (step, record) = launch_step(spec, &dir)?;
         let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
         let mut fleet = RemoteFleet {
@@ -132,7 +136,7 @@ impl RemoteFleet {
                 .collect(),
             armed: true,
         };
-        write("step.json", &json)?;
+        write(STEP_RECORD, &json)?;
         progress.launched(names.len());
         let result = fleet.wait_ready(spec, progress, interrupted);
         let up = fleet.nodes.iter().filter(|n| n.ready.is_some()).count();
@@ -158,6 +162,7 @@ impl RemoteFleet {
     ) -> Result<(), StartError> {
         let deadline = Instant::now() + spec.server.ready_timeout;
         let mut failures = Vec::new();
+        let mut lookup = NodeLookup::new(&self.nodes);
         loop {
             if let Some(signal) = interrupted() {
                 return Err(StartError::Interrupted(signal));
@@ -165,14 +170,18 @@ impl RemoteFleet {
             // The step's end is checked before the directory, so nothing written before
             // it ended is missed.
             let ended = self.step.try_wait().ok().flatten();
-            for (host, report) in scan(&self.run_dir) {
-                let Some(index) = self.node_for(&host) else {
+            // Hosts whose node is settled (ready or failed) have nothing more to say.
+            let nodes = &self.nodes;
+            let skip = |host: &str| lookup.known(host).is_some_and(|i| settled(&nodes[i]));
+            for (host, report) in scan(&self.run_dir, skip) {
+                let Some(index) = lookup.node_for(&self.nodes, &host) else {
                     continue;
                 };
                 let node = &mut self.nodes[index];
-                if node.ready.is_some() || node.failed {
+                if settled(node) {
                     continue;
                 }
+                lookup.claim(&host, index);
                 node.host = Some(host);
                 match report {
                     Report::Ready(ready) => {
@@ -227,23 +236,6 @@ impl RemoteFleet {
         }
     }
 
-    /// The allocation node a host reported from: same name, same short name, or else the
-    /// first node not yet heard of (host names and the batch system's names may differ).
-    fn node_for(&self, host: &str) -> Option<usize> {
-        let short = |s: &str| s.split('.').next().unwrap_or(s).to_owned();
-        let known = self
-            .nodes
-            .iter()
-            .position(|n| n.host.as_deref() == Some(host));
-        known
-            .or_else(|| {
-                self.nodes.iter().position(|n| {
-                    n.host.is_none() && (n.name == host || short(&n.name) == short(host))
-                })
-            })
-            .or_else(|| self.nodes.iter().position(|n| n.host.is_none()))
-    }
-
     /// A node's failure with its server log's tail, or the launcher's log when the node
     /// never reported.
     fn failure_of(
@@ -252,8 +244,8 @@ impl RemoteFleet {
         reason: FailReason,
     ) -> NodeFailure {
         let log = match host {
-            Some(host) => self.run_dir.join(host).join("server.log"),
-            None => self.run_dir.join("launcher.log"),
+            Some(host) => self.run_dir.join(host).join(SERVER_LOG),
+            None => self.run_dir.join(LAUNCHER_LOG),
         };
         NodeFailure {
             node: name.clone(),
@@ -282,7 +274,7 @@ impl RemoteFleet {
                         log: Some(
                             self.run_dir
                                 .join(host)
-                                .join("server.log")
+                                .join(SERVER_LOG)
                                 .display()
                                 .to_string(),
                         ),
@@ -338,6 +330,81 @@ fn node_key(node: &Node) -> (String, Option<String>) {
     (node.name.clone(), node.host.clone())
 }
 
+/// Whether a node's start is decided: its server is ready, or it failed.
+fn settled(node: &Node) -> bool {
+    node.ready.is_some() || node.failed
+}
+
+/// A host or node name up to its first dot.
+fn short(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
+/// Finds the allocation node a host reported from without going through all nodes for
+/// every report.
+#[derive(Debug)]
+struct NodeLookup {
+    /// The hosts heard of, with their nodes.
+    by_host: HashMap<String, usize>,
+    /// Each short name of the allocation's nodes, with the first node of that short name.
+    by_short: HashMap<String, usize>,
+    /// Every node before this one has a host.
+    first_free: usize,
+}
+
+impl NodeLookup {
+    /// For nodes none of which has a host yet.
+    fn new(nodes: &[Node]) -> NodeLookup {
+        let mut by_short = HashMap::with_capacity(nodes.len());
+        for (index, node) in nodes.iter().enumerate() {
+            by_short
+                .entry(short(&node.name).to_owned())
+                .or_insert(index);
+        }
+        NodeLookup {
+            by_host: HashMap::with_capacity(nodes.len()),
+            by_short,
+            first_free: 0,
+        }
+    }
+
+    /// The node `host` was claimed for, if any.
+    fn known(&self, host: &str) -> Option<usize> {
+        self.by_host.get(host).copied()
+    }
+
+    /// Records that `host` reported from `index` (the node's `host` is set to it).
+    fn claim(&mut self, host: &str, index: usize) {
+        if !self.by_host.contains_key(host) {
+            self.by_host.insert(host.to_owned(), index);
+        }
+    }
+
+    /// The allocation node a host reported from: same name, same short name, or else the
+    /// first node not yet heard of (host names and the batch system's names may differ).
+    fn node_for(&mut self, nodes: &[Node], host: &str) -> Option<usize> {
+        if let Some(index) = self.known(host) {
+            return Some(index);
+        }
+        // The same name has the same short name, so the first node without a host whose
+        // short name is the host's (no node before `first` has that short name).
+        let host_short = short(host);
+        let same_name = self.by_short.get(host_short).and_then(|&first| {
+            nodes[first..]
+                .iter()
+                .position(|n| n.host.is_none() && short(&n.name) == host_short)
+                .map(|offset| first + offset)
+        });
+        same_name.or_else(|| {
+            // Nodes only ever gain a host, so the first without one only moves forward.
+            while nodes.get(self.first_free).is_some_and(|n| n.host.is_some()) {
+                self.first_free += 1;
+            }
+            (self.first_free < nodes.len()).then_some(self.first_free)
+        })
+    }
+}
+
 /// Starts the launcher step, its output going to `launcher.log`.
 fn launch_step(spec: &RemoteSpec, dir: &Path) -> Result<(Child, StepRecord), StartError> {
     let mut inner: Vec<OsString> = vec![
@@ -356,7 +423,7 @@ fn launch_step(spec: &RemoteSpec, dir: &Path) -> Result<(Child, StepRecord), Sta
     inner.extend(spec.server.server_args.iter().map(OsString::from));
     let line = spec.launcher.command_line(
         spec.allocation.nodes().len(),
-        &dir.join("hosts"),
+        &dir.join(HOSTS_FILE),
         spec.server.ready_timeout,
         &inner,
     );
@@ -365,7 +432,7 @@ fn launch_step(spec: &RemoteSpec, dir: &Path) -> Result<(Child, StepRecord), Sta
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
-    let log_path = dir.join("launcher.log");
+    let log_path = dir.join(LAUNCHER_LOG);
     let run_dir_error = |source| {
         StartError::RunDir(crate::rundir::RunDirError {
             path: log_path.clone(),
@@ -408,18 +475,22 @@ enum Report {
     Exited(String),
 }
 
-/// Every host subdirectory of the run directory, with what it reports.
-fn scan(dir: &Path) -> BTreeMap<String, Report> {
+/// Every host subdirectory of the run directory, with what it reports, but for the hosts
+/// `skip` holds for (those already settled), whose files are not read.
+fn scan(dir: &Path, skip: impl Fn(&str) -> bool) -> BTreeMap<String, Report> {
     let mut found = BTreeMap::new();
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let host = entry.file_name().to_string_lossy().into_owned();
+        if skip(&host) {
+            continue;
+        }
         let path = entry.path();
-        let report = if let Some(ready) = read_ready(&path.join("ready.json")) {
+        let report = if let Some(ready) = read_ready(&path.join(READY_FILE)) {
             Report::Ready(ready)
-        } else if let Ok(how) = fs::read_to_string(path.join("exit")) {
+        } else if let Ok(how) = fs::read_to_string(path.join(EXIT_FILE)) {
             Report::Exited(how.trim().to_owned())
         } else {
             Report::Starting
@@ -429,33 +500,20 @@ fn scan(dir: &Path) -> BTreeMap<String, Report> {
     found
 }
 
-fn read_ready(path: &Path) -> Option<ReadyFile> {
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
-}
-
 /// Waits up to `grace` for `child` to exit, then SIGTERM, then SIGKILL. Returns what had to
 /// be done, if anything beyond waiting.
 fn end_child(child: &mut Child, grace: Duration) -> Option<&'static str> {
-    let waited = |child: &mut Child, limit: Duration| {
-        let deadline = Instant::now() + limit;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return true,
-                Ok(None) if Instant::now() >= deadline => return false,
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    };
-    if waited(child, grace) {
+    // Once reaped, its pid may name another process. Until then it names this child, which
+    // counts as gone once it has exited.
+    if !matches!(child.try_wait(), Ok(None)) {
         return None;
     }
-    let _ = process::send(child.id(), Signal::Term);
-    if waited(child, STOP_GRACE) {
-        return Some("was terminated (SIGTERM)");
-    }
-    let _ = child.kill();
+    let forced = process::wait_then_end(child.id(), grace, STOP_GRACE);
     let _ = child.wait();
-    Some("was killed (SIGKILL)")
+    match forced? {
+        Signal::Term => Some("was terminated (SIGTERM)"),
+        _ => Some("was killed (SIGKILL)"),
+    }
 }
 
 /// For `dimstore-launch down`: waits up to `wait` for the launcher step recorded in
@@ -464,19 +522,14 @@ fn end_child(child: &mut Child, grace: Duration) -> Option<&'static str> {
 /// when it had to be forced.
 pub fn finish_step(run_dir: &Path, wait: Duration) -> Option<String> {
     let record: StepRecord =
-        serde_json::from_slice(&fs::read(run_dir.join("step.json")).ok()?).ok()?;
+        serde_json::from_slice(&fs::read(run_dir.join(STEP_RECORD)).ok()?).ok()?;
     if record.host != dimstore::spawn::hostname() || !process::is_running(record.pid) {
         return None;
     }
-    if process::wait_gone(&[record.pid], wait).is_empty() {
-        return None;
+    match process::wait_then_end(record.pid, wait, STOP_GRACE)? {
+        Signal::Term => Some(format!("launcher step `{}` was terminated", record.command)),
+        _ => Some(format!("launcher step `{}` was killed", record.command)),
     }
-    let _ = process::send(record.pid, Signal::Term);
-    if process::wait_gone(&[record.pid], STOP_GRACE).is_empty() {
-        return Some(format!("launcher step `{}` was terminated", record.command));
-    }
-    let _ = process::send(record.pid, Signal::Kill);
-    Some(format!("launcher step `{}` was killed", record.command))
 }
 
 /// `dimstore-launch node-server --run-dir DIR -- SERVER [ARGS...]`, run once per node by the
@@ -490,7 +543,7 @@ pub fn finish_step(run_dir: &Path, wait: Duration) -> Option<String> {
 pub fn node_main(run_dir: &Path, origin: Option<&str>, server: &[OsString]) -> i32 {
     let host = dimstore::spawn::hostname();
     let dir = run_dir.join(&host);
-    let exit_file = dir.join("exit");
+    let exit_file = dir.join(EXIT_FILE);
     let report = |text: &str| {
         let _ = fs::write(&exit_file, format!("{text}\n"));
     };
@@ -501,10 +554,10 @@ pub fn node_main(run_dir: &Path, origin: Option<&str>, server: &[OsString]) -> i
         );
         return 1;
     }
-    let ready = dir.join("ready.json");
+    let ready = dir.join(READY_FILE);
     let _ = fs::remove_file(&ready);
     let _ = fs::remove_file(&exit_file);
-    let log_path = dir.join("server.log");
+    let log_path = dir.join(SERVER_LOG);
     let log = match fs::File::create(&log_path) {
         Ok(log) => log,
         Err(e) => {
@@ -645,7 +698,7 @@ mod tests {
         fs::write(root.path().join("n2/exit"), "exited (exit status: 2)\n").expect("exit");
         fs::create_dir_all(root.path().join("n3")).expect("n3");
         fs::write(root.path().join("hosts"), "n1\n").expect("hosts");
-        let found = scan(root.path());
+        let found = scan(root.path(), |_| false);
         assert_eq!(found.len(), 3);
         assert!(matches!(&found["n1"], Report::Ready(r) if r.pid == 9));
         assert!(matches!(&found["n2"], Report::Exited(t) if t == "exited (exit status: 2)"));

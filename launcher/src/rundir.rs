@@ -19,11 +19,29 @@ pub const MARKER: &str = "dimstore-launch.json";
 /// Environment variable naming the directory fresh run directories go under.
 pub const RUNTIME_DIR_VAR: &str = "DIMSTORE_RUNTIME_DIR";
 
+/// A node's server log, in its subdirectory.
+pub const SERVER_LOG: &str = "server.log";
+
+/// A node's ready file, written by its server once it serves, in its subdirectory.
+pub const READY_FILE: &str = "ready.json";
+
+/// How a node's server ended, for fleets on an allocation, in its subdirectory.
+pub const EXIT_FILE: &str = "exit";
+
+/// The allocation's host list, given to the launcher step, at the top of the run directory.
+pub const HOSTS_FILE: &str = "hosts";
+
+/// The launcher step's output, at the top of the run directory.
+pub const LAUNCHER_LOG: &str = "launcher.log";
+
+/// The launcher step's process record, at the top of the run directory.
+pub const STEP_RECORD: &str = "step.json";
+
 /// Files the launcher writes in each node's subdirectory.
-pub const NODE_FILES: [&str; 3] = ["server.log", "ready.json", "exit"];
+pub const NODE_FILES: [&str; 3] = [SERVER_LOG, READY_FILE, EXIT_FILE];
 
 /// Files the launcher writes at the top of a run directory for a fleet on an allocation.
-pub const STEP_FILES: [&str; 3] = ["hosts", "launcher.log", "step.json"];
+pub const STEP_FILES: [&str; 3] = [HOSTS_FILE, LAUNCHER_LOG, STEP_RECORD];
 
 /// Why a run directory could not be set up.
 #[derive(Debug, thiserror::Error)]
