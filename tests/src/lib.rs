@@ -6,7 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dimstore::{ClientConfig, LocalMode, SpawnPolicy, Store, TransportChoice};
-use dimstore_proto::ReadyFile;
+use dimstore_proto::{
+    decode_response, FrameHeader, FrameKind, Hello, ReadyFile, Request, Response, ServerStats,
+    TransportStats,
+};
 
 pub mod suite;
 
@@ -170,9 +173,7 @@ impl TestServer {
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.child.id())
     }
-}
 
-impl TestServer {
     /// Memory the server process owns, in KiB: private anonymous plus shared memory it
     /// created (`RssAnon + RssShmem`), without the page cache of its libraries' code.
     pub fn owned_memory_kib(&self) -> u64 {
@@ -199,6 +200,118 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may contain spaces and
+/// parentheses): `[0]` is the state (`Z` for a zombie), `[11]` and `[12]` are utime and stime.
+/// `None` when the process is gone (or the file unreadable).
+pub fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Pids of live processes (not zombies, not this one) whose command line contains every one
+/// of `needles`.
+pub fn processes_mentioning(needles: &[&str]) -> Vec<u32> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !needles.iter().all(|n| text.contains(n)) {
+            continue;
+        }
+        let live = proc_stat_fields(pid)
+            .is_some_and(|fields| fields.first().is_some_and(|state| !state.starts_with('Z')));
+        if live {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Polls `store`'s server stats until `done` holds, for at most 10 s (then panics with
+/// `what` and the last stats); returns the stats that satisfied it.
+pub fn wait_stats(store: &Store, what: &str, done: impl Fn(&ServerStats) -> bool) -> ServerStats {
+    wait_stats_within(store, Duration::from_secs(10), what, done)
+}
+
+/// [`wait_stats`] with another bound than 10 s.
+pub fn wait_stats_within(
+    store: &Store,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&ServerStats) -> bool,
+) -> ServerStats {
+    let deadline = Instant::now() + within;
+    loop {
+        let stats = store.stats().expect("stats");
+        if done(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "{what}: {stats:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The counters of transport `name` (`tcp`, `ucx`, ...) in `stats`, if it has a row.
+pub fn transport_row<'s>(stats: &'s ServerStats, name: &str) -> Option<&'s TransportStats> {
+    stats.transports.iter().find(|t| t.name == name)
+}
+
+/// The row of transport `name` in the JSON of `dimstore stat --json`; panics (showing the
+/// JSON) when there is none.
+pub fn json_transport_row<'s>(stat: &'s serde_json::Value, name: &str) -> &'s serde_json::Value {
+    stat["transports"]
+        .as_array()
+        .expect("transports")
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} row: {stat}"))
+}
+
+/// Raw protocol, for tests that write frames by hand: the frame header (announcing
+/// `payload_len` payload bytes, which the caller sends after) followed by `body`.
+pub fn frame_head(kind: FrameKind, request_id: u64, body: &[u8], payload_len: u64) -> Vec<u8> {
+    let mut head = FrameHeader {
+        kind,
+        request_id,
+        body_len: body.len() as u32,
+        payload_len,
+    }
+    .encode()
+    .to_vec();
+    head.extend_from_slice(body);
+    head
+}
+
+/// Raw protocol: decodes a response body read off the wire (copied first into the 16-byte
+/// aligned buffer [`decode_response`] needs); panics when it is not a valid response.
+pub fn decode_reply(body: &[u8]) -> Response {
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(body);
+    decode_response(&aligned).expect("valid response")
+}
+
+/// Raw protocol: the `Hello` a hand-written client sends first, from client node `node`
+/// (no token, no mapped gets, this process's pid).
+pub fn raw_hello(node: &str) -> Request {
+    Request::Hello(Hello {
+        token: None,
+        client_node: node.into(),
+        client_pid: std::process::id(),
+        map: false,
+        map_from: 0,
+    })
 }
 
 /// The transports the suite runs against: `tcp` (everything over TCP), `local` (a client's

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use dimstore::{GetError, Key, ObjectId, PutError, RequestError, SetError};
 
-use crate::{pattern, Cluster, ServerOptions, TestServer};
+use crate::{pattern, transport_row, wait_stats_within, Cluster, ServerOptions, TestServer};
 
 /// Instantiates every suite function as a `#[test]` for one transport.
 #[macro_export]
@@ -138,13 +138,12 @@ pub fn deferred_get_waits_for_set(transport: &str) {
         std::thread::sleep(Duration::from_millis(300));
         setter.set(&setter_key, b"the future's value").expect("set")
     });
-    let got = match owner.get(&key) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("SERVER0 LOG:\n{}", cluster.servers[0].log());
-            panic!("waiting get: {e:?}");
-        }
-    };
+    let got = owner.get(&key).unwrap_or_else(|e| {
+        panic!(
+            "waiting get: {e:?}\nserver log:\n{}",
+            cluster.servers[0].log()
+        )
+    });
     assert_eq!(&got[..], b"the future's value");
     assert!(
         started.elapsed() >= Duration::from_millis(250),
@@ -370,11 +369,7 @@ pub fn threads_share_one_connection(transport: &str) {
     });
     let stats = client.stats().expect("stats");
     assert_eq!(stats.objects, 800);
-    let used = stats
-        .transports
-        .iter()
-        .find(|t| t.name == crate::transport_name(transport))
-        .expect("transport stats");
+    let used = transport_row(&stats, crate::transport_name(transport)).expect("transport stats");
     assert_eq!(
         used.connections, 1,
         "one connection per peer, shared by threads"
@@ -509,10 +504,10 @@ pub fn large_gets_move_by_the_transport(transport: &str) {
 
     let stats = producer.stats().expect("stats");
     let name = crate::transport_name(transport);
-    let row = |n: &str| stats.transports.iter().find(|t| t.name == n).cloned();
     match name {
         "ucx" | "ofi" => {
-            let t = row(name).unwrap_or_else(|| panic!("no {name} row in {stats:?}"));
+            let t =
+                transport_row(&stats, name).unwrap_or_else(|| panic!("no {name} row in {stats:?}"));
             assert_eq!(
                 t.one_sided_bytes,
                 2 * big.len() as u64,
@@ -532,9 +527,10 @@ pub fn large_gets_move_by_the_transport(transport: &str) {
         }
     }
     // Releases are one-way notices on the consumer's connection: they land shortly.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while producer.stats().expect("stats").leases != 0 {
-        assert!(Instant::now() < deadline, "every lease ends with its read");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_stats_within(
+        &producer,
+        Duration::from_secs(5),
+        "every lease ends with its read",
+        |s| s.leases == 0,
+    );
 }

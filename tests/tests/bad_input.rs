@@ -6,10 +6,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use dimstore_proto::{
-    decode_response, encode_request, FrameDecoder, FrameHeader, FrameKind, FrameLimits, Hello,
-    Request, Response, Status, HEADER_LEN,
+    encode_request, FrameDecoder, FrameKind, FrameLimits, Request, Response, Status, HEADER_LEN,
 };
-use dimstore_tests::{pattern, ServerOptions, TestServer};
+use dimstore_tests::{decode_reply, frame_head, pattern, raw_hello, ServerOptions, TestServer};
 
 /// What the server did with a malformed input.
 #[derive(Debug, PartialEq)]
@@ -29,32 +28,16 @@ fn raw(server: &TestServer) -> TcpStream {
     s
 }
 
-fn frame(kind: FrameKind, id: u64, body: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut out = FrameHeader {
-        kind,
-        request_id: id,
-        body_len: body.len() as u32,
-        payload_len: payload.len() as u64,
-    }
-    .encode()
-    .to_vec();
-    out.extend_from_slice(body);
+/// A whole request frame: head, then `payload`.
+fn request(id: u64, r: &Request, payload: &[u8]) -> Vec<u8> {
+    let mut out = frame_head(
+        FrameKind::Request,
+        id,
+        &encode_request(r),
+        payload.len() as u64,
+    );
     out.extend_from_slice(payload);
     out
-}
-
-fn request(id: u64, r: &Request, payload: &[u8]) -> Vec<u8> {
-    frame(FrameKind::Request, id, &encode_request(r), payload)
-}
-
-fn hello() -> Request {
-    Request::Hello(Hello {
-        token: None,
-        client_node: "fuzzer".into(),
-        client_pid: 1,
-        map: false,
-        map_from: 0,
-    })
 }
 
 /// Reads replies until the server closes or goes quiet.
@@ -84,9 +67,7 @@ fn react(stream: &mut TcpStream) -> Reaction {
             Err(_) => break,
         }
         while let Some(f) = decoder.next_frame().expect("server frames are valid") {
-            let mut body = rkyv::util::AlignedVec::<16>::new();
-            body.extend_from_slice(&f.body);
-            match decode_response(&body).expect("valid response") {
+            match decode_reply(&f.body) {
                 Response::Error(e) => status = Some(e.status),
                 other => panic!("expected an error reply, got {other:?}"),
             }
@@ -108,9 +89,7 @@ fn read_replies(stream: &mut TcpStream, count: usize) -> Vec<(u64, Response)> {
         assert!(n > 0, "closed early");
         decoder.push(&buf[..n]);
         while let Some(f) = decoder.next_frame().expect("valid") {
-            let mut body = rkyv::util::AlignedVec::<16>::new();
-            body.extend_from_slice(&f.body);
-            replies.push((f.header.request_id, decode_response(&body).expect("valid")));
+            replies.push((f.header.request_id, decode_reply(&f.body)));
         }
     }
     replies
@@ -143,7 +122,7 @@ fn every_malformed_frame_gets_an_error_or_a_close_and_others_are_served() {
     let bystander = server.client("tcp");
     let kept = bystander.put(&pattern(100_000, 5)).expect("bystander put");
 
-    let good = request(1, &hello(), &[]);
+    let good = request(1, &raw_hello("fuzzer"), &[]);
 
     let mut wrong_magic = good.clone();
     wrong_magic[..4].copy_from_slice(b"HTTP");
@@ -166,7 +145,12 @@ fn every_malformed_frame_gets_an_error_or_a_close_and_others_are_served() {
         Reaction::ErrorThenClosed(Status::BadRequest)
     );
 
-    let response_kind = frame(FrameKind::Response, 1, &encode_request(&hello()), &[]);
+    let response_kind = frame_head(
+        FrameKind::Response,
+        1,
+        &encode_request(&raw_hello("fuzzer")),
+        0,
+    );
     assert_eq!(
         send(&server, &response_kind),
         Reaction::ErrorThenClosed(Status::BadRequest)
@@ -211,7 +195,7 @@ fn every_malformed_frame_gets_an_error_or_a_close_and_others_are_served() {
 
     // A valid header with a garbage body: error reply, and the stream stays in sync.
     let mut s = raw(&server);
-    s.write_all(&frame(FrameKind::Request, 9, &pattern(64, 3), &[]))
+    s.write_all(&frame_head(FrameKind::Request, 9, &pattern(64, 3), 0))
         .expect("write");
     s.write_all(&good).expect("write hello");
     let replies = read_replies(&mut s, 2);
@@ -274,21 +258,14 @@ fn a_put_stalling_mid_payload_is_dropped_and_its_memory_freed() {
     });
     let observer = server.client("tcp");
     let mut s = raw(&server);
-    s.write_all(&request(1, &hello(), &[])).expect("hello");
+    s.write_all(&request(1, &raw_hello("fuzzer"), &[]))
+        .expect("hello");
     // Declare 48 MiB, send 1 MiB of it, then go quiet with the connection open.
     let body = encode_request(&Request::Put {
         sizes: vec![48 << 20],
     });
-    let mut head = FrameHeader {
-        kind: FrameKind::Request,
-        request_id: 2,
-        body_len: body.len() as u32,
-        payload_len: 48 << 20,
-    }
-    .encode()
-    .to_vec();
-    head.extend_from_slice(&body);
-    s.write_all(&head).expect("put header");
+    s.write_all(&frame_head(FrameKind::Request, 2, &body, 48 << 20))
+        .expect("put header");
     s.write_all(&vec![0u8; 1 << 20]).expect("first MiB");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut saw_reservation = false;

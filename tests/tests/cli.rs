@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use dimstore::fleet::{Fleet, FleetNode, FLEET_FORMAT};
 use dimstore_proto::ReadyFile;
-use dimstore_tests::{binary, pattern, ServerOptions, TestServer};
+use dimstore_tests::{
+    binary, json_transport_row, pattern, processes_mentioning, ServerOptions, TestServer,
+};
 
 /// A `dimstore` command with a clean `DIMSTORE_*` environment.
 fn dimstore(runtime_dir: &Path) -> Command {
@@ -143,23 +145,7 @@ fn node_flag_selects_the_fleet_node() {
 
 /// Live (non-zombie) `dimstore-server` processes whose command line mentions `needle`.
 fn live_servers_mentioning(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = state
-            .rsplit(')')
-            .next()
-            .is_some_and(|s| s.trim_start().starts_with('Z'));
-        if !zombie && cmdline.contains("dimstore-server") && cmdline.contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    processes_mentioning(&["dimstore-server", needle])
 }
 
 /// Kills a spawned server when the test ends, however it ends.
@@ -295,12 +281,7 @@ fn cli_gets_by_a_forced_one_sided_transport_and_stat_counts_it() {
     let stat: serde_json::Value =
         serde_json::from_str(&stdout(&run(&owner, &[], &["stat", "--json"]))).expect("json");
     for transport in ["ucx", "ofi"] {
-        let row = stat["transports"]
-            .as_array()
-            .expect("transports")
-            .iter()
-            .find(|t| t["name"] == transport)
-            .unwrap_or_else(|| panic!("no {transport} row: {stat}"));
+        let row = json_transport_row(&stat, transport);
         assert_eq!(row["one_sided_bytes"], data.len(), "{transport}: {stat}");
         assert!(row["registrations"].as_u64() >= Some(1), "{stat}");
     }

@@ -8,6 +8,7 @@ mod testbed;
 
 use std::time::Duration;
 
+use dimstore_tests::json_transport_row;
 use testbed::{Kind, Testbed};
 
 #[test]
@@ -62,12 +63,7 @@ fn nodes_read_each_others_objects_one_sided_over_ucx_and_ofi() {
     )
     .expect("stat JSON");
     for name in ["ucx", "ofi"] {
-        let row = stat["transports"]
-            .as_array()
-            .expect("transports")
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} row: {stat}"));
+        let row = json_transport_row(&stat, name);
         assert_eq!(
             row["one_sided_bytes"], 9_000_000,
             "the owner served the object once over {name}: {stat}"

@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dimstore::{ConnectError, GetError, RequestError, Store, TransportChoice};
-use dimstore_proto::{GetItem, Hello, Request, Response};
-use dimstore_tests::{pattern, prepare, test_config, transport_name, ServerOptions, TestServer};
+use dimstore_proto::{GetItem, Request, Response};
+use dimstore_tests::{
+    pattern, prepare, proc_stat_fields, raw_hello, test_config, transport_name, transport_row,
+    wait_stats, wait_stats_within, ServerOptions, TestServer,
+};
 use dimstore_transport::tcp::TcpConnector;
 use dimstore_transport::{Connection, Connector};
 
@@ -66,11 +69,8 @@ fn wait_until_read_starts(owner: &Store, transport: &str, bytes: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let stats = owner.stats().expect("owner stats");
-        let served = stats
-            .transports
-            .iter()
-            .find(|t| t.name == transport_name(transport))
-            .map_or(0, |t| t.one_sided_bytes);
+        let served =
+            transport_row(&stats, transport_name(transport)).map_or(0, |t| t.one_sided_bytes);
         if served >= bytes {
             return;
         }
@@ -175,18 +175,9 @@ pub fn evict_during_a_read_waits_for_it(transport: &str) {
         Err(GetError::NotFound(_)) => {}
         other => panic!("a read after the evict must be NotFound, got {other:?}"),
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = producer.stats().expect("stats");
-        if stats.leases == 0 && stats.bytes_used == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "memory never returned: {stats:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_stats(&producer, "memory never returned", |s| {
+        s.leases == 0 && s.bytes_used == 0
+    });
 }
 
 /// The owner dies and a new one starts on the same address: the client's keys (rkeys,
@@ -243,10 +234,7 @@ pub fn auto_picks_the_one_sided_transport(transport: &str) {
         .expect("put");
     let served = |consumer: &Store| {
         let stats = consumer.stats_of(&key.owner).expect("stats");
-        stats
-            .transports
-            .iter()
-            .find(|t| t.name == transport_name(transport))
+        transport_row(&stats, transport_name(transport))
             .expect("transport row")
             .one_sided_bytes
     };
@@ -295,15 +283,10 @@ pub fn a_hung_reader_loses_its_lease_at_the_deadline(transport: &str) {
     let hung = TcpConnector::default()
         .connect(owner.address(), deadline())
         .expect("connect");
-    let hello = Request::Hello(Hello {
-        token: None,
-        client_node: "elsewhere".into(),
-        client_pid: std::process::id(),
-        map: false,
-        map_from: 0,
-    });
     assert!(matches!(
-        hung.call(&hello, &[], deadline()).expect("hello").response,
+        hung.call(&raw_hello("elsewhere"), &[], deadline())
+            .expect("hello")
+            .response,
         Response::Hello(_)
     ));
     let use_one_sided = Request::UseOneSided {
@@ -331,17 +314,14 @@ pub fn a_hung_reader_loses_its_lease_at_the_deadline(transport: &str) {
     let stats = producer.stats().expect("stats");
     assert_eq!(stats.leases, 1, "the hung reader's lease pins the object");
     assert!(stats.bytes_used > 0, "evicted but still pinned: {stats:?}");
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stats = producer.stats().expect("stats");
-        if stats.leases == 0 {
-            assert_eq!(stats.expired_leases, 1, "{stats:?}");
-            assert_eq!(stats.bytes_used, 0, "freed with the lease: {stats:?}");
-            break;
-        }
-        assert!(Instant::now() < until, "the lease never expired: {stats:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let stats = wait_stats_within(
+        &producer,
+        Duration::from_secs(20),
+        "the lease never expired",
+        |s| s.leases == 0,
+    );
+    assert_eq!(stats.expired_leases, 1, "{stats:?}");
+    assert_eq!(stats.bytes_used, 0, "freed with the lease: {stats:?}");
     assert!(!hung.is_broken(), "the connection itself stays open");
 }
 
@@ -355,10 +335,7 @@ fn ucx_requests_travel_on_active_messages() {
     prepare("ucx-tcp");
     let owner = server("n0", &[]);
     let row = |stats: &dimstore_proto::ServerStats, name: &str| {
-        stats
-            .transports
-            .iter()
-            .find(|t| t.name == name)
+        transport_row(stats, name)
             .cloned()
             .unwrap_or_else(|| panic!("no {name} row in {stats:?}"))
     };
@@ -389,15 +366,9 @@ fn ucx_requests_travel_on_active_messages() {
     }
     // The client is gone: its TCP connection closed, and the channel with it.
     let watcher = owner.client("tcp");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = watcher.stats().expect("stats");
-        if row(&stats, "ucx").connections == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "channel never closed: {stats:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_stats(&watcher, "channel never closed", |s| {
+        row(s, "ucx").connections == 0
+    });
     std::env::set_var("DIMSTORE_UCX_REQUESTS", "tcp");
     let client = owner.client("ucx-tcp");
     let key = client.put(&small).expect("put over tcp");
@@ -447,11 +418,8 @@ fn ucx_shm_read_from_a_killed_owner_is_a_lost_connection() {
 
 /// CPU time (user + system) of process `pid` so far, from `/proc/<pid>/stat` (in USER_HZ
 /// ticks of 10 ms, as on every Linux architecture dimstore runs on).
-fn cpu_time(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command name (which may contain spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+fn cpu_time(pid: u32) -> Duration {
+    let fields = proc_stat_fields(pid).expect("stat");
     let ticks: u64 =
         fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     Duration::from_millis(ticks * 10)
@@ -467,12 +435,12 @@ fn idle_ucx_fabric_threads_do_not_burn_a_core() {
     let key = client.put(&pattern(1 << 20, 5)).expect("put");
     assert_eq!(client.get(&key).expect("get").len(), 1 << 20);
     std::thread::sleep(Duration::from_millis(200));
-    let (server_pid, own_pid) = (owner.pid().to_string(), std::process::id().to_string());
-    let (server_before, own_before) = (cpu_time(&server_pid), cpu_time(&own_pid));
+    let (server_pid, own_pid) = (owner.pid(), std::process::id());
+    let (server_before, own_before) = (cpu_time(server_pid), cpu_time(own_pid));
     let idle = Duration::from_secs(2);
     std::thread::sleep(idle);
-    let server_used = cpu_time(&server_pid) - server_before;
-    let own_used = cpu_time(&own_pid) - own_before;
+    let server_used = cpu_time(server_pid) - server_before;
+    let own_used = cpu_time(own_pid) - own_before;
     // A spinning thread would use the whole 2 s.
     assert!(
         server_used < idle / 4,

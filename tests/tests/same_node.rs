@@ -2,29 +2,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dimstore::{LocalMode, ServerStats, Store};
-use dimstore_tests::{binary, pattern, ServerOptions, TestServer};
+use dimstore::LocalMode;
+use dimstore_tests::{binary, pattern, wait_stats, ServerOptions, TestServer};
 
 fn server(memory: &str) -> TestServer {
     TestServer::start(ServerOptions {
         memory_limit: memory.into(),
         ..ServerOptions::default()
     })
-}
-
-/// Polls the server's stats until `done` holds (bounded).
-fn wait_stats(store: &Store, what: &str, done: impl Fn(&ServerStats) -> bool) -> ServerStats {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = store.stats().expect("stats");
-        if done(&stats) {
-            return stats;
-        }
-        assert!(Instant::now() < deadline, "{what}: {stats:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dimstore_tests::{ServerOptions, TestServer};
+use dimstore_tests::{proc_stat_fields, ServerOptions, TestServer};
 use rustix::process::Signal;
 
 #[test]
@@ -99,13 +99,8 @@ fn bad_configuration_is_reported_clearly() {
 
 /// Whether `pid` has exited (gone, or a zombie nobody reaped yet).
 fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|s| s.trim_start().starts_with('Z')),
-    }
+    proc_stat_fields(pid)
+        .is_none_or(|fields| fields.first().is_some_and(|state| state.starts_with('Z')))
 }
 
 #[test]

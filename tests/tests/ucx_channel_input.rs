@@ -1,5 +1,5 @@
 //! Malformed UCX active messages on the request channel, against a real server over UCX
-//! on loopback (UCX_TLS=tcp). The test speaks the wire protocol by hand: a raw TCP control
+//! on loopback (UCX_TLS=tcp). The test speaks the wire protocol by hand: a plain TCP control
 //! connection (Hello, then `OpenChannel` with this test's own UCX worker address) and raw
 //! active messages to the server's worker (header = channel id + frame head, data =
 //! payload). It proves that
@@ -13,23 +13,24 @@
 //!   on a transport without channels is refused (`BadRequest`, saying why);
 //! - after all of these the channel still answers valid requests (handled on the fabric
 //!   thread, `Exists`, and off it, `Stats`), a bystander client connected throughout and a
-//!   new client are both served, and once the raw TCP connection is dropped the channel is
-//!   closed with it: its id gets `Unauthorized`.
+//!   new client are both served, and once the TCP control connection is dropped the channel
+//!   is closed with it: its id gets `Unauthorized`.
 //!
 //! Every wait is bounded by a deadline; no assertion is about timing.
 
 use std::cell::RefCell;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use dimstore::ObjectId;
 use dimstore_proto::{
-    decode_response, encode_request, FrameDecoder, FrameHeader, FrameKind, FrameLimits, Hello,
-    Request, Response, Status, HEADER_LEN,
+    encode_request, FrameHeader, FrameKind, FrameLimits, Request, Response, Status, HEADER_LEN,
 };
-use dimstore_tests::{pattern, prepare, ServerOptions, TestServer};
+use dimstore_tests::{
+    decode_reply, frame_head, pattern, prepare, raw_hello, ServerOptions, TestServer,
+};
+use dimstore_transport::tcp::TcpConnector;
+use dimstore_transport::{Connection, Connector};
 use dimstore_ucx::{AmMessage, Context, ContextConfig, Endpoint, Worker, WorkerAddress};
 
 /// Active message id of requests (client to server).
@@ -47,49 +48,6 @@ struct Reply {
     request_id: u64,
     response: Response,
     payload_len: usize,
-}
-
-/// The raw TCP control connection.
-struct Control {
-    stream: TcpStream,
-    decoder: FrameDecoder,
-    next_id: u64,
-}
-
-impl Control {
-    fn connect(server: &TestServer) -> Control {
-        let stream = TcpStream::connect(server.address()).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).expect("read timeout");
-        Control {
-            stream,
-            decoder: FrameDecoder::new(FrameLimits::default()),
-            next_id: 1,
-        }
-    }
-
-    /// Sends `request` without payload and reads its reply (bounded by the read timeout).
-    fn call(&mut self, request: &Request) -> Response {
-        let id = self.next_id;
-        self.next_id += 1;
-        let body = encode_request(request);
-        let frame = frame_head(FrameKind::Request, id, &body, 0);
-        self.stream.write_all(&frame).expect("write request");
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(f) = self.decoder.next_frame().expect("server frames are valid") {
-                assert_eq!(f.header.request_id, id, "reply to another request");
-                let mut body = rkyv::util::AlignedVec::<16>::new();
-                body.extend_from_slice(&f.body);
-                return decode_response(&body).expect("valid response");
-            }
-            let n = self
-                .stream
-                .read(&mut buf)
-                .expect("control reply within the read timeout");
-            assert!(n > 0, "the server closed the control connection");
-            self.decoder.push(&buf[..n]);
-        }
-    }
 }
 
 /// This test's UCX side: a worker that collects replies, and an endpoint to the server.
@@ -186,27 +144,11 @@ fn parse_reply(message: &AmMessage<'_>) -> Reply {
         message.data_len() as u64,
         "the reply's data is its announced payload"
     );
-    let mut body = rkyv::util::AlignedVec::<16>::new();
-    body.extend_from_slice(&head[HEADER_LEN..]);
     Reply {
         request_id: header.request_id,
-        response: decode_response(&body).expect("valid response body"),
+        response: decode_reply(&head[HEADER_LEN..]),
         payload_len: message.data_len(),
     }
-}
-
-/// A frame head: the header (announcing `payload_len` payload bytes) and `body`.
-fn frame_head(kind: FrameKind, request_id: u64, body: &[u8], payload_len: u64) -> Vec<u8> {
-    let mut head = FrameHeader {
-        kind,
-        request_id,
-        body_len: body.len() as u32,
-        payload_len,
-    }
-    .encode()
-    .to_vec();
-    head.extend_from_slice(body);
-    head
 }
 
 /// A request message's header: channel id, then the frame head of `request`.
@@ -280,15 +222,18 @@ fn malformed_channel_messages_get_typed_errors_and_others_are_served() {
     let kept_bytes = pattern(10_000, 7);
     let kept = bystander.put(&kept_bytes).expect("bystander put");
 
-    // Hello and OpenChannel by hand on a raw TCP connection.
-    let mut control = Control::connect(&server);
-    let hello = match control.call(&Request::Hello(Hello {
-        token: None,
-        client_node: "ucx-fuzzer".into(),
-        client_pid: std::process::id(),
-        map: false,
-        map_from: 0,
-    })) {
+    // Hello and OpenChannel by hand on a plain TCP connection (no channel of its own).
+    let control = TcpConnector::default()
+        .connect(server.address(), Instant::now() + WAIT)
+        .expect("connect");
+    // Sends a request without payload and returns its reply (bounded by `WAIT`).
+    let call = |request: &Request| {
+        control
+            .call(request, &[], Instant::now() + WAIT)
+            .expect("control reply within the wait")
+            .response
+    };
+    let hello = match call(&raw_hello("ucx-fuzzer")) {
         Response::Hello(hello) => hello,
         other => panic!("hello: {other:?}"),
     };
@@ -298,7 +243,7 @@ fn malformed_channel_messages_get_typed_errors_and_others_are_served() {
         .find(|o| o.transport == "ucx")
         .unwrap_or_else(|| panic!("the server offers no ucx: {:?}", hello.one_sided));
     let fabric = Fabric::new(&offer.address);
-    let channel = match control.call(&Request::OpenChannel {
+    let channel = match call(&Request::OpenChannel {
         transport: "ucx".into(),
         address: fabric.address(),
     }) {
@@ -310,7 +255,7 @@ fn malformed_channel_messages_get_typed_errors_and_others_are_served() {
     // A connection opens a bounded number of channels (4); then a typed refusal.
     let mut refused = None;
     for _ in 0..8 {
-        match control.call(&Request::OpenChannel {
+        match call(&Request::OpenChannel {
             transport: "ucx".into(),
             address: fabric.address(),
         }) {
@@ -330,7 +275,7 @@ fn malformed_channel_messages_get_typed_errors_and_others_are_served() {
         ("ucx", Vec::new(), "client address"),
         ("ofi", fabric.address(), "takes no requests"),
     ] {
-        match control.call(&Request::OpenChannel {
+        match call(&Request::OpenChannel {
             transport: transport.into(),
             address,
         }) {

@@ -77,11 +77,6 @@ pub fn skip(test: &str, tools: &[&str]) -> bool {
     }
 }
 
-/// A binary of this build (`target/<profile>/NAME`).
-pub fn binary(name: &str) -> PathBuf {
-    dimstore_tests::binary(name)
-}
-
 /// The SPANK plugin of this build, built first if it was not (`cargo build --bins` does not
 /// build libraries).
 pub fn spank_plugin() -> PathBuf {
@@ -294,7 +289,7 @@ impl Testbed {
 
     /// Pids of live processes whose command line mentions the scratch directory.
     pub fn leftovers(&self) -> Vec<u32> {
-        processes_mentioning(&self.path().to_string_lossy())
+        dimstore_tests::processes_mentioning(&[&self.path().to_string_lossy()])
     }
 
     /// Waits (bounded) until no process mentions the scratch directory; returns those left.
@@ -339,35 +334,6 @@ impl Drop for Testbed {
             }
         }
     }
-}
-
-/// Pids of live processes (not zombies) whose command line contains `needle`.
-pub fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let zombie = std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                s.rfind(')')
-                    .map(|i| s[i + 1..].trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        if !zombie && text.contains(needle) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// The JSON objects printed one per line.
