@@ -346,7 +346,7 @@ fn dimstore_part(plan: &Plan, row: &mut RowResult) -> anyhow::Result<()> {
             one_sided,
             &env,
             largest,
-            plan.server_threads,
+            Some(plan.server_threads),
         )
     };
     let home = start("rdma-bench-a")?;
@@ -668,7 +668,7 @@ fn raw_tcp_part(plan: &Plan, row: &mut RowResult) -> anyhow::Result<()> {
         eprintln!("rdma tcp: raw TCP {}", human_size(size));
         let bounds = Bounds {
             warmup: 2,
-            iterations: ((1u64 << 30) / size.max(1)).clamp(5, 5000) as usize,
+            iterations: get::iterations(size),
             time: plan.cell_time,
         };
         client.load(&value[..size as usize], 1)?;
@@ -718,6 +718,19 @@ impl SizeResult {
             (None, None) => None,
         }
     }
+
+    /// dimstore get / raw round trip (medians), if both were measured.
+    pub fn get_over_rtt(&self) -> Option<f64> {
+        ratio(self.get.map(|c| c.us), self.rtt.map(|c| c.us))
+    }
+
+    /// dimstore get bandwidth / the best raw one-sided read's, if both were measured.
+    pub fn get_over_best_read(&self) -> Option<f64> {
+        ratio(
+            self.get.map(|c| c.mb_per_s),
+            self.best_read().map(|(c, _)| c.mb_per_s),
+        )
+    }
 }
 
 /// A ratio measured at a size, and the reference it was taken against.
@@ -727,18 +740,20 @@ pub type SizedRatio = Option<(u64, f64, &'static str)>;
 /// get bandwidth against the best raw one-sided read's: (small ratio, large share).
 pub fn targets(row: &RowResult, one_sided_from: u64) -> (SizedRatio, SizedRatio) {
     let (read_name, rtt_name) = row.variant.raw_names();
-    let small = row.sizes.iter().min_by_key(|s| s.size).and_then(|s| {
-        ratio(s.get.map(|c| c.us), s.rtt.map(|c| c.us)).map(|r| (s.size, r, rtt_name))
-    });
+    let small = row
+        .sizes
+        .iter()
+        .min_by_key(|s| s.size)
+        .and_then(|s| s.get_over_rtt().map(|r| (s.size, r, rtt_name)));
     let large = row
         .sizes
         .iter()
         .filter(|s| s.size >= one_sided_from)
         .max_by_key(|s| s.size)
         .and_then(|s| {
-            let (best, own) = s.best_read()?;
+            let (_, own) = s.best_read()?;
             let name = if own { "ucp_get (ours)" } else { read_name };
-            ratio(s.get.map(|c| c.mb_per_s), Some(best.mb_per_s)).map(|r| (s.size, r, name))
+            s.get_over_best_read().map(|r| (s.size, r, name))
         });
     (small, large)
 }
@@ -780,15 +795,10 @@ fn render(results: &[RowResult], plan: &Plan) -> String {
                 (_, Some(false)) => "inline",
                 (_, None) => "-",
             };
-            let get_rtt = ratio(s.get.map(|c| c.us), s.rtt.map(|c| c.us));
-            let share = (s.size >= plan.one_sided_from)
-                .then(|| {
-                    ratio(
-                        s.get.map(|c| c.mb_per_s),
-                        s.best_read().map(|(c, _)| c.mb_per_s),
-                    )
-                })
-                .flatten();
+            let get_rtt = s.get_over_rtt();
+            let share = s
+                .get_over_best_read()
+                .filter(|_| s.size >= plan.one_sided_from);
             let mut line = format!(
                 "{:>9} {:>7} {:>9} {:>9} {:>9} {:>9}",
                 human_size(s.size),
@@ -860,7 +870,6 @@ fn csv(results: &[RowResult]) -> String {
     for row in results {
         let (read_name, rtt_name) = row.variant.raw_names();
         let ucx = matches!(row.variant, Variant::Ucx | Variant::UcxShm);
-        let note = s_note;
         for s in &row.sizes {
             let path = match s.one_sided {
                 Some(true) => "one_sided",
@@ -868,11 +877,11 @@ fn csv(results: &[RowResult]) -> String {
                 None => "",
             };
             let (read_tool, own_tool) = if ucx {
-                (read_name.to_string(), note("ucp_get (ours)", s))
+                (read_name.to_string(), s_note("ucp_get (ours)", s))
             } else if row.variant == Variant::Tcp {
                 (read_name.to_string(), String::new())
             } else {
-                (note(read_name, s), String::new())
+                (s_note(read_name, s), String::new())
             };
             let _ = writeln!(
                 out,
@@ -891,14 +900,8 @@ fn csv(results: &[RowResult]) -> String {
                 num(s.own_read.map(|c| c.mb_per_s), 3),
                 rtt_name,
                 num(s.rtt.map(|c| c.us), 3),
-                num(ratio(s.get.map(|c| c.us), s.rtt.map(|c| c.us)), 3),
-                num(
-                    ratio(
-                        s.get.map(|c| c.mb_per_s),
-                        s.best_read().map(|(c, _)| c.mb_per_s)
-                    ),
-                    3
-                ),
+                num(s.get_over_rtt(), 3),
+                num(s.get_over_best_read(), 3),
             );
         }
     }

@@ -9,15 +9,15 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use dimstore::{ClientConfig, LocalMode, SpawnPolicy, Store};
 use dimstore_proto::ReadyFile;
 
 use crate::measure::Latencies;
+use crate::rdma::get::RowServer;
 
 /// Options of `dimstore-bench zero-copy`.
 #[derive(Debug, Clone, Args)]
@@ -79,9 +79,14 @@ pub fn run(args: &ZeroCopyArgs) -> anyhow::Result<()> {
     // The server inherits the mask when spawned; this thread keeps it while measuring.
     let _pinned = crate::placement::Pinned::to(cpus.as_deref())?;
     eprintln!("zero-copy: pinned to CPUs {}", args.cpus);
-    let server = LocalServer::start(args.server_bin.clone(), largest)?;
-    let mapped = server.client(LocalMode::Map)?;
-    let copy = server.client(LocalMode::Copy)?;
+    let bin = match &args.server_bin {
+        Some(bin) => bin.clone(),
+        None => crate::options::default_server_bin()?,
+    };
+    // The server's default worker threads.
+    let server = RowServer::start(&bin, "zero-copy-bench", None, &[], largest, None)?;
+    let mapped = client(&server.ready, LocalMode::Map)?;
+    let copy = client(&server.ready, LocalMode::Copy)?;
     anyhow::ensure!(
         mapped.maps_local_objects(),
         "the server did not grant mapping to a same-node client"
@@ -282,82 +287,16 @@ impl Bounds {
     }
 }
 
-/// A `dimstore-server` on this node with its own runtime directory, stopped on drop.
-struct LocalServer {
-    child: Child,
-    ready: ReadyFile,
-    _dir: tempfile::TempDir,
-}
-
-impl LocalServer {
-    fn start(bin: Option<PathBuf>, largest: u64) -> anyhow::Result<LocalServer> {
-        let bin = bin.unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(|d| d.join("dimstore-server")))
-                .unwrap_or_else(|| PathBuf::from("dimstore-server"))
-        });
-        let dir = tempfile::tempdir()?;
-        let ready_path = dir.path().join("ready.json");
-        let memory_mib = (largest.saturating_mul(3) >> 20).max(512);
-        let mut child = Command::new(&bin)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--node",
-                "zero-copy-bench",
-                "--log",
-                "warn",
-            ])
-            .arg("--memory-limit")
-            .arg(format!("{memory_mib}MiB"))
-            .arg("--ready-file")
-            .arg(&ready_path)
-            .arg("--runtime-dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(bytes) = std::fs::read(&ready_path) {
-                if let Ok(ready) = serde_json::from_slice::<ReadyFile>(&bytes) {
-                    return Ok(LocalServer {
-                        child,
-                        ready,
-                        _dir: dir,
-                    });
-                }
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("dimstore-server exited with {status}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("dimstore-server not ready within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn client(&self, local: LocalMode) -> anyhow::Result<Store> {
-        let config = ClientConfig {
-            node: Some(self.ready.node.clone()),
-            local,
-            // The mapped path maps every size (the default copies small objects inline).
-            local_map_from: 0,
-            spawn: SpawnPolicy::Never,
-            timeout: Duration::from_secs(120),
-            ..ClientConfig::default()
-        };
-        Ok(Store::connect(&self.ready.address, config)?)
-    }
-}
-
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A client of `server` on its node: through the mapped (`Map`) or copy (`Copy`) path.
+fn client(server: &ReadyFile, local: LocalMode) -> anyhow::Result<Store> {
+    let config = ClientConfig {
+        node: Some(server.node.clone()),
+        local,
+        // The mapped path maps every size (the default copies small objects inline).
+        local_map_from: 0,
+        spawn: SpawnPolicy::Never,
+        timeout: Duration::from_secs(120),
+        ..ClientConfig::default()
+    };
+    Ok(Store::connect(&server.address, config)?)
 }

@@ -1,10 +1,11 @@
 //! dimstore: a `dimstore-server` started by the bench, used through the `dimstore` client.
 
 use std::fs::File;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{anyhow, bail, ensure, Context};
 use dimstore::{ClientConfig, Key, LocalMode, SpawnPolicy, Store};
 use dimstore_proto::ReadyFile;
 
@@ -52,27 +53,10 @@ impl DimstoreServer {
                     setup.dimstore_bin.display()
                 )
             })?;
-        let found = poll_until(
-            "dimstore-server ready file",
-            Duration::from_secs(20),
-            || {
-                if let Some(status) = child.try_wait()? {
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    bail!("dimstore-server exited ({status}) before it was ready:\n{log}");
-                }
-                let Ok(text) = std::fs::read(&ready) else {
-                    return Ok(None);
-                };
-                Ok(serde_json::from_slice::<ReadyFile>(&text).ok())
-            },
-        );
-        let ready = match found {
-            Ok(ready) => ready,
-            Err(e) => {
-                stop_child(&mut child, Duration::from_secs(1));
-                return Err(e);
-            }
-        };
+        let ready = wait_ready(&mut child, &ready, Duration::from_secs(20), |status| {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            anyhow!("dimstore-server exited ({status}) before it was ready:\n{log}")
+        })?;
         Ok(DimstoreServer {
             kind,
             child,
@@ -80,6 +64,30 @@ impl DimstoreServer {
             _dir: dir,
         })
     }
+}
+
+/// Waits (at most `limit`) for the ready file `path` of the `dimstore-server` `child`;
+/// if the server exits first, the error is `exited(status)`. On failure the server is
+/// stopped.
+pub(crate) fn wait_ready(
+    child: &mut Child,
+    path: &Path,
+    limit: Duration,
+    exited: impl Fn(ExitStatus) -> anyhow::Error,
+) -> anyhow::Result<ReadyFile> {
+    let found = poll_until("dimstore-server ready file", limit, || {
+        if let Some(status) = child.try_wait()? {
+            return Err(exited(status));
+        }
+        let Ok(text) = std::fs::read(path) else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice::<ReadyFile>(&text).ok())
+    });
+    if found.is_err() {
+        stop_child(child, Duration::from_secs(1));
+    }
+    found
 }
 
 impl Contender for DimstoreServer {

@@ -4,7 +4,7 @@
 //! Clients are made both in the bench process (latency) and in worker processes
 //! (throughput), which know only the contender's kind and address: see [`connect`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -195,6 +195,17 @@ pub(crate) fn poll_until<T>(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// `program` found in `PATH` (or as given, if it is a path to a file).
+pub(crate) fn find_program(program: impl AsRef<Path>) -> Option<PathBuf> {
+    let given = program.as_ref();
+    if given.components().count() > 1 {
+        return given.is_file().then(|| given.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(given))
+        .find(|p| p.is_file())
 }
 
 /// This very program: `/proc/self/exe` runs the same binary even if the file was replaced

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 
-use super::{free_port, poll_until, stop_child, Client, Contender, ContenderKind, ServerSetup};
+use super::{
+    find_program, free_port, poll_until, stop_child, Client, Contender, ContenderKind, ServerSetup,
+};
 
 /// Arguments up to this size are copied into the command buffer (one write per command).
 const COALESCE: usize = 64 << 10;
@@ -58,11 +60,7 @@ impl RedisServer {
 
 /// Whether `bin` names an executable file (directly or on `PATH`).
 pub fn installed(bin: &Path) -> bool {
-    if bin.components().count() > 1 {
-        return bin.is_file();
-    }
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(bin).is_file()))
+    find_program(bin).is_some()
 }
 
 impl Contender for RedisServer {

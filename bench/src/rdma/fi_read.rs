@@ -154,8 +154,26 @@ pub fn target(args: &FiTargetArgs) -> anyhow::Result<()> {
         base: region.remote_address(),
         provider: me.fabric.info().provider(),
     };
+    serve_target(&info, args.max_time, || {
+        me.cq
+            .wait_for_event(Duration::from_millis(100))
+            .context("progress")?;
+        Ok(())
+    })?;
+    drop(region);
+    Ok(())
+}
+
+/// A target's life once its region is ready: prints `info` as one JSON line, then calls
+/// `progress` (which serves reads, waiting at most about 100 ms) until stdin closes or
+/// `max_time` passes.
+pub(crate) fn serve_target(
+    info: &impl Serialize,
+    max_time: Duration,
+    mut progress: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", serde_json::to_string(&info)?)?;
+    writeln!(out, "{}", serde_json::to_string(info)?)?;
     out.flush()?;
     drop(out);
     let closed = Arc::new(AtomicBool::new(false));
@@ -170,12 +188,9 @@ pub fn target(args: &FiTargetArgs) -> anyhow::Result<()> {
         flag.store(true, Ordering::Relaxed);
     });
     let started = Instant::now();
-    while !closed.load(Ordering::Relaxed) && started.elapsed() < args.max_time {
-        me.cq
-            .wait_for_event(Duration::from_millis(100))
-            .context("progress")?;
+    while !closed.load(Ordering::Relaxed) && started.elapsed() < max_time {
+        progress()?;
     }
-    drop(region);
     Ok(())
 }
 
@@ -186,43 +201,22 @@ pub fn initiator(args: &FiReadArgs) -> anyhow::Result<()> {
         .av
         .insert(&unhex(&args.name)?)
         .context("fi_av_insert of the target's name")?;
-    let chunk = usize::try_from(args.chunk)?.max(1);
-    let largest = args.sizes.iter().copied().max().unwrap_or(0);
-    let expected = pattern(usize::try_from(largest)?);
-    let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut out = std::io::stdout().lock();
-    for &size in &args.sizes {
-        let len = usize::try_from(size)?;
-        let mut strategies = vec![("whole", len.max(1), 1)];
-        if len > chunk {
-            strategies.push(("chunked", chunk, args.in_flight.max(1)));
-        }
-        for (strategy, piece, in_flight) in strategies {
-            spare.clear();
-            let read = Reader {
-                ep: &me.ep,
-                peer,
-                base: args.base,
-                key: args.key,
-            };
-            // Untimed: one read checked against the target's bytes (and warm-up).
-            let first = read.object(len, piece, in_flight, &mut spare)?;
-            ensure!(
-                first
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .eq(expected[..len].iter().copied()),
-                "fi_read {size} B ({strategy}): the bytes differ from the target's"
-            );
-            spare.extend(first);
-            time_reads(&mut out, size, strategy, args.cell_time, || {
-                let bufs = read.object(len, piece, in_flight, &mut spare)?;
-                spare.extend(bufs);
-                Ok(())
-            })?;
-        }
-    }
+    let read = Reader {
+        ep: &me.ep,
+        peer,
+        base: args.base,
+        key: args.key,
+    };
+    let plan = ReadPlan {
+        tool: "fi_read",
+        sizes: &args.sizes,
+        chunk: args.chunk,
+        in_flight: args.in_flight,
+        cell_time: args.cell_time,
+    };
+    read_sizes(&plan, |len, piece, in_flight, spare| {
+        read.object(len, piece, in_flight, spare)
+    })?;
     drop(me.ep);
     let _ = me.cq.pending_ops();
     Ok(())
@@ -307,6 +301,64 @@ pub(crate) fn pipelined<Op>(
     Ok(done)
 }
 
+/// What an initiator reads: every size, with each strategy.
+pub(crate) struct ReadPlan<'a> {
+    /// The tool's name in error messages (`fi_read`, `ucp_get`).
+    pub tool: &'a str,
+    /// Sizes to read.
+    pub sizes: &'a [u64],
+    /// Chunk of the `chunked` strategy.
+    pub chunk: u64,
+    /// Chunks in flight in the `chunked` strategy.
+    pub in_flight: usize,
+    /// Longest time spent on one size and strategy.
+    pub cell_time: Duration,
+}
+
+/// The initiator's loop: per size, the strategies `whole` (one read of the size) and,
+/// above the chunk, `chunked` (chunks, several in flight); each strategy's first read is
+/// checked against the target's bytes (untimed, also a warm-up), then [`time_reads`] prints
+/// its line. `read_object(len, piece, in_flight, spare)` reads one object of `len` bytes in
+/// pieces, its buffers taken from `spare`, and returns them in order.
+pub(crate) fn read_sizes(
+    plan: &ReadPlan<'_>,
+    mut read_object: impl FnMut(usize, usize, usize, &mut Vec<Vec<u8>>) -> anyhow::Result<Vec<Vec<u8>>>,
+) -> anyhow::Result<()> {
+    let chunk = usize::try_from(plan.chunk)?.max(1);
+    let largest = plan.sizes.iter().copied().max().unwrap_or(0);
+    let expected = pattern(usize::try_from(largest)?);
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for &size in plan.sizes {
+        let len = usize::try_from(size)?;
+        let mut strategies = vec![("whole", len.max(1), 1)];
+        if len > chunk {
+            strategies.push(("chunked", chunk, plan.in_flight.max(1)));
+        }
+        for (strategy, piece, in_flight) in strategies {
+            spare.clear();
+            // Untimed: one read checked against the target's bytes (and warm-up).
+            let first = read_object(len, piece, in_flight, &mut spare)?;
+            ensure!(
+                first
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .eq(expected[..len].iter().copied()),
+                "{} {size} B ({strategy}): the bytes differ from the target's",
+                plan.tool
+            );
+            spare.extend(first);
+            time_reads(&mut out, size, strategy, plan.cell_time, || {
+                let bufs = read_object(len, piece, in_flight, &mut spare)?;
+                spare.extend(bufs);
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Bytes as lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -327,7 +379,7 @@ pub fn unhex(text: &str) -> anyhow::Result<Vec<u8>> {
 /// Times `read_object` (one whole object per call) for `size` bytes with `strategy`,
 /// bounded in count (about 1 GiB moved, 5 to 5000 reads) and in `cell_time`, and prints
 /// one [`ReadResult`] line to `out`.
-pub(crate) fn time_reads(
+fn time_reads(
     out: &mut impl Write,
     size: u64,
     strategy: &str,
@@ -336,7 +388,7 @@ pub(crate) fn time_reads(
 ) -> anyhow::Result<()> {
     let bounds = Bounds {
         warmup: 1,
-        iterations: ((1u64 << 30) / size.max(1)).clamp(5, 5000) as usize,
+        iterations: super::get::iterations(size),
         time: cell_time,
     };
     let latencies = timed_loop(bounds, |_| read_object(), || Ok(()))?;

@@ -16,14 +16,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context};
+use anyhow::{anyhow, ensure, Context};
 use clap::Args;
 use dimstore::{ClientConfig, LocalMode, SpawnPolicy, Store};
 use dimstore_proto::ReadyFile;
 use serde::{Deserialize, Serialize};
 
-use crate::contenders::dimstore::touch_pages;
-use crate::contenders::{pattern, poll_until, stop_child};
+use crate::contenders::dimstore::{touch_pages, wait_ready};
+use crate::contenders::{pattern, stop_child};
 use crate::measure::{timed_loop, Bounds};
 use crate::options::{parse_duration, parse_size};
 
@@ -66,7 +66,7 @@ pub struct GetResult {
 }
 
 /// Iterations for one size: about 1 GiB moved, within [5, 5000].
-fn iterations(size: u64) -> usize {
+pub(crate) fn iterations(size: u64) -> usize {
     ((1u64 << 30) / size.max(1)).clamp(5, 5000) as usize
 }
 
@@ -133,8 +133,9 @@ fn one_sided_bytes(store: &Store, owner: &str, row: &str) -> anyhow::Result<u64>
         .sum())
 }
 
-/// A `dimstore-server` for one row, with its own runtime directory and log; stopped when
-/// dropped (and by itself if the bench dies: `--exit-with-parent`).
+/// A `dimstore-server` for one row (or for `dimstore-bench zero-copy`), with its own runtime
+/// directory and log; stopped when dropped (and by itself if the bench dies:
+/// `--exit-with-parent`).
 pub struct RowServer {
     child: Child,
     /// Its ready file.
@@ -144,14 +145,15 @@ pub struct RowServer {
 
 impl RowServer {
     /// Starts `bin` as node `node` on 127.0.0.1 with `env` and, if given,
-    /// `--one-sided <one_sided>`; waits (at most 30 s) for its ready file.
+    /// `--one-sided <one_sided>` and `--threads <threads>` (else the server's default);
+    /// waits (at most 30 s) for its ready file.
     pub fn start(
         bin: &Path,
         node: &str,
         one_sided: Option<&str>,
         env: &[(String, String)],
         largest: u64,
-        threads: usize,
+        threads: Option<usize>,
     ) -> anyhow::Result<RowServer> {
         let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
         let ready_path = dir.path().join("ready.json");
@@ -163,8 +165,6 @@ impl RowServer {
             .args(["--listen", "127.0.0.1:0", "--node", node, "--log", "warn"])
             .arg("--memory-limit")
             .arg(format!("{memory_mib}MiB"))
-            .arg("--threads")
-            .arg(threads.to_string())
             .arg("--ready-file")
             .arg(&ready_path)
             .arg("--runtime-dir")
@@ -177,33 +177,20 @@ impl RowServer {
         if let Some(one_sided) = one_sided {
             command.arg("--one-sided").arg(one_sided);
         }
+        if let Some(threads) = threads {
+            command.arg("--threads").arg(threads.to_string());
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        let found = poll_until(
-            "dimstore-server ready file",
-            Duration::from_secs(30),
-            || {
-                if let Some(status) = child.try_wait()? {
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    bail!(
-                        "dimstore-server ({node}) exited ({status}) before it was ready: {}",
-                        log.trim()
-                    );
-                }
-                let Ok(text) = std::fs::read(&ready_path) else {
-                    return Ok(None);
-                };
-                Ok(serde_json::from_slice::<ReadyFile>(&text).ok())
-            },
-        );
-        match found {
-            Ok(ready) => Ok(RowServer { child, ready, dir }),
-            Err(e) => {
-                stop_child(&mut child, Duration::from_secs(1));
-                Err(e)
-            }
-        }
+        let ready = wait_ready(&mut child, &ready_path, Duration::from_secs(30), |status| {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            anyhow!(
+                "dimstore-server ({node}) exited ({status}) before it was ready: {}",
+                log.trim()
+            )
+        })?;
+        Ok(RowServer { child, ready, dir })
     }
 
     /// The server's log so far (for error messages).

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::contenders::stop_child;
+use crate::contenders::{find_program, stop_child};
 
 /// Lines of a process's stderr kept for error messages.
 const STDERR_TAIL: usize = 25;
@@ -142,22 +142,11 @@ impl Drop for Proc {
     }
 }
 
-/// `name` found in `PATH` (or as given, if it is a path to a file).
-pub(crate) fn find_tool(name: &str) -> Option<PathBuf> {
-    let given = Path::new(name);
-    if given.components().count() > 1 {
-        return given.is_file().then(|| given.to_path_buf());
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 /// A command running `program` under coreutils' `timeout` when it is installed, so the
 /// tool ends by itself after `limit` even if this bench is killed without a chance to stop
 /// it (the bench also stops it at its own deadline).
 pub(crate) fn bounded_command(program: &Path, limit: Duration) -> Command {
-    match find_tool("timeout") {
+    match find_program("timeout") {
         Some(timeout) => {
             let mut command = Command::new(timeout);
             command
@@ -191,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_silent_process_is_stopped_at_the_deadline() {
-        let Some(sleep) = find_tool("sleep") else {
+        let Some(sleep) = find_program("sleep") else {
             return;
         };
         let mut command = Command::new(sleep);
@@ -207,7 +196,7 @@ mod tests {
 
     #[test]
     fn output_lines_arrive() {
-        let Some(echo) = find_tool("echo") else {
+        let Some(echo) = find_program("echo") else {
             return;
         };
         let mut command = Command::new(echo);

@@ -201,7 +201,7 @@ impl Tool {
 
 /// Why `program` cannot be used, if it cannot (with the package that installs it).
 pub fn missing(program: &str, package: &str) -> Result<PathBuf, String> {
-    super::procs::find_tool(program)
+    crate::contenders::find_program(program)
         .ok_or_else(|| format!("{program} not found in PATH (Debian: apt-get install {package})"))
 }
 

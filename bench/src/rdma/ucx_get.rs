@@ -12,18 +12,15 @@
 //!   size) and, above the chunk, `chunked` (`--chunk` pieces, `--in-flight` at once); prints
 //!   one JSON line [`ReadResult`] per size and strategy.
 
-use std::io::{BufRead, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context as _};
+use anyhow::Context as _;
 use clap::Args;
 use dimstore_ucx::{Context, ContextConfig, Endpoint, MemoryRegion, RemoteKey, Worker};
 use dimstore_ucx::{WaitError, WorkerAddress};
 use serde::{Deserialize, Serialize};
 
-use super::fi_read::{hex, pipelined, time_reads, unhex};
+use super::fi_read::{hex, pipelined, read_sizes, serve_target, unhex, ReadPlan};
 use crate::contenders::pattern;
 use crate::options::{parse_duration, parse_size};
 
@@ -89,28 +86,13 @@ pub fn target(args: &UcxTargetArgs) -> anyhow::Result<()> {
         rkey: hex(&region.pack_rkey().context("rkey pack")?),
         base: region.address(),
     };
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", serde_json::to_string(&info)?)?;
-    out.flush()?;
-    drop(out);
-    let closed = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&closed);
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let stdin = std::io::stdin();
-        let mut lock = stdin.lock();
-        while matches!(lock.read_line(&mut sink), Ok(n) if n > 0) {
-            sink.clear();
-        }
-        flag.store(true, Ordering::Relaxed);
-    });
-    let started = Instant::now();
-    while !closed.load(Ordering::Relaxed) && started.elapsed() < args.max_time {
+    serve_target(&info, args.max_time, || {
         worker
             .wait_for_event(Duration::from_millis(100))
             .context("wait")?;
         worker.progress();
-    }
+        Ok(())
+    })?;
     drop(region);
     Ok(())
 }
@@ -122,41 +104,21 @@ pub fn initiator(args: &UcxGetArgs) -> anyhow::Result<()> {
     let ep = Endpoint::connect(&worker, &WorkerAddress::from_bytes(unhex(&args.address)?))
         .context("ucp_ep_create")?;
     let rkey = ep.unpack_rkey(&unhex(&args.rkey)?).context("rkey unpack")?;
-    let chunk = usize::try_from(args.chunk)?.max(1);
-    let largest = args.sizes.iter().copied().max().unwrap_or(0);
-    let expected = pattern(usize::try_from(largest)?);
-    let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut out = std::io::stdout().lock();
     let read = Reader {
         ep: &ep,
         rkey: &rkey,
         base: args.base,
     };
-    for &size in &args.sizes {
-        let len = usize::try_from(size)?;
-        let mut strategies = vec![("whole", len.max(1), 1)];
-        if len > chunk {
-            strategies.push(("chunked", chunk, args.in_flight.max(1)));
-        }
-        for (strategy, piece, in_flight) in strategies {
-            spare.clear();
-            let first = read.object(len, piece, in_flight, &mut spare)?;
-            ensure!(
-                first
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .eq(expected[..len].iter().copied()),
-                "ucp_get {size} B ({strategy}): the bytes differ from the target's"
-            );
-            spare.extend(first);
-            time_reads(&mut out, size, strategy, args.cell_time, || {
-                let bufs = read.object(len, piece, in_flight, &mut spare)?;
-                spare.extend(bufs);
-                Ok(())
-            })?;
-        }
-    }
+    let plan = ReadPlan {
+        tool: "ucp_get",
+        sizes: &args.sizes,
+        chunk: args.chunk,
+        in_flight: args.in_flight,
+        cell_time: args.cell_time,
+    };
+    read_sizes(&plan, |len, piece, in_flight, spare| {
+        read.object(len, piece, in_flight, spare)
+    })?;
     let _ = ep.close(Instant::now() + Duration::from_secs(2));
     Ok(())
 }
