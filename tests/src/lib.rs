@@ -282,15 +282,8 @@ pub fn json_transport_row<'s>(stat: &'s serde_json::Value, name: &str) -> &'s se
 /// Raw protocol, for tests that write frames by hand: the frame header (announcing
 /// `payload_len` payload bytes, which the caller sends after) followed by `body`.
 pub fn frame_head(kind: FrameKind, request_id: u64, body: &[u8], payload_len: u64) -> Vec<u8> {
-    let mut head = FrameHeader {
-        kind,
-        request_id,
-        body_len: body.len() as u32,
-        payload_len,
-    }
-    .encode()
-    .to_vec();
-    head.extend_from_slice(body);
+    let mut head = Vec::new();
+    FrameHeader::write_head(&mut head, kind, request_id, body, payload_len);
     head
 }
 
