@@ -11,6 +11,7 @@
 pub mod discovery;
 pub mod frame;
 pub mod key;
+pub mod limits;
 // rkyv's derive emits undocumented helper types for enum variants; every item written
 // here is documented by hand.
 #[allow(missing_docs)]
@@ -20,6 +21,9 @@ pub mod status;
 pub use discovery::ReadyFile;
 pub use frame::{FrameDecoder, FrameError, FrameHeader, FrameKind, FrameLimits, HEADER_LEN};
 pub use key::{Key, KeyParseError, ObjectId};
+pub use limits::{
+    decode_request_within, LimitError, RequestError, RequestLimits, PRE_AUTH_MAX_BODY,
+};
 pub use message::{
     decode_request, decode_response, encode_request, encode_response, DecodeError, GetItem, Hello,
     HelloReply, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,

@@ -17,7 +17,8 @@ pub enum Status {
     BadRequest,
     /// The connection did not present the fleet's token.
     Unauthorized,
-    /// The object is larger than anything this server accepts.
+    /// The object, or the request (a batch, a count, a field), is larger than anything
+    /// this server accepts.
     TooLarge,
     /// `set` on a key that already holds an object.
     AlreadySet,
