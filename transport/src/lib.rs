@@ -98,6 +98,12 @@ pub trait Service: Send + Sync + 'static {
     /// A connection opened on `transport` from `peer`.
     fn open_session(&self, transport: &'static str, peer: PeerInfo) -> Self::Session;
 
+    /// Whether `session` has completed its handshake (a `Hello` with the right token).
+    /// Until then a stream transport accepts only a small body without payload per frame,
+    /// and closes the connection if the handshake does not complete within its stall
+    /// timeout.
+    fn authenticated(&self, session: &Self::Session) -> bool;
+
     /// Where the `payload_len` bytes following `request` must land: pieces whose lengths add
     /// up to `payload_len`. An error is sent back after the payload has been discarded.
     fn payload_sinks(

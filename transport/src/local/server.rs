@@ -49,12 +49,7 @@ pub async fn serve<S: Service>(
 struct FdWriter(OwnedWriteHalf);
 
 impl FrameWriter for FdWriter {
-    async fn write_frame(
-        &mut self,
-        head: &[u8],
-        fds: &[OwnedFd],
-        payload: &[&[u8]],
-    ) -> std::io::Result<()> {
+    async fn write_head(&mut self, head: &[u8], fds: &[OwnedFd]) -> std::io::Result<()> {
         let mut sent = 0;
         if !fds.is_empty() {
             // The descriptors ride on the first bytes of the frame.
@@ -83,10 +78,10 @@ impl FrameWriter for FdWriter {
                 }
             }
         }
-        self.0.write_all(&head[sent..]).await?;
-        for piece in payload {
-            self.0.write_all(piece).await?;
-        }
-        Ok(())
+        self.0.write_all(&head[sent..]).await
+    }
+
+    async fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes).await
     }
 }

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use dimstore_proto::{
-    decode_request, encode_response, ErrorReply, FrameHeader, FrameKind, FrameLimits, Request,
-    Response, Status,
+    decode_request_within, encode_response, ErrorReply, FrameHeader, FrameKind, FrameLimits,
+    Request, RequestLimits, Response, Status,
 };
 use rkyv::util::AlignedVec;
 
@@ -208,23 +208,27 @@ pub struct ServiceHost<S: Service> {
     /// Weak: the service owns the transports, which own the host.
     service: Weak<S>,
     limits: FrameLimits,
+    requests: RequestLimits,
     transport: &'static str,
     runtime: tokio::runtime::Handle,
 }
 
 impl<S: Service> ServiceHost<S> {
-    /// A host for `service`'s channels on `transport`, enforcing `limits` on every frame;
-    /// deferred replies run on `runtime`. The host serves while `service` is alive
-    /// elsewhere; afterwards it answers `ShuttingDown`.
+    /// A host for `service`'s channels on `transport`, enforcing `limits` on every frame
+    /// and `requests` on every request (as the stream transports do); deferred replies run
+    /// on `runtime`. The host serves while `service` is alive elsewhere; afterwards it
+    /// answers `ShuttingDown`.
     pub fn new(
         service: &Arc<S>,
         limits: FrameLimits,
+        requests: RequestLimits,
         transport: &'static str,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         ServiceHost {
             service: Arc::downgrade(service),
             limits,
+            requests,
             transport,
             runtime,
         }
@@ -294,7 +298,8 @@ impl<S: Service> RpcHost for ServiceHost<S> {
         };
         let mut aligned = AlignedVec::<16>::with_capacity(body.len());
         aligned.extend_from_slice(body);
-        let request = decode_request(&aligned).map_err(|e| refuse(bad_request(e)))?;
+        let request =
+            decode_request_within(&aligned, &self.requests).map_err(|e| refuse(e.into()))?;
         let sinks = {
             let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
             service
@@ -488,6 +493,10 @@ mod tests {
             0
         }
 
+        fn authenticated(&self, _: &u32) -> bool {
+            true
+        }
+
         fn payload_sinks(
             &self,
             _: &mut u32,
@@ -566,6 +575,10 @@ mod tests {
             FrameLimits {
                 max_body: 1 << 20,
                 max_payload: 1 << 20,
+            },
+            RequestLimits {
+                max_batch: 16,
+                ..RequestLimits::default()
             },
             "test",
             runtime.handle().clone(),
@@ -673,6 +686,25 @@ mod tests {
         assert_eq!(
             status(host.begin(1, &huge, 2 << 20).err().flatten()),
             Status::BadRequest
+        );
+        // Counts over the request limits: refused before the service sees them.
+        let too_many = Request::Exists {
+            ids: (0..17).map(ObjectId).collect(),
+        };
+        let too_many = head(FrameKind::Request, 12, &too_many, 0);
+        assert_eq!(
+            status(host.begin(1, &too_many, 0).err().flatten()),
+            Status::TooLarge
+        );
+        let too_many_keys = head(
+            FrameKind::Request,
+            13,
+            &Request::NewKeys { count: u32::MAX },
+            0,
+        );
+        assert_eq!(
+            status(host.handle(1, &too_many_keys, &[], &later)),
+            Status::TooLarge
         );
         let wrong_kind = head(FrameKind::Response, 9, &exists, 0);
         assert_eq!(

@@ -15,17 +15,12 @@ use crate::{PeerInfo, Service};
 pub use crate::serve::ServeOptions;
 
 impl FrameWriter for OwnedWriteHalf {
-    async fn write_frame(
-        &mut self,
-        head: &[u8],
-        _fds: &[OwnedFd],
-        payload: &[&[u8]],
-    ) -> std::io::Result<()> {
-        self.write_all(head).await?;
-        for piece in payload {
-            self.write_all(piece).await?;
-        }
-        Ok(())
+    async fn write_head(&mut self, head: &[u8], _fds: &[OwnedFd]) -> std::io::Result<()> {
+        self.write_all(head).await
+    }
+
+    async fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes).await
     }
 }
 
