@@ -64,7 +64,9 @@ pub struct Args {
     #[arg(long, env = "DIMSTORE_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
     /// Close a connection whose frame stops flowing for this long mid-way (e.g. a put whose
-    /// payload stalls), freeing what it reserved. [default: 30s]
+    /// payload stalls), that stops taking its replies for this long, or that has not
+    /// authenticated (Hello) this long after connecting, freeing what it reserved or
+    /// pinned. [default: 30s]
     #[arg(long, env = "DIMSTORE_STALL_TIMEOUT", value_parser = humantime::parse_duration)]
     pub stall_timeout: Option<Duration>,
     /// Exit when the process that started this server exits (a launcher's `run`), even if
@@ -84,6 +86,11 @@ pub struct Args {
     /// Keep it above clients' DIMSTORE_TIMEOUT. [default: 10m]
     #[arg(long, env = "DIMSTORE_LEASE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub lease_timeout: Option<Duration>,
+    /// How long a key reserved with new_key waits to be set (e.g. `2h`): then it is
+    /// dropped and gets waiting on it answer NotFound. Each unset key holds 128 bytes of
+    /// the memory limit meanwhile. [default: 1h]
+    #[arg(long, env = "DIMSTORE_RESERVED_TTL", value_parser = humantime::parse_duration)]
+    pub reserved_ttl: Option<Duration>,
     /// Worker threads serving connections. [default: 2]
     #[arg(long, env = "DIMSTORE_THREADS")]
     pub threads: Option<usize>,
@@ -121,6 +128,8 @@ struct FileConfig {
     one_sided: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
     lease_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    reserved_ttl: Option<Duration>,
     log: Option<String>,
     cpu_bind: Option<String>,
     numa: Option<u32>,
@@ -201,6 +210,8 @@ pub struct ServerConfig {
     pub one_sided: OneSided,
     /// Longest a one-sided read's lease lasts.
     pub lease_timeout: Duration,
+    /// How long a reserved key waits to be set.
+    pub reserved_ttl: Duration,
     /// Worker threads.
     pub threads: usize,
     /// Log filter.
@@ -319,6 +330,10 @@ impl ServerConfig {
                 .lease_timeout
                 .or(file.lease_timeout)
                 .unwrap_or(Duration::from_secs(600)),
+            reserved_ttl: args
+                .reserved_ttl
+                .or(file.reserved_ttl)
+                .unwrap_or(Duration::from_secs(3600)),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             cpu_bind,
             numa: args.numa.or(file.numa),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dimstore_arena::{Arena, ArenaConfig};
-use dimstore_proto::{FrameLimits, ReadyFile};
+use dimstore_proto::{FrameLimits, ReadyFile, RequestLimits};
 use dimstore_transport::onesided::rpc::ServiceHost;
 use dimstore_transport::tcp::ServeOptions;
 use tokio::net::TcpListener;
@@ -125,7 +125,7 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         segment_size: config.segment_size,
     });
     let service = StoreService::new(
-        ObjectStore::new(arena, server_id),
+        ObjectStore::new(arena, server_id, config.reserved_ttl),
         identity.clone(),
         exporters,
     );
@@ -134,6 +134,7 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
             max_body: 16 << 20,
             max_payload: config.memory_limit,
         },
+        requests: RequestLimits::default(),
         stall_timeout: config.stall_timeout,
     };
     // Requests may also travel on the one-sided transports' own messages (UCX active
@@ -144,6 +145,7 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         let host = ServiceHost::new(
             &rpc_service,
             options.limits,
+            options.requests,
             exporter.name(),
             tokio::runtime::Handle::current(),
         );
@@ -162,16 +164,20 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
     let stop = Arc::new(tokio::sync::Notify::new());
     let reason = Arc::new(std::sync::Mutex::new(None));
     spawn_stop_watchers(&service, &config, &stop, &reason)?;
-    if !identity.one_sided.is_empty() {
-        // Registrations of segments the arena released go within a second, and so do
-        // one-sided leases past their deadline.
+    {
+        // Reserved keys past their time to live go within a second; so do registrations of
+        // segments the arena released and one-sided leases past their deadline.
         let service = service.clone();
+        let one_sided = !identity.one_sided.is_empty();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                service.expire_leases();
-                service.sweep_registrations();
+                service.expire_reservations();
+                if one_sided {
+                    service.expire_leases();
+                    service.sweep_registrations();
+                }
             }
         });
     }

@@ -26,6 +26,10 @@ const MAX_CHANNELS_PER_CONNECTION: usize = 4;
 /// bytes).
 const MAX_CHANNEL_ADDRESS: usize = 64 << 10;
 
+/// Longest a get waits for deferred objects, whatever the client asks (reservations expire
+/// long before, see `--reserved-ttl`).
+const MAX_GET_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Identity and policy of the server, fixed at start.
 #[derive(Debug, Clone)]
 pub struct ServiceIdentity {
@@ -273,6 +277,15 @@ impl StoreService {
         self.live.expire_leases(Instant::now());
     }
 
+    /// Drops reserved keys whose time to live ran out; gets waiting on them answer
+    /// `NotFound`.
+    pub fn expire_reservations(&self) {
+        let expired = self.store.expire_reservations(Instant::now());
+        if expired > 0 {
+            tracing::info!(expired, "reserved keys expired unset");
+        }
+    }
+
     /// Drops the registrations of segments the arena has let go.
     pub fn sweep_registrations(&self) {
         for exporter in &self.exporters.0 {
@@ -308,7 +321,8 @@ impl StoreService {
             return Outcome::Ready(self.get_reply(found, &policy));
         }
         let service = self.clone();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(wait_ms).min(MAX_GET_WAIT);
         Outcome::Deferred(Box::pin(async move {
             loop {
                 let changed = service.store.changed();
@@ -394,6 +408,8 @@ impl StoreService {
         };
         if let Some(expected) = &self.identity.token {
             if hello.token.as_deref() != Some(expected.as_str()) {
+                // A second Hello with a wrong token revokes the first one.
+                session.greeted = false;
                 tracing::warn!(peer = %session.peer.address, "connection refused: wrong fleet token");
                 return Err(ErrorReply::new(
                     Status::Unauthorized,
@@ -695,6 +711,10 @@ impl Service for StoreService {
         }
     }
 
+    fn authenticated(&self, session: &Session) -> bool {
+        session.greeted
+    }
+
     fn payload_sinks(
         &self,
         session: &mut Session,
@@ -771,8 +791,12 @@ impl Service for StoreService {
                 self.counters.evictions.fetch_add(n, Ordering::Relaxed);
                 Response::Evict { evicted }
             }
-            Request::NewKeys { count } => Response::NewKeys {
-                ids: self.store.reserve(count),
+            Request::NewKeys { count } => match self.store.reserve(count) {
+                Ok(ids) => Response::NewKeys { ids },
+                Err(e) => {
+                    self.counters.store_full.fetch_add(1, Ordering::Relaxed);
+                    Response::Error(e)
+                }
             },
             Request::Set { ids, .. } => {
                 let n = payload.len() as u64;
