@@ -160,6 +160,7 @@ fn new_keys_asking_for_billions_get_too_large_and_the_server_stays_small() {
     let stats = client.stats().expect("stats");
     assert_eq!(stats.reserved, 1 << 16);
     let rss = server.rss_kib();
+    eprintln!("server RSS {rss_before} KiB before, {rss} KiB after");
     assert!(
         rss < rss_before + RSS_SLACK_KIB,
         "RSS grew from {rss_before} to {rss} KiB"
@@ -229,6 +230,7 @@ fn declarations_before_hello_cost_nothing<S: Raw>(server: &TestServer, connect: 
         assert_eq!(error_status(&replies[0]), Status::BadRequest);
     }
     let rss = server.rss_kib();
+    eprintln!("server RSS {rss_before} KiB before, {rss} KiB after");
     assert!(
         rss < rss_before + RSS_SLACK_KIB,
         "RSS grew from {rss_before} to {rss} KiB"

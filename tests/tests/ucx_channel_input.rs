@@ -7,7 +7,7 @@
 //! - a well-formed request on an unknown channel id gets `Status::Unauthorized`;
 //! - a garbage frame head, a garbage body, a response-kind frame and a payload whose length
 //!   differs from the one the header announces each get `Status::BadRequest`, addressed to
-//!   the request id found in the frame head;
+//!   the request id found in the frame head; a `NewKeys` of 2^32-1 gets `Status::TooLarge`;
 //! - a message too short to carry a channel id is dropped without a reply;
 //! - a connection opens at most 4 channels, and a channel with an empty client address or
 //!   on a transport without channels is refused (`BadRequest`, saying why);
@@ -331,6 +331,14 @@ fn malformed_channel_messages_get_typed_errors_and_others_are_served() {
             &server
         ),
         Status::BadRequest
+    );
+
+    // A count beyond the request limits: refused before the server reserves anything.
+    let too_many = Request::NewKeys { count: u32::MAX };
+    fabric.send(request_header(channel, 16, &too_many, 0), Vec::new());
+    assert_eq!(
+        error_status(fabric.reply_to(16, WAIT), "NewKeys of 2^32-1", &server),
+        Status::TooLarge
     );
 
     // 4. A header too short to hold a channel id: dropped, no reply at all.

@@ -218,7 +218,7 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
         let request = match decode_request_within(&body, &requests) {
             Ok(r) => r,
             Err(e) => {
-                discard(&mut reader, header.payload_len).await?;
+                discard(&mut reader, header.payload_len, stall_timeout).await?;
                 if answers {
                     let reply = Reply::error(e.into());
                     send_reply(&writer, header.request_id, reply, &*service, transport).await?;
@@ -230,7 +230,7 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
         let sinks = match service.payload_sinks(&mut session, &request, header.payload_len) {
             Ok(sinks) => sinks,
             Err(e) => {
-                discard(&mut reader, header.payload_len).await?;
+                discard(&mut reader, header.payload_len, stall_timeout).await?;
                 if answers {
                     let reply = Reply::error(e);
                     send_reply(&writer, header.request_id, reply, &*service, transport).await?;
@@ -278,11 +278,25 @@ fn refuses_peer(response: &Response) -> bool {
     matches!(response, Response::Error(e) if e.status == Status::Unauthorized)
 }
 
-/// Reads and drops `len` payload bytes (of a refused request) to stay in sync.
-async fn discard<R: AsyncRead + Unpin>(reader: &mut R, len: u64) -> std::io::Result<()> {
-    let copied = tokio::io::copy(&mut reader.take(len), &mut tokio::io::sink()).await?;
-    if copied < len {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
+/// Reads and drops `len` payload bytes (of a refused request) to stay in sync, requiring
+/// the same progress as a payload that is kept.
+async fn discard<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: u64,
+    stall: Duration,
+) -> Result<(), ConnectionEnd> {
+    let mut left = len;
+    while left > 0 {
+        let chunk = left.min(PROGRESS_CHUNK as u64);
+        let mut part = reader.take(chunk);
+        let copied =
+            tokio::time::timeout(stall, tokio::io::copy(&mut part, &mut tokio::io::sink()))
+                .await
+                .map_err(|_| ConnectionEnd::Stalled(stall))??;
+        if copied < chunk {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        left -= chunk;
     }
     Ok(())
 }
