@@ -26,8 +26,8 @@ const MAX_CHANNELS_PER_CONNECTION: usize = 4;
 /// bytes).
 const MAX_CHANNEL_ADDRESS: usize = 64 << 10;
 
-/// Longest a get waits for deferred objects, whatever the client asks (reservations expire
-/// long before, see `--reserved-ttl`).
+/// Longest a get waits for deferred objects, whatever the client asks (with the default
+/// `--reserved-ttl`, reservations expire long before).
 const MAX_GET_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Identity and policy of the server, fixed at start.
@@ -349,30 +349,37 @@ impl StoreService {
                 Lookup::Found(object) => {
                     hits += 1;
                     let size = object.len();
-                    match (policy.mapped, policy.one_sided, object.location()) {
+                    // A session holding the most leases it may gets further objects inline.
+                    let leased = match (policy.mapped, policy.one_sided, object.location()) {
                         (Some(map_from), _, Some((segment, offset))) if size >= map_from => {
-                            mapped += 1;
-                            GetItem::Mapped {
-                                size,
-                                segment,
-                                offset,
-                                lease: policy.leases.grant(object, None),
-                            }
+                            policy.leases.grant(object.clone(), None).map(|lease| {
+                                mapped += 1;
+                                GetItem::Mapped {
+                                    size,
+                                    segment,
+                                    offset,
+                                    lease,
+                                }
+                            })
                         }
-                        (_, Some(used), Some((segment, offset))) if size >= used.from => {
-                            one_sided_bytes += size;
-                            GetItem::Remote {
-                                size,
-                                segment,
-                                offset,
-                                lease: policy.leases.grant(object, Some(policy.lease_deadline)),
-                            }
-                        }
-                        _ => {
-                            payload.push(object);
-                            GetItem::Found { size }
-                        }
-                    }
+                        (_, Some(used), Some((segment, offset))) if size >= used.from => policy
+                            .leases
+                            .grant(object.clone(), Some(policy.lease_deadline))
+                            .map(|lease| {
+                                one_sided_bytes += size;
+                                GetItem::Remote {
+                                    size,
+                                    segment,
+                                    offset,
+                                    lease,
+                                }
+                            }),
+                        _ => None,
+                    };
+                    leased.unwrap_or_else(|| {
+                        payload.push(object);
+                        GetItem::Found { size }
+                    })
                 }
                 Lookup::Reserved => GetItem::NotSet,
                 Lookup::Missing => GetItem::NotFound,

@@ -57,6 +57,10 @@ impl LiveCounts {
     }
 }
 
+/// Most leases one session holds at once; gets beyond it answer objects inline (a client
+/// that never releases would otherwise grow the table without bound).
+pub const MAX_LEASES_PER_SESSION: usize = 1 << 18;
+
 /// Objects a same-node client reads in place; shared with deferred gets of the session.
 #[derive(Debug, Clone)]
 pub struct Leases {
@@ -87,9 +91,13 @@ impl Leases {
     }
 
     /// Pins `object` until [`Leases::release`] (or until `expires`, if given, by
-    /// [`LiveCounts::expire_leases`]); returns the lease id.
-    pub fn grant(&self, object: Sealed, expires: Option<Instant>) -> u64 {
+    /// [`LiveCounts::expire_leases`]); returns the lease id, or `None` when the session
+    /// holds [`MAX_LEASES_PER_SESSION`] already.
+    pub fn grant(&self, object: Sealed, expires: Option<Instant>) -> Option<u64> {
         let mut table = self.table();
+        if table.held.len() >= MAX_LEASES_PER_SESSION {
+            return None;
+        }
         table.next += 1;
         let id = table.next;
         table.held.insert(id, (object, expires));
@@ -103,7 +111,7 @@ impl Leases {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(Arc::downgrade(&self.inner));
         }
-        id
+        Some(id)
     }
 
     /// Ends leases; unknown ids are ignored (a client may release twice).
@@ -221,7 +229,7 @@ mod tests {
                 s.spawn(move || {
                     let mut mine = Vec::new();
                     for i in 0..2000 {
-                        mine.push(leases.grant(object.clone(), None));
+                        mine.push(leases.grant(object.clone(), None).expect("room"));
                         if i % 3 == t % 3 {
                             let id = mine.swap_remove(0);
                             leases.release(&[id, id]);
@@ -244,6 +252,11 @@ mod tests {
         let leases = Leases::new(Arc::clone(&live));
         let mut reservations = Reservations::new(Arc::clone(&live));
         leases.grant(arena.allocate(100).expect("room").seal(), None);
+        let object = arena.allocate(10).expect("room").seal();
+        for _ in 1..MAX_LEASES_PER_SESSION {
+            leases.grant(object.clone(), None).expect("under the cap");
+        }
+        assert_eq!(leases.grant(object, None), None, "capped");
         let kept = reservations.open(arena.allocate(200).expect("room"));
         reservations.open(arena.allocate(300).expect("room"));
         assert!(
