@@ -23,8 +23,10 @@ mod local;
 mod object;
 mod one_sided;
 mod proxy;
+pub mod runtime_dir;
 pub mod spawn;
 mod store;
+mod trust;
 
 pub use archived::Archived;
 pub use config::{ClientConfig, SpawnPolicy, TransportChoice};
