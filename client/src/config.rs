@@ -71,6 +71,10 @@ pub struct ClientConfig {
     /// only to these, the fleet file's servers, `server` and this node's located server;
     /// other owners are greeted without it.
     pub trusted: Vec<String>,
+    /// Hosts any server on which may receive the token (`DIMSTORE_TRUSTED_HOSTS`, a Slurm
+    /// host list such as `nid[001-004],login1`, expanded): a job's nodes, whose servers'
+    /// ports are not known in advance. Set by the SPANK plugin.
+    pub trusted_hosts: Vec<String>,
     /// Fleet file (`DIMSTORE_FLEET`), written by `dimstore-launch`.
     pub fleet: Option<PathBuf>,
     /// This client's node: a name, or an index into the fleet (`DIMSTORE_NODE`).
@@ -113,6 +117,7 @@ impl Default for ClientConfig {
             token: None,
             server: None,
             trusted: Vec::new(),
+            trusted_hosts: Vec::new(),
             fleet: None,
             node: None,
             runtime_dir: default_runtime_dir(),
@@ -153,6 +158,11 @@ impl ClientConfig {
                         .collect()
                 })
                 .unwrap_or_default(),
+            trusted_hosts: match var("DIMSTORE_TRUSTED_HOSTS") {
+                None => Vec::new(),
+                Some(v) => crate::hostlist::expand_slurm_nodelist(&v)
+                    .map_err(|e| format!("DIMSTORE_TRUSTED_HOSTS={v}: {e}"))?,
+            },
             fleet: var("DIMSTORE_FLEET").map(PathBuf::from),
             node: var("DIMSTORE_NODE"),
             runtime_dir: var("DIMSTORE_RUNTIME_DIR").map_or(d.runtime_dir, PathBuf::from),

@@ -72,7 +72,7 @@ pub enum RequestError {
     },
     /// The owner is not a server of this client's fleet, so the token was not sent to it,
     /// and it refused the connection without one.
-    #[error("server {owner} is not in this client's fleet, so the fleet token was not sent to it, and it requires one ({message}); only the fleet file's servers, DIMSTORE_SERVER, this node's own server and DIMSTORE_TRUSTED receive the token")]
+    #[error("server {owner} is not in this client's fleet, so the fleet token was not sent to it, and it requires one ({message}); only the fleet file's servers, DIMSTORE_SERVER, this node's own server, DIMSTORE_TRUSTED and servers on DIMSTORE_TRUSTED_HOSTS receive the token")]
     Untrusted {
         /// The server's address.
         owner: String,

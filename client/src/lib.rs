@@ -19,6 +19,7 @@ mod archived;
 mod config;
 mod error;
 pub mod fleet;
+pub mod hostlist;
 mod local;
 mod object;
 mod one_sided;

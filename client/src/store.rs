@@ -95,8 +95,13 @@ impl Store {
                     .fleet
                     .into_iter()
                     .chain(config.trusted.iter().cloned()),
+                &config.trusted_hosts,
             ),
-            None => Trust::new(config.token.clone(), config.trusted.iter().cloned()),
+            None => Trust::new(
+                config.token.clone(),
+                config.trusted.iter().cloned(),
+                &config.trusted_hosts,
+            ),
         };
         Store {
             timeout: config.timeout,
