@@ -532,10 +532,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn expand(s: &str) -> Vec<String> {
-        expand_slurm_nodelist(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
-    }
-
     fn strs(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()
     }
