@@ -474,6 +474,40 @@ fn a_spawned_server_serving_other_nodes_advertises_a_routable_address() {
     }
 }
 
+/// A server told to serve other nodes on a host with no routable address (a network
+/// namespace with loopback only, host name `localhost`) refuses to start, saying why,
+/// rather than advertising 127.0.0.1 in keys other nodes cannot use.
+#[test]
+fn serving_other_nodes_without_a_routable_address_is_a_clear_error() {
+    if !needs_root("serving_other_nodes_without_a_routable_address_is_a_clear_error") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _guard = KillSpawned(dir.path().display().to_string());
+    let out = Command::new("unshare")
+        .args(["--net", "--uts", "sh", "-c"])
+        .arg(
+            r#"hostname localhost && ip link set lo up &&
+               exec timeout 20 "$S" --listen 0.0.0.0:0 --one-sided none --node isolated \
+                   --ready-file "$D/ready.json" --runtime-dir "$D/run""#,
+        )
+        .env("S", binary("dimstore-server"))
+        .env("D", dir.path())
+        .env_remove("DIMSTORE_ADVERTISE")
+        .env_remove("DIMSTORE_LISTEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "must fail at start: {stderr}");
+    assert!(
+        stderr.contains("non-loopback address to advertise"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--advertise"), "{stderr}");
+    assert!(!dir.path().join("ready.json").exists(), "never ready");
+}
+
 /// Another user pre-creates the runtime directory (world-writable, or its own) with a ready
 /// file pointing at a listener of the test: the client refuses it, naming the path and what
 /// is wrong, and the listener receives nothing, least of all the token.
