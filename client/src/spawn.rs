@@ -95,25 +95,30 @@ pub fn known(config: &ClientConfig) -> Option<LocalServer> {
 }
 
 /// The server named by the configuration (`DIMSTORE_SERVER`, else the fleet file), if any.
+/// With both, the fleet file only adds its servers to those that may receive the token.
 fn configured(config: &ClientConfig) -> Result<Option<LocalServer>, ConnectError> {
-    let fleet = match &config.fleet {
-        Some(path) => Some(from_fleet(config, path)?),
-        None => None,
+    let Some(address) = &config.server else {
+        return config
+            .fleet
+            .as_deref()
+            .map(|path| from_fleet(config, path))
+            .transpose();
     };
-    Ok(match (&config.server, fleet) {
-        (Some(address), fleet) => {
-            let mut members = vec![address.clone()];
-            members.extend(fleet.into_iter().flat_map(|f| f.fleet));
-            Some(LocalServer {
-                address: address.clone(),
-                token: config.token.clone(),
-                node: node_name(config),
-                spawned: false,
-                fleet: members,
-            })
-        }
-        (None, fleet) => fleet,
-    })
+    let mut fleet = vec![address.clone()];
+    if let Some(path) = &config.fleet {
+        let members = Fleet::read(path).map_err(|e| ConnectError::Fleet {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        fleet.extend(members.nodes.into_iter().map(|n| n.address));
+    }
+    Ok(Some(LocalServer {
+        address: address.clone(),
+        token: config.token.clone(),
+        node: node_name(config),
+        spawned: false,
+        fleet,
+    }))
 }
 
 /// This client's node identity: `DIMSTORE_NODE` or the host name.
