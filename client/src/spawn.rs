@@ -349,3 +349,25 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_an_address_or_an_interface_name() {
+        assert_eq!(listen_address("127.0.0.1:0").as_deref(), Ok("127.0.0.1:0"));
+        assert_eq!(
+            listen_address("0.0.0.0:7100").as_deref(),
+            Ok("0.0.0.0:7100")
+        );
+        assert_eq!(listen_address("lo").as_deref(), Ok("127.0.0.1:0"));
+        assert_eq!(listen_address("lo:7100").as_deref(), Ok("127.0.0.1:7100"));
+        assert_eq!(listen_address("localhost:0").as_deref(), Ok("localhost:0"));
+        let err = listen_address("nosuchif0").expect_err("no such interface");
+        assert!(
+            err.contains("DIMSTORE_LISTEN=nosuchif0") && err.contains("lo"),
+            "{err}"
+        );
+    }
+}
