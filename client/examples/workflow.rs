@@ -40,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let nodes = fleet.nodes.len();
     let config = ClientConfig {
         token: fleet.token.clone(),
+        // Every node reads the others' keys: the token may go to each server of the fleet.
+        trusted: fleet.nodes.iter().map(|n| n.address.clone()).collect(),
         timeout: Duration::from_secs(60),
         ..ClientConfig::default()
     };

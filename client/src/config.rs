@@ -66,6 +66,15 @@ pub struct ClientConfig {
     pub token: Option<String>,
     /// Explicit address of the local server (`DIMSTORE_SERVER`).
     pub server: Option<String>,
+    /// Further servers of the same fleet that may receive the token (`DIMSTORE_TRUSTED`,
+    /// comma-separated `HOST:PORT` control addresses as keys name them). The token is sent
+    /// only to these, the fleet file's servers, `server` and this node's located server;
+    /// other owners are greeted without it.
+    pub trusted: Vec<String>,
+    /// Hosts any server on which may receive the token (`DIMSTORE_TRUSTED_HOSTS`, a Slurm
+    /// host list such as `nid[001-004],login1`, expanded): a job's nodes, whose servers'
+    /// ports are not known in advance. Set by the SPANK plugin.
+    pub trusted_hosts: Vec<String>,
     /// Fleet file (`DIMSTORE_FLEET`), written by `dimstore-launch`.
     pub fleet: Option<PathBuf>,
     /// This client's node: a name, or an index into the fleet (`DIMSTORE_NODE`).
@@ -77,7 +86,10 @@ pub struct ClientConfig {
     /// Server binary to spawn (`DIMSTORE_SERVER_BIN`; default: next to this program, then
     /// `PATH`).
     pub server_bin: Option<PathBuf>,
-    /// Listen address for a spawned server (`DIMSTORE_LISTEN`, default `0.0.0.0:0`).
+    /// Listen address for a spawned server (`DIMSTORE_LISTEN`, default `127.0.0.1:0`:
+    /// this node only): `HOST:PORT`, or an interface name (`eth0`, `ib0:7100`) to serve
+    /// other nodes on that interface's address. On `0.0.0.0` the server advertises its first
+    /// routable address.
     pub spawn_listen: String,
     /// Idle timeout for a spawned server (`DIMSTORE_SPAWN_IDLE_TIMEOUT`, default `10m`).
     pub spawn_idle_timeout: Duration,
@@ -104,12 +116,14 @@ impl Default for ClientConfig {
             timeout: Duration::from_secs(30),
             token: None,
             server: None,
+            trusted: Vec::new(),
+            trusted_hosts: Vec::new(),
             fleet: None,
             node: None,
             runtime_dir: default_runtime_dir(),
             spawn: SpawnPolicy::Auto,
             server_bin: None,
-            spawn_listen: "0.0.0.0:0".into(),
+            spawn_listen: "127.0.0.1:0".into(),
             spawn_idle_timeout: Duration::from_secs(600),
             spawn_memory_limit: None,
             local: LocalMode::Map,
@@ -135,6 +149,20 @@ impl ClientConfig {
             timeout: duration("DIMSTORE_TIMEOUT", d.timeout)?,
             token: var("DIMSTORE_TOKEN"),
             server: var("DIMSTORE_SERVER"),
+            trusted: var("DIMSTORE_TRUSTED")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            trusted_hosts: match var("DIMSTORE_TRUSTED_HOSTS") {
+                None => Vec::new(),
+                Some(v) => crate::hostlist::expand_slurm_nodelist(&v)
+                    .map_err(|e| format!("DIMSTORE_TRUSTED_HOSTS={v}: {e}"))?,
+            },
             fleet: var("DIMSTORE_FLEET").map(PathBuf::from),
             node: var("DIMSTORE_NODE"),
             runtime_dir: var("DIMSTORE_RUNTIME_DIR").map_or(d.runtime_dir, PathBuf::from),

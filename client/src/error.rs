@@ -70,6 +70,15 @@ pub enum RequestError {
         /// The library's error.
         reason: String,
     },
+    /// The owner is not a server of this client's fleet, so the token was not sent to it,
+    /// and it refused the connection without one.
+    #[error("server {owner} is not in this client's fleet, so the fleet token was not sent to it, and it requires one ({message}); only the fleet file's servers, DIMSTORE_SERVER, this node's own server, DIMSTORE_TRUSTED and servers on DIMSTORE_TRUSTED_HOSTS receive the token")]
+    Untrusted {
+        /// The server's address.
+        owner: String,
+        /// The server's explanation.
+        message: String,
+    },
     /// The server answered with something that does not fit the request.
     #[error("server {owner} sent an unexpected reply: {what}")]
     Protocol {
@@ -215,6 +224,9 @@ pub enum ConnectError {
         /// What went wrong.
         reason: String,
     },
+    /// The runtime directory, or a file in it, cannot be trusted or used.
+    #[error(transparent)]
+    RuntimeDir(#[from] crate::runtime_dir::RuntimeDirError),
     /// The server was found but the handshake failed.
     #[error(transparent)]
     Request(#[from] RequestError),

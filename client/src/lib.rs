@@ -19,12 +19,15 @@ mod archived;
 mod config;
 mod error;
 pub mod fleet;
+pub mod hostlist;
 mod local;
 mod object;
 mod one_sided;
 mod proxy;
+pub mod runtime_dir;
 pub mod spawn;
 mod store;
+mod trust;
 
 pub use archived::Archived;
 pub use config::{ClientConfig, SpawnPolicy, TransportChoice};

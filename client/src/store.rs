@@ -16,6 +16,7 @@ use crate::error::{ConnectError, GetError, PutError, RequestError, SetError};
 use crate::local::{LocalMode, Mappings};
 use crate::object::{Leases, ObjectBytes};
 use crate::spawn::{self, LocalServer};
+use crate::trust::Trust;
 
 /// A connected, greeted server.
 pub(crate) struct Peer {
@@ -48,6 +49,8 @@ struct Inner {
     config: ClientConfig,
     /// This node's server; `None` for a store that only reads other servers' keys.
     local: Option<LocalServer>,
+    /// The token and the servers it may be sent to.
+    trust: Trust,
     connector: TcpConnector,
     /// One slot per server; the slot's own lock serialises connecting to that server only.
     peers: Mutex<HashMap<String, PeerSlot>>,
@@ -84,11 +87,28 @@ impl Store {
     }
 
     fn build(config: ClientConfig, local: Option<LocalServer>) -> Store {
+        // A store without a server of its own still presents the token to its fleet.
+        let trust = match local.clone().or_else(|| spawn::known(&config)) {
+            Some(known) => Trust::new(
+                known.token,
+                known
+                    .fleet
+                    .into_iter()
+                    .chain(config.trusted.iter().cloned()),
+                &config.trusted_hosts,
+            ),
+            None => Trust::new(
+                config.token.clone(),
+                config.trusted.iter().cloned(),
+                &config.trusted_hosts,
+            ),
+        };
         Store {
             timeout: config.timeout,
             inner: Arc::new(Inner {
                 config,
                 local,
+                trust,
                 connector: TcpConnector::default(),
                 peers: Mutex::new(HashMap::new()),
             }),
@@ -484,8 +504,10 @@ impl Store {
             .connector
             .connect(owner, deadline)
             .map_err(fail)?;
+        // Only servers of this fleet see the token; any other owner is greeted without it.
+        let token = self.inner.trust.token_for(owner);
         let hello = Request::Hello(Hello {
-            token: self.token(),
+            token: token.clone(),
             client_node: self.node(),
             client_pid: std::process::id(),
             map: false,
@@ -494,13 +516,25 @@ impl Store {
         let reply = connection.call(&hello, &[], deadline).map_err(fail)?;
         let hello = match reply.response {
             Response::Hello(h) => h,
+            Response::Error(e)
+                if e.status == Status::Unauthorized && self.inner.trust.withheld_from(owner) =>
+            {
+                return Err(RequestError::Untrusted {
+                    owner: owner.to_string(),
+                    message: e.message,
+                })
+            }
             Response::Error(e) => return Err(RequestError::from_reply(owner, e)),
             other => return Err(unexpected(owner, &other)),
         };
+        if token.is_some() {
+            // A member's keys name the address it advertises.
+            self.inner.trust.admit(&hello.advertised);
+        }
         let choice = self.inner.config.transport;
         let local = match choice.forced_one_sided() {
             Some(_) => None,
-            None => self.same_node_peer(&hello, deadline),
+            None => self.same_node_peer(&hello, token, deadline),
         };
         let peer = match local {
             Some(local) => local,
@@ -527,7 +561,12 @@ impl Store {
 
     /// The Unix-socket connection to a server on this node, when it offers one and it can be
     /// used ("this node" by node identity, never by address); `None` falls back to TCP.
-    fn same_node_peer(&self, tcp_hello: &HelloReply, deadline: Instant) -> Option<Peer> {
+    fn same_node_peer(
+        &self,
+        tcp_hello: &HelloReply,
+        token: Option<String>,
+        deadline: Instant,
+    ) -> Option<Peer> {
         let mode = self.inner.config.local;
         let path = tcp_hello.local_socket.as_deref()?;
         if mode == LocalMode::Off || tcp_hello.node != self.node() {
@@ -535,7 +574,7 @@ impl Store {
         }
         let connection = LocalConnector::default().connect(path, deadline).ok()?;
         let hello = Request::Hello(Hello {
-            token: self.token(),
+            token,
             client_node: self.node(),
             client_pid: std::process::id(),
             map: mode == LocalMode::Map,
@@ -549,14 +588,6 @@ impl Store {
             }),
             _ => None,
         }
-    }
-
-    fn token(&self) -> Option<String> {
-        self.inner
-            .local
-            .as_ref()
-            .and_then(|l| l.token.clone())
-            .or_else(|| self.inner.config.token.clone())
     }
 }
 

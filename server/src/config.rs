@@ -33,7 +33,8 @@ pub struct Args {
     #[arg(long, env = "DIMSTORE_LISTEN")]
     pub listen: Option<String>,
     /// Address other nodes reach this server at, named in every key.
-    /// [default: the listen address, or the host's address when listening on 0.0.0.0]
+    /// [default: the listen address; on 0.0.0.0, the host's first routable address (its
+    /// name's, else an up interface's), never loopback]
     #[arg(long, env = "DIMSTORE_ADVERTISE")]
     pub advertise: Option<String>,
     /// Node identity (decides "same node" for clients). [default: the hostname]
@@ -340,17 +341,28 @@ impl ServerConfig {
         })
     }
 
-    /// The control address to advertise once bound to `bound`.
-    pub fn advertised_address(&self, bound: SocketAddr) -> String {
+    /// The control address to advertise once bound to `bound`: `--advertise`, else the
+    /// bound address; listening on every address (`0.0.0.0`, `::`), the first routable
+    /// address of this host (see [`routable_ip`]), never loopback, which other nodes cannot
+    /// reach: an error when the host has none.
+    pub fn advertised_address(&self, bound: SocketAddr) -> Result<String, ConfigError> {
         if let Some(a) = &self.advertise {
-            return a.clone();
+            return Ok(a.clone());
         }
         let ip = if bound.ip().is_unspecified() {
-            host_ip().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+            routable_ip().ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "listening on {bound} to serve other nodes, but neither the host name \
+                     `{}` nor any interface that is up has a non-loopback address to \
+                     advertise: name one with --advertise (DIMSTORE_ADVERTISE) or listen on \
+                     an interface's address",
+                    hostname()
+                ))
+            })?
         } else {
             bound.ip()
         };
-        SocketAddr::new(ip, bound.port()).to_string()
+        Ok(SocketAddr::new(ip, bound.port()).to_string())
     }
 }
 
@@ -387,13 +399,32 @@ pub fn hostname() -> String {
         .into_owned()
 }
 
-/// The first non-loopback address the host name resolves to.
-fn host_ip() -> Option<IpAddr> {
-    (hostname(), 0)
-        .to_socket_addrs()
-        .ok()?
-        .map(|a| a.ip())
-        .find(|ip| !ip.is_loopback() && ip.is_ipv4())
+/// The address other nodes reach this host at: the first non-loopback IPv4 address the host
+/// name resolves to, else the first non-loopback, non-link-local address (IPv4 first) of an
+/// interface that is up. `None` when there is none (a host name mapped to 127.0.x.1 in
+/// `/etc/hosts` is common, so the name alone is not enough).
+pub fn routable_ip() -> Option<IpAddr> {
+    let by_name = (hostname(), 0).to_socket_addrs().ok().and_then(|addrs| {
+        addrs
+            .map(|a| a.ip())
+            .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+    });
+    by_name.or_else(|| {
+        let interfaces = if_addrs::get_if_addrs().ok()?;
+        let up: Vec<IpAddr> = interfaces
+            .iter()
+            .filter(|i| {
+                // Dummy and tunnel interfaces report an unknown operational state when up.
+                matches!(
+                    i.oper_status,
+                    if_addrs::IfOperStatus::Up | if_addrs::IfOperStatus::Unknown
+                ) && !i.is_loopback()
+                    && !i.is_link_local()
+            })
+            .map(|i| i.ip())
+            .collect();
+        up.iter().find(|ip| ip.is_ipv4()).or(up.first()).copied()
+    })
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ pub use store::ObjectStore;
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// No address to advertise (listening on every address of a host without a routable one).
+    #[error("{0}")]
+    Advertise(ConfigError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -90,7 +93,9 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         addr: config.listen,
         source,
     })?;
-    let advertised = config.advertised_address(bound);
+    let advertised = config
+        .advertised_address(bound)
+        .map_err(ServerError::Advertise)?;
     let server_id = rand::random::<u64>();
     let (local_path, local_listener) = match &config.local_socket {
         Some(template) => {

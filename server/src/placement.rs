@@ -402,8 +402,8 @@ fn nic_in_use(config: &ServerConfig) -> Result<String, String> {
     let ip = if listen.is_unspecified() {
         let advertised = config.advertised_address(SocketAddr::new(listen, 0));
         advertised
-            .to_socket_addrs()
             .ok()
+            .and_then(|a| a.to_socket_addrs().ok())
             .and_then(|mut a| a.next())
             .map(|a| a.ip())
             .filter(|ip| !ip.is_loopback())

@@ -230,7 +230,8 @@ fn thirty_two_racing_processes_spawn_exactly_one_server_that_outlives_them() {
 #[test]
 fn no_server_and_spawning_disabled_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = dimstore(dir.path())
+    // A runtime directory the client creates itself (0700): tempdir() gives 0755.
+    let out = dimstore(&dir.path().join("run"))
         .env("DIMSTORE_SPAWN", "never")
         .args(["stat"])
         .output()

@@ -116,6 +116,8 @@ fn spank_plugin_keeps_one_server_per_node_for_the_job() {
         "DIMSTORE_SERVER=10.200.1.",
         "DIMSTORE_TOKEN=",
         "DIMSTORE_RUNTIME_DIR=",
+        // The job's nodes: their servers (and no others) may receive the token.
+        "DIMSTORE_TRUSTED_HOSTS=",
     ] {
         assert!(env.contains(var), "{var} not exported:\n{env}");
     }

@@ -159,6 +159,8 @@ fn run_rank(world: &mpi::topology::SimpleCommunicator, args: MpiArgs) -> anyhow:
     let node = &fleet.nodes[rank % fleet.nodes.len()];
     let config = ClientConfig {
         token: fleet.token.clone(),
+        // Ranks read each other's keys: every server of the fleet may see the token.
+        trusted: fleet.nodes.iter().map(|n| n.address.clone()).collect(),
         timeout: args.timeout,
         spawn: SpawnPolicy::Never,
         ..ClientConfig::default()

@@ -77,6 +77,7 @@ pub fn client(args: &GetArgs) -> anyhow::Result<()> {
         local: LocalMode::Off,
         spawn: SpawnPolicy::Never,
         timeout: Duration::from_secs(120),
+        trusted: vec![args.remote.clone(), args.home.clone()],
         ..ClientConfig::from_env().map_err(|e| anyhow!(e))?
     };
     let putter = Store::connect(&args.remote, config.clone())

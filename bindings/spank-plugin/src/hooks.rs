@@ -12,7 +12,8 @@
 //!   option and no server runs (the option was given to this step only), starts it the same
 //!   way, with the step's `DIMSTORE_TOKEN`.
 //! - `user_init` (slurmstepd, before the tasks): waits for the server and exports
-//!   `DIMSTORE_SERVER`, `DIMSTORE_TOKEN`, `DIMSTORE_RUNTIME_DIR`, `DIMSTORE_SPAWN=never` and
+//!   `DIMSTORE_SERVER`, `DIMSTORE_TOKEN`, `DIMSTORE_RUNTIME_DIR`, `DIMSTORE_SPAWN=never`,
+//!   `DIMSTORE_TRUSTED_HOSTS` (the job's nodes, whose servers may receive the token) and
 //!   appends the dimstore binaries to `PATH`.
 //! - `job_epilog` (root, on each node as the job ends): stops the server, removes its files.
 //!
@@ -164,6 +165,15 @@ pub fn user_init(sp: &Spank, args: &[String]) -> Result<(), HookError> {
     sp.setenv(TOKEN_VAR, &token)?;
     sp.setenv("DIMSTORE_RUNTIME_DIR", &runtime.to_string_lossy())?;
     sp.setenv("DIMSTORE_SPAWN", "never")?;
+    // The token goes only to servers of the job: the servers of its nodes (their ports are
+    // random), not to whatever host a key names.
+    let nodes = match sp.getenv("SLURM_JOB_NODELIST")? {
+        Some(nodes) => Some(nodes),
+        None => sp.getenv("SLURM_NODELIST")?,
+    };
+    if let Some(nodes) = nodes.filter(|n| !n.is_empty()) {
+        sp.setenv("DIMSTORE_TRUSTED_HOSTS", &nodes)?;
+    }
     if let Some(bin_dir) = bin_dir(&config) {
         let path = sp.getenv("PATH")?.unwrap_or_default();
         if let Some(path) = path_with(&path, &bin_dir) {

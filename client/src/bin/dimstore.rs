@@ -19,7 +19,12 @@ use dimstore::{ClientConfig, Key, SpawnPolicy, Store};
         the key, which fetches the bytes straight from the owning server.\n\n\
         This node's server is found through the fleet file (DIMSTORE_FLEET, written by \
         dimstore-launch), an explicit DIMSTORE_SERVER address, or the runtime directory \
-        (DIMSTORE_RUNTIME_DIR); when none runs, one is spawned (DIMSTORE_SPAWN=never to forbid).\n\n\
+        (DIMSTORE_RUNTIME_DIR, the user's own, mode 0700); when none runs, one is spawned \
+        (DIMSTORE_SPAWN=never to forbid): on loopback (DIMSTORE_LISTEN names an address or \
+        interface to serve other nodes), with a per-user token kept in the runtime directory. \
+        The token is sent only to servers of the fleet (fleet file, DIMSTORE_SERVER, this \
+        node's server, DIMSTORE_TRUSTED, hosts of DIMSTORE_TRUSTED_HOSTS), never to another \
+        owner a key names.\n\n\
         Object bytes from other nodes move by the transport DIMSTORE_TRANSPORT names: `auto` \
         (default: mapped memory for this node's server; on a node with RDMA hardware the first \
         one-sided transport the owner offers, libfabric first on Slingshot; else TCP), `tcp`, \
