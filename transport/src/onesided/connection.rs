@@ -34,11 +34,13 @@ impl<C: Connection> OneSidedConnection<C> {
         }
     }
 
-    /// Reads the remote items of a get reply and turns them into inline ones.
+    /// Reads the remote items of a get reply (together at most `limit` bytes with the
+    /// inline ones) and turns them into inline ones.
     fn resolve(
         &self,
         items: Vec<GetItem>,
         inline: AlignedBuf,
+        limit: u64,
         deadline: Instant,
     ) -> Result<ReplyFrame, TransportError> {
         let leases: Vec<u64> = items
@@ -48,7 +50,7 @@ impl<C: Connection> OneSidedConnection<C> {
                 _ => None,
             })
             .collect();
-        let result = self.read_items(&items, &inline, deadline);
+        let result = self.read_items(&items, &inline, limit, deadline);
         // Release whatever happened: the server must not pin the objects for us any longer.
         // If the notice cannot be sent the connection is gone, and its leases with it.
         let _ = self.control.notify(&Request::Release { leases }, deadline);
@@ -71,31 +73,38 @@ impl<C: Connection> OneSidedConnection<C> {
         &self,
         items: &[GetItem],
         inline: &AlignedBuf,
+        limit: u64,
         deadline: Instant,
     ) -> Result<AlignedBuf, TransportError> {
-        let regions = self.regions(items, deadline)?;
-        let total: u64 = items
+        let total = items
             .iter()
             .map(|i| match *i {
                 GetItem::Found { size } | GetItem::Remote { size, .. } => size,
                 _ => 0,
             })
-            .sum();
-        let total = usize::try_from(total)
-            .map_err(|_| TransportError::ConnectionLost("reply larger than memory".into()))?;
+            .try_fold(0u64, u64::checked_add)
+            .filter(|&total| total <= limit)
+            .and_then(|total| usize::try_from(total).ok())
+            .ok_or_else(|| {
+                protocol(format!(
+                    "get items larger than the {limit} bytes the request can return"
+                ))
+            })?;
+        let regions = self.regions(items, deadline)?;
         // Every byte is written: inline items copied, remote ones read.
-        let mut target = AlignedBuf::for_overwrite(total);
+        let mut target = AlignedBuf::try_for_overwrite(total).ok_or_else(|| {
+            TransportError::ConnectionLost(format!("cannot allocate {total} bytes for a reply"))
+        })?;
         let mut reads = Vec::new();
         let (mut offset, mut inline_at) = (0usize, 0usize);
+        // Sizes fit in `usize`: their sum does.
         for item in items {
             match *item {
                 GetItem::Found { size } => {
                     let size = size as usize;
-                    let bytes = inline.get(inline_at..inline_at + size).ok_or_else(|| {
-                        TransportError::ConnectionLost(
-                            "reply payload shorter than its items".into(),
-                        )
-                    })?;
+                    let bytes = inline
+                        .get(inline_at..inline_at + size)
+                        .ok_or_else(|| protocol("reply payload shorter than its items".into()))?;
                     target[offset..offset + size].copy_from_slice(bytes);
                     inline_at += size;
                     offset += size;
@@ -106,9 +115,14 @@ impl<C: Connection> OneSidedConnection<C> {
                     offset: at,
                     ..
                 } => {
-                    let region = &regions[&segment];
+                    let region = regions.get(&segment).ok_or_else(|| {
+                        protocol(format!("no key for segment {segment} of a remote item"))
+                    })?;
+                    let address = region.address.checked_add(at).ok_or_else(|| {
+                        protocol(format!("remote item at offset {at} wraps around"))
+                    })?;
                     reads.push(RemoteRead {
-                        address: region.address + at,
+                        address,
                         key: &region.key,
                         len: size as usize,
                         offset,
@@ -154,6 +168,7 @@ impl<C: Connection> OneSidedConnection<C> {
                 ids: missing.clone(),
             },
             &[],
+            0,
             deadline,
         )?;
         let fetched = match reply.response {
@@ -185,14 +200,17 @@ impl<C: Connection> Connection for OneSidedConnection<C> {
         &self,
         request: &Request,
         payload: &[&[u8]],
+        reply_payload: u64,
         deadline: Instant,
     ) -> Result<ReplyFrame, TransportError> {
-        let reply = self.control.call(request, payload, deadline)?;
+        let reply = self
+            .control
+            .call(request, payload, reply_payload, deadline)?;
         match reply.response {
             Response::Get { items }
                 if items.iter().any(|i| matches!(i, GetItem::Remote { .. })) =>
             {
-                self.resolve(items, reply.payload, deadline)
+                self.resolve(items, reply.payload, reply_payload, deadline)
             }
             response => Ok(ReplyFrame { response, ..reply }),
         }
@@ -223,6 +241,11 @@ impl<C> Drop for OneSidedConnection<C> {
             self.reader.forget(&self.peer);
         }
     }
+}
+
+/// A reply that does not fit its request.
+fn protocol(what: String) -> TransportError {
+    TransportError::Protocol(what)
 }
 
 /// Connections per (transport, server address) in this process.

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use dimstore_proto::FrameHeader;
+use dimstore_proto::{FrameHeader, FrameLimits, HEADER_LEN};
 use dimstore_transport::{AlignedBuf, TransportError};
 use dimstore_ucx::{AmMessage, Endpoint, Request, UcxError, Worker};
 
@@ -23,6 +23,8 @@ pub(crate) struct CallJob {
     pub(crate) head: Vec<u8>,
     pub(crate) payload: Vec<u8>,
     pub(crate) id: u64,
+    /// What the reply may carry; checked before anything is received.
+    pub(crate) limits: FrameLimits,
     pub(crate) deadline: Instant,
     pub(crate) answer: Answer,
 }
@@ -42,6 +44,7 @@ struct Table {
 
 struct Waiting {
     peer: Vec<u8>,
+    limits: FrameLimits,
     deadline: Instant,
     answer: Answer,
     /// The request's send, until it completes.
@@ -81,6 +84,7 @@ impl Calls {
             head,
             payload,
             id,
+            limits,
             deadline,
             answer,
         } = job;
@@ -89,6 +93,7 @@ impl Calls {
             id,
             Waiting {
                 peer,
+                limits,
                 deadline,
                 answer,
                 send: Some(send),
@@ -195,6 +200,11 @@ fn on_reply(table: &RefCell<Table>, message: AmMessage<'_>) {
     let Some(waiting) = table.borrow_mut().waiting.remove(&id) else {
         return;
     };
+    // Refused before anything is allocated (an unreceived rendezvous payload is dropped).
+    if let Err(e) = check_reply(head, message.data_len(), &waiting.limits) {
+        let _ = waiting.answer.send(Err(e));
+        return;
+    }
     match message.data() {
         Some(data) => {
             let mut payload = AlignedBuf::for_overwrite(data.len());
@@ -212,4 +222,20 @@ fn on_reply(table: &RefCell<Table>, message: AmMessage<'_>) {
             });
         }
     }
+}
+
+/// Checks a reply's frame header and announced payload length against `limits`.
+fn check_reply(head: &[u8], data_len: usize, limits: &FrameLimits) -> Result<(), TransportError> {
+    let raw = head
+        .first_chunk::<HEADER_LEN>()
+        .ok_or(dimstore_proto::FrameError::ShortHead(head.len()))?;
+    FrameHeader::decode(raw, limits)?;
+    if data_len as u64 > limits.max_payload {
+        return Err(dimstore_proto::FrameError::PayloadTooLarge {
+            declared: data_len as u64,
+            limit: limits.max_payload,
+        }
+        .into());
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dimstore_proto::FrameLimits;
 use dimstore_transport::onesided::{ReadChunk, ReadTarget, Reader, RemoteRead};
 use dimstore_transport::{AlignedBuf, TransportError};
 use dimstore_ucx::{
@@ -29,6 +30,10 @@ const IDLE_SLEEP: Duration = Duration::from_secs(1);
 /// How long past its deadline a caller waits for the fabric thread's answer (which comes
 /// at the deadline at the latest) before giving up on it.
 const ANSWER_GRACE: Duration = Duration::from_secs(5);
+/// How long past its deadline a request caller waits for the fabric thread: a reply whose
+/// payload is still being pulled at the deadline is not answered by the fabric thread,
+/// and the call must end by its deadline all the same.
+const CALL_GRACE: Duration = Duration::from_millis(100);
 
 /// The UCX [`Reader`]: one context and worker on a dedicated fabric thread, one endpoint
 /// per peer (with peer-failure detection where the transports allow it), each packed key
@@ -183,6 +188,7 @@ impl Messenger for UcxReader {
         head: Vec<u8>,
         payload: Vec<u8>,
         request_id: u64,
+        limits: FrameLimits,
         deadline: Instant,
         gone: &dyn Fn() -> bool,
     ) -> Result<(Vec<u8>, AlignedBuf), TransportError> {
@@ -195,15 +201,11 @@ impl Messenger for UcxReader {
             head,
             payload,
             id: request_id,
+            limits,
             deadline,
             answer,
         })))?;
-        wait_for_answer(
-            |t| receive(&answered, t),
-            deadline + ANSWER_GRACE,
-            gone,
-            NAME,
-        )?
+        wait_for_answer(|t| receive(&answered, t), deadline + CALL_GRACE, gone, NAME)?
     }
 
     fn notify(&self, peer: &[u8], head: Vec<u8>, deadline: Instant) -> Result<(), TransportError> {
