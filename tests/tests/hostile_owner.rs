@@ -6,6 +6,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,7 +34,8 @@ struct Received {
 }
 
 /// A fake owner on 127.0.0.1 serving one connection: it answers the Hello like a real
-/// server of node `fake-owner` and hands the next request to `misbehave`.
+/// server of node `fake-owner` and hands the next request to `misbehave`, its payload (if
+/// any) still unread.
 struct FakeOwner {
     address: String,
     thread: Option<JoinHandle<()>>,
@@ -69,7 +72,11 @@ impl FakeOwner {
                 one_sided: Vec::new(),
             });
             let _ = send_reply(&mut stream, hello.request_id, &reply, &[]);
-            if let Some(next) = read_request(&mut stream) {
+            if let Some((header, request)) = read_request_head(&mut stream) {
+                let next = Received {
+                    request_id: header.request_id,
+                    request,
+                };
                 misbehave(&mut stream, next);
             }
         });
@@ -473,6 +480,50 @@ fn an_owner_that_reads_slowly_cannot_hold_a_set_past_its_deadline() {
         took <= store.timeout() + SLACK,
         "the set ended {took:?} after it started, past its {:?} deadline",
         store.timeout()
+    );
+}
+
+#[test]
+fn a_caller_behind_a_blocked_writer_ends_by_its_own_deadline() {
+    // The owner reads nothing after the Set's head: the set's writer blocks until its
+    // deadline, and a second call on the same connection must not wait past its own.
+    let done = Arc::new(AtomicBool::new(false));
+    let owner = {
+        let done = Arc::clone(&done);
+        FakeOwner::start(move |_, _| {
+            let started = Instant::now();
+            while !done.load(Ordering::Relaxed) && started.elapsed() < OWNER_LIFETIME {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let store = client_with(|c| c.timeout = Duration::from_secs(4));
+    let key = owner.key(None);
+    let object = pattern(MAX_OBJECT as usize * 3 / 4, 6);
+    let (set, exists) = std::thread::scope(|scope| {
+        let set = scope.spawn(|| store.set(&key, &object));
+        // Once the set is under way, a call with a shorter timeout.
+        std::thread::sleep(Duration::from_millis(500));
+        let quick = store.with_timeout(Duration::from_secs(1));
+        let started = Instant::now();
+        let exists = quick.exists(&key);
+        let took = started.elapsed();
+        let set = set.join().expect("set thread");
+        (set, (exists, took))
+    });
+    done.store(true, Ordering::Relaxed);
+    let (exists, took) = exists;
+    assert!(
+        matches!(exists, Err(RequestError::Timeout { .. })),
+        "expected a typed Timeout, got {exists:?}"
+    );
+    assert!(
+        took <= Duration::from_secs(1) + SLACK,
+        "the second call ended {took:?} after it started, past its 1 s deadline"
+    );
+    assert!(
+        matches!(set, Err(SetError::Request(RequestError::Timeout { .. }))),
+        "expected a typed Timeout for the set, got {set:?}"
     );
 }
 
