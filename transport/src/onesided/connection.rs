@@ -254,3 +254,206 @@ fn users() -> std::sync::MutexGuard<'static, HashMap<(&'static str, Vec<u8>), us
     static USERS: std::sync::LazyLock<Users> = std::sync::LazyLock::new(Users::default);
     USERS.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    //! A get reply's remote items are checked against what the request can return and
+    //! against the segment keys the owner sent, before anything is allocated or read.
+
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use dimstore_proto::ObjectId;
+
+    use super::*;
+
+    /// The owner's side of the control connection: answers gets with `items` (and their
+    /// inline bytes) and segment key requests with `keys`.
+    struct Owner {
+        items: Vec<GetItem>,
+        inline: Vec<u8>,
+        keys: Vec<SegmentKey>,
+    }
+
+    impl Connection for Owner {
+        fn call(
+            &self,
+            request: &Request,
+            _: &[&[u8]],
+            _: u64,
+            _: Instant,
+        ) -> Result<ReplyFrame, TransportError> {
+            let (response, payload) = match request {
+                Request::Get { .. } => (
+                    Response::Get {
+                        items: self.items.clone(),
+                    },
+                    AlignedBuf::copy_from(&self.inline),
+                ),
+                Request::SegmentKeys { .. } => (
+                    Response::SegmentKeys {
+                        keys: self.keys.clone(),
+                    },
+                    AlignedBuf::default(),
+                ),
+                _ => (Response::Done, AlignedBuf::default()),
+            };
+            Ok(ReplyFrame {
+                response,
+                payload,
+                fds: Vec::new(),
+            })
+        }
+
+        fn notify(&self, _: &Request, _: Instant) -> Result<(), TransportError> {
+            Ok(())
+        }
+
+        fn is_broken(&self) -> bool {
+            false
+        }
+    }
+
+    /// Fills every read with its remote address's low byte, and records the reads.
+    #[derive(Default)]
+    struct Memory {
+        reads: Mutex<Vec<(u64, usize, usize)>>,
+    }
+
+    impl Reader for Memory {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+
+        fn read_watching(
+            &self,
+            _: &[u8],
+            reads: &[RemoteRead<'_>],
+            mut target: AlignedBuf,
+            _: Instant,
+            _: &dyn Fn() -> bool,
+        ) -> Result<AlignedBuf, TransportError> {
+            for read in reads {
+                target[read.offset..read.offset + read.len].fill(read.address as u8);
+                let mut seen = self.reads.lock().unwrap();
+                seen.push((read.address, read.len, read.offset));
+            }
+            Ok(target)
+        }
+
+        fn forget(&self, _: &[u8]) {}
+    }
+
+    fn remote(size: u64, segment: u32, offset: u64) -> GetItem {
+        GetItem::Remote {
+            size,
+            segment,
+            offset,
+            lease: 1,
+        }
+    }
+
+    fn key(id: u32, address: u64) -> SegmentKey {
+        SegmentKey {
+            id,
+            address,
+            key: vec![1, 2, 3],
+        }
+    }
+
+    /// A get of two keys, `limit` bytes at most, through a one-sided connection to `owner`.
+    fn get(owner: Owner, limit: u64) -> (Result<ReplyFrame, TransportError>, Arc<Memory>) {
+        let memory = Arc::new(Memory::default());
+        let reader: Arc<dyn Reader> = Arc::clone(&memory) as Arc<dyn Reader>;
+        let connection = OneSidedConnection::new(owner, reader, b"owner".to_vec());
+        let request = Request::Get {
+            ids: vec![ObjectId(1), ObjectId(2)],
+            wait_ms: 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let reply = connection.call(&request, &[], limit, deadline);
+        (reply, memory)
+    }
+
+    fn is_protocol(reply: &Result<ReplyFrame, TransportError>) -> bool {
+        matches!(reply, Err(TransportError::Protocol(_)))
+    }
+
+    #[test]
+    fn remote_and_inline_items_become_one_inline_reply() {
+        let owner = Owner {
+            items: vec![remote(8, 3, 16), GetItem::Found { size: 4 }],
+            inline: vec![9; 4],
+            keys: vec![key(3, 0x1000)],
+        };
+        let (reply, memory) = get(owner, 12);
+        let reply = reply.expect("a reply within its bounds");
+        assert_eq!(
+            reply.response,
+            Response::Get {
+                items: vec![GetItem::Found { size: 8 }, GetItem::Found { size: 4 }]
+            }
+        );
+        assert_eq!(
+            &reply.payload[..],
+            &[0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 9, 9, 9, 9]
+        );
+        assert_eq!(*memory.reads.lock().unwrap(), [(0x1010, 8, 0)]);
+    }
+
+    #[test]
+    fn a_remote_item_larger_than_the_request_can_return_is_refused_unread() {
+        let owner = Owner {
+            items: vec![remote(1 << 40, 3, 0)],
+            inline: Vec::new(),
+            keys: vec![key(3, 0x1000)],
+        };
+        let (reply, memory) = get(owner, 16);
+        assert!(is_protocol(&reply), "{reply:?}");
+        assert!(memory.reads.lock().unwrap().is_empty());
+
+        // Sizes that overflow when added up.
+        let owner = Owner {
+            items: vec![remote(u64::MAX, 3, 0), remote(2, 3, 0)],
+            inline: Vec::new(),
+            keys: vec![key(3, 0x1000)],
+        };
+        let (reply, _) = get(owner, u64::MAX);
+        assert!(is_protocol(&reply), "{reply:?}");
+    }
+
+    #[test]
+    fn a_remote_item_in_a_segment_without_a_key_is_refused() {
+        // The owner answers with the key of another segment than the one asked for.
+        let owner = Owner {
+            items: vec![remote(8, 3, 0)],
+            inline: Vec::new(),
+            keys: vec![key(4, 0x1000)],
+        };
+        let (reply, memory) = get(owner, 8);
+        assert!(is_protocol(&reply), "{reply:?}");
+        assert!(memory.reads.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_remote_offset_that_wraps_around_is_refused() {
+        let owner = Owner {
+            items: vec![remote(8, 3, u64::MAX - 2)],
+            inline: Vec::new(),
+            keys: vec![key(3, 0x1000)],
+        };
+        let (reply, _) = get(owner, 8);
+        assert!(is_protocol(&reply), "{reply:?}");
+    }
+
+    #[test]
+    fn inline_bytes_shorter_than_their_items_are_refused() {
+        let owner = Owner {
+            items: vec![remote(8, 3, 0), GetItem::Found { size: 8 }],
+            inline: vec![1; 4],
+            keys: vec![key(3, 0x1000)],
+        };
+        let (reply, _) = get(owner, 16);
+        assert!(is_protocol(&reply), "{reply:?}");
+    }
+}

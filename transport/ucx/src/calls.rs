@@ -239,3 +239,37 @@ fn check_reply(head: &[u8], data_len: usize, limits: &FrameLimits) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use dimstore_proto::{encode_response, FrameKind, GetItem, Response};
+
+    use super::*;
+
+    fn head(body_len: Option<u32>, payload_len: u64) -> Vec<u8> {
+        let response = Response::Get {
+            items: vec![GetItem::Found { size: payload_len }],
+        };
+        let body = encode_response(&response);
+        let mut head = Vec::new();
+        FrameHeader::write_head(&mut head, FrameKind::Response, 7, &body, payload_len);
+        if let Some(len) = body_len {
+            head[16..20].copy_from_slice(&len.to_le_bytes());
+        }
+        head
+    }
+
+    #[test]
+    fn replies_beyond_the_requests_bounds_are_refused_before_receiving() {
+        let limits = FrameLimits {
+            max_body: 1 << 10,
+            max_payload: 8,
+        };
+        assert!(check_reply(&head(None, 8), 8, &limits).is_ok());
+        // The header lies, or the message carries more than the header says.
+        assert!(check_reply(&head(None, 1 << 40), 1 << 40, &limits).is_err());
+        assert!(check_reply(&head(None, 8), 1 << 30, &limits).is_err());
+        assert!(check_reply(&head(Some(u32::MAX), 8), 8, &limits).is_err());
+        assert!(check_reply(&[0u8; 7], 0, &limits).is_err());
+    }
+}
