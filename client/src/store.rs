@@ -1,7 +1,7 @@
 //! [`Store`]: the client handle.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use dimstore_proto::{
@@ -50,11 +50,47 @@ struct Inner {
     local: Option<LocalServer>,
     connector: TcpConnector,
     /// One slot per server; the slot's own lock serialises connecting to that server only.
-    peers: Mutex<HashMap<String, PeerSlot>>,
+    peers: Mutex<HashMap<String, Arc<PeerSlot>>>,
 }
 
-/// A server's connection, once opened; its lock is held while connecting.
-type PeerSlot = Arc<Mutex<Option<Arc<Peer>>>>;
+/// A server's connection, once opened, and the right to open it.
+#[derive(Debug, Default)]
+struct PeerSlot {
+    /// The connection; its lock is only held to look at it or replace it.
+    peer: Mutex<Option<Arc<Peer>>>,
+    /// Held while connecting: one thread connects, the others wait (each until its
+    /// deadline) and then use its connection.
+    connecting: Mutex<()>,
+}
+
+impl PeerSlot {
+    /// The connection, unless there is none yet or it broke.
+    fn current(&self) -> Option<Arc<Peer>> {
+        let peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
+        peer.as_ref()
+            .filter(|p| !p.connection.is_broken())
+            .map(Arc::clone)
+    }
+}
+
+/// Locks `mutex`, waiting for it until `deadline` at most; `None` if it stayed held.
+fn lock_by<T>(mutex: &Mutex<T>, deadline: Instant) -> Option<MutexGuard<'_, T>> {
+    /// Longest sleep between attempts (it is only held while a server is being connected).
+    const POLL: Duration = Duration::from_millis(5);
+    loop {
+        match mutex.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                std::thread::sleep(left.min(POLL));
+            }
+        }
+    }
+}
 
 impl Store {
     /// A store configured from the `DIMSTORE_*` environment: finds this node's server
@@ -499,13 +535,18 @@ impl Store {
             let mut peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(peers.entry(owner.to_string()).or_default())
         };
-        // One connection per peer even when many threads start at once; a slow or dead
-        // server only delays the callers that need it.
-        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(peer) = slot.as_ref().filter(|p| !p.connection.is_broken()) {
-            return Ok(Arc::clone(peer));
+        if let Some(peer) = slot.current() {
+            return Ok(peer);
         }
-        *slot = None;
+        // One connection per peer even when many threads start at once; a slow or dead
+        // server only delays the callers that need it, each until its own deadline.
+        let _connecting = lock_by(&slot.connecting, deadline).ok_or(RequestError::Timeout {
+            owner: owner.to_string(),
+            timeout: self.timeout,
+        })?;
+        if let Some(peer) = slot.current() {
+            return Ok(peer);
+        }
         let fail = |e| RequestError::from_transport(owner, self.timeout, e);
         let connection = self
             .inner
@@ -549,7 +590,7 @@ impl Store {
             }
         };
         let peer = Arc::new(peer);
-        *slot = Some(Arc::clone(&peer));
+        *slot.peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&peer));
         Ok(peer)
     }
 

@@ -86,6 +86,26 @@ impl FakeOwner {
         }
     }
 
+    /// A fake owner that reads the Hello and never answers it.
+    fn never_greeting() -> FakeOwner {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let address = listener.local_addr().expect("address").to_string();
+        let thread = std::thread::spawn(move || {
+            if let Some(mut stream) = accept_within(&listener, OWNER_LIFETIME) {
+                stream
+                    .set_read_timeout(Some(OWNER_LIFETIME))
+                    .expect("read timeout");
+                // Until the client hangs up.
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest);
+            }
+        });
+        FakeOwner {
+            address,
+            thread: Some(thread),
+        }
+    }
+
     /// A key owned by this fake owner.
     fn key(&self, size: Option<u64>) -> Key {
         Key {
@@ -525,6 +545,23 @@ fn a_caller_behind_a_blocked_writer_ends_by_its_own_deadline() {
         matches!(set, Err(SetError::Request(RequestError::Timeout { .. }))),
         "expected a typed Timeout for the set, got {set:?}"
     );
+}
+
+#[test]
+fn callers_waiting_for_a_silent_owners_hello_end_by_their_own_deadlines() {
+    let owner = FakeOwner::never_greeting();
+    let store = client_with(|c| c.timeout = Duration::from_secs(4));
+    let key = owner.key(Some(8));
+    let quick_timeout = Duration::from_secs(1);
+    let ((first, first_took), (second, second_took)) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| failed_get(&store, &key));
+        // While the first caller waits for the Hello, a caller with a shorter timeout.
+        std::thread::sleep(Duration::from_millis(500));
+        let second = failed_get(&store.with_timeout(quick_timeout), &key);
+        (first.join().expect("first caller"), second)
+    });
+    assert_timeout(&second, second_took, quick_timeout, "second caller");
+    assert_timeout(&first, first_took, store.timeout(), "first caller");
 }
 
 #[test]

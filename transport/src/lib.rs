@@ -189,7 +189,8 @@ pub trait Connector: Send + Sync + 'static {
     /// The transport's name as advertised in handshakes (`"tcp"`, ...).
     fn name(&self) -> &'static str;
 
-    /// Connects to the server at `address`, giving up at `deadline`.
+    /// Connects to the server at `address`, giving up at `deadline` (with
+    /// [`TransportError::Timeout`]).
     fn connect(&self, address: &str, deadline: Instant)
         -> Result<Self::Connection, TransportError>;
 }
