@@ -354,10 +354,12 @@ impl Store {
         self.call_expecting(owner, &request, &[], |peer| {
             // A deferred key's object is at most what its owner can hold, and no reply is
             // larger than this machine's memory.
-            let deferred = peer.hello.max_object.min(crate::config::physical_memory());
+            let memory = crate::config::physical_memory();
+            let deferred = peer.hello.max_object.min(memory);
             keys.iter()
                 .map(|k| k.size.unwrap_or(deferred))
                 .fold(0u64, u64::saturating_add)
+                .min(memory)
         })
     }
 
