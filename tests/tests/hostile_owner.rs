@@ -439,6 +439,40 @@ fn the_wrong_number_of_items_is_a_protocol_error() {
 }
 
 #[test]
+fn a_late_reply_is_skipped_and_the_connection_stays_in_sync() {
+    let object = pattern(8, 9);
+    let owner = {
+        let object = object.clone();
+        FakeOwner::start(move |stream, first| {
+            // The second get arrives once the first one timed out...
+            let Some((second, _)) = read_request_head(stream) else {
+                return;
+            };
+            // ...then the first one's answer, late and far larger than its key.
+            let late = Response::Get {
+                items: vec![GetItem::Found { size: 1 << 20 }],
+            };
+            let _ = send_reply(stream, first.request_id, &late, &vec![1u8; 1 << 20]);
+            let reply = Response::Get {
+                items: vec![GetItem::Found { size: 8 }],
+            };
+            let _ = send_reply(stream, second.request_id, &reply, &object);
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+        })
+    };
+    let store = client();
+    let key = owner.key(Some(8));
+    let quick = store.with_timeout(Duration::from_millis(500));
+    let (e, took) = failed_get(&quick, &key);
+    assert_timeout(&e, took, quick.timeout(), "first get");
+    let got = store
+        .get(&key)
+        .expect("the second get, after the late reply");
+    assert_eq!(&got[..], &object[..]);
+}
+
+#[test]
 fn an_owner_closing_mid_frame_is_a_lost_connection() {
     let owner = FakeOwner::start(|stream, get| {
         let reply = Response::Get {
