@@ -248,3 +248,57 @@ impl<C: Connection + ?Sized> Connection for std::sync::Arc<C> {
         (**self).peer_closed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use dimstore_proto::{encode_response, GetItem, ObjectId, SegmentKey};
+
+    use super::*;
+
+    #[test]
+    fn the_largest_legitimate_replies_fit_their_requests_bounds() {
+        for n in [0usize, 1, 100, 10_000] {
+            let get = Request::Get {
+                ids: vec![ObjectId(u128::MAX); n],
+                wait_ms: 0,
+            };
+            let items = vec![
+                GetItem::Remote {
+                    size: u64::MAX,
+                    segment: u32::MAX,
+                    offset: u64::MAX,
+                    lease: u64::MAX,
+                };
+                n
+            ];
+            let body = encode_response(&Response::Get { items });
+            let limits = reply_limits(&get, 0);
+            assert!(body.len() <= limits.max_body as usize, "{n} get items");
+
+            let new_keys = Request::NewKeys { count: n as u32 };
+            let ids = vec![ObjectId(u128::MAX); n];
+            let body = encode_response(&Response::NewKeys { ids });
+            assert!(body.len() <= reply_limits(&new_keys, 0).max_body as usize);
+
+            let segments = Request::SegmentKeys {
+                ids: vec![u32::MAX; n.min(100)],
+            };
+            let keys = vec![
+                SegmentKey {
+                    id: u32::MAX,
+                    address: u64::MAX,
+                    key: vec![0xff; 2048],
+                };
+                n.min(100)
+            ];
+            let body = encode_response(&Response::SegmentKeys { keys });
+            assert!(body.len() <= reply_limits(&segments, 0).max_body as usize);
+        }
+        // A payload is allowed only where the caller says so.
+        assert_eq!(reply_limits(&Request::Stats, 0).max_payload, 0);
+        assert_eq!(
+            reply_limits(&Request::NewKeys { count: u32::MAX }, 0).max_body,
+            MAX_REPLY_BODY
+        );
+    }
+}
