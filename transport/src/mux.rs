@@ -171,13 +171,14 @@ impl WriterTurn {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for the turn until `deadline`; `false` if it did not come.
-    fn take(&self, deadline: Instant) -> bool {
+    /// Waits for the turn until `deadline`; `None` if it did not come. The turn passes on
+    /// when the returned value drops.
+    fn take(&self, deadline: Instant) -> Option<Turn<'_>> {
         let mut turn = self.lock();
         while turn.busy {
             let now = Instant::now();
             if now >= deadline {
-                return false;
+                return None;
             }
             turn.waiting += 1;
             turn = self
@@ -188,14 +189,19 @@ impl WriterTurn {
             turn.waiting -= 1;
         }
         turn.busy = true;
-        true
+        Some(Turn(self))
     }
+}
 
-    fn give_back(&self) {
-        let mut turn = self.lock();
+/// A caller's turn to write.
+struct Turn<'a>(&'a WriterTurn);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut turn = self.0.lock();
         turn.busy = false;
         if turn.waiting > 0 {
-            self.freed.notify_one();
+            self.0.freed.notify_one();
         }
     }
 }
@@ -269,18 +275,15 @@ impl<S: Socket> MuxConnection<S> {
         deadline: Instant,
     ) -> Result<(), WriteFailure> {
         let (head, rest) = frame_head(kind, id, &encode_request(request), payload);
-        if !self.turn.take(deadline) {
-            return Err(WriteFailure::Timeout { started: false });
-        }
-        let result = {
-            let mut timed = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut started = false;
-            std::iter::once(head.as_slice())
-                .chain(rest)
-                .try_for_each(|piece| write_full(&mut timed, piece, deadline, &mut started))
-        };
-        self.turn.give_back();
-        result
+        let _turn = self
+            .turn
+            .take(deadline)
+            .ok_or(WriteFailure::Timeout { started: false })?;
+        let mut timed = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut started = false;
+        std::iter::once(head.as_slice())
+            .chain(rest)
+            .try_for_each(|piece| write_full(&mut timed, piece, deadline, &mut started))
     }
 
     /// What a failed write means for the call and the connection.
