@@ -4,8 +4,10 @@
 //! answers or never reads; and a real server is stopped (SIGSTOP) in the middle of a get.
 //! Every call ends with a typed error, by its deadline when the owner stalls.
 
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,9 +16,10 @@ use std::time::{Duration, Instant};
 use dimstore::{ClientConfig, GetError, Key, LocalMode, ObjectId, RequestError, SetError, Store};
 use dimstore_proto::{
     decode_request, encode_response, FrameHeader, FrameKind, FrameLimits, GetItem, HelloReply,
-    Request, Response, HEADER_LEN,
+    Request, Response, SegmentInfo, HEADER_LEN,
 };
 use dimstore_tests::{frame_head, pattern, rss_kib, test_config, ServerOptions, TestServer};
+use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 /// The client's per-operation timeout in these tests.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -43,6 +46,15 @@ struct FakeOwner {
 
 impl FakeOwner {
     fn start(misbehave: impl FnOnce(&mut TcpStream, Received) + Send + 'static) -> FakeOwner {
+        FakeOwner::start_as("fake-owner", None, misbehave)
+    }
+
+    /// [`start`](Self::start) as node `node`, offering same-node clients `local_socket`.
+    fn start_as(
+        node: &'static str,
+        local_socket: Option<String>,
+        misbehave: impl FnOnce(&mut TcpStream, Received) + Send + 'static,
+    ) -> FakeOwner {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let address = listener.local_addr().expect("address").to_string();
         let advertised = address.clone();
@@ -60,17 +72,7 @@ impl FakeOwner {
                 return;
             };
             assert!(matches!(hello.request, Request::Hello(_)), "Hello first");
-            let reply = Response::Hello(HelloReply {
-                server_id: 0xfa_4e,
-                node: "fake-owner".into(),
-                advertised,
-                pid: std::process::id(),
-                transports: vec!["tcp".into()],
-                max_object: MAX_OBJECT,
-                local_socket: None,
-                mapped: false,
-                one_sided: Vec::new(),
-            });
+            let reply = Response::Hello(fake_hello(node, &advertised, local_socket, false));
             let _ = send_reply(&mut stream, hello.request_id, &reply, &[]);
             if let Some((header, request)) = read_request_head(&mut stream) {
                 let next = Received {
@@ -129,6 +131,26 @@ impl Drop for FakeOwner {
     }
 }
 
+/// The fake owner's Hello reply.
+fn fake_hello(
+    node: &str,
+    advertised: &str,
+    local_socket: Option<String>,
+    mapped: bool,
+) -> HelloReply {
+    HelloReply {
+        server_id: 0xfa_4e,
+        node: node.into(),
+        advertised: advertised.into(),
+        pid: std::process::id(),
+        transports: vec!["tcp".into()],
+        max_object: MAX_OBJECT,
+        local_socket,
+        mapped,
+        one_sided: Vec::new(),
+    }
+}
+
 fn accept_within(listener: &TcpListener, within: Duration) -> Option<TcpStream> {
     listener.set_nonblocking(true).expect("nonblocking");
     let deadline = Instant::now() + within;
@@ -145,7 +167,7 @@ fn accept_within(listener: &TcpListener, within: Duration) -> Option<TcpStream> 
 }
 
 /// Reads one request frame whole (its payload too); `None` once the client is gone.
-fn read_request(stream: &mut TcpStream) -> Option<Received> {
+fn read_request(stream: &mut impl Read) -> Option<Received> {
     let (header, request) = read_request_head(stream)?;
     let mut payload = vec![0u8; header.payload_len as usize];
     stream.read_exact(&mut payload).ok()?;
@@ -156,7 +178,7 @@ fn read_request(stream: &mut TcpStream) -> Option<Received> {
 }
 
 /// Reads a request's header and body, leaving its payload unread.
-fn read_request_head(stream: &mut TcpStream) -> Option<(FrameHeader, Request)> {
+fn read_request_head(stream: &mut impl Read) -> Option<(FrameHeader, Request)> {
     let mut raw = [0u8; HEADER_LEN];
     stream.read_exact(&mut raw).ok()?;
     let header = FrameHeader::decode(&raw, &FrameLimits::default()).expect("a valid header");
@@ -168,7 +190,7 @@ fn read_request_head(stream: &mut TcpStream) -> Option<(FrameHeader, Request)> {
 }
 
 fn send_reply(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     request_id: u64,
     response: &Response,
     payload: &[u8],
@@ -596,6 +618,92 @@ fn callers_waiting_for_a_silent_owners_hello_end_by_their_own_deadlines() {
     });
     assert_timeout(&second, second_took, quick_timeout, "second caller");
     assert_timeout(&first, first_took, store.timeout(), "first caller");
+}
+
+#[test]
+fn a_same_node_segment_shorter_than_announced_is_never_mapped() {
+    // A fake owner on "this" node: its Hello offers a Unix socket, where it answers a
+    // mapped get with an object inside a segment it announces as 1 MiB but whose
+    // descriptor holds 4 KiB (reading there would kill the client with SIGBUS).
+    const NODE: &str = "fake-same-node";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("owner.sock");
+    let unix = UnixListener::bind(&path).expect("bind the owner's unix socket");
+    unix.set_nonblocking(true).expect("nonblocking");
+    let local = std::thread::spawn(move || {
+        let deadline = Instant::now() + OWNER_LIFETIME;
+        let mut stream = loop {
+            match unix.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => return,
+            }
+        };
+        stream.set_nonblocking(false).expect("blocking");
+        stream
+            .set_read_timeout(Some(OWNER_LIFETIME))
+            .expect("read timeout");
+        while let Some(received) = read_request(&mut stream) {
+            let (reply, fd) = match received.request {
+                Request::Hello(_) => (Response::Hello(fake_hello(NODE, "local", None, true)), None),
+                Request::Get { .. } => (
+                    Response::Get {
+                        items: vec![GetItem::Mapped {
+                            size: 8,
+                            segment: 1,
+                            offset: 512 << 10,
+                            lease: 1,
+                        }],
+                    },
+                    None,
+                ),
+                Request::MapSegments { .. } => {
+                    let fd = rustix::fs::memfd_create("short", rustix::fs::MemfdFlags::CLOEXEC)
+                        .expect("memfd");
+                    rustix::fs::ftruncate(&fd, 4096).expect("size the memfd");
+                    let segments = vec![SegmentInfo {
+                        id: 1,
+                        len: 1 << 20,
+                    }];
+                    (Response::Segments { segments }, Some(fd))
+                }
+                _ => continue,
+            };
+            let frame = frame_head(
+                FrameKind::Response,
+                received.request_id,
+                &encode_response(&reply),
+                0,
+            );
+            let fds: Vec<_> = fd.iter().map(|fd| fd.as_fd()).collect();
+            let mut space = [0u8; rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !fds.is_empty() {
+                assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+            }
+            let sent = sendmsg(
+                &stream,
+                &[IoSlice::new(&frame)],
+                &mut control,
+                SendFlags::empty(),
+            );
+            assert_eq!(sent.ok(), Some(frame.len()), "one whole frame per message");
+        }
+    });
+    let socket = path.to_string_lossy().into_owned();
+    let owner = FakeOwner::start_as(NODE, Some(socket), |stream, _| {
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+    });
+    let store = client_with(|c| {
+        c.node = Some(NODE.into());
+        c.local = LocalMode::Map;
+    });
+    let (e, _) = failed_get(&store, &owner.key(Some(8)));
+    assert_protocol_error(&e, "a segment shorter than announced");
+    drop(store);
+    drop(owner);
+    local.join().expect("the same-node owner");
 }
 
 #[test]

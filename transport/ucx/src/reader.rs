@@ -202,7 +202,12 @@ impl Messenger for UcxReader {
             deadline,
             answer,
         })))?;
-        wait_for_answer(|t| receive(&answered, t), deadline + ANSWER_GRACE, gone, NAME)?
+        wait_for_answer(
+            |t| receive(&answered, t),
+            deadline + ANSWER_GRACE,
+            gone,
+            NAME,
+        )?
     }
 
     fn notify(&self, peer: &[u8], head: Vec<u8>, deadline: Instant) -> Result<(), TransportError> {
