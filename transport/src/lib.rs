@@ -160,14 +160,18 @@ const REPLY_BODY_PER_SEGMENT_KEY: u32 = 4 << 10;
 /// checks a reply's frame header against it before it allocates anything.
 pub fn reply_limits(request: &Request, payload: u64) -> FrameLimits {
     let (items, per_item) = match request {
-        Request::Get { ids, .. } | Request::Exists { ids } | Request::Evict { ids } => {
-            (ids.len(), REPLY_BODY_PER_ITEM)
-        }
-        Request::Set { ids, .. } => (ids.len(), REPLY_BODY_PER_ITEM),
-        Request::Put { sizes } | Request::Create { sizes } => (sizes.len(), REPLY_BODY_PER_ITEM),
-        Request::Seal { reservations, .. } => (reservations.len(), REPLY_BODY_PER_ITEM),
-        Request::NewKeys { count } => (*count as usize, REPLY_BODY_PER_ITEM),
+        Request::Get { ids, .. }
+        | Request::Exists { ids }
+        | Request::Evict { ids }
+        | Request::Set { ids, .. } => (ids.len(), REPLY_BODY_PER_ITEM),
+        Request::Put { sizes }
+        | Request::Create { sizes }
+        | Request::Seal {
+            reservations: sizes,
+            ..
+        } => (sizes.len(), REPLY_BODY_PER_ITEM),
         Request::MapSegments { ids } => (ids.len(), REPLY_BODY_PER_ITEM),
+        Request::NewKeys { count } => (*count as usize, REPLY_BODY_PER_ITEM),
         Request::SegmentKeys { ids } => (ids.len(), REPLY_BODY_PER_SEGMENT_KEY),
         _ => (0, 0),
     };
