@@ -239,6 +239,7 @@ fn assert_protocol_error(e: &GetError, context: &str) {
 }
 
 fn assert_timeout(e: &GetError, took: Duration, timeout: Duration, context: &str) {
+    eprintln!("{context}: {e} after {took:?}");
     assert!(
         matches!(e, GetError::Request(RequestError::Timeout { .. })),
         "{context}: expected a typed Timeout, got {e:?}"
