@@ -215,6 +215,15 @@ impl ClientConfig {
     }
 }
 
+/// This machine's physical memory in bytes: no reply can be larger (a bound on what an
+/// owner may announce).
+// `totalram` is a C `unsigned long`: `u64` here, `u32` on 32-bit targets.
+#[allow(clippy::useless_conversion)]
+pub(crate) fn physical_memory() -> u64 {
+    let info = rustix::system::sysinfo();
+    u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit.max(1)))
+}
+
 fn default_runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("dimstore"),

@@ -95,17 +95,33 @@ impl Store {
         segment: u32,
     ) -> Result<(OwnedFd, u64), RequestError> {
         let (_, mut reply) = self.call(owner, &Request::MapSegments { ids: vec![segment] }, &[])?;
-        match (&reply.response, reply.fds.pop()) {
+        let protocol = |what: String| RequestError::Protocol {
+            owner: owner.to_string(),
+            what,
+        };
+        let (fd, len) = match (&reply.response, reply.fds.pop()) {
             (Response::Segments { segments }, Some(fd))
                 if segments.len() == 1 && segments[0].id == segment =>
             {
-                Ok((fd, segments[0].len))
+                (fd, segments[0].len)
             }
-            (other, _) => Err(RequestError::Protocol {
-                owner: owner.to_string(),
-                what: format!("expected segment {segment} with its descriptor, got {other:?}"),
-            }),
+            (other, _) => {
+                return Err(protocol(format!(
+                    "expected segment {segment} with its descriptor, got {other:?}"
+                )))
+            }
+        };
+        // Views are checked against `len`: it must not exceed the memory behind the
+        // descriptor, where a read would fault (SIGBUS).
+        let held = rustix::fs::fstat(&fd)
+            .map_err(|e| protocol(format!("cannot inspect segment {segment}: {e}")))?
+            .st_size;
+        if !u64::try_from(held).is_ok_and(|held| held >= len) {
+            return Err(protocol(format!(
+                "segment {segment} announced as {len} bytes holds {held}"
+            )));
         }
+        Ok((fd, len))
     }
 
     /// Reserves `capacity` bytes for an object written in place. On the same node the

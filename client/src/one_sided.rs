@@ -68,6 +68,7 @@ pub(crate) fn choose(
                         from: one_sided_from,
                     },
                     &[],
+                    0,
                     deadline,
                 )?;
                 match reply.response {
@@ -104,6 +105,7 @@ fn open_channel(
             address: messenger.address(),
         },
         &[],
+        0,
         deadline,
     )?;
     match reply.response {

@@ -1,7 +1,7 @@
 //! [`Store`]: the client handle.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use dimstore_proto::{
@@ -53,11 +53,47 @@ struct Inner {
     trust: Trust,
     connector: TcpConnector,
     /// One slot per server; the slot's own lock serialises connecting to that server only.
-    peers: Mutex<HashMap<String, PeerSlot>>,
+    peers: Mutex<HashMap<String, Arc<PeerSlot>>>,
 }
 
-/// A server's connection, once opened; its lock is held while connecting.
-type PeerSlot = Arc<Mutex<Option<Arc<Peer>>>>;
+/// A server's connection, once opened, and the right to open it.
+#[derive(Debug, Default)]
+struct PeerSlot {
+    /// The connection; its lock is only held to look at it or replace it.
+    peer: Mutex<Option<Arc<Peer>>>,
+    /// Held while connecting: one thread connects, the others wait (each until its
+    /// deadline) and then use its connection.
+    connecting: Mutex<()>,
+}
+
+impl PeerSlot {
+    /// The connection, unless there is none yet or it broke.
+    fn current(&self) -> Option<Arc<Peer>> {
+        let peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
+        peer.as_ref()
+            .filter(|p| !p.connection.is_broken())
+            .map(Arc::clone)
+    }
+}
+
+/// Locks `mutex`, waiting for it until `deadline` at most; `None` if it stayed held.
+fn lock_by<T>(mutex: &Mutex<T>, deadline: Instant) -> Option<MutexGuard<'_, T>> {
+    /// Longest sleep between attempts (it is only held while a server is being connected).
+    const POLL: Duration = Duration::from_millis(5);
+    loop {
+        match mutex.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                std::thread::sleep(left.min(POLL));
+            }
+        }
+    }
+}
 
 impl Store {
     /// A store configured from the `DIMSTORE_*` environment: finds this node's server
@@ -205,16 +241,18 @@ impl Store {
     /// Fetches an object from its owner. A deferred key not set yet is waited for up to the
     /// timeout.
     pub fn get(&self, key: &Key) -> Result<ObjectBytes, GetError> {
-        let (peer, reply) = self.get_from(&key.owner, &[key.id])?;
+        let (peer, reply) = self.get_from(&key.owner, &[key])?;
         let ReplyFrame {
             response, payload, ..
         } = reply;
         match response {
             Response::Get { items } => match items.as_slice() {
-                [GetItem::Found { size }] if *size == payload.len() as u64 => {
+                [GetItem::Found { size }]
+                    if *size == payload.len() as u64 && fits_key(key, *size) =>
+                {
                     Ok(ObjectBytes::owned(payload))
                 }
-                &[item @ GetItem::Mapped { .. }] => {
+                &[item @ GetItem::Mapped { size, .. }] if fits_key(key, size) => {
                     let leases = self.leases(&peer, &[item]);
                     Ok(self.mapped(&key.owner, &peer, item, &leases)?)
                 }
@@ -231,12 +269,16 @@ impl Store {
     pub fn get_batch(&self, keys: &[Key]) -> Result<Vec<Option<ObjectBytes>>, GetError> {
         let mut out: Vec<Option<ObjectBytes>> = vec![None; keys.len()];
         for (owner, indices) in group_by_owner(keys) {
-            let ids: Vec<ObjectId> = indices.iter().map(|&i| keys[i].id).collect();
-            let (peer, reply) = self.get_from(owner, &ids)?;
+            let batch: Vec<&Key> = indices.iter().map(|&i| &keys[i]).collect();
+            let (peer, reply) = self.get_from(owner, &batch)?;
             let Response::Get { items } = reply.response else {
                 return Err(unexpected(owner, &reply.response).into());
             };
-            if items.len() != ids.len() {
+            let sizes_fit = batch.iter().zip(&items).all(|(key, item)| match *item {
+                GetItem::Found { size } | GetItem::Mapped { size, .. } => fits_key(key, size),
+                _ => true,
+            });
+            if items.len() != batch.len() || !sizes_fit {
                 return Err(unexpected(owner, &Response::Get { items }).into());
             }
             let leases = self.leases(&peer, &items);
@@ -314,20 +356,31 @@ impl Store {
         Ok(ObjectBytes::mapped(bytes, Arc::clone(leases)))
     }
 
+    /// Sends a get of `keys` (all owned by `owner`); the reply may carry no more bytes than
+    /// the keys can hold.
     fn get_from(
         &self,
         owner: &str,
-        ids: &[ObjectId],
+        keys: &[&Key],
     ) -> Result<(Arc<Peer>, ReplyFrame), RequestError> {
         // The server waits for deferred objects a little less than our deadline, so its
         // NotSet answer arrives before we give up on the connection.
         let margin = (self.timeout / 10).min(Duration::from_secs(1));
         let wait_ms = (self.timeout - margin).as_millis() as u64;
         let request = Request::Get {
-            ids: ids.to_vec(),
+            ids: keys.iter().map(|k| k.id).collect(),
             wait_ms,
         };
-        self.call(owner, &request, &[])
+        self.call_expecting(owner, &request, &[], |peer| {
+            // A deferred key's object is at most what its owner can hold, and no reply is
+            // larger than this machine's memory.
+            let memory = crate::config::physical_memory();
+            let deferred = peer.hello.max_object.min(memory);
+            keys.iter()
+                .map(|k| k.size.unwrap_or(deferred))
+                .fold(0u64, u64::saturating_add)
+                .min(memory)
+        })
     }
 
     // ---- exists / evict ---------------------------------------------------------------
@@ -466,18 +519,31 @@ impl Store {
 
     // ---- plumbing ---------------------------------------------------------------------
 
-    /// Sends one request to `owner` within this store's timeout.
+    /// Sends one request to `owner` within this store's timeout; its reply carries no
+    /// payload.
     pub(crate) fn call(
         &self,
         owner: &str,
         request: &Request,
         payload: &[&[u8]],
     ) -> Result<(Arc<Peer>, ReplyFrame), RequestError> {
+        self.call_expecting(owner, request, payload, |_| 0)
+    }
+
+    /// Sends one request to `owner` within this store's timeout; its reply may carry at most
+    /// `reply_payload(owner's peer)` payload bytes.
+    fn call_expecting(
+        &self,
+        owner: &str,
+        request: &Request,
+        payload: &[&[u8]],
+        reply_payload: impl FnOnce(&Peer) -> u64,
+    ) -> Result<(Arc<Peer>, ReplyFrame), RequestError> {
         let deadline = Instant::now() + self.timeout;
         let peer = self.peer_by(owner, deadline)?;
         let reply = peer
             .connection
-            .call(request, payload, deadline)
+            .call(request, payload, reply_payload(&peer), deadline)
             .map_err(|e| RequestError::from_transport(owner, self.timeout, e))?;
         if let Response::Error(e) = reply.response {
             return Err(RequestError::from_reply(owner, e));
@@ -491,13 +557,18 @@ impl Store {
             let mut peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(peers.entry(owner.to_string()).or_default())
         };
-        // One connection per peer even when many threads start at once; a slow or dead
-        // server only delays the callers that need it.
-        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(peer) = slot.as_ref().filter(|p| !p.connection.is_broken()) {
-            return Ok(Arc::clone(peer));
+        if let Some(peer) = slot.current() {
+            return Ok(peer);
         }
-        *slot = None;
+        // One connection per peer even when many threads start at once; a slow or dead
+        // server only delays the callers that need it, each until its own deadline.
+        let _connecting = lock_by(&slot.connecting, deadline).ok_or(RequestError::Timeout {
+            owner: owner.to_string(),
+            timeout: self.timeout,
+        })?;
+        if let Some(peer) = slot.current() {
+            return Ok(peer);
+        }
         let fail = |e| RequestError::from_transport(owner, self.timeout, e);
         let connection = self
             .inner
@@ -513,7 +584,7 @@ impl Store {
             map: false,
             map_from: 0,
         });
-        let reply = connection.call(&hello, &[], deadline).map_err(fail)?;
+        let reply = connection.call(&hello, &[], 0, deadline).map_err(fail)?;
         let hello = match reply.response {
             Response::Hello(h) => h,
             Response::Error(e)
@@ -555,7 +626,7 @@ impl Store {
             }
         };
         let peer = Arc::new(peer);
-        *slot = Some(Arc::clone(&peer));
+        *slot.peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&peer));
         Ok(peer)
     }
 
@@ -580,7 +651,7 @@ impl Store {
             map: mode == LocalMode::Map,
             map_from: self.inner.config.local_map_from,
         });
-        match connection.call(&hello, &[], deadline).ok()?.response {
+        match connection.call(&hello, &[], 0, deadline).ok()?.response {
             Response::Hello(hello) if hello.server_id == tcp_hello.server_id => Some(Peer {
                 connection: Arc::new(connection),
                 mappings: hello.mapped.then(Mappings::default),
@@ -597,6 +668,11 @@ fn key(peer: &Peer, id: ObjectId, size: Option<u64>) -> Key {
         id,
         size,
     }
+}
+
+/// Whether an object of `size` bytes can be `key`'s (a deferred key's size is unknown).
+fn fits_key(key: &Key, size: u64) -> bool {
+    key.size.is_none_or(|expected| expected == size)
 }
 
 fn group_by_owner(keys: &[Key]) -> Vec<(&str, Vec<usize>)> {

@@ -284,7 +284,7 @@ pub fn a_hung_reader_loses_its_lease_at_the_deadline(transport: &str) {
         .connect(owner.address(), deadline())
         .expect("connect");
     assert!(matches!(
-        hung.call(&raw_hello("elsewhere"), &[], deadline())
+        hung.call(&raw_hello("elsewhere"), &[], 0, deadline())
             .expect("hello")
             .response,
         Response::Hello(_)
@@ -294,7 +294,7 @@ pub fn a_hung_reader_loses_its_lease_at_the_deadline(transport: &str) {
         from: 0,
     };
     assert_eq!(
-        hung.call(&use_one_sided, &[], deadline())
+        hung.call(&use_one_sided, &[], 0, deadline())
             .expect("use")
             .response,
         Response::Done
@@ -303,7 +303,7 @@ pub fn a_hung_reader_loses_its_lease_at_the_deadline(transport: &str) {
         ids: vec![key.id],
         wait_ms: 0,
     };
-    match hung.call(&get, &[], deadline()).expect("get").response {
+    match hung.call(&get, &[], 0, deadline()).expect("get").response {
         Response::Get { items } => assert!(
             matches!(items[..], [GetItem::Remote { .. }]),
             "a remote item with a lease: {items:?}"

@@ -229,7 +229,7 @@ fn malformed_channel_messages_get_typed_errors_and_others_are_served() {
     // Sends a request without payload and returns its reply (bounded by `WAIT`).
     let call = |request: &Request| {
         control
-            .call(request, &[], Instant::now() + WAIT)
+            .call(request, &[], 0, Instant::now() + WAIT)
             .expect("control reply within the wait")
             .response
     };

@@ -94,6 +94,29 @@ impl AlignedBuf {
         AlignedBuf::zeroed(len)
     }
 
+    /// [`for_overwrite`](Self::for_overwrite), or `None` when the memory cannot be had
+    /// (instead of aborting the process): for lengths that come from a peer.
+    pub fn try_for_overwrite(len: usize) -> Option<Self> {
+        if len >= PAGE_BUFFER_FROM {
+            if let Some(pages) = take_pooled(len) {
+                return Some(AlignedBuf {
+                    storage: Storage::Pages(pages),
+                });
+            }
+            if let Ok(pages) = PageBuffer::zeroed(len) {
+                return Some(AlignedBuf {
+                    storage: Storage::Pages(pages),
+                });
+            }
+        }
+        let mut words = Vec::new();
+        words.try_reserve_exact(len.div_ceil(16)).ok()?;
+        words.resize(len.div_ceil(16), 0u128);
+        Some(AlignedBuf {
+            storage: Storage::Heap { words, len },
+        })
+    }
+
     /// A buffer holding a copy of `bytes`.
     pub fn copy_from(bytes: &[u8]) -> Self {
         let mut buf = AlignedBuf::for_overwrite(bytes.len());

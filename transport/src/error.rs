@@ -39,6 +39,10 @@ pub enum TransportError {
         /// The library's error.
         reason: String,
     },
+    /// The peer's reply does not fit the request (more bytes or items than it can return,
+    /// a region outside what it names).
+    #[error("reply does not fit the request: {0}")]
+    Protocol(String),
     /// The peer sent a body that failed validation.
     #[error(transparent)]
     Decode(#[from] DecodeError),

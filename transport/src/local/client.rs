@@ -11,7 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dimstore_proto::FrameLimits;
-use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+use rustix::io::{ioctl_fionbio, Errno};
+use rustix::net::{
+    connect_unix, recvmsg, socket_with, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
+    RecvFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
 
 use super::MAX_FDS_PER_REPLY;
 use crate::mux::{MuxConnection, Socket};
@@ -93,21 +97,93 @@ impl Connector for LocalConnector {
         super::NAME
     }
 
-    fn connect(
-        &self,
-        address: &str,
-        _deadline: Instant,
-    ) -> Result<LocalConnection, TransportError> {
+    fn connect(&self, address: &str, deadline: Instant) -> Result<LocalConnection, TransportError> {
         let fail = |e: io::Error| TransportError::Connect {
             address: address.to_string(),
             reason: e.to_string(),
         };
-        // A local connect either succeeds or fails at once: no deadline needed.
-        let stream = UnixStream::connect(Path::new(address)).map_err(fail)?;
+        let stream = connect_by(Path::new(address), deadline).map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => TransportError::Timeout,
+            _ => fail(e),
+        })?;
         let socket = UnixSocket {
             stream,
             fds: Arc::default(),
         };
         MuxConnection::new(socket, self.limits).map_err(fail)
+    }
+}
+
+/// Longest sleep between connection attempts while the server's backlog is full.
+const CONNECT_RETRY: Duration = Duration::from_millis(5);
+
+/// Connects to the Unix socket at `path`, giving up at `deadline` (`TimedOut`): a connect
+/// blocks while the server's backlog is full, as it stays when the server is stopped.
+fn connect_by(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
+    let address = SocketAddrUnix::new(path)?;
+    let socket = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    loop {
+        match connect_unix(&socket, &address) {
+            Ok(()) => break,
+            Err(Errno::AGAIN | Errno::INTR) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                std::thread::sleep(left.min(CONNECT_RETRY));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ioctl_fionbio(&socket, false)?;
+    Ok(UnixStream::from(socket))
+}
+
+#[cfg(test)]
+mod tests {
+    use rustix::net::{bind_unix, listen};
+
+    use super::*;
+
+    #[test]
+    fn a_connect_to_a_server_that_accepts_nobody_ends_at_its_deadline() {
+        let dir = std::env::temp_dir().join(format!("dimstore-local-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let path = dir.join("full.sock");
+        let _ = std::fs::remove_file(&path);
+        // A listener with the smallest backlog that never accepts (a stopped server).
+        let listener = socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        bind_unix(&listener, &SocketAddrUnix::new(&path).expect("address")).expect("bind");
+        listen(&listener, 0).expect("listen");
+        let connector = LocalConnector::default();
+        let address = path.to_str().expect("utf-8 path");
+        let wait = Duration::from_millis(300);
+        let mut queued = Vec::new();
+        let outcome = loop {
+            let started = Instant::now();
+            match connector.connect(address, started + wait) {
+                Ok(connection) if queued.len() < 16 => queued.push(connection),
+                Ok(_) => panic!("the backlog never filled"),
+                Err(e) => break (e, started.elapsed()),
+            }
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(outcome.0, TransportError::Timeout);
+        assert!(
+            outcome.1 < wait + Duration::from_secs(2),
+            "took {:?}",
+            outcome.1
+        );
     }
 }

@@ -28,15 +28,18 @@ pub trait Messenger: Send + Sync + 'static {
 
     /// Sends a request message (`head`: channel id and frame head; `payload`) to the server
     /// at `peer` and waits until `deadline` for the reply to request `request_id`: its frame
-    /// head and payload. While waiting it asks `gone` now and then whether the server is
-    /// known to be dead (fabrics such as shared memory cannot tell), and then fails with
-    /// [`TransportError::ConnectionLost`].
+    /// head and payload. A reply whose head or payload exceeds `limits` is refused (with
+    /// [`TransportError::Frame`]) before anything is allocated for it. While waiting it asks
+    /// `gone` now and then whether the server is known to be dead (fabrics such as shared
+    /// memory cannot tell), and then fails with [`TransportError::ConnectionLost`].
+    #[allow(clippy::too_many_arguments)]
     fn call(
         &self,
         peer: &[u8],
         head: Vec<u8>,
         payload: Vec<u8>,
         request_id: u64,
+        limits: FrameLimits,
         deadline: Instant,
         gone: &dyn Fn() -> bool,
     ) -> Result<(Vec<u8>, AlignedBuf), TransportError>;
@@ -91,16 +94,16 @@ impl<C: Connection> ChannelConnection<C> {
         e
     }
 
-    /// Decodes a reply message.
+    /// Decodes a reply message, checked against `limits`.
     fn reply(
         &self,
         id: u64,
         head: &[u8],
         payload: AlignedBuf,
+        limits: &FrameLimits,
     ) -> Result<ReplyFrame, TransportError> {
         let lost = |why: String| TransportError::ConnectionLost(why);
-        let (header, body_bytes) = FrameHeader::decode_head(head, &FrameLimits::default())
-            .map_err(|e| lost(e.to_string()))?;
+        let (header, body_bytes) = FrameHeader::decode_head(head, limits)?;
         if header.kind != FrameKind::Response
             || header.request_id != id
             || header.payload_len != payload.len() as u64
@@ -112,7 +115,7 @@ impl<C: Connection> ChannelConnection<C> {
         }
         let mut body = AlignedVec::<16>::with_capacity(body_bytes.len());
         body.extend_from_slice(body_bytes);
-        let response = decode_response(&body).map_err(|e| lost(e.to_string()))?;
+        let response = decode_response(&body)?;
         Ok(ReplyFrame {
             response,
             payload,
@@ -126,9 +129,11 @@ impl<C: Connection> Connection for ChannelConnection<C> {
         &self,
         request: &Request,
         payload: &[&[u8]],
+        reply_payload: u64,
         deadline: Instant,
     ) -> Result<ReplyFrame, TransportError> {
         let id = self.messenger.next_request_id();
+        let limits = crate::reply_limits(request, reply_payload);
         let len = payload.iter().map(|p| p.len()).sum();
         // The messenger owns what it sends until the fabric is done with it.
         let mut bytes = Vec::with_capacity(len);
@@ -138,11 +143,12 @@ impl<C: Connection> Connection for ChannelConnection<C> {
         let head = self.head(FrameKind::Request, id, request, len);
         let (head, payload) = self
             .messenger
-            .call(&self.peer, head, bytes, id, deadline, &|| {
+            .call(&self.peer, head, bytes, id, limits, deadline, &|| {
                 self.control.peer_closed()
             })
             .map_err(|e| self.note(e))?;
-        self.reply(id, &head, payload).map_err(|e| self.note(e))
+        self.reply(id, &head, payload, &limits)
+            .map_err(|e| self.note(e))
     }
 
     fn notify(&self, request: &Request, deadline: Instant) -> Result<(), TransportError> {

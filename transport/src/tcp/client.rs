@@ -69,7 +69,7 @@ impl Connector for TcpConnector {
         for addr in addrs {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(fail("timed out".into()));
+                return Err(TransportError::Timeout);
             }
             match TcpStream::connect_timeout(&addr, remaining) {
                 Ok(stream) => {
@@ -77,6 +77,7 @@ impl Connector for TcpConnector {
                     return MuxConnection::new(stream, self.limits)
                         .map_err(|e| fail(e.to_string()));
                 }
+                Err(_) if Instant::now() >= deadline => return Err(TransportError::Timeout),
                 Err(e) => last = e.to_string(),
             }
         }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use dimstore_proto::FrameHeader;
+use dimstore_proto::{FrameHeader, FrameLimits, HEADER_LEN};
 use dimstore_transport::{AlignedBuf, TransportError};
 use dimstore_ucx::{AmMessage, Endpoint, Request, UcxError, Worker};
 
@@ -23,6 +23,8 @@ pub(crate) struct CallJob {
     pub(crate) head: Vec<u8>,
     pub(crate) payload: Vec<u8>,
     pub(crate) id: u64,
+    /// What the reply may carry; checked before anything is received.
+    pub(crate) limits: FrameLimits,
     pub(crate) deadline: Instant,
     pub(crate) answer: Answer,
 }
@@ -42,6 +44,7 @@ struct Table {
 
 struct Waiting {
     peer: Vec<u8>,
+    limits: FrameLimits,
     deadline: Instant,
     answer: Answer,
     /// The request's send, until it completes.
@@ -81,6 +84,7 @@ impl Calls {
             head,
             payload,
             id,
+            limits,
             deadline,
             answer,
         } = job;
@@ -89,6 +93,7 @@ impl Calls {
             id,
             Waiting {
                 peer,
+                limits,
                 deadline,
                 answer,
                 send: Some(send),
@@ -195,6 +200,11 @@ fn on_reply(table: &RefCell<Table>, message: AmMessage<'_>) {
     let Some(waiting) = table.borrow_mut().waiting.remove(&id) else {
         return;
     };
+    // Refused before anything is allocated (an unreceived rendezvous payload is dropped).
+    if let Err(e) = check_reply(head, message.data_len(), &waiting.limits) {
+        let _ = waiting.answer.send(Err(e));
+        return;
+    }
     match message.data() {
         Some(data) => {
             let mut payload = AlignedBuf::for_overwrite(data.len());
@@ -211,5 +221,55 @@ fn on_reply(table: &RefCell<Table>, message: AmMessage<'_>) {
                 waiting,
             });
         }
+    }
+}
+
+/// Checks a reply's frame header and announced payload length against `limits`.
+fn check_reply(head: &[u8], data_len: usize, limits: &FrameLimits) -> Result<(), TransportError> {
+    let raw = head
+        .first_chunk::<HEADER_LEN>()
+        .ok_or(dimstore_proto::FrameError::ShortHead(head.len()))?;
+    FrameHeader::decode(raw, limits)?;
+    if data_len as u64 > limits.max_payload {
+        return Err(dimstore_proto::FrameError::PayloadTooLarge {
+            declared: data_len as u64,
+            limit: limits.max_payload,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use dimstore_proto::{encode_response, FrameKind, GetItem, Response};
+
+    use super::*;
+
+    fn head(body_len: Option<u32>, payload_len: u64) -> Vec<u8> {
+        let response = Response::Get {
+            items: vec![GetItem::Found { size: payload_len }],
+        };
+        let body = encode_response(&response);
+        let mut head = Vec::new();
+        FrameHeader::write_head(&mut head, FrameKind::Response, 7, &body, payload_len);
+        if let Some(len) = body_len {
+            head[16..20].copy_from_slice(&len.to_le_bytes());
+        }
+        head
+    }
+
+    #[test]
+    fn replies_beyond_the_requests_bounds_are_refused_before_receiving() {
+        let limits = FrameLimits {
+            max_body: 1 << 10,
+            max_payload: 8,
+        };
+        assert!(check_reply(&head(None, 8), 8, &limits).is_ok());
+        // The header lies, or the message carries more than the header says.
+        assert!(check_reply(&head(None, 1 << 40), 1 << 40, &limits).is_err());
+        assert!(check_reply(&head(None, 8), 1 << 30, &limits).is_err());
+        assert!(check_reply(&head(Some(u32::MAX), 8), 8, &limits).is_err());
+        assert!(check_reply(&[0u8; 7], 0, &limits).is_err());
     }
 }

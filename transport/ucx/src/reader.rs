@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dimstore_proto::FrameLimits;
 use dimstore_transport::onesided::{ReadChunk, ReadTarget, Reader, RemoteRead};
 use dimstore_transport::{AlignedBuf, TransportError};
 use dimstore_ucx::{
@@ -26,9 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const SPIN: Duration = Duration::from_micros(50);
 /// Longest sleep of the idle fabric thread: a safety net only.
 const IDLE_SLEEP: Duration = Duration::from_secs(1);
-/// How long past its deadline a caller waits for the fabric thread's answer (which comes
-/// at the deadline at the latest) before giving up on it.
-const ANSWER_GRACE: Duration = Duration::from_secs(5);
+/// How long past its deadline a caller waits for the fabric thread's answer, which comes
+/// at the deadline unless the thread is stuck in a library call or still pulling a reply's
+/// payload: calls end by their deadline all the same.
+const ANSWER_GRACE: Duration = Duration::from_millis(100);
 
 /// The UCX [`Reader`]: one context and worker on a dedicated fabric thread, one endpoint
 /// per peer (with peer-failure detection where the transports allow it), each packed key
@@ -183,6 +185,7 @@ impl Messenger for UcxReader {
         head: Vec<u8>,
         payload: Vec<u8>,
         request_id: u64,
+        limits: FrameLimits,
         deadline: Instant,
         gone: &dyn Fn() -> bool,
     ) -> Result<(Vec<u8>, AlignedBuf), TransportError> {
@@ -195,6 +198,7 @@ impl Messenger for UcxReader {
             head,
             payload,
             id: request_id,
+            limits,
             deadline,
             answer,
         })))?;
