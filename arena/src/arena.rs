@@ -84,12 +84,18 @@ struct Slot {
     segment: Arc<Segment>,
     free: FreeList,
     dedicated: bool,
+    /// Made for one writer ([`Arena::allocate_for_writer`]): never reused once freed, since
+    /// that writer may still have it mapped writable.
+    for_writer: bool,
     /// Pages below this offset have been written before (they are committed).
     touched: u64,
 }
 
 /// Ranges from this size on have their never-touched pages faulted in at allocation.
 const POPULATE_FROM: u64 = 256 << 10;
+
+/// Page size: the unit a writer's segment is sized (and accounted) in.
+const PAGE: u64 = 4096;
 
 impl Arena {
     /// An empty arena; segments are created on first use.
@@ -154,7 +160,7 @@ impl Arena {
             let spare = state
                 .slots
                 .iter_mut()
-                .filter(|(_, slot)| slot.dedicated && slot.free.is_empty())
+                .filter(|(_, slot)| slot.dedicated && !slot.for_writer && slot.free.is_empty())
                 .filter(|(_, slot)| (rounded..=rounded * 2).contains(&slot.segment.len()))
                 .min_by_key(|(_, slot)| slot.segment.len())
                 .and_then(|(&id, slot)| slot.free.allocate(rounded).map(|off| (id, off)));
@@ -177,23 +183,7 @@ impl Arena {
                 } else {
                     config.segment_size
                 };
-                // Spares are reclaimable: unmap the least fitting ones until the new segment
-                // fits under the capacity together with everything in use.
-                while state.used + state.spare + seg_len > config.capacity {
-                    let Some(victim) = state
-                        .slots
-                        .iter()
-                        .filter(|(_, s)| s.dedicated && s.free.is_empty())
-                        .max_by_key(|(_, s)| s.segment.len())
-                        .map(|(&id, _)| id)
-                    else {
-                        break;
-                    };
-                    if let Some(slot) = state.slots.remove(&victim) {
-                        state.spare -= slot.segment.len();
-                        state.mapped -= slot.segment.len();
-                    }
-                }
+                state.reclaim_spares(config.capacity, seg_len);
                 let segment = Arc::new(Segment::new(seg_len)?);
                 let mut free = FreeList::new(seg_len);
                 let offset = free.allocate(rounded).ok_or(OutOfMemory::Full {
@@ -201,18 +191,13 @@ impl Arena {
                     available,
                     capacity: config.capacity,
                 })?;
-                let id = state.next_segment_id;
-                state.next_segment_id = state.next_segment_id.wrapping_add(1);
-                state.mapped += seg_len;
-                state.slots.insert(
-                    id,
-                    Slot {
-                        segment,
-                        free,
-                        dedicated,
-                        touched: 0,
-                    },
-                );
+                let id = state.insert(Slot {
+                    segment,
+                    free,
+                    dedicated,
+                    for_writer: false,
+                    touched: 0,
+                });
                 (id, offset)
             }
         };
@@ -243,6 +228,89 @@ impl Arena {
             len,
         })
     }
+
+    /// Allocates `len` bytes in a segment of their own that one same-node client may map
+    /// writable (an in-place put's reservation): no other object shares its pages, so that
+    /// client can write nothing else. Accounted page-rounded; the segment is unmapped when
+    /// the allocation is freed, never reused. [`Allocation::end_outside_writes`] ends the
+    /// client's access once it is done.
+    pub fn allocate_for_writer(&self, len: u64) -> Result<Allocation, OutOfMemory> {
+        if len == 0 {
+            return self.allocate(0);
+        }
+        let capacity = self.shared.config.capacity;
+        let seg_len = len.div_ceil(PAGE).saturating_mul(PAGE);
+        let mut state = self.shared.lock();
+        let available = capacity.saturating_sub(state.used);
+        if seg_len > available {
+            return Err(OutOfMemory::Full {
+                requested: seg_len,
+                available,
+                capacity,
+            });
+        }
+        state.reclaim_spares(capacity, seg_len);
+        let segment = Arc::new(Segment::for_writer(seg_len)?);
+        let mut free = FreeList::new(seg_len);
+        let offset = free.allocate(seg_len).ok_or(OutOfMemory::Full {
+            requested: seg_len,
+            available,
+            capacity,
+        })?;
+        let segment_id = state.insert(Slot {
+            segment: Arc::clone(&segment),
+            free,
+            dedicated: true,
+            for_writer: true,
+            touched: seg_len,
+        });
+        state.used += seg_len;
+        drop(state);
+        if seg_len >= POPULATE_FROM {
+            segment.populate(offset, seg_len);
+        }
+        Ok(Allocation {
+            shared: Arc::clone(&self.shared),
+            place: Some(Place {
+                segment,
+                segment_id,
+                offset,
+                rounded: seg_len,
+            }),
+            len,
+        })
+    }
+}
+
+impl State {
+    /// Unmaps spare segments, the least fitting first, until a new segment of `seg_len`
+    /// bytes fits under `capacity` together with everything in use (spares are reclaimable).
+    fn reclaim_spares(&mut self, capacity: u64, seg_len: u64) {
+        while self.used + self.spare + seg_len > capacity {
+            let Some(victim) = self
+                .slots
+                .iter()
+                .filter(|(_, s)| s.dedicated && s.free.is_empty())
+                .max_by_key(|(_, s)| s.segment.len())
+                .map(|(&id, _)| id)
+            else {
+                break;
+            };
+            if let Some(slot) = self.slots.remove(&victim) {
+                self.spare -= slot.segment.len();
+                self.mapped -= slot.segment.len();
+            }
+        }
+    }
+
+    /// Adds a new segment's slot under a fresh id.
+    fn insert(&mut self, slot: Slot) -> u32 {
+        let id = self.next_segment_id;
+        self.next_segment_id = self.next_segment_id.wrapping_add(1);
+        self.mapped += slot.segment.len();
+        self.slots.insert(id, slot);
+        id
+    }
 }
 
 impl Shared {
@@ -268,7 +336,9 @@ impl Shared {
             return;
         }
         let (dedicated, len) = (slot.dedicated, slot.segment.len());
-        let keep = if dedicated {
+        let keep = if slot.for_writer {
+            false
+        } else if dedicated {
             state.spare + len <= spare_limit
         } else {
             place.segment_id == 0
@@ -349,6 +419,33 @@ impl Allocation {
     /// same-node mapping). `None` for an empty object.
     pub fn location(&self) -> Option<(u32, u64)> {
         self.place.as_ref().map(|p| (p.segment_id, p.offset))
+    }
+
+    /// Ends a client's writes into an allocation from [`Arena::allocate_for_writer`], before
+    /// it is sealed: its segment is sealed against new writable mappings. An object smaller
+    /// than a dedicated segment's threshold is moved into a shared segment instead (one copy
+    /// in the server), so in-place objects do not each keep a descriptor and a mapping for
+    /// life. Other allocations are returned unchanged. Fails only when the writer sealed the
+    /// memfd itself (`F_SEAL_SEAL`).
+    pub fn end_outside_writes(self) -> Result<Allocation, SegmentError> {
+        let Some(place) = &self.place else {
+            return Ok(self);
+        };
+        if !place.segment.accepts_outside_writes() {
+            return Ok(self);
+        }
+        if place.rounded < self.shared.config.segment_size / 4 {
+            let arena = Arena {
+                shared: Arc::clone(&self.shared),
+            };
+            if let Ok(mut moved) = arena.allocate(self.len) {
+                moved.as_mut_slice().copy_from_slice(self.as_slice());
+                return Ok(moved);
+            }
+            // No room for the copy: seal it where it is.
+        }
+        place.segment.end_outside_writes()?;
+        Ok(self)
     }
 }
 
@@ -458,6 +555,58 @@ mod tests {
         assert_eq!(arena.stats().used, 1024, "a lease keeps the bytes");
         drop(lease);
         assert_eq!(arena.stats().used, 0);
+    }
+
+    #[test]
+    fn shared_segments_stay_writable_for_the_server_only() {
+        let arena = arena(8 << 20);
+        let mut small = arena.allocate(1000).expect("room");
+        let big = arena
+            .allocate(2 << 20)
+            .expect("room (populated, dedicated)");
+        small.as_mut_slice().fill(3);
+        for a in [&small, &big] {
+            let (id, _) = a.location().expect("placed");
+            let segment = arena.segment(id).expect("segment");
+            assert!(!segment.accepts_outside_writes());
+            let fd = segment.fd().try_clone_to_owned().expect("dup");
+            assert_eq!(rustix::fs::ftruncate(&fd, 0), Err(rustix::io::Errno::PERM));
+            assert!(crate::MappedSegment::map(fd, segment.len(), true).is_err());
+        }
+        assert!(small.as_slice().iter().all(|&b| b == 3));
+    }
+
+    #[test]
+    fn writer_segments_hold_one_object_and_are_never_reused() {
+        let arena = arena(64 << 20);
+        let neighbour = arena.allocate(100).expect("room");
+        let reservation = arena.allocate_for_writer(5000).expect("room");
+        let (id, offset) = reservation.location().expect("placed");
+        assert_ne!(Some(id), neighbour.location().map(|l| l.0), "own segment");
+        assert_eq!(offset, 0);
+        let segment = arena.segment(id).expect("segment");
+        assert_eq!(segment.len(), 8192, "page-rounded");
+        assert!(segment.accepts_outside_writes());
+        assert_eq!(arena.stats().used, 128 + 8192);
+        drop(segment);
+        // Small: moved into a shared segment, the writer's segment unmapped.
+        let moved = reservation.end_outside_writes().expect("published");
+        assert_ne!(moved.location().expect("placed").0, id);
+        assert!(arena.segment(id).is_none(), "writer segment gone");
+        assert_eq!(arena.stats().used, 128 + 5056);
+        // Large: sealed in place; freed, its segment is unmapped rather than kept as a spare.
+        let big = arena.allocate_for_writer(20 << 20).expect("room");
+        let (big_id, _) = big.location().expect("placed");
+        let big = big.end_outside_writes().expect("published");
+        assert_eq!(big.location().expect("placed").0, big_id, "kept in place");
+        assert!(!arena
+            .segment(big_id)
+            .expect("segment")
+            .accepts_outside_writes());
+        drop(big);
+        assert!(arena.segment(big_id).is_none(), "not kept as a spare");
+        let again = arena.allocate(20 << 20).expect("room");
+        assert_ne!(again.location().expect("placed").0, big_id);
     }
 
     #[test]

@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn a_client_mapping_sees_the_servers_bytes_and_claims_do_not_overlap() {
-        let server = Segment::new(1 << 20).expect("segment");
+        let server = Segment::for_writer(1 << 20).expect("segment");
         let fd = server.fd().try_clone_to_owned().expect("dup");
         let mapped = MappedSegment::map(fd, server.len(), true).expect("map");
         let mut claim = mapped.claim(4096, 100).expect("claim");
@@ -205,5 +205,34 @@ mod tests {
             "read-only mappings are not claimable"
         );
         assert_eq!(read_only.view(4096, 1).expect("view")[0], 7);
+    }
+
+    #[test]
+    fn a_segment_done_with_outside_writes_maps_read_only_and_keeps_its_size() {
+        let server = Segment::for_writer(1 << 20).expect("segment");
+        let fd = || server.fd().try_clone_to_owned().expect("dup");
+        let writer = MappedSegment::map(fd(), server.len(), true).expect("writable before");
+        assert_eq!(
+            rustix::fs::ftruncate(fd(), 0),
+            Err(rustix::io::Errno::PERM),
+            "the size is sealed from the start"
+        );
+        server.end_outside_writes().expect("seal");
+        server.end_outside_writes().expect("idempotent");
+        assert!(!server.accepts_outside_writes());
+        assert!(
+            MappedSegment::map(fd(), server.len(), true).is_err(),
+            "no new writable mapping"
+        );
+        assert_eq!(
+            rustix::io::write(fd(), b"x"),
+            Err(rustix::io::Errno::PERM),
+            "no write through a descriptor"
+        );
+        let reader = MappedSegment::map(fd(), server.len(), false).expect("read-only");
+        // The mappings made before the seal still write (which is why writers' segments
+        // are never reused), and readers see it.
+        writer.claim(0, 4).expect("claim").copy_from_slice(b"late");
+        assert_eq!(&reader.view(0, 4).expect("view")[..], b"late");
     }
 }

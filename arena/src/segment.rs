@@ -1,5 +1,14 @@
 //! A segment: one memfd mapped read-write into the server.
 //!
+//! Same-node clients receive segments' descriptors, so the memfd itself carries the rules
+//! (seals, which no descriptor holder can remove): its size is fixed (`F_SEAL_SHRINK`,
+//! `F_SEAL_GROW`), so no client can truncate it and fault the server; and once the server
+//! has mapped it, no new writable mapping (nor `write`) is possible (`F_SEAL_FUTURE_WRITE`,
+//! then `F_SEAL_SEAL`), so clients can only map it read-only while the server keeps writing
+//! through its own mapping. A segment made for one writer ([`Segment::for_writer`], an
+//! in-place put's reservation) gets the write seal only when its writer is done
+//! ([`Segment::end_outside_writes`]).
+//!
 //! This module is the arena's FFI layer (mmap/munmap through `rustix`); it holds the crate's
 //! only `unsafe` code.
 #![allow(unsafe_code)]
@@ -7,7 +16,9 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
-use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::fs::{
+    fcntl_add_seals, fcntl_get_seals, ftruncate, memfd_create, MemfdFlags, SealFlags,
+};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
 /// Why a segment could not be created.
@@ -34,7 +45,15 @@ pub enum SegmentError {
         #[source]
         source: rustix::io::Errno,
     },
+    /// Adding seals to the memfd failed (for a writer's segment: its writer sealed it first).
+    #[error("cannot seal the segment's memfd: {0}")]
+    Seal(#[source] rustix::io::Errno),
 }
+
+/// Seals of every segment from its creation: its size never changes.
+const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
+/// Seals that end writes by anyone but the server's own mapping, and further sealing.
+const WRITE_SEALS: SealFlags = SealFlags::FUTURE_WRITE.union(SealFlags::SEAL);
 
 /// A contiguous shared-memory region backed by a memfd.
 ///
@@ -55,8 +74,17 @@ unsafe impl Send for Segment {}
 unsafe impl Sync for Segment {}
 
 impl Segment {
-    /// Creates and maps a segment of `len` bytes (`len > 0`).
+    /// Creates and maps a segment of `len` bytes (`len > 0`) that only the server writes:
+    /// every descriptor of it maps read-only.
     pub fn new(len: u64) -> Result<Segment, SegmentError> {
+        let segment = Self::for_writer(len)?;
+        segment.end_outside_writes()?;
+        Ok(segment)
+    }
+
+    /// Creates and maps a segment of `len` bytes (`len > 0`) that one client may still map
+    /// writable, until [`end_outside_writes`](Self::end_outside_writes). Its size is sealed.
+    pub fn for_writer(len: u64) -> Result<Segment, SegmentError> {
         let fd = memfd_create(
             "dimstore-arena",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -84,7 +112,27 @@ impl Segment {
             len,
             source: rustix::io::Errno::NOMEM,
         })?;
-        Ok(Segment { fd, base, len })
+        // From here on `Drop` unmaps.
+        let segment = Segment { fd, base, len };
+        fcntl_add_seals(&segment.fd, SIZE_SEALS).map_err(SegmentError::Seal)?;
+        Ok(segment)
+    }
+
+    /// Seals the memfd against new writable mappings and writes (the server's own mapping
+    /// stays writable; a writer's existing mapping too, which is why a writer's segment is
+    /// never reused for another object). Idempotent.
+    pub fn end_outside_writes(&self) -> Result<(), SegmentError> {
+        if !self.accepts_outside_writes() {
+            return Ok(());
+        }
+        fcntl_add_seals(&self.fd, WRITE_SEALS).map_err(SegmentError::Seal)
+    }
+
+    /// Whether a descriptor of this segment can still be mapped writable (a writer's segment
+    /// before [`end_outside_writes`](Self::end_outside_writes)).
+    pub fn accepts_outside_writes(&self) -> bool {
+        // Unreadable seals: assume the worst.
+        fcntl_get_seals(&self.fd).map_or(true, |seals| !seals.contains(SealFlags::FUTURE_WRITE))
     }
 
     /// Length in bytes.

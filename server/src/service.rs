@@ -571,7 +571,11 @@ impl StoreService {
                 let mut segments = Vec::with_capacity(ids.len());
                 let mut fds: Vec<OwnedFd> = Vec::with_capacity(ids.len());
                 for id in ids {
-                    let Some(segment) = self.store.arena().segment(id) else {
+                    // A writer's segment (an in-place put's reservation) is handed out,
+                    // writable, only to the connection that reserved it, until it is sealed.
+                    let Some(segment) = self.store.arena().segment(id).filter(|segment| {
+                        !segment.accepts_outside_writes() || session.reservations.holds_segment(id)
+                    }) else {
                         return Reply::error(ErrorReply::new(
                             Status::NotFound,
                             format!("segment {id} is not mapped (any more)"),
@@ -597,7 +601,7 @@ impl StoreService {
                     fds,
                 }
             }
-            Request::Create { sizes } => match self.store.allocate(&sizes) {
+            Request::Create { sizes } => match self.store.allocate_for_writer(&sizes) {
                 Ok(allocations) => {
                     let reservations = allocations
                         .into_iter()
@@ -642,6 +646,20 @@ impl StoreService {
                         ));
                     }
                 }
+                // The writer is done: nobody maps these bytes writable from now on.
+                let allocations = match allocations
+                    .into_iter()
+                    .map(Allocation::end_outside_writes)
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(allocations) => allocations,
+                    Err(e) => {
+                        return Reply::error(ErrorReply::new(
+                            Status::BadRequest,
+                            format!("cannot seal the reservation: {e}"),
+                        ))
+                    }
+                };
                 self.counters
                     .puts
                     .fetch_add(allocations.len() as u64, Ordering::Relaxed);

@@ -84,6 +84,22 @@ impl ObjectStore {
             .collect()
     }
 
+    /// Allocates one segment of its own per size, for a same-node client to write in place
+    /// (see [`dimstore_arena::Arena::allocate_for_writer`]); same limits as [`Self::allocate`].
+    pub fn allocate_for_writer(&self, sizes: &[u64]) -> Result<Vec<Allocation>, ErrorReply> {
+        let capacity = self.arena.config().capacity;
+        if let Some(&big) = sizes.iter().find(|&&s| s > capacity) {
+            return Err(ErrorReply::new(
+                Status::TooLarge,
+                format!("object of {big} bytes exceeds the memory limit of {capacity} bytes"),
+            ));
+        }
+        sizes
+            .iter()
+            .map(|&size| self.arena.allocate_for_writer(size).map_err(out_of_memory))
+            .collect()
+    }
+
     /// Seals received objects under fresh ids.
     pub fn insert(&self, objects: Vec<Allocation>) -> Vec<ObjectId> {
         let mut table = self.table();
