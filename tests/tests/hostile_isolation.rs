@@ -405,14 +405,21 @@ fn an_in_place_put_writes_only_its_reservation() {
     };
     let tcp = server.client("tcp");
     for s in [&store, &tcp] {
-        assert!(s.get(&sealed).expect("get").iter().all(|&b| b == 0xee));
-        assert!(s.get(&library_key).expect("get").iter().all(|&b| b == 0x5a));
         for (key, data) in &neighbours {
-            assert_eq!(
-                &s.get(key).expect("neighbour")[..],
-                &data[..],
-                "neighbour overwritten"
+            let got = s.get(key).expect("neighbour");
+            assert!(
+                got[..] == data[..],
+                "a neighbour of {} bytes overwritten",
+                data.len()
             );
         }
+        assert!(
+            s.get(&library_key).expect("get").iter().all(|&b| b == 0x5a),
+            "the library's in-place object overwritten"
+        );
+        assert!(
+            s.get(&sealed).expect("get").iter().all(|&b| b == 0xee),
+            "the sealed object changed after its seal"
+        );
     }
 }
