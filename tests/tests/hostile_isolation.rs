@@ -240,11 +240,11 @@ fn call(connection: &LocalConnection, request: Request) -> ReplyFrame {
 }
 
 /// The descriptor and length of segment `id`, or the server's refusal.
-fn map_segment(connection: &LocalConnection, id: u32) -> Result<(OwnedFd, u64), Response> {
+fn map_segment(connection: &LocalConnection, id: u32) -> Result<(OwnedFd, u64), String> {
     let mut reply = call(connection, Request::MapSegments { ids: vec![id] });
     match (reply.response, reply.fds.pop()) {
         (Response::Segments { segments }, Some(fd)) => Ok((fd, segments[0].len)),
-        (other, _) => Err(other),
+        (other, _) => Err(format!("{other:?}")),
     }
 }
 
