@@ -1,6 +1,6 @@
 //! The arena: segments, accounting against the capacity, and allocation handles.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::allocator::FreeList;
@@ -77,6 +77,9 @@ struct State {
     mapped: u64,
     /// Bytes of empty dedicated segments kept for reuse.
     spare: u64,
+    /// Writers alive now ([`Arena::writer`]); ids are never reused.
+    writers: HashSet<u64>,
+    next_writer: u64,
 }
 
 #[derive(Debug)]
@@ -84,9 +87,6 @@ struct Slot {
     segment: Arc<Segment>,
     free: FreeList,
     dedicated: bool,
-    /// Made for one writer ([`Arena::allocate_for_writer`]): never reused once freed, since
-    /// that writer may still have it mapped writable.
-    for_writer: bool,
     /// Pages below this offset have been written before (they are committed).
     touched: u64,
 }
@@ -160,7 +160,9 @@ impl Arena {
             let spare = state
                 .slots
                 .iter_mut()
-                .filter(|(_, slot)| slot.dedicated && !slot.for_writer && slot.free.is_empty())
+                .filter(|(_, slot)| {
+                    slot.dedicated && slot.segment.writer().is_none() && slot.free.is_empty()
+                })
                 .filter(|(_, slot)| (rounded..=rounded * 2).contains(&slot.segment.len()))
                 .min_by_key(|(_, slot)| slot.segment.len())
                 .and_then(|(&id, slot)| slot.free.allocate(rounded).map(|off| (id, off)));
@@ -195,7 +197,6 @@ impl Arena {
                     segment,
                     free,
                     dedicated,
-                    for_writer: false,
                     touched: 0,
                 });
                 (id, offset)
@@ -229,18 +230,42 @@ impl Arena {
         })
     }
 
-    /// Allocates `len` bytes in a segment of their own that one same-node client may map
-    /// writable (an in-place put's reservation): no other object shares its pages, so that
-    /// client can write nothing else. Accounted page-rounded; the segment is unmapped when
-    /// the allocation is freed, never reused. [`Allocation::end_outside_writes`] ends the
-    /// client's access once it is done.
-    pub fn allocate_for_writer(&self, len: u64) -> Result<Allocation, OutOfMemory> {
+    /// A new writer: a same-node connection that writes objects in place.
+    pub fn writer(&self) -> Writer {
+        let mut state = self.shared.lock();
+        state.next_writer += 1;
+        let id = state.next_writer;
+        state.writers.insert(id);
+        Writer {
+            id,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Allocates `len` bytes in a segment of their own that `writer` may map writable (an
+    /// in-place put's reservation): no other object shares its pages, so the writer can
+    /// write nothing else. Accounted page-rounded. When freed, the segment is kept (as a
+    /// reclaimable spare) for this writer's later reservations only, which find its pages
+    /// warm; it goes with the writer.
+    pub fn allocate_for_writer(
+        &self,
+        len: u64,
+        writer: &Writer,
+    ) -> Result<Allocation, OutOfMemory> {
         if len == 0 {
             return self.allocate(0);
         }
         let capacity = self.shared.config.capacity;
-        let seg_len = len.div_ceil(PAGE).saturating_mul(PAGE);
+        let need = len.div_ceil(PAGE).saturating_mul(PAGE);
         let mut state = self.shared.lock();
+        let spare = state
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.segment.writer() == Some(writer.id) && slot.free.is_empty())
+            .filter(|(_, slot)| (need..=need.saturating_mul(2)).contains(&slot.segment.len()))
+            .min_by_key(|(_, slot)| slot.segment.len())
+            .map(|(&id, slot)| (id, slot.segment.len()));
+        let seg_len = spare.map_or(need, |(_, len)| len);
         let available = capacity.saturating_sub(state.used);
         if seg_len > available {
             return Err(OutOfMemory::Full {
@@ -249,24 +274,36 @@ impl Arena {
                 capacity,
             });
         }
-        state.reclaim_spares(capacity, seg_len);
-        let segment = Arc::new(Segment::for_writer(seg_len)?);
-        let mut free = FreeList::new(seg_len);
-        let offset = free.allocate(seg_len).ok_or(OutOfMemory::Full {
+        let (segment_id, fresh) = match spare {
+            Some((id, len)) => {
+                state.spare -= len;
+                (id, false)
+            }
+            None => {
+                state.reclaim_spares(capacity, seg_len);
+                let segment = Arc::new(Segment::for_writer(seg_len, writer.id)?);
+                let id = state.insert(Slot {
+                    segment,
+                    free: FreeList::new(seg_len),
+                    dedicated: true,
+                    touched: seg_len,
+                });
+                (id, true)
+            }
+        };
+        let slot = state
+            .slots
+            .get_mut(&segment_id)
+            .expect("the writer's slot just found or made");
+        let offset = slot.free.allocate(seg_len).ok_or(OutOfMemory::Full {
             requested: seg_len,
             available,
             capacity,
         })?;
-        let segment_id = state.insert(Slot {
-            segment: Arc::clone(&segment),
-            free,
-            dedicated: true,
-            for_writer: true,
-            touched: seg_len,
-        });
+        let segment = Arc::clone(&slot.segment);
         state.used += seg_len;
         drop(state);
-        if seg_len >= POPULATE_FROM {
+        if fresh && seg_len >= POPULATE_FROM {
             segment.populate(offset, seg_len);
         }
         Ok(Allocation {
@@ -279,6 +316,41 @@ impl Arena {
             }),
             len,
         })
+    }
+}
+
+/// A same-node writer ([`Arena::writer`]): the segments it was given writable serve its own
+/// later reservations only. Dropping it unmaps its spare segments; its segments still
+/// holding objects are unmapped when those are freed.
+#[derive(Debug)]
+pub struct Writer {
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// The writer's id, as [`Segment::writer`] reports it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.writers.remove(&self.id);
+        let spares: Vec<u32> = state
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.segment.writer() == Some(self.id) && slot.free.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in spares {
+            if let Some(slot) = state.slots.remove(&id) {
+                state.spare -= slot.segment.len();
+                state.mapped -= slot.segment.len();
+            }
+        }
     }
 }
 
@@ -335,9 +407,9 @@ impl Shared {
         if !slot.free.is_empty() {
             return;
         }
-        let (dedicated, len) = (slot.dedicated, slot.segment.len());
-        let keep = if slot.for_writer {
-            false
+        let (dedicated, len, writer) = (slot.dedicated, slot.segment.len(), slot.segment.writer());
+        let keep = if let Some(writer) = writer {
+            state.writers.contains(&writer) && state.spare + len <= spare_limit
         } else if dedicated {
             state.spare + len <= spare_limit
         } else {
@@ -421,31 +493,29 @@ impl Allocation {
         self.place.as_ref().map(|p| (p.segment_id, p.offset))
     }
 
-    /// Ends a client's writes into an allocation from [`Arena::allocate_for_writer`], before
-    /// it is sealed: its segment is sealed against new writable mappings. An object smaller
-    /// than a dedicated segment's threshold is moved into a shared segment instead (one copy
-    /// in the server), so in-place objects do not each keep a descriptor and a mapping for
-    /// life. Other allocations are returned unchanged. Fails only when the writer sealed the
-    /// memfd itself (`F_SEAL_SEAL`).
-    pub fn end_outside_writes(self) -> Result<Allocation, SegmentError> {
+    /// An in-place object as readers will see it, once its writer is done: one smaller than
+    /// a dedicated segment's threshold is moved out of the writer's segment into a shared
+    /// one (one copy in the server), so in-place objects do not each keep a descriptor and a
+    /// mapping for life, and the writer's segment is free for its next reservation. Other
+    /// allocations (or when there is no room for the copy) are returned unchanged.
+    pub fn published(self) -> Allocation {
         let Some(place) = &self.place else {
-            return Ok(self);
+            return self;
         };
-        if !place.segment.accepts_outside_writes() {
-            return Ok(self);
+        if place.segment.writer().is_none() || place.rounded >= self.shared.config.segment_size / 4
+        {
+            return self;
         }
-        if place.rounded < self.shared.config.segment_size / 4 {
-            let arena = Arena {
-                shared: Arc::clone(&self.shared),
-            };
-            if let Ok(mut moved) = arena.allocate(self.len) {
+        let arena = Arena {
+            shared: Arc::clone(&self.shared),
+        };
+        match arena.allocate(self.len) {
+            Ok(mut moved) => {
                 moved.as_mut_slice().copy_from_slice(self.as_slice());
-                return Ok(moved);
+                moved
             }
-            // No room for the copy: seal it where it is.
+            Err(_) => self,
         }
-        place.segment.end_outside_writes()?;
-        Ok(self)
     }
 }
 
@@ -568,7 +638,7 @@ mod tests {
         for a in [&small, &big] {
             let (id, _) = a.location().expect("placed");
             let segment = arena.segment(id).expect("segment");
-            assert!(!segment.accepts_outside_writes());
+            assert_eq!(segment.writer(), None);
             let fd = segment.fd().try_clone_to_owned().expect("dup");
             assert_eq!(rustix::fs::ftruncate(&fd, 0), Err(rustix::io::Errno::PERM));
             assert!(crate::MappedSegment::map(fd, segment.len(), true).is_err());
@@ -577,36 +647,57 @@ mod tests {
     }
 
     #[test]
-    fn writer_segments_hold_one_object_and_are_never_reused() {
+    fn writer_segments_hold_one_object_and_serve_only_their_writer() {
         let arena = arena(64 << 20);
+        let writer = arena.writer();
         let neighbour = arena.allocate(100).expect("room");
-        let reservation = arena.allocate_for_writer(5000).expect("room");
+        let reservation = arena.allocate_for_writer(5000, &writer).expect("room");
         let (id, offset) = reservation.location().expect("placed");
         assert_ne!(Some(id), neighbour.location().map(|l| l.0), "own segment");
         assert_eq!(offset, 0);
         let segment = arena.segment(id).expect("segment");
         assert_eq!(segment.len(), 8192, "page-rounded");
-        assert!(segment.accepts_outside_writes());
-        assert_eq!(arena.stats().used, 128 + 8192);
+        assert_eq!(segment.writer(), Some(writer.id()));
         drop(segment);
-        // Small: moved into a shared segment, the writer's segment unmapped.
-        let moved = reservation.end_outside_writes().expect("published");
+        assert_eq!(arena.stats().used, 128 + 8192);
+        // Small: moved into a shared segment; the writer's segment is its spare now.
+        let moved = reservation.published();
         assert_ne!(moved.location().expect("placed").0, id);
-        assert!(arena.segment(id).is_none(), "writer segment gone");
         assert_eq!(arena.stats().used, 128 + 5056);
-        // Large: sealed in place; freed, its segment is unmapped rather than kept as a spare.
-        let big = arena.allocate_for_writer(20 << 20).expect("room");
-        let (big_id, _) = big.location().expect("placed");
-        let big = big.end_outside_writes().expect("published");
-        assert_eq!(big.location().expect("placed").0, big_id, "kept in place");
-        assert!(!arena
-            .segment(big_id)
-            .expect("segment")
-            .accepts_outside_writes());
-        drop(big);
-        assert!(arena.segment(big_id).is_none(), "not kept as a spare");
-        let again = arena.allocate(20 << 20).expect("room");
-        assert_ne!(again.location().expect("placed").0, big_id);
+        let again = arena.allocate_for_writer(6000, &writer).expect("room");
+        assert_eq!(
+            again.location().expect("placed").0,
+            id,
+            "the writer's spare reused"
+        );
+        drop(again);
+        // Never for anyone else: not for shared objects, not for another writer.
+        let other = arena.writer();
+        let theirs = arena.allocate_for_writer(6000, &other).expect("room");
+        assert_ne!(theirs.location().expect("placed").0, id);
+        let big = arena.allocate(6000 << 10).expect("room");
+        assert_ne!(big.location().expect("placed").0, id);
+        // Large: published in place.
+        let large = arena.allocate_for_writer(20 << 20, &writer).expect("room");
+        let large_id = large.location().expect("placed").0;
+        let large = large.published();
+        assert_eq!(large.location().expect("placed").0, large_id);
+        // The writer gone, its spares go; objects still in its segments keep them.
+        drop(writer);
+        assert!(
+            arena.segment(id).is_none(),
+            "spare unmapped with its writer"
+        );
+        assert!(
+            arena.segment(large_id).is_some(),
+            "an object keeps its segment"
+        );
+        drop(large);
+        assert!(arena.segment(large_id).is_none(), "then goes");
+        drop(theirs);
+        drop(other);
+        drop((big, moved, neighbour));
+        assert_eq!(arena.stats().used, 0);
     }
 
     #[test]

@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn a_client_mapping_sees_the_servers_bytes_and_claims_do_not_overlap() {
-        let server = Segment::for_writer(1 << 20).expect("segment");
+        let server = Segment::for_writer(1 << 20, 1).expect("segment");
         let fd = server.fd().try_clone_to_owned().expect("dup");
         let mapped = MappedSegment::map(fd, server.len(), true).expect("map");
         let mut claim = mapped.claim(4096, 100).expect("claim");
@@ -208,31 +208,36 @@ mod tests {
     }
 
     #[test]
-    fn a_segment_done_with_outside_writes_maps_read_only_and_keeps_its_size() {
-        let server = Segment::for_writer(1 << 20).expect("segment");
-        let fd = || server.fd().try_clone_to_owned().expect("dup");
-        let writer = MappedSegment::map(fd(), server.len(), true).expect("writable before");
+    fn shared_segments_map_read_only_and_writer_segments_only_for_their_writer() {
+        let shared = Segment::new(1 << 20).expect("segment");
+        let fd = shared.fd().try_clone_to_owned().expect("dup");
         assert_eq!(
-            rustix::fs::ftruncate(fd(), 0),
+            rustix::fs::ftruncate(&fd, 0),
             Err(rustix::io::Errno::PERM),
-            "the size is sealed from the start"
-        );
-        server.end_outside_writes().expect("seal");
-        server.end_outside_writes().expect("idempotent");
-        assert!(!server.accepts_outside_writes());
-        assert!(
-            MappedSegment::map(fd(), server.len(), true).is_err(),
-            "no new writable mapping"
+            "size sealed"
         );
         assert_eq!(
-            rustix::io::write(fd(), b"x"),
+            rustix::io::write(&fd, b"x"),
             Err(rustix::io::Errno::PERM),
-            "no write through a descriptor"
+            "writes sealed"
         );
-        let reader = MappedSegment::map(fd(), server.len(), false).expect("read-only");
-        // The mappings made before the seal still write (which is why writers' segments
-        // are never reused), and readers see it.
-        writer.claim(0, 4).expect("claim").copy_from_slice(b"late");
-        assert_eq!(&reader.view(0, 4).expect("view")[..], b"late");
+        assert!(MappedSegment::map(fd, shared.len(), true).is_err());
+        let writer = Segment::for_writer(1 << 20, 7).expect("segment");
+        assert_eq!(writer.writer(), Some(7));
+        let fd = writer.fd().try_clone_to_owned().expect("dup");
+        assert_eq!(
+            rustix::fs::ftruncate(&fd, 0),
+            Err(rustix::io::Errno::PERM),
+            "size sealed"
+        );
+        let written = MappedSegment::map(fd, writer.len(), true).expect("writable for its writer");
+        written.claim(0, 4).expect("claim").copy_from_slice(b"mine");
+        let read_only = writer.read_only_fd().expect("reopen");
+        assert!(rustix::io::write(&read_only, b"x").is_err());
+        assert!(rustix::fs::ftruncate(&read_only, 0).is_err());
+        let clone = read_only.try_clone().expect("dup");
+        assert!(MappedSegment::map(clone, writer.len(), true).is_err());
+        let reader = MappedSegment::map(read_only, writer.len(), false).expect("read-only");
+        assert_eq!(&reader.view(0, 4).expect("view")[..], b"mine");
     }
 }

@@ -2,12 +2,13 @@
 //!
 //! Same-node clients receive segments' descriptors, so the memfd itself carries the rules
 //! (seals, which no descriptor holder can remove): its size is fixed (`F_SEAL_SHRINK`,
-//! `F_SEAL_GROW`), so no client can truncate it and fault the server; and once the server
-//! has mapped it, no new writable mapping (nor `write`) is possible (`F_SEAL_FUTURE_WRITE`,
-//! then `F_SEAL_SEAL`), so clients can only map it read-only while the server keeps writing
-//! through its own mapping. A segment made for one writer ([`Segment::for_writer`], an
-//! in-place put's reservation) gets the write seal only when its writer is done
-//! ([`Segment::end_outside_writes`]).
+//! `F_SEAL_GROW`), so no client can truncate it and fault the server. A shared segment (many
+//! objects) is also sealed, once the server has mapped it, against new writable mappings and
+//! writes (`F_SEAL_FUTURE_WRITE`, then `F_SEAL_SEAL`): clients can map it read-only only,
+//! while the server keeps writing through its own mapping. A writer's segment
+//! ([`Segment::for_writer`]: in-place puts of one connection, one object at a time) stays
+//! writable for that writer; everyone else gets a read-only descriptor of it
+//! ([`Segment::read_only_fd`]).
 //!
 //! This module is the arena's FFI layer (mmap/munmap through `rustix`); it holds the crate's
 //! only `unsafe` code.
@@ -16,9 +17,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
-use rustix::fs::{
-    fcntl_add_seals, fcntl_get_seals, ftruncate, memfd_create, MemfdFlags, SealFlags,
-};
+use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
 /// Why a segment could not be created.
@@ -45,7 +44,7 @@ pub enum SegmentError {
         #[source]
         source: rustix::io::Errno,
     },
-    /// Adding seals to the memfd failed (for a writer's segment: its writer sealed it first).
+    /// Adding seals to the memfd failed.
     #[error("cannot seal the segment's memfd: {0}")]
     Seal(#[source] rustix::io::Errno),
 }
@@ -64,6 +63,8 @@ pub struct Segment {
     fd: OwnedFd,
     base: NonNull<u8>,
     len: u64,
+    /// The writer that may map it writable, for a writer's segment.
+    writer: Option<u64>,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; concurrent access to
@@ -77,14 +78,19 @@ impl Segment {
     /// Creates and maps a segment of `len` bytes (`len > 0`) that only the server writes:
     /// every descriptor of it maps read-only.
     pub fn new(len: u64) -> Result<Segment, SegmentError> {
-        let segment = Self::for_writer(len)?;
-        segment.end_outside_writes()?;
+        let segment = Self::create(len, None)?;
+        fcntl_add_seals(&segment.fd, WRITE_SEALS).map_err(SegmentError::Seal)?;
         Ok(segment)
     }
 
-    /// Creates and maps a segment of `len` bytes (`len > 0`) that one client may still map
-    /// writable, until [`end_outside_writes`](Self::end_outside_writes). Its size is sealed.
-    pub fn for_writer(len: u64) -> Result<Segment, SegmentError> {
+    /// Creates and maps a segment of `len` bytes (`len > 0`) that writer `writer` (an id
+    /// of the caller's choosing) may map writable; its size is sealed.
+    pub fn for_writer(len: u64, writer: u64) -> Result<Segment, SegmentError> {
+        Self::create(len, Some(writer))
+    }
+
+    /// A size-sealed memfd of `len` bytes, mapped read-write.
+    fn create(len: u64, writer: Option<u64>) -> Result<Segment, SegmentError> {
         let fd = memfd_create(
             "dimstore-arena",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -113,26 +119,32 @@ impl Segment {
             source: rustix::io::Errno::NOMEM,
         })?;
         // From here on `Drop` unmaps.
-        let segment = Segment { fd, base, len };
+        let segment = Segment {
+            fd,
+            base,
+            len,
+            writer,
+        };
         fcntl_add_seals(&segment.fd, SIZE_SEALS).map_err(SegmentError::Seal)?;
         Ok(segment)
     }
 
-    /// Seals the memfd against new writable mappings and writes (the server's own mapping
-    /// stays writable; a writer's existing mapping too, which is why a writer's segment is
-    /// never reused for another object). Idempotent.
-    pub fn end_outside_writes(&self) -> Result<(), SegmentError> {
-        if !self.accepts_outside_writes() {
-            return Ok(());
-        }
-        fcntl_add_seals(&self.fd, WRITE_SEALS).map_err(SegmentError::Seal)
+    /// The writer that may map this segment writable (`None`: a shared segment, read-only
+    /// for every client).
+    pub fn writer(&self) -> Option<u64> {
+        self.writer
     }
 
-    /// Whether a descriptor of this segment can still be mapped writable (a writer's segment
-    /// before [`end_outside_writes`](Self::end_outside_writes)).
-    pub fn accepts_outside_writes(&self) -> bool {
-        // Unreadable seals: assume the worst.
-        fcntl_get_seals(&self.fd).map_or(true, |seals| !seals.contains(SealFlags::FUTURE_WRITE))
+    /// A new descriptor of the memfd opened read-only (through `/proc/self/fd`): it cannot be
+    /// mapped writable, written, or resized.
+    pub fn read_only_fd(&self) -> std::io::Result<OwnedFd> {
+        use std::os::fd::AsRawFd;
+        let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        Ok(rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
     }
 
     /// Length in bytes.

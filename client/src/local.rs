@@ -114,7 +114,7 @@ impl Store {
     pub fn create(&self, capacity: u64) -> Result<Reservation, PutError> {
         let owner = self.local_owner()?;
         let peer = self.peer_now(&owner)?;
-        if peer.mappings.is_none() || capacity == 0 {
+        let Some(mappings) = peer.mappings.as_ref().filter(|_| capacity > 0) else {
             let len = usize::try_from(capacity)
                 .map_err(|_| PutError::TooLarge(format!("{capacity} bytes")))?;
             return Ok(Reservation {
@@ -145,15 +145,10 @@ impl Store {
                 bytes: None,
             },
         };
-        // The reservation is a segment of its own, mapped writable by this reservation alone
-        // (not cached: the mapping ends with the claim, at seal or drop).
-        let (fd, len) = self.fetch_segment(&owner, reservation.segment)?;
-        let mapping = MappedSegment::map(fd, len, true).map_err(|e| RequestError::Protocol {
-            owner: owner.clone(),
-            what: format!(
-                "cannot map reservation segment {}: {e}",
-                reservation.segment
-            ),
+        // The reservation is a segment of its own, which the server reuses for this
+        // connection's later reservations only: its writable mapping stays cached.
+        let mapping = mappings.get_or_map(reservation.segment, true, || {
+            self.fetch_segment(&owner, reservation.segment)
         })?;
         let bytes = mapping
             .claim(reservation.offset, reservation.capacity)

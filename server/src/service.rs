@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dimstore_arena::Allocation;
+use dimstore_arena::{Allocation, Writer};
 use dimstore_proto::{
     ErrorReply, GetItem, HelloReply, ObjectId, OneSidedOffer, Request, Reservation, Response,
     SegmentInfo, SegmentKey, ServerStats, Status, TransportStats, PROTOCOL_VERSION,
@@ -118,6 +118,9 @@ pub struct Session {
     one_sided: Option<OneSidedUse>,
     leases: Leases,
     reservations: Reservations,
+    /// This connection as an in-place writer, from its first `Create` (after the
+    /// reservations: the writer's spare segments go once they are freed).
+    writer: Option<Writer>,
     /// Whether this is a channel's session (counted with the connection it came from).
     is_channel: bool,
     /// Channels opened from this connection; they close with it.
@@ -571,17 +574,20 @@ impl StoreService {
                 let mut segments = Vec::with_capacity(ids.len());
                 let mut fds: Vec<OwnedFd> = Vec::with_capacity(ids.len());
                 for id in ids {
-                    // A writer's segment (an in-place put's reservation) is handed out,
-                    // writable, only to the connection that reserved it, until it is sealed.
-                    let Some(segment) = self.store.arena().segment(id).filter(|segment| {
-                        !segment.accepts_outside_writes() || session.reservations.holds_segment(id)
-                    }) else {
+                    let Some(segment) = self.store.arena().segment(id) else {
                         return Reply::error(ErrorReply::new(
                             Status::NotFound,
                             format!("segment {id} is not mapped (any more)"),
                         ));
                     };
-                    match segment.fd().try_clone_to_owned() {
+                    // Shared segments are sealed against writable mappings; a writer's
+                    // segment (in-place puts) is writable for that connection only.
+                    let own = session.writer.as_ref().map(Writer::id);
+                    let fd = match segment.writer() {
+                        Some(writer) if Some(writer) != own => segment.read_only_fd(),
+                        _ => segment.fd().try_clone_to_owned(),
+                    };
+                    match fd {
                         Ok(fd) => fds.push(fd),
                         Err(e) => {
                             return Reply::error(ErrorReply::new(
@@ -601,7 +607,12 @@ impl StoreService {
                     fds,
                 }
             }
-            Request::Create { sizes } => match self.store.allocate_for_writer(&sizes) {
+            Request::Create { sizes } => match self.store.allocate_for_writer(
+                &sizes,
+                session
+                    .writer
+                    .get_or_insert_with(|| self.store.arena().writer()),
+            ) {
                 Ok(allocations) => {
                     let reservations = allocations
                         .into_iter()
@@ -646,20 +657,9 @@ impl StoreService {
                         ));
                     }
                 }
-                // The writer is done: nobody maps these bytes writable from now on.
-                let allocations = match allocations
-                    .into_iter()
-                    .map(Allocation::end_outside_writes)
-                    .collect::<Result<Vec<_>, _>>()
-                {
-                    Ok(allocations) => allocations,
-                    Err(e) => {
-                        return Reply::error(ErrorReply::new(
-                            Status::BadRequest,
-                            format!("cannot seal the reservation: {e}"),
-                        ))
-                    }
-                };
+                // Small ones move to a shared segment, freeing the writer's for its next.
+                let allocations: Vec<Allocation> =
+                    allocations.into_iter().map(Allocation::published).collect();
                 self.counters
                     .puts
                     .fetch_add(allocations.len() as u64, Ordering::Relaxed);
@@ -708,6 +708,7 @@ impl Service for StoreService {
             one_sided: None,
             leases: Leases::new(Arc::clone(&self.live)),
             reservations: Reservations::new(Arc::clone(&self.live)),
+            writer: None,
             is_channel: false,
             channels: Vec::new(),
         }

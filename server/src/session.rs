@@ -172,13 +172,6 @@ impl Reservations {
         Some(taken)
     }
 
-    /// Whether an open reservation lies in segment `segment`.
-    pub fn holds_segment(&self, segment: u32) -> bool {
-        self.open
-            .values()
-            .any(|a| a.location().is_some_and(|(id, _)| id == segment))
-    }
-
     /// Drops reservations (their memory returns to the arena).
     pub fn abort(&mut self, ids: &[u64]) {
         for id in ids {

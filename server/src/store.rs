@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use dimstore_arena::{Allocation, Arena, OutOfMemory, Sealed};
+use dimstore_arena::{Allocation, Arena, OutOfMemory, Sealed, Writer};
 use dimstore_proto::{ErrorReply, ObjectId, Status};
 use tokio::sync::Notify;
 
@@ -84,9 +84,13 @@ impl ObjectStore {
             .collect()
     }
 
-    /// Allocates one segment of its own per size, for a same-node client to write in place
-    /// (see [`dimstore_arena::Arena::allocate_for_writer`]); same limits as [`Self::allocate`].
-    pub fn allocate_for_writer(&self, sizes: &[u64]) -> Result<Vec<Allocation>, ErrorReply> {
+    /// Allocates one segment of its own per size, for `writer` to write in place (see
+    /// [`Arena::allocate_for_writer`]); same limits as [`Self::allocate`].
+    pub fn allocate_for_writer(
+        &self,
+        sizes: &[u64],
+        writer: &Writer,
+    ) -> Result<Vec<Allocation>, ErrorReply> {
         let capacity = self.arena.config().capacity;
         if let Some(&big) = sizes.iter().find(|&&s| s > capacity) {
             return Err(ErrorReply::new(
@@ -96,7 +100,11 @@ impl ObjectStore {
         }
         sizes
             .iter()
-            .map(|&size| self.arena.allocate_for_writer(size).map_err(out_of_memory))
+            .map(|&size| {
+                self.arena
+                    .allocate_for_writer(size, writer)
+                    .map_err(out_of_memory)
+            })
             .collect()
     }
 
