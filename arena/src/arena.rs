@@ -97,6 +97,11 @@ const POPULATE_FROM: u64 = 256 << 10;
 /// Page size: the unit a writer's segment is sized (and accounted) in.
 const PAGE: u64 = 4096;
 
+/// In-place objects from this size on stay in their writer's segment when published (a copy
+/// would cost more than the descriptor and mapping the segment keeps); smaller ones move
+/// to a shared segment.
+const PUBLISH_IN_PLACE_FROM: u64 = 1 << 20;
+
 impl Arena {
     /// An empty arena; segments are created on first use.
     pub fn new(config: ArenaConfig) -> Self {
@@ -493,17 +498,16 @@ impl Allocation {
         self.place.as_ref().map(|p| (p.segment_id, p.offset))
     }
 
-    /// An in-place object as readers will see it, once its writer is done: one smaller than
-    /// a dedicated segment's threshold is moved out of the writer's segment into a shared
-    /// one (one copy in the server), so in-place objects do not each keep a descriptor and a
-    /// mapping for life, and the writer's segment is free for its next reservation. Other
-    /// allocations (or when there is no room for the copy) are returned unchanged.
+    /// An in-place object as readers will see it, once its writer is done: one under 1 MiB
+    /// is moved out of the writer's segment into a shared one (one copy in the server), so
+    /// small in-place objects do not each keep a descriptor and a mapping for life, and the
+    /// writer's segment is free for its next reservation. Larger ones, other allocations,
+    /// and objects the arena has no room to copy are returned unchanged.
     pub fn published(self) -> Allocation {
         let Some(place) = &self.place else {
             return self;
         };
-        if place.segment.writer().is_none() || place.rounded >= self.shared.config.segment_size / 4
-        {
+        if place.segment.writer().is_none() || self.len >= PUBLISH_IN_PLACE_FROM {
             return self;
         }
         let arena = Arena {
