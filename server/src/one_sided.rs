@@ -100,9 +100,13 @@ fn ucx_devices(control: Option<IpAddr>) -> Result<Option<String>, TransportError
     let Some(ip) = control.filter(|_| !configured) else {
         return Ok(None);
     };
+    // Any loopback address (127.0.0.0/8) is on the loopback interface.
     let interface = if_addrs::get_if_addrs()
         .ok()
-        .and_then(|all| all.into_iter().find(|i| i.ip() == ip))
+        .and_then(|all| {
+            all.into_iter()
+                .find(|i| i.ip() == ip || (ip.is_loopback() && i.is_loopback()))
+        })
         .ok_or_else(|| TransportError::Unavailable {
             transport: "ucx".into(),
             reason: format!("no interface carries the control address {ip} to listen on"),
@@ -136,6 +140,19 @@ fn rdma_ports() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ucx_listens_on_the_interface_of_the_control_address() {
+        if std::env::var_os("UCX_NET_DEVICES").is_some() {
+            return; // The user's devices win; nothing of ours to check.
+        }
+        for ip in ["127.0.0.1", "127.0.0.2"] {
+            let devices = ucx_devices(Some(ip.parse().expect("ip"))).expect("an interface");
+            let devices = devices.expect("restricted");
+            assert_eq!(devices.split(',').next(), Some("lo"), "{ip}: {devices}");
+        }
+        assert_eq!(ucx_devices(None).expect("no restriction"), None);
+    }
 
     #[test]
     fn the_control_address_is_the_bound_one_or_the_advertised_local_one() {
