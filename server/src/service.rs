@@ -15,7 +15,7 @@ use dimstore_transport::onesided::Exporter;
 use dimstore_transport::{Outcome, PeerInfo, Reply, Service};
 use tokio::sync::Notify;
 
-use crate::session::{Leases, LiveCounts, Peer, Reservations};
+use crate::session::{Leases, LiveCounts, Peer, Reservations, MAX_OPEN_RESERVATIONS};
 use crate::store::{Lookup, Object, ObjectStore};
 
 /// Channels one connection may open (a client process needs one per server; more would only
@@ -606,6 +606,19 @@ impl StoreService {
                     payload: Vec::new(),
                     fds,
                 }
+            }
+            Request::Create { sizes }
+                if session.reservations.len() + sizes.len() > MAX_OPEN_RESERVATIONS =>
+            {
+                Reply::error(ErrorReply::new(
+                    Status::BadRequest,
+                    format!(
+                        "at most {MAX_OPEN_RESERVATIONS} reservations may be open per connection \
+                         ({} are, {} more asked)",
+                        session.reservations.len(),
+                        sizes.len()
+                    ),
+                ))
             }
             Request::Create { sizes } => match self.store.allocate_for_writer(
                 &sizes,

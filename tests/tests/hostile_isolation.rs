@@ -427,3 +427,34 @@ fn an_in_place_put_writes_only_its_reservation() {
         );
     }
 }
+
+#[test]
+fn open_reservations_per_connection_are_bounded() {
+    let server = TestServer::start(ServerOptions::default());
+    let raw = raw_local(&server);
+    // Each reservation is a segment (a descriptor, a mapping) of its own in the server:
+    // 1024 may be open on one connection, not one more.
+    for _ in 0..16 {
+        let reply = call(&raw, Request::Create { sizes: vec![1; 64] });
+        assert!(
+            matches!(reply.response, Response::Created { ref reservations } if reservations.len() == 64),
+            "{:?}",
+            reply.response
+        );
+    }
+    let reply = call(&raw, Request::Create { sizes: vec![1] });
+    match reply.response {
+        Response::Error(e) => assert_eq!(e.status, Status::BadRequest, "{}", e.message),
+        other => panic!("reservation 1025 was granted: {other:?}"),
+    }
+    // The server serves everyone else meanwhile, and the memory returns with the connection.
+    let store = server.client("local");
+    let key = store.put(b"still here").expect("put");
+    assert_eq!(&store.get(&key).expect("get")[..], b"still here");
+    let before = store.stats().expect("stats").arena_segments;
+    assert!(before > 1024, "a segment per reservation: {before}");
+    drop(raw);
+    dimstore_tests::wait_stats(&store, "reservations of a closed connection freed", |s| {
+        s.reservations == 0 && s.arena_segments < 8
+    });
+}
