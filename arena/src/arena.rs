@@ -380,10 +380,14 @@ impl State {
         }
     }
 
-    /// Adds a new segment's slot under a fresh id.
+    /// Adds a new segment's slot under a fresh id (skipping ids still in use, should the
+    /// 32-bit counter ever wrap: in-place puts can create a segment each).
     fn insert(&mut self, slot: Slot) -> u32 {
-        let id = self.next_segment_id;
-        self.next_segment_id = self.next_segment_id.wrapping_add(1);
+        let mut id = self.next_segment_id;
+        while self.slots.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_segment_id = id.wrapping_add(1);
         self.mapped += slot.segment.len();
         self.slots.insert(id, slot);
         id
