@@ -1,6 +1,6 @@
 //! The arena: segments, accounting against the capacity, and allocation handles.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::allocator::FreeList;
@@ -77,6 +77,9 @@ struct State {
     mapped: u64,
     /// Bytes of empty dedicated segments kept for reuse.
     spare: u64,
+    /// Writers alive now ([`Arena::writer`]); ids are never reused.
+    writers: HashSet<u64>,
+    next_writer: u64,
 }
 
 #[derive(Debug)]
@@ -90,6 +93,14 @@ struct Slot {
 
 /// Ranges from this size on have their never-touched pages faulted in at allocation.
 const POPULATE_FROM: u64 = 256 << 10;
+
+/// Page size: the unit a writer's segment is sized (and accounted) in.
+const PAGE: u64 = 4096;
+
+/// In-place objects from this size on stay in their writer's segment when published (a copy
+/// would cost more than the descriptor and mapping the segment keeps); smaller ones move
+/// to a shared segment.
+const PUBLISH_IN_PLACE_FROM: u64 = 1 << 20;
 
 impl Arena {
     /// An empty arena; segments are created on first use.
@@ -154,7 +165,9 @@ impl Arena {
             let spare = state
                 .slots
                 .iter_mut()
-                .filter(|(_, slot)| slot.dedicated && slot.free.is_empty())
+                .filter(|(_, slot)| {
+                    slot.dedicated && slot.segment.writer().is_none() && slot.free.is_empty()
+                })
                 .filter(|(_, slot)| (rounded..=rounded * 2).contains(&slot.segment.len()))
                 .min_by_key(|(_, slot)| slot.segment.len())
                 .and_then(|(&id, slot)| slot.free.allocate(rounded).map(|off| (id, off)));
@@ -177,23 +190,7 @@ impl Arena {
                 } else {
                     config.segment_size
                 };
-                // Spares are reclaimable: unmap the least fitting ones until the new segment
-                // fits under the capacity together with everything in use.
-                while state.used + state.spare + seg_len > config.capacity {
-                    let Some(victim) = state
-                        .slots
-                        .iter()
-                        .filter(|(_, s)| s.dedicated && s.free.is_empty())
-                        .max_by_key(|(_, s)| s.segment.len())
-                        .map(|(&id, _)| id)
-                    else {
-                        break;
-                    };
-                    if let Some(slot) = state.slots.remove(&victim) {
-                        state.spare -= slot.segment.len();
-                        state.mapped -= slot.segment.len();
-                    }
-                }
+                state.reclaim_spares(config.capacity, seg_len);
                 let segment = Arc::new(Segment::new(seg_len)?);
                 let mut free = FreeList::new(seg_len);
                 let offset = free.allocate(rounded).ok_or(OutOfMemory::Full {
@@ -201,18 +198,12 @@ impl Arena {
                     available,
                     capacity: config.capacity,
                 })?;
-                let id = state.next_segment_id;
-                state.next_segment_id = state.next_segment_id.wrapping_add(1);
-                state.mapped += seg_len;
-                state.slots.insert(
-                    id,
-                    Slot {
-                        segment,
-                        free,
-                        dedicated,
-                        touched: 0,
-                    },
-                );
+                let id = state.insert(Slot {
+                    segment,
+                    free,
+                    dedicated,
+                    touched: 0,
+                });
                 (id, offset)
             }
         };
@@ -243,6 +234,164 @@ impl Arena {
             len,
         })
     }
+
+    /// A new writer: a same-node connection that writes objects in place.
+    pub fn writer(&self) -> Writer {
+        let mut state = self.shared.lock();
+        state.next_writer += 1;
+        let id = state.next_writer;
+        state.writers.insert(id);
+        Writer {
+            id,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Allocates `len` bytes in a segment of their own that `writer` may map writable (an
+    /// in-place put's reservation): no other object shares its pages, so the writer can
+    /// write nothing else. Accounted page-rounded. When freed, the segment is kept (as a
+    /// reclaimable spare) for this writer's later reservations only, which find its pages
+    /// warm; it goes with the writer.
+    pub fn allocate_for_writer(
+        &self,
+        len: u64,
+        writer: &Writer,
+    ) -> Result<Allocation, OutOfMemory> {
+        if len == 0 {
+            return self.allocate(0);
+        }
+        let capacity = self.shared.config.capacity;
+        let need = len.div_ceil(PAGE).saturating_mul(PAGE);
+        let mut state = self.shared.lock();
+        let spare = state
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.segment.writer() == Some(writer.id) && slot.free.is_empty())
+            .filter(|(_, slot)| (need..=need.saturating_mul(2)).contains(&slot.segment.len()))
+            .min_by_key(|(_, slot)| slot.segment.len())
+            .map(|(&id, slot)| (id, slot.segment.len()));
+        let seg_len = spare.map_or(need, |(_, len)| len);
+        let available = capacity.saturating_sub(state.used);
+        if seg_len > available {
+            return Err(OutOfMemory::Full {
+                requested: seg_len,
+                available,
+                capacity,
+            });
+        }
+        let (segment_id, fresh) = match spare {
+            Some((id, len)) => {
+                state.spare -= len;
+                (id, false)
+            }
+            None => {
+                state.reclaim_spares(capacity, seg_len);
+                let segment = Arc::new(Segment::for_writer(seg_len, writer.id)?);
+                let id = state.insert(Slot {
+                    segment,
+                    free: FreeList::new(seg_len),
+                    dedicated: true,
+                    touched: seg_len,
+                });
+                (id, true)
+            }
+        };
+        let slot = state
+            .slots
+            .get_mut(&segment_id)
+            .expect("the writer's slot just found or made");
+        let offset = slot.free.allocate(seg_len).ok_or(OutOfMemory::Full {
+            requested: seg_len,
+            available,
+            capacity,
+        })?;
+        let segment = Arc::clone(&slot.segment);
+        state.used += seg_len;
+        drop(state);
+        if fresh && seg_len >= POPULATE_FROM {
+            segment.populate(offset, seg_len);
+        }
+        Ok(Allocation {
+            shared: Arc::clone(&self.shared),
+            place: Some(Place {
+                segment,
+                segment_id,
+                offset,
+                rounded: seg_len,
+            }),
+            len,
+        })
+    }
+}
+
+/// A same-node writer ([`Arena::writer`]): the segments it was given writable serve its own
+/// later reservations only. Dropping it unmaps its spare segments; its segments still
+/// holding objects are unmapped when those are freed.
+#[derive(Debug)]
+pub struct Writer {
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// The writer's id, as [`Segment::writer`] reports it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.writers.remove(&self.id);
+        let spares: Vec<u32> = state
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.segment.writer() == Some(self.id) && slot.free.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in spares {
+            if let Some(slot) = state.slots.remove(&id) {
+                state.spare -= slot.segment.len();
+                state.mapped -= slot.segment.len();
+            }
+        }
+    }
+}
+
+impl State {
+    /// Unmaps spare segments, the least fitting first, until a new segment of `seg_len`
+    /// bytes fits under `capacity` together with everything in use (spares are reclaimable).
+    fn reclaim_spares(&mut self, capacity: u64, seg_len: u64) {
+        while self.used + self.spare + seg_len > capacity {
+            let Some(victim) = self
+                .slots
+                .iter()
+                .filter(|(_, s)| s.dedicated && s.free.is_empty())
+                .max_by_key(|(_, s)| s.segment.len())
+                .map(|(&id, _)| id)
+            else {
+                break;
+            };
+            if let Some(slot) = self.slots.remove(&victim) {
+                self.spare -= slot.segment.len();
+                self.mapped -= slot.segment.len();
+            }
+        }
+    }
+
+    /// Adds a new segment's slot under a fresh id (skipping ids still in use, should the
+    /// 32-bit counter ever wrap: in-place puts can create a segment each).
+    fn insert(&mut self, slot: Slot) -> u32 {
+        let mut id = self.next_segment_id;
+        while self.slots.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_segment_id = id.wrapping_add(1);
+        self.mapped += slot.segment.len();
+        self.slots.insert(id, slot);
+        id
+    }
 }
 
 impl Shared {
@@ -267,8 +416,10 @@ impl Shared {
         if !slot.free.is_empty() {
             return;
         }
-        let (dedicated, len) = (slot.dedicated, slot.segment.len());
-        let keep = if dedicated {
+        let (dedicated, len, writer) = (slot.dedicated, slot.segment.len(), slot.segment.writer());
+        let keep = if let Some(writer) = writer {
+            state.writers.contains(&writer) && state.spare + len <= spare_limit
+        } else if dedicated {
             state.spare + len <= spare_limit
         } else {
             place.segment_id == 0
@@ -349,6 +500,30 @@ impl Allocation {
     /// same-node mapping). `None` for an empty object.
     pub fn location(&self) -> Option<(u32, u64)> {
         self.place.as_ref().map(|p| (p.segment_id, p.offset))
+    }
+
+    /// An in-place object as readers will see it, once its writer is done: one under 1 MiB
+    /// is moved out of the writer's segment into a shared one (one copy in the server), so
+    /// small in-place objects do not each keep a descriptor and a mapping for life, and the
+    /// writer's segment is free for its next reservation. Larger ones, other allocations,
+    /// and objects the arena has no room to copy are returned unchanged.
+    pub fn published(self) -> Allocation {
+        let Some(place) = &self.place else {
+            return self;
+        };
+        if place.segment.writer().is_none() || self.len >= PUBLISH_IN_PLACE_FROM {
+            return self;
+        }
+        let arena = Arena {
+            shared: Arc::clone(&self.shared),
+        };
+        match arena.allocate(self.len) {
+            Ok(mut moved) => {
+                moved.as_mut_slice().copy_from_slice(self.as_slice());
+                moved
+            }
+            Err(_) => self,
+        }
     }
 }
 
@@ -457,6 +632,79 @@ mod tests {
         drop(sealed);
         assert_eq!(arena.stats().used, 1024, "a lease keeps the bytes");
         drop(lease);
+        assert_eq!(arena.stats().used, 0);
+    }
+
+    #[test]
+    fn shared_segments_stay_writable_for_the_server_only() {
+        let arena = arena(8 << 20);
+        let mut small = arena.allocate(1000).expect("room");
+        let big = arena
+            .allocate(2 << 20)
+            .expect("room (populated, dedicated)");
+        small.as_mut_slice().fill(3);
+        for a in [&small, &big] {
+            let (id, _) = a.location().expect("placed");
+            let segment = arena.segment(id).expect("segment");
+            assert_eq!(segment.writer(), None);
+            let fd = segment.fd().try_clone_to_owned().expect("dup");
+            assert_eq!(rustix::fs::ftruncate(&fd, 0), Err(rustix::io::Errno::PERM));
+            assert!(crate::MappedSegment::map(fd, segment.len(), true).is_err());
+        }
+        assert!(small.as_slice().iter().all(|&b| b == 3));
+    }
+
+    #[test]
+    fn writer_segments_hold_one_object_and_serve_only_their_writer() {
+        let arena = arena(64 << 20);
+        let writer = arena.writer();
+        let neighbour = arena.allocate(100).expect("room");
+        let reservation = arena.allocate_for_writer(5000, &writer).expect("room");
+        let (id, offset) = reservation.location().expect("placed");
+        assert_ne!(Some(id), neighbour.location().map(|l| l.0), "own segment");
+        assert_eq!(offset, 0);
+        let segment = arena.segment(id).expect("segment");
+        assert_eq!(segment.len(), 8192, "page-rounded");
+        assert_eq!(segment.writer(), Some(writer.id()));
+        drop(segment);
+        assert_eq!(arena.stats().used, 128 + 8192);
+        // Small: moved into a shared segment; the writer's segment is its spare now.
+        let moved = reservation.published();
+        assert_ne!(moved.location().expect("placed").0, id);
+        assert_eq!(arena.stats().used, 128 + 5056);
+        let again = arena.allocate_for_writer(6000, &writer).expect("room");
+        assert_eq!(
+            again.location().expect("placed").0,
+            id,
+            "the writer's spare reused"
+        );
+        drop(again);
+        // Never for anyone else: not for shared objects, not for another writer.
+        let other = arena.writer();
+        let theirs = arena.allocate_for_writer(6000, &other).expect("room");
+        assert_ne!(theirs.location().expect("placed").0, id);
+        let big = arena.allocate(6000 << 10).expect("room");
+        assert_ne!(big.location().expect("placed").0, id);
+        // Large: published in place.
+        let large = arena.allocate_for_writer(20 << 20, &writer).expect("room");
+        let large_id = large.location().expect("placed").0;
+        let large = large.published();
+        assert_eq!(large.location().expect("placed").0, large_id);
+        // The writer gone, its spares go; objects still in its segments keep them.
+        drop(writer);
+        assert!(
+            arena.segment(id).is_none(),
+            "spare unmapped with its writer"
+        );
+        assert!(
+            arena.segment(large_id).is_some(),
+            "an object keeps its segment"
+        );
+        drop(large);
+        assert!(arena.segment(large_id).is_none(), "then goes");
+        drop(theirs);
+        drop(other);
+        drop((big, moved, neighbour));
         assert_eq!(arena.stats().used, 0);
     }
 

@@ -19,7 +19,7 @@ mod pages;
 mod segment;
 
 pub use allocator::FreeList;
-pub use arena::{Allocation, Arena, ArenaConfig, ArenaStats, OutOfMemory, Sealed};
+pub use arena::{Allocation, Arena, ArenaConfig, ArenaStats, OutOfMemory, Sealed, Writer};
 pub use mapping::{MappedBytes, MappedBytesMut, MappedSegment};
 pub use pages::PageBuffer;
 pub use segment::{Segment, SegmentError};

@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn a_client_mapping_sees_the_servers_bytes_and_claims_do_not_overlap() {
-        let server = Segment::new(1 << 20).expect("segment");
+        let server = Segment::for_writer(1 << 20, 1).expect("segment");
         let fd = server.fd().try_clone_to_owned().expect("dup");
         let mapped = MappedSegment::map(fd, server.len(), true).expect("map");
         let mut claim = mapped.claim(4096, 100).expect("claim");
@@ -205,5 +205,39 @@ mod tests {
             "read-only mappings are not claimable"
         );
         assert_eq!(read_only.view(4096, 1).expect("view")[0], 7);
+    }
+
+    #[test]
+    fn shared_segments_map_read_only_and_writer_segments_only_for_their_writer() {
+        let shared = Segment::new(1 << 20).expect("segment");
+        let fd = shared.fd().try_clone_to_owned().expect("dup");
+        assert_eq!(
+            rustix::fs::ftruncate(&fd, 0),
+            Err(rustix::io::Errno::PERM),
+            "size sealed"
+        );
+        assert_eq!(
+            rustix::io::write(&fd, b"x"),
+            Err(rustix::io::Errno::PERM),
+            "writes sealed"
+        );
+        assert!(MappedSegment::map(fd, shared.len(), true).is_err());
+        let writer = Segment::for_writer(1 << 20, 7).expect("segment");
+        assert_eq!(writer.writer(), Some(7));
+        let fd = writer.fd().try_clone_to_owned().expect("dup");
+        assert_eq!(
+            rustix::fs::ftruncate(&fd, 0),
+            Err(rustix::io::Errno::PERM),
+            "size sealed"
+        );
+        let written = MappedSegment::map(fd, writer.len(), true).expect("writable for its writer");
+        written.claim(0, 4).expect("claim").copy_from_slice(b"mine");
+        let read_only = writer.read_only_fd().expect("reopen");
+        assert!(rustix::io::write(&read_only, b"x").is_err());
+        assert!(rustix::fs::ftruncate(&read_only, 0).is_err());
+        let clone = read_only.try_clone().expect("dup");
+        assert!(MappedSegment::map(clone, writer.len(), true).is_err());
+        let reader = MappedSegment::map(read_only, writer.len(), false).expect("read-only");
+        assert_eq!(&reader.view(0, 4).expect("view")[..], b"mine");
     }
 }

@@ -1,5 +1,15 @@
 //! A segment: one memfd mapped read-write into the server.
 //!
+//! Same-node clients receive segments' descriptors, so the memfd itself carries the rules
+//! (seals, which no descriptor holder can remove): its size is fixed (`F_SEAL_SHRINK`,
+//! `F_SEAL_GROW`), so no client can truncate it and fault the server. A shared segment (many
+//! objects) is also sealed, once the server has mapped it, against new writable mappings and
+//! writes (`F_SEAL_FUTURE_WRITE`, then `F_SEAL_SEAL`): clients can map it read-only only,
+//! while the server keeps writing through its own mapping. A writer's segment
+//! ([`Segment::for_writer`]: in-place puts of one connection, one object at a time) stays
+//! writable for that writer; everyone else gets a read-only descriptor of it
+//! ([`Segment::read_only_fd`]).
+//!
 //! This module is the arena's FFI layer (mmap/munmap through `rustix`); it holds the crate's
 //! only `unsafe` code.
 #![allow(unsafe_code)]
@@ -7,7 +17,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
-use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
 /// Why a segment could not be created.
@@ -34,7 +44,15 @@ pub enum SegmentError {
         #[source]
         source: rustix::io::Errno,
     },
+    /// Adding seals to the memfd failed.
+    #[error("cannot seal the segment's memfd: {0}")]
+    Seal(#[source] rustix::io::Errno),
 }
+
+/// Seals of every segment from its creation: its size never changes.
+const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
+/// Seals that end writes by anyone but the server's own mapping, and further sealing.
+const WRITE_SEALS: SealFlags = SealFlags::FUTURE_WRITE.union(SealFlags::SEAL);
 
 /// A contiguous shared-memory region backed by a memfd.
 ///
@@ -45,6 +63,8 @@ pub struct Segment {
     fd: OwnedFd,
     base: NonNull<u8>,
     len: u64,
+    /// The writer that may map it writable, for a writer's segment.
+    writer: Option<u64>,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; concurrent access to
@@ -55,8 +75,22 @@ unsafe impl Send for Segment {}
 unsafe impl Sync for Segment {}
 
 impl Segment {
-    /// Creates and maps a segment of `len` bytes (`len > 0`).
+    /// Creates and maps a segment of `len` bytes (`len > 0`) that only the server writes:
+    /// every descriptor of it maps read-only.
     pub fn new(len: u64) -> Result<Segment, SegmentError> {
+        let segment = Self::create(len, None)?;
+        fcntl_add_seals(&segment.fd, WRITE_SEALS).map_err(SegmentError::Seal)?;
+        Ok(segment)
+    }
+
+    /// Creates and maps a segment of `len` bytes (`len > 0`) that writer `writer` (an id
+    /// of the caller's choosing) may map writable; its size is sealed.
+    pub fn for_writer(len: u64, writer: u64) -> Result<Segment, SegmentError> {
+        Self::create(len, Some(writer))
+    }
+
+    /// A size-sealed memfd of `len` bytes, mapped read-write.
+    fn create(len: u64, writer: Option<u64>) -> Result<Segment, SegmentError> {
         let fd = memfd_create(
             "dimstore-arena",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -84,7 +118,33 @@ impl Segment {
             len,
             source: rustix::io::Errno::NOMEM,
         })?;
-        Ok(Segment { fd, base, len })
+        // From here on `Drop` unmaps.
+        let segment = Segment {
+            fd,
+            base,
+            len,
+            writer,
+        };
+        fcntl_add_seals(&segment.fd, SIZE_SEALS).map_err(SegmentError::Seal)?;
+        Ok(segment)
+    }
+
+    /// The writer that may map this segment writable (`None`: a shared segment, read-only
+    /// for every client).
+    pub fn writer(&self) -> Option<u64> {
+        self.writer
+    }
+
+    /// A new descriptor of the memfd opened read-only (through `/proc/self/fd`): it cannot be
+    /// mapped writable, written, or resized.
+    pub fn read_only_fd(&self) -> std::io::Result<OwnedFd> {
+        use std::os::fd::AsRawFd;
+        let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        Ok(rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
     }
 
     /// Length in bytes.

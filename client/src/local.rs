@@ -161,6 +161,8 @@ impl Store {
                 bytes: None,
             },
         };
+        // The reservation is a segment of its own, which the server reuses for this
+        // connection's later reservations only: its writable mapping stays cached.
         let mapping = mappings.get_or_map(reservation.segment, true, || {
             self.fetch_segment(&owner, reservation.segment)
         })?;

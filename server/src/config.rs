@@ -76,10 +76,11 @@ pub struct Args {
     pub exit_with_parent: bool,
     /// One-sided (RDMA) transports to export object memory on: `auto` (each of ucx, ofi
     /// that starts here; the others are logged and skipped), `none`, or a list like
-    /// `ucx,ofi` (each must start, or the server exits naming why). UCX reads its own UCX_*
-    /// variables; libfabric's provider comes from DIMSTORE_OFI_PROVIDER (default
-    /// `tcp;ofi_rxm`) and its address from DIMSTORE_OFI_NODE (default: the advertised
-    /// host). [default: auto]
+    /// `ucx,ofi` (each must start, or the server exits naming why). Both listen only on the
+    /// control interface (the listen address's; when listening on 0.0.0.0, the advertised
+    /// address's) unless UCX_NET_DEVICES or DIMSTORE_OFI_NODE names another. UCX reads its
+    /// own UCX_* variables; libfabric's provider comes from DIMSTORE_OFI_PROVIDER (default
+    /// `tcp;ofi_rxm`). [default: auto]
     #[arg(long, env = "DIMSTORE_ONE_SIDED", value_name = "auto|none|LIST")]
     pub one_sided: Option<OneSided>,
     /// How long a one-sided read may pin its object (e.g. `10m`): a client that hangs with

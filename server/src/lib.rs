@@ -113,7 +113,7 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         .map_or(advertised.as_str(), |(h, _)| h)
         .trim_matches(['[', ']']);
     let (offers, exporters) =
-        one_sided::start(&config.one_sided, host).map_err(ServerError::OneSided)?;
+        one_sided::start(&config.one_sided, bound, host).map_err(ServerError::OneSided)?;
     let identity = ServiceIdentity {
         node: config.node.clone(),
         advertised: advertised.clone(),

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dimstore_arena::Allocation;
+use dimstore_arena::{Allocation, Writer};
 use dimstore_proto::{
     ErrorReply, GetItem, HelloReply, ObjectId, OneSidedOffer, Request, Reservation, Response,
     SegmentInfo, SegmentKey, ServerStats, Status, TransportStats, PROTOCOL_VERSION,
@@ -15,7 +15,7 @@ use dimstore_transport::onesided::Exporter;
 use dimstore_transport::{Outcome, PeerInfo, Reply, Service};
 use tokio::sync::Notify;
 
-use crate::session::{Leases, LiveCounts, Peer, Reservations};
+use crate::session::{Leases, LiveCounts, Peer, Reservations, MAX_OPEN_RESERVATIONS};
 use crate::store::{Lookup, Object, ObjectStore};
 
 /// Channels one connection may open (a client process needs one per server; more would only
@@ -122,6 +122,9 @@ pub struct Session {
     one_sided: Option<OneSidedUse>,
     leases: Leases,
     reservations: Reservations,
+    /// This connection as an in-place writer, from its first `Create` (after the
+    /// reservations: the writer's spare segments go once they are freed).
+    writer: Option<Writer>,
     /// Whether this is a channel's session (counted with the connection it came from).
     is_channel: bool,
     /// Channels opened from this connection; they close with it.
@@ -600,7 +603,14 @@ impl StoreService {
                             format!("segment {id} is not mapped (any more)"),
                         ));
                     };
-                    match segment.fd().try_clone_to_owned() {
+                    // Shared segments are sealed against writable mappings; a writer's
+                    // segment (in-place puts) is writable for that connection only.
+                    let own = session.writer.as_ref().map(Writer::id);
+                    let fd = match segment.writer() {
+                        Some(writer) if Some(writer) != own => segment.read_only_fd(),
+                        _ => segment.fd().try_clone_to_owned(),
+                    };
+                    match fd {
                         Ok(fd) => fds.push(fd),
                         Err(e) => {
                             return Reply::error(ErrorReply::new(
@@ -620,7 +630,25 @@ impl StoreService {
                     fds,
                 }
             }
-            Request::Create { sizes } => match self.store.allocate(&sizes) {
+            Request::Create { sizes }
+                if session.reservations.len() + sizes.len() > MAX_OPEN_RESERVATIONS =>
+            {
+                Reply::error(ErrorReply::new(
+                    Status::BadRequest,
+                    format!(
+                        "at most {MAX_OPEN_RESERVATIONS} reservations may be open per connection \
+                         ({} are, {} more asked)",
+                        session.reservations.len(),
+                        sizes.len()
+                    ),
+                ))
+            }
+            Request::Create { sizes } => match self.store.allocate_for_writer(
+                &sizes,
+                session
+                    .writer
+                    .get_or_insert_with(|| self.store.arena().writer()),
+            ) {
                 Ok(allocations) => {
                     let reservations = allocations
                         .into_iter()
@@ -665,6 +693,9 @@ impl StoreService {
                         ));
                     }
                 }
+                // Small ones move to a shared segment, freeing the writer's for its next.
+                let allocations: Vec<Allocation> =
+                    allocations.into_iter().map(Allocation::published).collect();
                 self.counters
                     .puts
                     .fetch_add(allocations.len() as u64, Ordering::Relaxed);
@@ -713,6 +744,7 @@ impl Service for StoreService {
             one_sided: None,
             leases: Leases::new(Arc::clone(&self.live)),
             reservations: Reservations::new(Arc::clone(&self.live)),
+            writer: None,
             is_channel: false,
             channels: Vec::new(),
         }

@@ -135,6 +135,10 @@ impl Drop for Leases {
     }
 }
 
+/// Most reservations one connection may hold open at once: each is a segment (a descriptor
+/// and a mapping) of its own in the server.
+pub const MAX_OPEN_RESERVATIONS: usize = 1024;
+
 /// Space a same-node client is writing in place, not visible to readers until sealed.
 #[derive(Debug)]
 pub struct Reservations {
@@ -151,6 +155,16 @@ impl Reservations {
             open: HashMap::new(),
             live,
         }
+    }
+
+    /// Reservations open now.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
     }
 
     /// Keeps `allocation` open under a new id.

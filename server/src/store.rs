@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dimstore_arena::{Allocation, Arena, OutOfMemory, Sealed};
+use dimstore_arena::{Allocation, Arena, OutOfMemory, Sealed, Writer};
 use dimstore_proto::{ErrorReply, ObjectId, Status};
 use tokio::sync::Notify;
 
@@ -149,6 +149,30 @@ impl ObjectStore {
         sizes
             .iter()
             .map(|&size| self.arena.allocate(size).map_err(out_of_memory))
+            .collect()
+    }
+
+    /// Allocates one segment of its own per size, for `writer` to write in place (see
+    /// [`Arena::allocate_for_writer`]); same limits as [`Self::allocate`].
+    pub fn allocate_for_writer(
+        &self,
+        sizes: &[u64],
+        writer: &Writer,
+    ) -> Result<Vec<Allocation>, ErrorReply> {
+        let capacity = self.arena.config().capacity;
+        if let Some(&big) = sizes.iter().find(|&&s| s > capacity) {
+            return Err(ErrorReply::new(
+                Status::TooLarge,
+                format!("object of {big} bytes exceeds the memory limit of {capacity} bytes"),
+            ));
+        }
+        sizes
+            .iter()
+            .map(|&size| {
+                self.arena
+                    .allocate_for_writer(size, writer)
+                    .map_err(out_of_memory)
+            })
             .collect()
     }
 

@@ -13,7 +13,7 @@ use dimstore_ucx::{Context, ContextConfig, Worker};
 use crate::channels::Served;
 use crate::register::Registration;
 use crate::wake::sleep;
-use crate::{one_sided, tls_detail, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};
+use crate::{one_sided, tls_detail_on, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};
 use dimstore_transport::onesided::rpc::{LaterReply, RpcHost, RpcReply};
 use dimstore_transport::onesided::{FabricThread, Wake};
 
@@ -61,18 +61,33 @@ impl UcxExporter {
     /// Starts the fabric thread with a context configured from the `UCX_*` environment.
     /// Fails with [`TransportError::Unavailable`] when UCX cannot be used here.
     pub fn start(config: &UcxConfig) -> Result<Arc<UcxExporter>, TransportError> {
+        Self::start_on(config, None)
+    }
+
+    /// [`start`](Self::start) with the context's network devices set to `net_devices`
+    /// (`UCX_NET_DEVICES` syntax, e.g. `lo` or `eth0,mlx5_0:1`) when given: the worker
+    /// then listens on those interfaces only (shared-memory transports are not affected).
+    pub fn start_on(
+        config: &UcxConfig,
+        net_devices: Option<&str>,
+    ) -> Result<Arc<UcxExporter>, TransportError> {
         let _ = config; // The exporter has no settings of its own yet.
+        let mut context = ContextConfig::from_env();
+        if let Some(devices) = net_devices {
+            context = context.net_devices(devices);
+        }
+        let detail = tls_detail_on(net_devices);
         let live = Arc::new(AtomicU64::new(0));
         let (thread, address) =
             FabricThread::start("dimstore-ucx-export", COMMAND_TIMEOUT, || Command::Stop, {
                 let live = Arc::clone(&live);
-                move |(rx, wake, ready_tx)| fabric_thread(rx, wake, live, ready_tx)
+                move |(rx, wake, ready_tx)| fabric_thread(&context, rx, wake, live, ready_tx)
             })
             .map_err(unavailable)?;
         Ok(Arc::new(UcxExporter {
             thread,
             address,
-            detail: tls_detail(),
+            detail,
             live,
         }))
     }
@@ -145,15 +160,16 @@ impl std::fmt::Debug for UcxExporter {
     }
 }
 
-/// The fabric thread: creates the context and worker, reports the worker address (or why
+/// The fabric thread: creates the context (configured by `config`) and worker, reports the worker address (or why
 /// UCX is unusable), then serves commands and progresses the worker until told to stop.
 fn fabric_thread(
+    config: &ContextConfig,
     commands: mpsc::Receiver<Command>,
     wake: Arc<Wake>,
     live: Arc<AtomicU64>,
     ready: mpsc::SyncSender<Result<Vec<u8>, String>>,
 ) {
-    let setup = Context::new(&ContextConfig::from_env())
+    let setup = Context::new(config)
         .map_err(|e| format!("UCX context creation failed ({e})"))
         .and_then(|context| {
             let worker =

@@ -53,10 +53,18 @@ const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The value of `UCX_TLS` (or `default`) for logs and stats.
 fn tls_detail() -> String {
+    tls_detail_on(None)
+}
+
+/// [`tls_detail`] with `devices` in place of `UCX_NET_DEVICES` when given.
+fn tls_detail_on(devices: Option<&str>) -> String {
     let tls = std::env::var("UCX_TLS").unwrap_or_else(|_| "default".to_owned());
-    match std::env::var("UCX_NET_DEVICES") {
-        Ok(dev) => format!("UCX_TLS={tls} UCX_NET_DEVICES={dev}"),
-        Err(_) => format!("UCX_TLS={tls}"),
+    match devices
+        .map(str::to_owned)
+        .or_else(|| std::env::var("UCX_NET_DEVICES").ok())
+    {
+        Some(dev) => format!("UCX_TLS={tls} UCX_NET_DEVICES={dev}"),
+        None => format!("UCX_TLS={tls}"),
     }
 }
 
