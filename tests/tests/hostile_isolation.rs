@@ -179,6 +179,7 @@ fn one_sided_addresses_are_given_only_after_the_token_check() {
                 map_from: 0,
             }),
             &[],
+            0,
             deadline,
         )
     };
@@ -235,7 +236,7 @@ fn raw_local(server: &TestServer) -> LocalConnection {
 
 fn call(connection: &LocalConnection, request: Request) -> ReplyFrame {
     connection
-        .call(&request, &[], Instant::now() + TIMEOUT)
+        .call(&request, &[], 0, Instant::now() + TIMEOUT)
         .expect("call")
 }
 
