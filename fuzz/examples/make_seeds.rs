@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use dimstore_proto::{
     encode_request, encode_response, ErrorReply, FrameHeader, FrameKind, GetItem, Hello,
-    HelloReply, ObjectId, Request, Response, ServerStats, Status, TransportStats,
+    HelloReply, ObjectId, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
+    ServerStats, Status, TransportStats, HEADER_LEN,
 };
 
 /// Control prefix of a `frame_decoder` input: limits byte (4096 / 4096), no chunk lengths.
@@ -35,6 +36,10 @@ fn frame(kind: FrameKind, id: u64, body: &[u8], payload: &[u8]) -> Vec<u8> {
 
 fn request(id: u64, req: &Request, payload: &[u8]) -> Vec<u8> {
     frame(FrameKind::Request, id, &encode_request(req), payload)
+}
+
+fn notice(id: u64, req: &Request) -> Vec<u8> {
+    frame(FrameKind::Notice, id, &encode_request(req), b"")
 }
 
 fn response(id: u64, resp: &Response, payload: &[u8]) -> Vec<u8> {
@@ -136,6 +141,59 @@ fn main() -> std::io::Result<()> {
         ("req-stats", request(8, &Request::Stats, b"")),
         ("req-shutdown", request(9, &Request::Shutdown, b"")),
         (
+            "req-map-segments",
+            request(10, &Request::MapSegments { ids: vec![0, 1, 7] }, b""),
+        ),
+        (
+            "req-create",
+            request(
+                11,
+                &Request::Create {
+                    sizes: vec![16, 0, 4096],
+                },
+                b"",
+            ),
+        ),
+        (
+            "req-seal",
+            request(
+                12,
+                &Request::Seal {
+                    reservations: vec![1, 2],
+                    lens: vec![16, 0],
+                },
+                b"",
+            ),
+        ),
+        (
+            "notice-release",
+            notice(13, &Request::Release { leases: vec![1, 9] }),
+        ),
+        (
+            "notice-abort",
+            notice(
+                14,
+                &Request::Abort {
+                    reservations: vec![3],
+                },
+            ),
+        ),
+        (
+            "req-segment-keys",
+            request(15, &Request::SegmentKeys { ids: vec![0, 2] }, b""),
+        ),
+        (
+            "req-open-channel",
+            request(
+                16,
+                &Request::OpenChannel {
+                    transport: "ucx".into(),
+                    address: vec![0xab; 24],
+                },
+                b"",
+            ),
+        ),
+        (
             "resp-hello",
             response(
                 1,
@@ -148,7 +206,7 @@ fn main() -> std::io::Result<()> {
                     max_object: 1 << 30,
                     local_socket: None,
                     mapped: false,
-                    one_sided: vec![dimstore_proto::OneSidedOffer {
+                    one_sided: vec![OneSidedOffer {
                         transport: "ofi".into(),
                         detail: "tcp;ofi_rxm".into(),
                         address: vec![1, 2, 3, 4],
@@ -170,6 +228,18 @@ fn main() -> std::io::Result<()> {
                         GetItem::Found { size: 4 },
                         GetItem::NotFound,
                         GetItem::NotSet,
+                        GetItem::Mapped {
+                            size: 8,
+                            segment: 0,
+                            offset: 64,
+                            lease: 1,
+                        },
+                        GetItem::Remote {
+                            size: 1 << 16,
+                            segment: 1,
+                            offset: 0,
+                            lease: 2,
+                        },
                     ],
                 },
                 b"data",
@@ -195,7 +265,51 @@ fn main() -> std::io::Result<()> {
                 b"",
             ),
         ),
+        (
+            "resp-newkeys",
+            response(6, &Response::NewKeys { ids: ids.clone() }, b""),
+        ),
         ("resp-done", response(8, &Response::Done, b"")),
+        (
+            "resp-segments",
+            response(
+                10,
+                &Response::Segments {
+                    segments: vec![SegmentInfo { id: 0, len: 1 << 20 }],
+                },
+                b"",
+            ),
+        ),
+        (
+            "resp-segment-keys",
+            response(
+                15,
+                &Response::SegmentKeys {
+                    keys: vec![SegmentKey {
+                        id: 0,
+                        address: 0x7f00_0000_0000,
+                        key: vec![1, 2, 3, 4, 5, 6, 7, 8],
+                    }],
+                },
+                b"",
+            ),
+        ),
+        (
+            "resp-created",
+            response(
+                11,
+                &Response::Created {
+                    reservations: vec![Reservation {
+                        id: 1,
+                        segment: 0,
+                        offset: 4096,
+                        capacity: 16,
+                    }],
+                },
+                b"",
+            ),
+        ),
+        ("resp-channel", response(16, &Response::Channel { id: 0x5eed }, b"")),
         (
             "resp-stats",
             response(
@@ -245,10 +359,19 @@ fn main() -> std::io::Result<()> {
     }
     fs::write(decoder_dir.join("stream-split.bin"), input)?;
 
-    // Headers: one per kind, plus one with a payload.
-    fs::write(header_dir.join("req-hello.bin"), &frames[0].1[..32])?;
-    fs::write(header_dir.join("req-put.bin"), &frames[1].1[..32])?;
-    fs::write(header_dir.join("resp-get.bin"), &frames[11].1[..32])?;
+    // Headers: one per kind, and ones with a payload.
+    for name in [
+        "req-hello",
+        "req-put",
+        "notice-release",
+        "resp-get",
+    ] {
+        let (_, bytes) = frames
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("a seed of that name");
+        fs::write(header_dir.join(format!("{name}.bin")), &bytes[..HEADER_LEN])?;
+    }
 
     println!("seeds written to {}", out.display());
     Ok(())
