@@ -30,7 +30,10 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
         .map(|entry| {
             let path = entry.expect("directory entry").path();
             let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            (path.file_name().unwrap().to_string_lossy().into_owned(), bytes)
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                bytes,
+            )
         })
         .collect();
     out.sort();
@@ -121,16 +124,26 @@ fn every_frame_decoder_seed_decodes_to_whole_valid_frames() {
             }
         }
         assert!(frames > 0, "{name}: no frame");
-        assert_eq!(consumed, stream.len(), "{name}: trailing bytes after the frames");
+        assert_eq!(
+            consumed,
+            stream.len(),
+            "{name}: trailing bytes after the frames"
+        );
     }
     let missing: Vec<_> = (0..REQUEST_VARIANTS)
         .filter(|v| !requests.contains(v))
         .collect();
-    assert!(missing.is_empty(), "request variants without a seed: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "request variants without a seed: {missing:?}"
+    );
     let missing: Vec<_> = (0..RESPONSE_VARIANTS)
         .filter(|v| !responses.contains(v))
         .collect();
-    assert!(missing.is_empty(), "response variants without a seed: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "response variants without a seed: {missing:?}"
+    );
 }
 
 #[test]
@@ -142,5 +155,33 @@ fn every_header_seed_is_a_valid_header() {
             .unwrap_or_else(|| panic!("{name}: shorter than a header"));
         FrameHeader::decode(&raw, &FrameLimits::default())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn every_server_requests_seed_is_a_config_byte_then_request_frames() {
+    for (name, input) in seeds("server_requests") {
+        let (_config, stream) = input
+            .split_first()
+            .unwrap_or_else(|| panic!("{name}: empty"));
+        let mut decoder = FrameDecoder::new(FrameLimits::default());
+        decoder.push(stream);
+        let mut consumed = 0;
+        while let Some(frame) = decoder
+            .next_frame()
+            .unwrap_or_else(|e| panic!("{name}: frame refused: {e}"))
+        {
+            consumed += HEADER_LEN + frame.body.len() + frame.payload.len();
+            assert_ne!(frame.header.kind, FrameKind::Response, "{name}: a response");
+            let mut body = AlignedVec::<16>::new();
+            body.extend_from_slice(&frame.body);
+            decode_request(&body).unwrap_or_else(|e| panic!("{name}: request body: {e}"));
+        }
+        assert!(consumed > 0, "{name}: no frame");
+        assert_eq!(
+            consumed,
+            stream.len(),
+            "{name}: trailing bytes after the frames"
+        );
     }
 }
