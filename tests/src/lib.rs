@@ -454,3 +454,53 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROBE: &str = "DIMSTORE_SKIP_PROBE";
+
+    /// Runs this very test in a child process, as the probe, with `CI` set to `ci` (or unset).
+    fn probe(ci: Option<&str>) -> std::process::Output {
+        let mut child = Command::new(std::env::current_exe().expect("test binary"));
+        child
+            .args([
+                "--exact",
+                "tests::a_missing_prerequisite_fails_under_ci_and_skips_elsewhere",
+            ])
+            .arg("--nocapture")
+            .env(PROBE, "1")
+            .env_remove("CI");
+        if let Some(ci) = ci {
+            child.env("CI", ci);
+        }
+        child.output().expect("run the probe")
+    }
+
+    #[test]
+    fn a_missing_prerequisite_fails_under_ci_and_skips_elsewhere() {
+        if std::env::var_os(PROBE).is_some() {
+            skip_or_fail("probe", "a missing prerequisite");
+            return;
+        }
+        for ci in ["true", "1"] {
+            let out = probe(Some(ci));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "CI={ci}: the skip passed:\n{stderr}");
+            assert!(
+                stderr.contains("probe cannot run: a missing prerequisite"),
+                "{stderr}"
+            );
+        }
+        for ci in [None, Some("false"), Some("")] {
+            let out = probe(ci);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "CI={ci:?}: {stderr}");
+            assert!(
+                stderr.contains("SKIPPED probe: a missing prerequisite"),
+                "{stderr}"
+            );
+        }
+    }
+}
