@@ -7,14 +7,16 @@
 //! ```
 //!
 //! The seeds are checked in; rerun this after changing the wire format and commit the result.
-//! Every file in `<OUTDIR>/frame_decoder/` and `<OUTDIR>/header/` is replaced.
+//! Every file in `<OUTDIR>/frame_decoder/`, `<OUTDIR>/header/` and `<OUTDIR>/server_requests/`
+//! is replaced.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use dimstore_proto::{
     encode_request, encode_response, ErrorReply, FrameHeader, FrameKind, GetItem, Hello,
-    HelloReply, ObjectId, Request, Response, ServerStats, Status, TransportStats,
+    HelloReply, ObjectId, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
+    ServerStats, Status, TransportStats, HEADER_LEN,
 };
 
 /// Control prefix of a `frame_decoder` input: limits byte (4096 / 4096), no chunk lengths.
@@ -35,6 +37,10 @@ fn frame(kind: FrameKind, id: u64, body: &[u8], payload: &[u8]) -> Vec<u8> {
 
 fn request(id: u64, req: &Request, payload: &[u8]) -> Vec<u8> {
     frame(FrameKind::Request, id, &encode_request(req), payload)
+}
+
+fn notice(id: u64, req: &Request) -> Vec<u8> {
+    frame(FrameKind::Notice, id, &encode_request(req), b"")
 }
 
 fn response(id: u64, resp: &Response, payload: &[u8]) -> Vec<u8> {
@@ -136,6 +142,59 @@ fn main() -> std::io::Result<()> {
         ("req-stats", request(8, &Request::Stats, b"")),
         ("req-shutdown", request(9, &Request::Shutdown, b"")),
         (
+            "req-map-segments",
+            request(10, &Request::MapSegments { ids: vec![0, 1, 7] }, b""),
+        ),
+        (
+            "req-create",
+            request(
+                11,
+                &Request::Create {
+                    sizes: vec![16, 0, 4096],
+                },
+                b"",
+            ),
+        ),
+        (
+            "req-seal",
+            request(
+                12,
+                &Request::Seal {
+                    reservations: vec![1, 2],
+                    lens: vec![16, 0],
+                },
+                b"",
+            ),
+        ),
+        (
+            "notice-release",
+            notice(13, &Request::Release { leases: vec![1, 9] }),
+        ),
+        (
+            "notice-abort",
+            notice(
+                14,
+                &Request::Abort {
+                    reservations: vec![3],
+                },
+            ),
+        ),
+        (
+            "req-segment-keys",
+            request(15, &Request::SegmentKeys { ids: vec![0, 2] }, b""),
+        ),
+        (
+            "req-open-channel",
+            request(
+                16,
+                &Request::OpenChannel {
+                    transport: "ucx".into(),
+                    address: vec![0xab; 24],
+                },
+                b"",
+            ),
+        ),
+        (
             "resp-hello",
             response(
                 1,
@@ -148,7 +207,7 @@ fn main() -> std::io::Result<()> {
                     max_object: 1 << 30,
                     local_socket: None,
                     mapped: false,
-                    one_sided: vec![dimstore_proto::OneSidedOffer {
+                    one_sided: vec![OneSidedOffer {
                         transport: "ofi".into(),
                         detail: "tcp;ofi_rxm".into(),
                         address: vec![1, 2, 3, 4],
@@ -170,6 +229,18 @@ fn main() -> std::io::Result<()> {
                         GetItem::Found { size: 4 },
                         GetItem::NotFound,
                         GetItem::NotSet,
+                        GetItem::Mapped {
+                            size: 8,
+                            segment: 0,
+                            offset: 64,
+                            lease: 1,
+                        },
+                        GetItem::Remote {
+                            size: 1 << 16,
+                            segment: 1,
+                            offset: 0,
+                            lease: 2,
+                        },
                     ],
                 },
                 b"data",
@@ -195,7 +266,57 @@ fn main() -> std::io::Result<()> {
                 b"",
             ),
         ),
+        (
+            "resp-newkeys",
+            response(6, &Response::NewKeys { ids: ids.clone() }, b""),
+        ),
         ("resp-done", response(8, &Response::Done, b"")),
+        (
+            "resp-segments",
+            response(
+                10,
+                &Response::Segments {
+                    segments: vec![SegmentInfo {
+                        id: 0,
+                        len: 1 << 20,
+                    }],
+                },
+                b"",
+            ),
+        ),
+        (
+            "resp-segment-keys",
+            response(
+                15,
+                &Response::SegmentKeys {
+                    keys: vec![SegmentKey {
+                        id: 0,
+                        address: 0x7f00_0000_0000,
+                        key: vec![1, 2, 3, 4, 5, 6, 7, 8],
+                    }],
+                },
+                b"",
+            ),
+        ),
+        (
+            "resp-created",
+            response(
+                11,
+                &Response::Created {
+                    reservations: vec![Reservation {
+                        id: 1,
+                        segment: 0,
+                        offset: 4096,
+                        capacity: 16,
+                    }],
+                },
+                b"",
+            ),
+        ),
+        (
+            "resp-channel",
+            response(16, &Response::Channel { id: 0x5eed }, b""),
+        ),
         (
             "resp-stats",
             response(
@@ -245,11 +366,250 @@ fn main() -> std::io::Result<()> {
     }
     fs::write(decoder_dir.join("stream-split.bin"), input)?;
 
-    // Headers: one per kind, plus one with a payload.
-    fs::write(header_dir.join("req-hello.bin"), &frames[0].1[..32])?;
-    fs::write(header_dir.join("req-put.bin"), &frames[1].1[..32])?;
-    fs::write(header_dir.join("resp-get.bin"), &frames[11].1[..32])?;
+    // Headers: one per kind, and ones with a payload.
+    for name in ["req-hello", "req-put", "notice-release", "resp-get"] {
+        let (_, bytes) = frames
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("a seed of that name");
+        fs::write(header_dir.join(format!("{name}.bin")), &bytes[..HEADER_LEN])?;
+    }
+
+    server_seeds(&out.join("server_requests"))?;
 
     println!("seeds written to {}", out.display());
+    Ok(())
+}
+
+/// Instance id of the `server_requests` target's server (its `ServiceIdentity::server_id`):
+/// object ids are this in the high 64 bits and a counter from 1 in the low ones.
+const FUZZ_SERVER_ID: u64 = 0x00f0_cc0d;
+
+/// The `n`th object id the `server_requests` target's server hands out.
+fn server_object(n: u64) -> ObjectId {
+    ObjectId((u128::from(FUZZ_SERVER_ID) << 64) | u128::from(n))
+}
+
+fn hello(token: Option<&str>, map: bool) -> Request {
+    Request::Hello(Hello {
+        token: token.map(str::to_string),
+        client_node: "fuzz-node".into(),
+        client_pid: 1,
+        map,
+        map_from: 0,
+    })
+}
+
+/// Conversations for the `server_requests` target: a config byte (see its input layout),
+/// then request frames; a frame's request id picks its session.
+fn server_seeds(dir: &Path) -> std::io::Result<()> {
+    reset_dir(dir)?;
+    // Objects 1-3 from the put, 4-5 reserved by NewKeys and set.
+    let stored: Vec<ObjectId> = (1..=5).map(server_object).collect();
+    let store_and_read = |session: u64| -> Vec<u8> {
+        [
+            request(
+                session,
+                &Request::Put {
+                    sizes: vec![3, 0, 5],
+                },
+                b"abcdefgh",
+            ),
+            request(session, &Request::NewKeys { count: 2 }, b""),
+            request(
+                session,
+                &Request::Get {
+                    ids: stored[3..].to_vec(),
+                    wait_ms: 50,
+                },
+                b"",
+            ),
+            request(
+                session,
+                &Request::Set {
+                    ids: stored[3..].to_vec(),
+                    sizes: vec![2, 1],
+                },
+                b"xyz",
+            ),
+            request(
+                session,
+                &Request::Get {
+                    ids: stored.clone(),
+                    wait_ms: 0,
+                },
+                b"",
+            ),
+            request(
+                session,
+                &Request::Exists {
+                    ids: stored.clone(),
+                },
+                b"",
+            ),
+            request(
+                session,
+                &Request::Evict {
+                    ids: stored[..1].to_vec(),
+                },
+                b"",
+            ),
+            request(session, &Request::Stats, b""),
+        ]
+        .concat()
+    };
+    let conversations: Vec<(&str, u8, Vec<u8>)> = vec![
+        (
+            "store-and-read",
+            0,
+            [request(0, &hello(None, false), b""), store_and_read(0)].concat(),
+        ),
+        (
+            "no-hello",
+            0,
+            [
+                request(0, &Request::Put { sizes: vec![4] }, b"abcd"),
+                request(0, &Request::Stats, b""),
+            ]
+            .concat(),
+        ),
+        (
+            "token",
+            8,
+            [
+                request(0, &hello(Some("wrong"), false), b""),
+                request(0, &hello(Some("fleet-token"), false), b""),
+                store_and_read(0),
+            ]
+            .concat(),
+        ),
+        (
+            "two-sessions",
+            1,
+            [
+                request(0, &hello(None, false), b""),
+                request(1, &hello(None, false), b""),
+                request(0, &Request::NewKeys { count: 1 }, b""),
+                request(
+                    1,
+                    &Request::Get {
+                        ids: vec![server_object(1)],
+                        wait_ms: 1000,
+                    },
+                    b"",
+                ),
+                request(
+                    0,
+                    &Request::Set {
+                        ids: vec![server_object(1)],
+                        sizes: vec![2],
+                    },
+                    b"hi",
+                ),
+                request(
+                    1,
+                    &Request::Get {
+                        ids: vec![server_object(1)],
+                        wait_ms: 0,
+                    },
+                    b"",
+                ),
+                request(0, &Request::Shutdown, b""),
+            ]
+            .concat(),
+        ),
+        (
+            "same-node-mapped",
+            4 | 1,
+            [
+                request(0, &hello(None, true), b""),
+                request(1, &hello(None, false), b""),
+                request(0, &Request::Put { sizes: vec![8] }, b"mappable"),
+                request(
+                    0,
+                    &Request::Get {
+                        ids: vec![server_object(1)],
+                        wait_ms: 0,
+                    },
+                    b"",
+                ),
+                request(0, &Request::MapSegments { ids: vec![0, 1] }, b""),
+                request(0, &Request::Create { sizes: vec![16, 4] }, b""),
+                request(
+                    0,
+                    &Request::Seal {
+                        reservations: vec![1],
+                        lens: vec![10],
+                    },
+                    b"",
+                ),
+                notice(
+                    0,
+                    &Request::Abort {
+                        reservations: vec![2],
+                    },
+                ),
+                notice(0, &Request::Release { leases: vec![1] }),
+                request(1, &Request::Create { sizes: vec![16] }, b""),
+                request(
+                    1,
+                    &Request::Get {
+                        ids: vec![server_object(1)],
+                        wait_ms: 0,
+                    },
+                    b"",
+                ),
+            ]
+            .concat(),
+        ),
+        (
+            "channel",
+            16,
+            [
+                request(0, &hello(None, false), b""),
+                request(
+                    0,
+                    &Request::OpenChannel {
+                        transport: "ucx".into(),
+                        address: vec![7; 16],
+                    },
+                    b"",
+                ),
+                // Request id 1 with one session and one channel: the channel.
+                request(1, &Request::Put { sizes: vec![2] }, b"ch"),
+                request(
+                    1,
+                    &Request::OpenChannel {
+                        transport: "ucx".into(),
+                        address: vec![1],
+                    },
+                    b"",
+                ),
+                request(
+                    0,
+                    &Request::UseOneSided {
+                        transport: "ucx".into(),
+                        from: 0,
+                    },
+                    b"",
+                ),
+                request(0, &Request::SegmentKeys { ids: vec![0] }, b""),
+                request(
+                    1,
+                    &Request::Get {
+                        ids: vec![server_object(1)],
+                        wait_ms: 0,
+                    },
+                    b"",
+                ),
+            ]
+            .concat(),
+        ),
+    ];
+    for (name, config, frames) in conversations {
+        let mut input = vec![config];
+        input.extend_from_slice(&frames);
+        fs::write(dir.join(format!("{name}.bin")), input)?;
+    }
     Ok(())
 }

@@ -216,11 +216,23 @@ fn main() -> ExitCode {
     dimstore::restore_default_signal_handlers();
     match dispatch(Cli::parse().command) {
         Ok(code) => code,
+        // The reader of our output went away (`status | head -1`): nothing left to report.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dimstore-launch: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` is a write to a pipe whose reader has closed it (Rust ignores SIGPIPE, so
+/// such a write fails with `EPIPE`; `println!` would panic).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
@@ -268,9 +280,17 @@ fn status(args: &FleetArgs, json: bool) -> anyhow::Result<ExitCode> {
     let statuses = fleet_ops::status(&fleet, args.timeout);
     if json {
         let value = fleet_ops::to_json(&args.fleet_file.display().to_string(), &fleet, &statuses);
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::to_string_pretty(&value)?
+        )?;
     } else {
-        print!("{}", fleet_ops::render_table(&statuses));
+        write!(
+            std::io::stdout().lock(),
+            "{}",
+            fleet_ops::render_table(&statuses)
+        )?;
     }
     let all_up = statuses.iter().all(fleet_ops::NodeStatus::is_up);
     Ok(if all_up {

@@ -1,5 +1,6 @@
 //! `dimstore-server`: the per-node daemon.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -15,6 +16,9 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&config.log).context("invalid --log filter")?)
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log file (a spawned server's server.log, a batch
+        // job's output) gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if !reset.is_empty() {
         tracing::debug!(

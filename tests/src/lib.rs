@@ -1,7 +1,7 @@
 //! Test harness: real `dimstore-server` processes on loopback, cleaned up on drop, and the
 //! transport test suite ([`suite`]) that every transport runs unchanged.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,53 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Whether this is a CI run: `CI` is set to anything but empty, `0` or `false` (CI services
+/// set `CI=true`).
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// A test whose prerequisite (root, namespaces, Slurm, UCX, ...) is missing here: under CI
+/// (see [`under_ci`]) this panics with `reason`, so a run that silently tested nothing cannot
+/// pass; elsewhere it prints a loud SKIPPED line and returns, and the caller returns.
+pub fn skip_or_fail(test: &str, reason: &str) {
+    assert!(
+        !under_ci(),
+        "{test} cannot run: {reason} (CI must provide it: scripts/install-deps.sh, root)"
+    );
+    eprintln!("\n********** SKIPPED {test}: {reason} (this would fail under CI=true) **********\n");
+}
+
+/// A `dimstore` CLI command with a clean `DIMSTORE_*` environment, runtime directory
+/// `runtime_dir`, a 10 s timeout and no standard input.
+pub fn dimstore_cli(runtime_dir: &Path) -> Command {
+    let mut cmd = Command::new(binary("dimstore"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DIMSTORE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("DIMSTORE_RUNTIME_DIR", runtime_dir)
+        .env("DIMSTORE_TIMEOUT", "10s")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Kills these processes (SIGKILL) when dropped: servers a test spawned indirectly, however
+/// the test ends.
+#[derive(Debug, Default)]
+pub struct KillOnDrop(pub Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::Kill);
+            }
+        }
+    }
 }
 
 /// Options for a test server.
@@ -190,6 +237,11 @@ impl Drop for TestServer {
 /// Resident set size of a process in KiB (from /proc).
 pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
+}
+
+/// Peak resident set size of a process in KiB (`VmHWM`, from /proc).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
 }
 
 /// A `kB` field of `/proc/<pid>/status` (0 when unreadable).
@@ -401,4 +453,54 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROBE: &str = "DIMSTORE_SKIP_PROBE";
+
+    /// Runs this very test in a child process, as the probe, with `CI` set to `ci` (or unset).
+    fn probe(ci: Option<&str>) -> std::process::Output {
+        let mut child = Command::new(std::env::current_exe().expect("test binary"));
+        child
+            .args([
+                "--exact",
+                "tests::a_missing_prerequisite_fails_under_ci_and_skips_elsewhere",
+            ])
+            .arg("--nocapture")
+            .env(PROBE, "1")
+            .env_remove("CI");
+        if let Some(ci) = ci {
+            child.env("CI", ci);
+        }
+        child.output().expect("run the probe")
+    }
+
+    #[test]
+    fn a_missing_prerequisite_fails_under_ci_and_skips_elsewhere() {
+        if std::env::var_os(PROBE).is_some() {
+            skip_or_fail("probe", "a missing prerequisite");
+            return;
+        }
+        for ci in ["true", "1"] {
+            let out = probe(Some(ci));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "CI={ci}: the skip passed:\n{stderr}");
+            assert!(
+                stderr.contains("probe cannot run: a missing prerequisite"),
+                "{stderr}"
+            );
+        }
+        for ci in [None, Some("false"), Some("")] {
+            let out = probe(ci);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "CI={ci:?}: {stderr}");
+            assert!(
+                stderr.contains("SKIPPED probe: a missing prerequisite"),
+                "{stderr}"
+            );
+        }
+    }
 }

@@ -1,28 +1,14 @@
 //! The `dimstore` command line, and elastic spawn by racing processes.
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use dimstore::fleet::{Fleet, FleetNode, FLEET_FORMAT};
 use dimstore_proto::ReadyFile;
 use dimstore_tests::{
-    binary, json_transport_row, pattern, processes_mentioning, ServerOptions, TestServer,
+    binary, dimstore_cli as dimstore, json_transport_row, pattern, processes_mentioning,
+    KillOnDrop, ServerOptions, TestServer,
 };
-
-/// A `dimstore` command with a clean `DIMSTORE_*` environment.
-fn dimstore(runtime_dir: &Path) -> Command {
-    let mut cmd = Command::new(binary("dimstore"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DIMSTORE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("DIMSTORE_RUNTIME_DIR", runtime_dir)
-        .env("DIMSTORE_TIMEOUT", "10s")
-        .stdin(Stdio::null());
-    cmd
-}
 
 fn stdout(out: &Output) -> String {
     assert!(
@@ -146,19 +132,6 @@ fn node_flag_selects_the_fleet_node() {
 /// Live (non-zombie) `dimstore-server` processes whose command line mentions `needle`.
 fn live_servers_mentioning(needle: &str) -> Vec<u32> {
     processes_mentioning(&["dimstore-server", needle])
-}
-
-/// Kills a spawned server when the test ends, however it ends.
-struct KillOnDrop(Vec<u32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::Kill);
-            }
-        }
-    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! PID namespaces: no shared memory crosses them), with UCX forced to tcp and libfabric to
 //! tcp;ofi_rxm as on a cluster without RDMA NICs. Through the CLI surface users have:
 //! `DIMSTORE_TRANSPORT=ucx dimstore get KEY -o FILE` on one node, `dimstore stat --json` on
-//! the owner. Skipped, with the reason printed, without root.
+//! the owner. Skipped loudly (failed under `CI=true`) without root.
 
 mod testbed;
 

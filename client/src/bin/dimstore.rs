@@ -104,11 +104,31 @@ enum Command {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
+        // The reader went away (`dimstore stat | head -1`): nothing left to tell anyone.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("dimstore: {e:#}");
+            // Not eprintln!: it panics when stderr is closed too.
+            let _ = writeln!(std::io::stderr(), "dimstore: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether `e` is a write to a pipe whose reader has closed it (Rust ignores SIGPIPE, so
+/// such a write fails with `EPIPE` instead of ending the process).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Prints a line on stdout, returning the error (`println!` panics on a closed pipe).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -120,6 +140,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if cli.no_spawn {
         config.spawn = SpawnPolicy::Never;
     }
+    // Input files are read before any server is located or spawned: a missing file is an
+    // error of its own, not a reason to start a server.
+    let input = match &cli.command {
+        Command::Put { file } | Command::Set { file, .. } => Some(read_input(file)?),
+        _ => None,
+    };
     // Reading by key needs no server on this node: do not locate or spawn one.
     let by_key_only = matches!(
         cli.command,
@@ -131,10 +157,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Store::with_config(config.clone())?
     };
     match cli.command {
-        Command::Put { file } => {
-            let bytes = read_input(&file)?;
-            let key = store.put(&bytes)?;
-            println!("{key}");
+        Command::Put { .. } => {
+            let key = store.put(&input.unwrap_or_default())?;
+            out!("{key}")?;
         }
         Command::Get { key, output } => {
             let bytes = store.get(&key)?;
@@ -142,7 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Exists { key } => {
             let present = store.exists(&key)?;
-            println!("{present}");
+            out!("{present}")?;
             return Ok(if present {
                 ExitCode::SUCCESS
             } else {
@@ -151,18 +176,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Evict { key } => {
             let removed = store.evict(&key)?;
-            println!("{}", if removed { "evicted" } else { "absent" });
+            out!("{}", if removed { "evicted" } else { "absent" })?;
         }
-        Command::NewKey => println!("{}", store.new_key()?),
-        Command::Set { key, file } => {
-            let bytes = read_input(&file)?;
-            println!("{}", store.set(&key, &bytes)?);
+        Command::NewKey => out!("{}", store.new_key()?)?,
+        Command::Set { key, .. } => {
+            out!("{}", store.set(&key, &input.unwrap_or_default())?)?;
         }
         Command::Stat { json, all } => stat(&store, &config, json, all)?,
         Command::Shutdown => {
             let address = store.local_address().context("no server for this node")?;
             store.shutdown_server(address)?;
-            println!("stopping {address}");
+            out!("stopping {address}")?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -185,10 +209,10 @@ fn stat(store: &Store, config: &ClientConfig, json: bool, all: bool) -> anyhow::
     };
     for s in &reports {
         if json {
-            println!("{}", stats_json(s));
+            out!("{}", stats_json(s))?;
             continue;
         }
-        println!(
+        out!(
             "node {} at {} (pid {}): {} objects, {} reserved, {} / {} bytes, {} requests, up {:.1}s",
             s.node,
             s.advertised,
@@ -199,13 +223,13 @@ fn stat(store: &Store, config: &ClientConfig, json: bool, all: bool) -> anyhow::
             s.memory_limit,
             s.requests,
             s.uptime_ms as f64 / 1000.0
-        );
-        println!("  binding: {}", s.binding);
+        )?;
+        out!("  binding: {}", s.binding)?;
         for t in &s.transports {
-            println!(
+            out!(
                 "  {}: {} connections, {} bytes served ({} one-sided, {} registrations), {} bytes pulled",
                 t.name, t.connections, t.bytes_served, t.one_sided_bytes, t.registrations, t.pulled_bytes
-            );
+            )?;
         }
     }
     Ok(())

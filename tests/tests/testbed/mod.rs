@@ -4,7 +4,7 @@
 //! - One cluster per machine: every test that uses one holds an exclusive `flock` on
 //!   [`LOCK_PATH`] from `up` to `down`, across test binaries and runners.
 //! - Needs root, namespaces and the packages of `scripts/install-deps.sh`; without them the
-//!   test prints why and returns (CI has them).
+//!   test prints a loud SKIPPED line and returns, except under `CI=true`, where it fails.
 //! - Everything is bounded: commands run under a deadline in their own process group, which
 //!   is killed when it is exceeded; the guard tears the cluster down and kills any process
 //!   still carrying the test's scratch path, even when the test fails.
@@ -66,11 +66,13 @@ pub fn unavailable(tools: &[&str]) -> Option<String> {
     None
 }
 
-/// Prints why a test does not run and returns true, if it cannot.
+/// Whether `test` cannot run here: under CI that is a failure (it panics with the reason,
+/// see [`dimstore_tests::skip_or_fail`]); elsewhere it prints a loud SKIPPED line and returns
+/// true.
 pub fn skip(test: &str, tools: &[&str]) -> bool {
     match unavailable(tools) {
         Some(reason) => {
-            eprintln!("SKIPPED {test}: {reason}");
+            dimstore_tests::skip_or_fail(test, &reason);
             true
         }
         None => false,
