@@ -1,0 +1,3 @@
+//! Tests of the ABI, calling the exported functions as C would.
+
+mod header;
