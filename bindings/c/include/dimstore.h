@@ -350,6 +350,19 @@ int dimstore_get_batch_into(struct dimstore_t *s,
 const char *dimstore_last_error(void);
 
 /**
+ * Copies the calling thread's last error message into `buf` (`cap` bytes), truncated to
+ * fit, always NUL-terminated when `cap` > 0; returns the message's full length (without
+ * the NUL). For callers that cannot keep a C pointer, such as Fortran.
+ *
+ * Thread safety: per thread, as `dimstore_last_error`.
+ *
+ * # Safety
+ * `buf` is NULL (only with `cap` 0) or points to `cap` writable bytes.
+ */
+size_t dimstore_last_error_into(char *buf,
+                                size_t cap);
+
+/**
  * The symbolic name of a status (`"DIMSTORE_E_NOT_FOUND"`); `"DIMSTORE_E_UNKNOWN"` for a
  * value that is none. Never NULL; the string is static.
  *

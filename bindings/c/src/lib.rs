@@ -596,6 +596,30 @@ pub extern "C" fn dimstore_last_error() -> *const c_char {
     status::last_error()
 }
 
+/// Copies the calling thread's last error message into `buf` (`cap` bytes), truncated to
+/// fit, always NUL-terminated when `cap` > 0; returns the message's full length (without
+/// the NUL). For callers that cannot keep a C pointer, such as Fortran.
+///
+/// Thread safety: per thread, as `dimstore_last_error`.
+///
+/// # Safety
+/// `buf` is NULL (only with `cap` 0) or points to `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn dimstore_last_error_into(buf: *mut c_char, cap: usize) -> usize {
+    // SAFETY: last_error() is a live NUL-terminated string of this thread.
+    let message = unsafe { std::ffi::CStr::from_ptr(status::last_error()) }.to_bytes();
+    if cap > 0 && !buf.is_null() {
+        let n = message.len().min(cap - 1);
+        // SAFETY: n + 1 <= cap writable bytes at `buf` (caller's guarantee); the message is
+        // the library's own string.
+        unsafe {
+            std::ptr::copy_nonoverlapping(message.as_ptr(), buf.cast::<u8>(), n);
+            *buf.add(n) = 0;
+        }
+    }
+    message.len()
+}
+
 /// The symbolic name of a status (`"DIMSTORE_E_NOT_FOUND"`); `"DIMSTORE_E_UNKNOWN"` for a
 /// value that is none. Never NULL; the string is static.
 ///
