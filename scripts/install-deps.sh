@@ -16,6 +16,8 @@ PACKAGES=(
     libopenmpi-dev openmpi-bin
     # bindgen
     libclang-dev pkg-config
+    # the C ABI's tests: C/C++/Fortran compilers (MPI wrappers come with libopenmpi-dev), valgrind
+    gcc g++ gfortran make valgrind
     # Slurm test cluster and the SPANK plugin headers
     slurm-wlm libslurm-dev munge
     # peers for benchmarks
