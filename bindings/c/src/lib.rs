@@ -17,9 +17,9 @@
 
 mod handles;
 mod status;
-mod text;
 #[cfg(test)]
 mod tests;
+mod text;
 
 use std::ffi::{c_char, c_int, c_void};
 
@@ -70,7 +70,9 @@ unsafe fn input<'a>(buf: *const c_void, len: usize, what: &str) -> Result<&'a [u
         return Err(Failure::bad_argument(format!("{what} is NULL")));
     }
     if len > isize::MAX as usize {
-        return Err(Failure::bad_argument(format!("{what}: {len} bytes is too many")));
+        return Err(Failure::bad_argument(format!(
+            "{what}: {len} bytes is too many"
+        )));
     }
     // SAFETY: non-NULL, `len` readable bytes (caller's guarantee), len <= isize::MAX.
     Ok(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) })
@@ -165,8 +167,8 @@ pub unsafe extern "C" fn dimstore_open(
             let server = unsafe { std::ffi::CStr::from_ptr(server) }
                 .to_str()
                 .map_err(|_| Failure::bad_argument("the server address is not UTF-8"))?;
-            let config = client::ClientConfig::from_env()
-                .map_err(|e| Failure::new(DIMSTORE_E_CONFIG, e))?;
+            let config =
+                client::ClientConfig::from_env().map_err(|e| Failure::new(DIMSTORE_E_CONFIG, e))?;
             Ok(Store::connect(server, config)?)
         })
     })
@@ -580,7 +582,8 @@ pub unsafe extern "C" fn dimstore_get_batch_into(
                 statuses.add(i).write(item_status as c_int);
             }
             if first.is_ok() {
-                first = result.map_err(|f| Failure::new(f.status, format!("item {i}: {}", f.message)));
+                first =
+                    result.map_err(|f| Failure::new(f.status, format!("item {i}: {}", f.message)));
             }
         }
         first

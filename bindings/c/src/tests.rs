@@ -1,4 +1,4 @@
 //! Tests of the ABI, calling the exported functions as C would.
 
-mod header;
 mod abi;
+mod header;

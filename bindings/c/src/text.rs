@@ -34,9 +34,8 @@ pub(crate) unsafe fn read_key(text: *const c_char, what: &str) -> Result<Key, Fa
     }
     // SAFETY: the `len` bytes before the NUL were just read above.
     let bytes = unsafe { std::slice::from_raw_parts(text.cast::<u8>(), len) };
-    let text = std::str::from_utf8(bytes).map_err(|_| {
-        Failure::bad_argument(format!("{what} is not a key: {}", escaped(bytes)))
-    })?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Failure::bad_argument(format!("{what} is not a key: {}", escaped(bytes))))?;
     text.parse::<Key>().map_err(|e| {
         Failure::bad_argument(format!("{what} `{}` is not a key: {e}", escaped(bytes)))
     })
@@ -59,8 +58,8 @@ pub(crate) unsafe fn read_keys(
             let slot = unsafe { keys.add(i * stride) };
             // SAFETY: read_key reads at most up to the slot's NUL, found within `stride`
             // bytes below, so it never leaves the slot.
-            let has_nul = unsafe { std::slice::from_raw_parts(slot.cast::<u8>(), stride) }
-                .contains(&0);
+            let has_nul =
+                unsafe { std::slice::from_raw_parts(slot.cast::<u8>(), stride) }.contains(&0);
             if !has_nul {
                 return Err(Failure::bad_argument(format!(
                     "key {i} has no NUL within its {stride} bytes"
@@ -85,7 +84,11 @@ pub(crate) fn check_slots(
     if is_null {
         return Err(Failure::bad_argument(format!("{what} is NULL")));
     }
-    if stride == 0 || count.checked_mul(stride).is_none_or(|n| n > isize::MAX as usize) {
+    if stride == 0
+        || count
+            .checked_mul(stride)
+            .is_none_or(|n| n > isize::MAX as usize)
+    {
         return Err(Failure::bad_argument(format!(
             "{what}: {count} slots of {stride} bytes is not a valid array"
         )));
@@ -97,7 +100,11 @@ pub(crate) fn check_slots(
 ///
 /// # Safety
 /// `out` is NULL or points to `capacity` writable bytes.
-pub(crate) unsafe fn write_key(key: &Key, out: *mut c_char, capacity: usize) -> Result<(), Failure> {
+pub(crate) unsafe fn write_key(
+    key: &Key,
+    out: *mut c_char,
+    capacity: usize,
+) -> Result<(), Failure> {
     if out.is_null() {
         return Err(Failure::bad_argument("the key buffer is NULL"));
     }
@@ -121,7 +128,9 @@ pub(crate) unsafe fn write_key(key: &Key, out: *mut c_char, capacity: usize) -> 
 /// A short, printable rendering of bytes that should have been a key.
 fn escaped(bytes: &[u8]) -> String {
     const SHOWN: usize = 80;
-    let mut text = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)]).escape_debug().to_string();
+    let mut text = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)])
+        .escape_debug()
+        .to_string();
     if bytes.len() > SHOWN {
         text.push_str("...");
     }

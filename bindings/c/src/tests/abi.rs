@@ -58,7 +58,15 @@ fn assert_failed(rc: c_int, status: dimstore_status, needle: &str) {
 fn put(s: *mut dimstore_t, bytes: &[u8]) -> CString {
     let mut key = [0 as c_char; DIMSTORE_KEY_MAX];
     // SAFETY: `bytes` readable, `key` holds DIMSTORE_KEY_MAX writable bytes.
-    let rc = unsafe { dimstore_put(s, bytes.as_ptr().cast(), bytes.len(), key.as_mut_ptr(), key.len()) };
+    let rc = unsafe {
+        dimstore_put(
+            s,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            key.as_mut_ptr(),
+            key.len(),
+        )
+    };
     assert_eq!(rc, 0, "put: {}", last_error());
     // SAFETY: dimstore_put wrote a NUL-terminated key.
     unsafe { CStr::from_ptr(key.as_ptr()) }.to_owned()
@@ -130,12 +138,22 @@ fn null_pointers_are_bad_arguments() {
     let mut buf = [0u8; 8];
     let mut len = 0;
     let mut key_out = [0 as c_char; DIMSTORE_KEY_MAX];
-    // SAFETY (all calls below): every non-NULL pointer is valid for its use; the NULL ones
-    // are what is being tested.
+    // SAFETY: every non-NULL pointer below is valid for its use; the NULL ones are what is
+    // being tested.
     unsafe {
-        assert_failed(dimstore_open_env(null_mut()), DIMSTORE_E_BAD_ARGUMENT, "NULL");
         assert_failed(
-            dimstore_put(null_mut(), buf.as_ptr().cast(), 3, key_out.as_mut_ptr(), DIMSTORE_KEY_MAX),
+            dimstore_open_env(null_mut()),
+            DIMSTORE_E_BAD_ARGUMENT,
+            "NULL",
+        );
+        assert_failed(
+            dimstore_put(
+                null_mut(),
+                buf.as_ptr().cast(),
+                3,
+                key_out.as_mut_ptr(),
+                DIMSTORE_KEY_MAX,
+            ),
             DIMSTORE_E_BAD_ARGUMENT,
             "handle is NULL",
         );
@@ -164,11 +182,31 @@ fn null_pointers_are_bad_arguments() {
             DIMSTORE_E_BAD_ARGUMENT,
             "length pointer is NULL",
         );
-        assert_failed(dimstore_size(key.as_ptr(), null_mut()), DIMSTORE_E_BAD_ARGUMENT, "NULL");
-        assert_failed(dimstore_exists(s, key.as_ptr(), null_mut()), DIMSTORE_E_BAD_ARGUMENT, "NULL");
-        assert_failed(dimstore_evict(s, null()), DIMSTORE_E_BAD_ARGUMENT, "key is NULL");
-        assert_failed(dimstore_get_view(s, key.as_ptr(), null_mut()), DIMSTORE_E_BAD_ARGUMENT, "NULL");
-        assert_failed(dimstore_new_key(s, null_mut(), 10), DIMSTORE_E_BAD_ARGUMENT, "NULL");
+        assert_failed(
+            dimstore_size(key.as_ptr(), null_mut()),
+            DIMSTORE_E_BAD_ARGUMENT,
+            "NULL",
+        );
+        assert_failed(
+            dimstore_exists(s, key.as_ptr(), null_mut()),
+            DIMSTORE_E_BAD_ARGUMENT,
+            "NULL",
+        );
+        assert_failed(
+            dimstore_evict(s, null()),
+            DIMSTORE_E_BAD_ARGUMENT,
+            "key is NULL",
+        );
+        assert_failed(
+            dimstore_get_view(s, key.as_ptr(), null_mut()),
+            DIMSTORE_E_BAD_ARGUMENT,
+            "NULL",
+        );
+        assert_failed(
+            dimstore_new_key(s, null_mut(), 10),
+            DIMSTORE_E_BAD_ARGUMENT,
+            "NULL",
+        );
         assert_failed(
             dimstore_put_batch(s, 1, null(), null(), null_mut(), 0),
             DIMSTORE_E_BAD_ARGUMENT,
@@ -191,10 +229,19 @@ fn malformed_keys_are_bad_arguments() {
     let too_long = vec![b'a'; DIMSTORE_KEY_MAX + 10];
     let mut len = 0;
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (b"http://127.0.0.1:1/00/3\0".to_vec(), "starts with `dim://`"),
-        (b"dim://nohost/0123456789abcdef0123456789abcdef/3\0".to_vec(), "host:port"),
+        (
+            b"http://127.0.0.1:1/00/3\0".to_vec(),
+            "starts with `dim://`",
+        ),
+        (
+            b"dim://nohost/0123456789abcdef0123456789abcdef/3\0".to_vec(),
+            "host:port",
+        ),
         (b"dim://a:1/xyz/3\0".to_vec(), "32 hexadecimal"),
-        (b"dim://a:1/0123456789abcdef0123456789abcdef/-3\0".to_vec(), "decimal"),
+        (
+            b"dim://a:1/0123456789abcdef0123456789abcdef/-3\0".to_vec(),
+            "decimal",
+        ),
         (b"dim://a:1/\xff\xfe/3\0".to_vec(), "not a key"),
         (too_long, "no NUL within DIMSTORE_KEY_MAX"),
     ];
@@ -203,7 +250,11 @@ fn malformed_keys_are_bad_arguments() {
         let mut buf = [0u8; 8];
         // SAFETY: `key` is NUL-terminated or longer than DIMSTORE_KEY_MAX; the rest valid.
         unsafe {
-            assert_failed(dimstore_size(key, &mut len), DIMSTORE_E_BAD_ARGUMENT, needle);
+            assert_failed(
+                dimstore_size(key, &mut len),
+                DIMSTORE_E_BAD_ARGUMENT,
+                needle,
+            );
             assert_failed(
                 dimstore_get_into(s, key, buf.as_mut_ptr().cast(), 8, &mut len),
                 DIMSTORE_E_BAD_ARGUMENT,
@@ -248,7 +299,10 @@ fn short_key_buffers_leave_no_object_behind() {
     let rc = unsafe { dimstore_put(s, b"data".as_ptr().cast(), 4, key.as_mut_ptr(), key.len()) };
     assert_failed(rc, DIMSTORE_E_TOO_SMALL, "the buffer holds 16");
     let stats = server.client("tcp").stats().expect("stats");
-    assert_eq!(stats.objects, 0, "the object whose key did not fit was evicted");
+    assert_eq!(
+        stats.objects, 0,
+        "the object whose key did not fit was evicted"
+    );
     // SAFETY: as above.
     let rc = unsafe { dimstore_new_key(s, key.as_mut_ptr(), key.len()) };
     assert_failed(rc, DIMSTORE_E_TOO_SMALL, "DIMSTORE_KEY_MAX always suffices");
@@ -265,7 +319,11 @@ fn missing_evicted_and_full_are_typed() {
     // SAFETY: NUL-terminated keys, valid buffers.
     unsafe {
         assert_eq!(dimstore_evict(s, key.as_ptr()), 0, "{}", last_error());
-        assert_failed(dimstore_evict(s, key.as_ptr()), DIMSTORE_E_NOT_FOUND, "no object");
+        assert_failed(
+            dimstore_evict(s, key.as_ptr()),
+            DIMSTORE_E_NOT_FOUND,
+            "no object",
+        );
     }
     assert!(!exists(s, &key));
     let (rc, _, _) = get(s, &key, 64);
@@ -274,7 +332,15 @@ fn missing_evicted_and_full_are_typed() {
     let big = vec![7u8; 2 << 20];
     let mut out = [0 as c_char; DIMSTORE_KEY_MAX];
     // SAFETY: `big` readable, `out` writable.
-    let rc = unsafe { dimstore_put(s, big.as_ptr().cast(), big.len(), out.as_mut_ptr(), out.len()) };
+    let rc = unsafe {
+        dimstore_put(
+            s,
+            big.as_ptr().cast(),
+            big.len(),
+            out.as_mut_ptr(),
+            out.len(),
+        )
+    };
     assert_failed(rc, DIMSTORE_E_STORE_FULL, "memory limit");
     // The server keeps serving.
     let key = put(s, b"after");
@@ -299,12 +365,17 @@ fn deferred_keys_wait_for_set() {
     let s = open(&server);
     let mut key = [0 as c_char; DIMSTORE_KEY_MAX];
     // SAFETY: `key` writable.
-    assert_eq!(unsafe { dimstore_new_key(s, key.as_mut_ptr(), key.len()) }, 0);
+    let rc = unsafe { dimstore_new_key(s, key.as_mut_ptr(), key.len()) };
+    assert_eq!(rc, 0);
     // SAFETY: written NUL-terminated above.
     let key = unsafe { CStr::from_ptr(key.as_ptr()) }.to_owned();
     let mut len = 0;
     // SAFETY: NUL-terminated key, writable len.
-    assert_failed(unsafe { dimstore_size(key.as_ptr(), &mut len) }, DIMSTORE_E_NOT_SET, "deferred");
+    assert_failed(
+        unsafe { dimstore_size(key.as_ptr(), &mut len) },
+        DIMSTORE_E_NOT_SET,
+        "deferred",
+    );
     let token = s.addr();
     let reader_key = key.clone();
     let reader = std::thread::spawn(move || {
@@ -313,7 +384,12 @@ fn deferred_keys_wait_for_set() {
     });
     // SAFETY: NUL-terminated key, readable bytes.
     unsafe {
-        assert_eq!(dimstore_set(s, key.as_ptr(), b"later".as_ptr().cast(), 5), 0, "{}", last_error());
+        assert_eq!(
+            dimstore_set(s, key.as_ptr(), b"later".as_ptr().cast(), 5),
+            0,
+            "{}",
+            last_error()
+        );
         assert_failed(
             dimstore_set(s, key.as_ptr(), b"again".as_ptr().cast(), 5),
             DIMSTORE_E_ALREADY_SET,
@@ -336,12 +412,20 @@ fn batches_report_each_item() {
     let mut keys = vec![0 as c_char; 3 * DIMSTORE_KEY_MAX];
     // SAFETY: 3 buffers with their lengths, 3 key slots of DIMSTORE_KEY_MAX bytes.
     let rc = unsafe {
-        dimstore_put_batch(s, 3, bufs.as_ptr(), lens.as_ptr(), keys.as_mut_ptr(), DIMSTORE_KEY_MAX)
+        dimstore_put_batch(
+            s,
+            3,
+            bufs.as_ptr(),
+            lens.as_ptr(),
+            keys.as_mut_ptr(),
+            DIMSTORE_KEY_MAX,
+        )
     };
     assert_eq!(rc, 0, "{}", last_error());
     // Evict the second; give the third too little room.
     // SAFETY: slot 1 holds a NUL-terminated key.
-    assert_eq!(unsafe { dimstore_evict(s, keys.as_ptr().add(DIMSTORE_KEY_MAX)) }, 0);
+    let rc = unsafe { dimstore_evict(s, keys.as_ptr().add(DIMSTORE_KEY_MAX)) };
+    assert_eq!(rc, 0);
     let mut outs = [vec![0u8; 1000], vec![0u8; 10], vec![0u8; 100]];
     let out_ptrs: Vec<*mut c_void> = outs.iter_mut().map(|o| o.as_mut_ptr().cast()).collect();
     let caps: Vec<usize> = outs.iter().map(Vec::len).collect();
@@ -363,7 +447,11 @@ fn batches_report_each_item() {
     assert_failed(rc, DIMSTORE_E_NOT_FOUND, "item 1");
     assert_eq!(
         statuses,
-        [0, DIMSTORE_E_NOT_FOUND as c_int, DIMSTORE_E_TOO_SMALL as c_int]
+        [
+            0,
+            DIMSTORE_E_NOT_FOUND as c_int,
+            DIMSTORE_E_TOO_SMALL as c_int
+        ]
     );
     assert_eq!(got[0], 1000);
     assert_eq!(got[2], 5000, "the size needed");
@@ -460,8 +548,12 @@ fn last_errors_are_per_thread_and_statuses_have_names() {
     assert_failed(rc, DIMSTORE_E_BAD_ARGUMENT, "dimstore_size");
     let other = std::thread::spawn(last_error).join().unwrap();
     assert_eq!(other, "", "another thread has no error");
-    // SAFETY: static NUL-terminated strings.
-    let name = |rc| unsafe { CStr::from_ptr(dimstore_status_name(rc)) }.to_str().unwrap();
+    let name = |rc| {
+        // SAFETY: static NUL-terminated strings.
+        unsafe { CStr::from_ptr(dimstore_status_name(rc)) }
+            .to_str()
+            .unwrap()
+    };
     assert_eq!(name(DIMSTORE_E_TOO_SMALL as c_int), "DIMSTORE_E_TOO_SMALL");
     assert_eq!(name(DIMSTORE_E_CONFIG as c_int), "DIMSTORE_E_CONFIG");
     assert_eq!(name(12345), "DIMSTORE_E_UNKNOWN");

@@ -12,8 +12,8 @@ fn checked_in() -> PathBuf {
 }
 
 fn generate(out: &Path) {
-    let config = cbindgen::Config::from_file(crate_dir().join("cbindgen.toml"))
-        .expect("read cbindgen.toml");
+    let config =
+        cbindgen::Config::from_file(crate_dir().join("cbindgen.toml")).expect("read cbindgen.toml");
     cbindgen::Builder::new()
         .with_config(config)
         .with_src(crate_dir().join("src/lib.rs"))
@@ -113,7 +113,15 @@ fn header_compiles_as_c99() {
 fn header_compiles_as_cpp() {
     compile(
         "g++",
-        &["-x", "c++", "-std=c++11", "-Wall", "-Wextra", "-pedantic", "-Werror"],
+        &[
+            "-x",
+            "c++",
+            "-std=c++11",
+            "-Wall",
+            "-Wextra",
+            "-pedantic",
+            "-Werror",
+        ],
         USES,
     );
 }
