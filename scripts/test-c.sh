@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Tests of the C ABI as its users meet it: installs dimstore into a temporary prefix
 # (scripts/install.sh), compiles the installed header as C99 and C++, builds examples/c and
-# examples/fortran with gcc, mpicc and mpif90 through pkg-config alone (shared and static),
-# and runs them against real local fleets (dimstore-launch run --local), the plain C example
-# also under valgrind (no leaks, no invalid accesses).
+# examples/fortran with gcc, mpicc and mpif90 through pkg-config alone (shared and static;
+# put_get also with CMake's pkg_check_modules), and runs them against real local fleets
+# (dimstore-launch run --local), the plain C example also under valgrind (no leaks, no
+# invalid accesses).
 #
 #   scripts/test-c.sh [--profile dev|release]     (default dev: reuses the debug build)
 #
@@ -26,7 +27,7 @@ say() { printf 'test-c: %s\n' "$*"; }
 fail() { printf 'test-c: FAILED: %s\n' "$*" >&2; exit 1; }
 
 missing=()
-for tool in gcc g++ mpicc mpif90 mpirun gfortran valgrind pkg-config make; do
+for tool in gcc g++ mpicc mpif90 mpirun gfortran valgrind pkg-config make cmake; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -84,6 +85,9 @@ if ldd "$work/static/put_get" | grep -q libdimstore; then
     fail "the static build of put_get still needs libdimstore.so"
 fi
 make -C "$work/fortran" MPIF90=mpif90 clean all
+say "building the plain C example with CMake (pkg_check_modules)"
+cmake -S examples/c -B "$work/cmake" -DCMAKE_C_COMPILER=gcc -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build "$work/cmake"
 
 fleet() { # fleet NODES CMD...: runs CMD inside a fresh local fleet, bounded in time
     local nodes=$1
@@ -95,6 +99,7 @@ say "plain C example (shared, then static)"
 fleet 1 "$work/c/put_get" | tee "$work/put_get.out"
 grep -q 'put_get: ok' "$work/put_get.out" || fail "put_get did not finish"
 fleet 1 "$work/static/put_get" >/dev/null || fail "the static put_get failed"
+fleet 1 "$work/cmake/put_get" >/dev/null || fail "the CMake-built put_get failed"
 
 say "plain C example under valgrind"
 fleet 1 valgrind --error-exitcode=99 --leak-check=full \

@@ -564,3 +564,31 @@ fn panics_become_internal_errors() {
     let rc = crate::status::boundary("dimstore_test", || panic!("boom"));
     assert_failed(rc, DIMSTORE_E_INTERNAL, "panic: boom");
 }
+
+#[test]
+fn threads_share_one_handle() {
+    let server = server("64MiB");
+    let s = open(&server);
+    let token = s.addr();
+    let workers: Vec<_> = (0..4u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let s = std::ptr::without_provenance_mut::<dimstore_t>(token);
+                for i in 0..25 {
+                    let data = pattern(1000 + i, t * 100 + i as u64);
+                    let key = put(s, &data);
+                    let (rc, bytes, _) = get(s, &key, data.len());
+                    assert_eq!(rc, 0, "{}", last_error());
+                    assert_eq!(bytes, data);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("worker thread");
+    }
+    let stats = server.client("tcp").stats().expect("stats");
+    assert_eq!(stats.objects, 100);
+    // SAFETY: a handle from dimstore_open.
+    unsafe { dimstore_close(s) };
+}
