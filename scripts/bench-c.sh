@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # C ABI vs Rust client: dimstore_get_into (examples/c/get_bench.c, built with pkg-config
 # against an installed release build) against Store::get plus a copy into the caller's
-# buffer (bindings/c/examples/get_bench.rs), same sizes, in one local fleet; same node
+# buffer (bindings/c/src/bin/get_bench.rs), same sizes, in one local fleet; same node
 # (mapped, DIMSTORE_LOCAL=map) and over TCP (DIMSTORE_LOCAL=off). The runs alternate C and
 # Rust for ROUNDS rounds; each cell is the best median over the rounds. Prints a Markdown
 # table with the C/Rust ratio of median latencies (1.00 = same; above 1 = C slower).
@@ -30,8 +30,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/dimstore-bench-c.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 scripts/install.sh --profile release "$work/prefix" >&2
-cargo build --release --locked -p dimstore-c --example get_bench >&2
-cp target/release/examples/get_bench "$work/rust_get_bench"
+cargo build --release --locked -p dimstore-c --bin dimstore-c-get-bench >&2
+cp target/release/dimstore-c-get-bench "$work/rust_get_bench"
 cp examples/c/get_bench.c examples/c/Makefile "$work/"
 PKG_CONFIG_PATH=$work/prefix/lib/pkgconfig make -C "$work" CC=gcc get_bench >&2
 export PATH=$work/prefix/bin:$PATH DIMSTORE_SPAWN=never

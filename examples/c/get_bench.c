@@ -1,6 +1,6 @@
 /*
  * get_bench: latency and bandwidth of dimstore_get_into, per object size, as CSV
- * (bindings/c/examples/get_bench.rs measures the Rust client the same way; scripts/bench-c.sh
+ * (bindings/c/src/bin/get_bench.rs measures the Rust client the same way; scripts/bench-c.sh
  * runs both in one fleet and prints the ratio).
  *
  *   get_bench [ITERATIONS] [SECONDS]      (defaults 200 and 3: per size, whichever ends first)

@@ -1,7 +1,7 @@
-//! The Rust client measured as `examples/c/get_bench.c` measures `dimstore_get_into`: same
+//! `dimstore-c-get-bench`: the Rust client measured as `examples/c/get_bench.c` measures `dimstore_get_into`: same
 //! sizes, same loop, same CSV (scripts/bench-c.sh runs both in one fleet).
 //!
-//! `get_bench [ITERATIONS] [SECONDS]`: per size, `rust_get_copy` is `Store::get` plus a copy
+//! `dimstore-c-get-bench [ITERATIONS] [SECONDS]`: per size, `rust_get_copy` is `Store::get` plus a copy
 //! into the caller's buffer (the work `dimstore_get_into` does), `rust_get` is `Store::get`
 //! alone (on the same node a mapped view: no copy at all).
 
