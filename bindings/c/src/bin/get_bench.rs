@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 use client::Store;
 
 const SIZES: [usize; 5] = [64, 4096, 65536, 1 << 20, 16 << 20];
+const PAGE: usize = 4096;
+
+/// The page-aligned `len` bytes inside `buf` (which has `PAGE` bytes to spare).
+fn page_aligned(buf: &mut [u8], len: usize) -> &mut [u8] {
+    let offset = buf.as_ptr().align_offset(PAGE);
+    &mut buf[offset..offset + len]
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -22,9 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::from_env()?;
     println!("api,size,iterations,median_us,mean_us,mib_per_s");
     for (k, &size) in SIZES.iter().enumerate() {
-        let src = vec![k as u8 + 1; size];
-        let mut dst = vec![0u8; size];
-        let key = store.put(&src)?;
+        // Page-aligned buffers (as the C side's): a copy's speed depends on alignment.
+        let mut src_buf = vec![k as u8 + 1; size + PAGE];
+        let mut dst_buf = vec![0u8; size + PAGE];
+        let src = page_aligned(&mut src_buf, size);
+        let dst = page_aligned(&mut dst_buf, size);
+        let key = store.put(src)?;
         dst.copy_from_slice(&store.get(&key)?); // warm-up: connect, map
         for copy in [true, false] {
             let mut times = Vec::with_capacity(iterations);
