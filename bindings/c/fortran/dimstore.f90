@@ -54,6 +54,16 @@ module dimstore
         integer(c_int64_t) :: handle
     end type dimstore_view_t
 
+    !> Space for an object written in place (dimstore_reservation_t), filled by
+    !> dimstore_create; write up to cap bytes at data, then dimstore_seal or dimstore_abort.
+    type, bind(C), public :: dimstore_reservation_t
+        type(c_ptr) :: data
+        integer(c_size_t) :: cap
+        integer(c_int) :: mapped
+        integer(c_int64_t) :: handle
+    end type dimstore_reservation_t
+
+    public :: dimstore_create, dimstore_seal, dimstore_abort
     public :: dimstore_open_env, dimstore_open, dimstore_close, dimstore_put, dimstore_get_into
     public :: dimstore_get_view, dimstore_view_release, dimstore_size, dimstore_exists
     public :: dimstore_evict, dimstore_new_key, dimstore_set, dimstore_put_batch
@@ -156,6 +166,31 @@ module dimstore
             type(c_ptr), value :: buf
             integer(c_size_t), value :: len
         end function
+
+        !> Reserves cap bytes for an object written in place (the server's memory on its node).
+        integer(c_int) function dimstore_create(store, cap, reservation) &
+                bind(C, name="dimstore_create")
+            import :: c_int, c_ptr, c_size_t, dimstore_reservation_t
+            type(c_ptr), value :: store
+            integer(c_size_t), value :: cap
+            type(dimstore_reservation_t), intent(out) :: reservation
+        end function
+
+        !> Publishes the first len bytes of a reservation; its key (with its NUL) goes to key.
+        integer(c_int) function dimstore_seal(reservation, len, key, key_cap) &
+                bind(C, name="dimstore_seal")
+            import :: c_int, c_size_t, c_char, dimstore_reservation_t
+            type(dimstore_reservation_t), intent(inout) :: reservation
+            integer(c_size_t), value :: len
+            character(kind=c_char), intent(out) :: key(*)
+            integer(c_size_t), value :: key_cap
+        end function
+
+        !> Gives a reservation back unsealed.
+        subroutine dimstore_abort(reservation) bind(C, name="dimstore_abort")
+            import :: dimstore_reservation_t
+            type(dimstore_reservation_t), intent(inout) :: reservation
+        end subroutine
 
         !> Stores count objects in one round trip; key i at keys((i-1)*key_stride+1:).
         integer(c_int) function dimstore_put_batch(store, count, bufs, lens, keys, key_stride) &

@@ -128,6 +128,31 @@ typedef struct dimstore_view_t {
     uint64_t handle;
 } dimstore_view_t;
 
+/**
+ * Space for an object written in place, filled by `dimstore_create`: write up to `cap`
+ * bytes at `data`, then `dimstore_seal` it (or `dimstore_abort` it). Readers never see it
+ * before it is sealed.
+ */
+typedef struct dimstore_reservation_t {
+    /**
+     * Where to write the object (`cap` writable bytes; never NULL in a filled reservation).
+     */
+    void *data;
+    /**
+     * The bytes reserved.
+     */
+    size_t cap;
+    /**
+     * 1 when `data` is the same-node server's own memory (sealing copies nothing), 0 when it
+     * is a buffer of the library that sealing puts.
+     */
+    int mapped;
+    /**
+     * The library's handle of the reservation; 0 when it holds nothing.
+     */
+    uint64_t handle;
+} dimstore_reservation_t;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -298,6 +323,50 @@ int dimstore_set(struct dimstore_t *s,
                  const char *key,
                  const void *buf,
                  size_t len);
+
+/**
+ * Reserves `cap` bytes for an object written in place: on the owner's node the server's
+ * memory itself (no copy at all), elsewhere a buffer that `dimstore_seal` puts. On failure
+ * the reservation is emptied (`handle` 0).
+ *
+ * Thread safety: safe to call from many threads with one handle; a reservation may be
+ * written, sealed or aborted by any thread of the process, once.
+ *
+ * # Safety
+ * `reservation` is NULL or valid for writing a `dimstore_reservation_t`.
+ */
+int dimstore_create(struct dimstore_t *s,
+                    size_t cap,
+                    struct dimstore_reservation_t *reservation);
+
+/**
+ * Publishes the first `len` bytes of a reservation as an object and writes its key into
+ * `key` (`key_cap` bytes; `DIMSTORE_KEY_MAX` always suffices). The reservation is used up
+ * and emptied, unless `len` exceeds its capacity (`DIMSTORE_E_BAD_ARGUMENT`, nothing
+ * changes). If the key does not fit, the object is evicted and `DIMSTORE_E_TOO_SMALL`
+ * returned.
+ *
+ * Thread safety: any thread, once per reservation.
+ *
+ * # Safety
+ * `reservation` is NULL or points to a `dimstore_reservation_t`, readable and writable;
+ * `key` is NULL or points to `key_cap` writable bytes.
+ */
+int dimstore_seal(struct dimstore_reservation_t *reservation,
+                  size_t len,
+                  char *key,
+                  size_t key_cap);
+
+/**
+ * Gives a reservation back unsealed and empties it. NULL, an empty reservation, or one
+ * sealed or aborted already, is ignored.
+ *
+ * Thread safety: any thread, once per reservation.
+ *
+ * # Safety
+ * `reservation` is NULL or points to a `dimstore_reservation_t`, readable and writable.
+ */
+void dimstore_abort(struct dimstore_reservation_t *reservation);
 
 /**
  * Stores `count` objects (`bufs[i]`, `lens[i]` bytes) on this node's server in one round

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
-use client::{ObjectBytes, Store};
+use client::{ObjectBytes, Reservation, Store};
 
 use crate::status::{Failure, DIMSTORE_E_BAD_ARGUMENT, DIMSTORE_E_CLOSED, DIMSTORE_E_FORK};
 
@@ -19,6 +19,10 @@ static STORES: RwLock<BTreeMap<u64, Opened<Store>>> = RwLock::new(BTreeMap::new(
 
 /// The unreleased views, by token.
 static VIEWS: Mutex<BTreeMap<u64, Opened<ObjectBytes>>> = Mutex::new(BTreeMap::new());
+
+/// The unsealed reservations, by token, with the store that made them.
+static RESERVATIONS: Mutex<BTreeMap<u64, Opened<(Reservation, Store)>>> =
+    Mutex::new(BTreeMap::new());
 
 /// A value and the process that created it.
 struct Opened<T> {
@@ -121,4 +125,39 @@ pub(crate) fn remove_view(token: u64) -> bool {
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&token);
     removed.map(Opened::dispose).is_some()
+}
+
+/// Registers a reservation; returns its token. Its bytes do not move (a mapping of the
+/// server's memory, or a heap buffer).
+pub(crate) fn insert_reservation(reservation: Reservation, store: Store) -> u64 {
+    let token = new_token();
+    RESERVATIONS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(token, Opened::new((reservation, store)));
+    token
+}
+
+/// Takes a reservation out of the table if `accept` agrees (it stays otherwise). In a
+/// forked child the parent's reservation is forgotten and `DIMSTORE_E_FORK` returned.
+pub(crate) fn take_reservation(
+    token: u64,
+    accept: impl FnOnce(&Reservation) -> Result<(), Failure>,
+) -> Result<(Reservation, Store), Failure> {
+    let mut table = RESERVATIONS.lock().unwrap_or_else(PoisonError::into_inner);
+    let opened = table.get(&token).ok_or_else(|| {
+        Failure::new(
+            DIMSTORE_E_CLOSED,
+            "the reservation was sealed or aborted already (or never created)",
+        )
+    })?;
+    if let Err(fork) = opened.check_process("reservation") {
+        if let Some(opened) = table.remove(&token) {
+            opened.dispose();
+        }
+        return Err(fork);
+    }
+    accept(&opened.value.0)?;
+    let opened = table.remove(&token).expect("present: looked up above");
+    Ok(opened.value)
 }

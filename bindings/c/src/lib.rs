@@ -54,6 +54,22 @@ pub struct dimstore_view_t {
     pub handle: u64,
 }
 
+/// Space for an object written in place, filled by `dimstore_create`: write up to `cap`
+/// bytes at `data`, then `dimstore_seal` it (or `dimstore_abort` it). Readers never see it
+/// before it is sealed.
+#[repr(C)]
+pub struct dimstore_reservation_t {
+    /// Where to write the object (`cap` writable bytes; never NULL in a filled reservation).
+    pub data: *mut c_void,
+    /// The bytes reserved.
+    pub cap: usize,
+    /// 1 when `data` is the same-node server's own memory (sealing copies nothing), 0 when it
+    /// is a buffer of the library that sealing puts.
+    pub mapped: c_int,
+    /// The library's handle of the reservation; 0 when it holds nothing.
+    pub handle: u64,
+}
+
 fn token(s: *const dimstore_t) -> u64 {
     s.addr() as u64
 }
@@ -455,6 +471,118 @@ pub unsafe extern "C" fn dimstore_set(
         store.set(&key, bytes)?;
         Ok(())
     })
+}
+
+/// Reserves `cap` bytes for an object written in place: on the owner's node the server's
+/// memory itself (no copy at all), elsewhere a buffer that `dimstore_seal` puts. On failure
+/// the reservation is emptied (`handle` 0).
+///
+/// Thread safety: safe to call from many threads with one handle; a reservation may be
+/// written, sealed or aborted by any thread of the process, once.
+///
+/// # Safety
+/// `reservation` is NULL or valid for writing a `dimstore_reservation_t`.
+#[no_mangle]
+pub unsafe extern "C" fn dimstore_create(
+    s: *mut dimstore_t,
+    cap: usize,
+    reservation: *mut dimstore_reservation_t,
+) -> c_int {
+    boundary("dimstore_create", || {
+        let empty = dimstore_reservation_t {
+            data: std::ptr::null_mut(),
+            cap: 0,
+            mapped: 0,
+            handle: 0,
+        };
+        // SAFETY: forwarded caller guarantee on `reservation`.
+        unsafe { output(reservation, empty, "the reservation pointer") }?;
+        let store = handles::store(token(s))?;
+        let mut reserved = store.create(cap as u64)?;
+        let filled = dimstore_reservation_t {
+            data: reserved.as_mut_ptr().cast(),
+            cap: reserved.len(),
+            mapped: c_int::from(reserved.is_mapped()),
+            handle: 0,
+        };
+        let handle = handles::insert_reservation(reserved, store);
+        // SAFETY: checked non-NULL and writable above.
+        unsafe { reservation.write(dimstore_reservation_t { handle, ..filled }) };
+        Ok(())
+    })
+}
+
+/// Publishes the first `len` bytes of a reservation as an object and writes its key into
+/// `key` (`key_cap` bytes; `DIMSTORE_KEY_MAX` always suffices). The reservation is used up
+/// and emptied, unless `len` exceeds its capacity (`DIMSTORE_E_BAD_ARGUMENT`, nothing
+/// changes). If the key does not fit, the object is evicted and `DIMSTORE_E_TOO_SMALL`
+/// returned.
+///
+/// Thread safety: any thread, once per reservation.
+///
+/// # Safety
+/// `reservation` is NULL or points to a `dimstore_reservation_t`, readable and writable;
+/// `key` is NULL or points to `key_cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn dimstore_seal(
+    reservation: *mut dimstore_reservation_t,
+    len: usize,
+    key: *mut c_char,
+    key_cap: usize,
+) -> c_int {
+    boundary("dimstore_seal", || {
+        if reservation.is_null() {
+            return Err(Failure::bad_argument("the reservation pointer is NULL"));
+        }
+        if key.is_null() {
+            return Err(Failure::bad_argument("the key buffer is NULL"));
+        }
+        // SAFETY: non-NULL, points to a reservation (caller's guarantee).
+        let reservation = unsafe { &mut *reservation };
+        let (reserved, store) = handles::take_reservation(reservation.handle, |r| {
+            if len > r.len() {
+                return Err(Failure::bad_argument(format!(
+                    "len {len} exceeds the reservation's {} bytes",
+                    r.len()
+                )));
+            }
+            Ok(())
+        })?;
+        reservation.data = std::ptr::null_mut();
+        reservation.cap = 0;
+        reservation.mapped = 0;
+        reservation.handle = 0;
+        let sealed = reserved.seal_len(len as u64)?;
+        // SAFETY: forwarded caller guarantee on (key, key_cap).
+        unsafe { write_key(&sealed, key, key_cap) }.inspect_err(|_| {
+            let _ = store.evict(&sealed);
+        })
+    })
+}
+
+/// Gives a reservation back unsealed and empties it. NULL, an empty reservation, or one
+/// sealed or aborted already, is ignored.
+///
+/// Thread safety: any thread, once per reservation.
+///
+/// # Safety
+/// `reservation` is NULL or points to a `dimstore_reservation_t`, readable and writable.
+#[no_mangle]
+pub unsafe extern "C" fn dimstore_abort(reservation: *mut dimstore_reservation_t) {
+    let _ = boundary("dimstore_abort", || {
+        if reservation.is_null() {
+            return Ok(());
+        }
+        // SAFETY: non-NULL, points to a reservation (caller's guarantee).
+        let reservation = unsafe { &mut *reservation };
+        let taken = handles::take_reservation(reservation.handle, |_| Ok(()));
+        reservation.data = std::ptr::null_mut();
+        reservation.cap = 0;
+        reservation.mapped = 0;
+        reservation.handle = 0;
+        drop(taken);
+        Ok(())
+    });
 }
 
 /// Stores `count` objects (`bufs[i]`, `lens[i]` bytes) on this node's server in one round

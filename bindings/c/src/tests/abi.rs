@@ -592,3 +592,72 @@ fn threads_share_one_handle() {
     // SAFETY: a handle from dimstore_open.
     unsafe { dimstore_close(s) };
 }
+
+#[test]
+fn reservations_are_written_in_place_then_sealed_or_aborted() {
+    let server = server("64MiB");
+    for same_node in [true, false] {
+        if same_node {
+            std::env::set_var("DIMSTORE_NODE", &server.ready.node);
+        }
+        let s = open(&server);
+        std::env::remove_var("DIMSTORE_NODE");
+        let data = pattern(100_000, 4);
+        let mut r = dimstore_reservation_t {
+            data: null_mut(),
+            cap: 0,
+            mapped: 0,
+            handle: 0,
+        };
+        // SAFETY: a writable reservation.
+        let rc = unsafe { dimstore_create(s, 200_000, &mut r) };
+        assert_eq!(rc, 0, "{}", last_error());
+        assert_eq!((r.cap, r.mapped), (200_000, c_int::from(same_node)));
+        // SAFETY: `cap` writable bytes at `data` until sealed.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), r.data.cast::<u8>(), data.len()) };
+        let mut key = [0 as c_char; DIMSTORE_KEY_MAX];
+        // SAFETY: a filled reservation, a writable key buffer.
+        unsafe {
+            assert_failed(
+                dimstore_seal(&mut r, 200_001, key.as_mut_ptr(), key.len()),
+                DIMSTORE_E_BAD_ARGUMENT,
+                "exceeds",
+            );
+            assert_ne!(r.handle, 0, "a refused seal keeps the reservation");
+            let rc = dimstore_seal(&mut r, data.len(), key.as_mut_ptr(), key.len());
+            assert_eq!(rc, 0, "{}", last_error());
+            assert_eq!(r.handle, 0);
+            assert_failed(
+                dimstore_seal(&mut r, 1, key.as_mut_ptr(), key.len()),
+                DIMSTORE_E_CLOSED,
+                "sealed or aborted already",
+            );
+        }
+        // SAFETY: written NUL-terminated by dimstore_seal.
+        let key = unsafe { CStr::from_ptr(key.as_ptr()) }.to_owned();
+        assert_eq!(get(s, &key, data.len()).1, data);
+
+        // Aborted, or sealed with too short a key buffer: nothing stays behind.
+        // SAFETY: writable reservations and buffers.
+        unsafe {
+            assert_eq!(dimstore_create(s, 1000, &mut r), 0);
+            dimstore_abort(&mut r);
+            dimstore_abort(&mut r);
+            assert_eq!(dimstore_create(s, 1000, &mut r), 0);
+            let mut short = [0 as c_char; 8];
+            assert_failed(
+                dimstore_seal(&mut r, 10, short.as_mut_ptr(), short.len()),
+                DIMSTORE_E_TOO_SMALL,
+                "holds 8",
+            );
+            assert_eq!(dimstore_evict(s, key.as_ptr()), 0);
+            dimstore_close(s);
+        }
+        // Aborts are one-way notices: wait (bounded) for the server to have them.
+        dimstore_tests::wait_stats(
+            &server.client("tcp"),
+            "no objects or reservations left",
+            |stats| stats.objects == 0 && stats.reserved == 0,
+        );
+    }
+}

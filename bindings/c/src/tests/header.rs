@@ -88,6 +88,10 @@ int main(void) {
     rc |= dimstore_exists(s, key, &exists);
     rc |= dimstore_get_view(s, key, &view);
     dimstore_view_release(&view);
+    dimstore_reservation_t reservation;
+    rc |= dimstore_create(s, sizeof data, &reservation);
+    rc |= dimstore_seal(&reservation, sizeof data, key, sizeof key);
+    dimstore_abort(&reservation);
     rc |= dimstore_evict(s, key);
     rc |= dimstore_new_key(s, key, sizeof key);
     rc |= dimstore_set(s, key, data, sizeof data);
