@@ -16,6 +16,9 @@ PACKAGES=(
     libopenmpi-dev openmpi-bin
     # bindgen
     libclang-dev pkg-config
+    # the C ABI's tests: C/C++/Fortran compilers (MPI wrappers come with libopenmpi-dev), make and
+    # cmake (the examples' builds), valgrind
+    gcc g++ gfortran make cmake valgrind
     # Slurm test cluster and the SPANK plugin headers
     slurm-wlm libslurm-dev munge
     # peers for benchmarks

@@ -45,4 +45,7 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 
+step "C, C++ and Fortran: install, header, examples against local fleets (MPI), valgrind"
+scripts/test-c.sh
+
 step "done"
