@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use dimstore_proto::{
-    GetItem, Hello, HelloReply, Key, ObjectId, Request, Response, ServerStats, Status,
+    GetItem, Hello, HelloReply, Key, ObjectId, Request, RequestLimits, Response, ServerStats,
+    Status,
 };
 use dimstore_transport::local::LocalConnector;
 use dimstore_transport::tcp::TcpConnector;
@@ -218,6 +219,13 @@ impl Store {
 
     /// Stores several objects on this node's server in one round trip.
     pub fn put_batch(&self, objects: &[&[u8]]) -> Result<Vec<Key>, PutError> {
+        if objects.len() > max_batch() {
+            let mut keys = Vec::with_capacity(objects.len());
+            for chunk in objects.chunks(max_batch()) {
+                keys.extend(self.put_batch(chunk)?);
+            }
+            return Ok(keys);
+        }
         let sizes: Vec<u64> = objects.iter().map(|o| o.len() as u64).collect();
         let owner = self.local_owner()?;
         let peer = self.peer_by(&owner, Instant::now() + self.timeout)?;
@@ -451,7 +459,7 @@ impl Store {
         Ok(self.new_keys(1)?.remove(0))
     }
 
-    /// Reserves several keys in one round trip.
+    /// Reserves several keys in one round trip (at most 65 536: more is `TooLarge`).
     pub fn new_keys(&self, count: u32) -> Result<Vec<Key>, RequestError> {
         let owner = self.local_owner()?;
         let (peer, reply) = self.call(&owner, &Request::NewKeys { count }, &[])?;
@@ -683,7 +691,21 @@ fn group_by_owner(keys: &[Key]) -> Vec<(&str, Vec<usize>)> {
             None => groups.push((&key.owner, vec![i])),
         }
     }
+    // A server takes at most `max_batch` items per request: longer groups go in several.
     groups
+        .into_iter()
+        .flat_map(|(owner, indices)| {
+            indices
+                .chunks(max_batch())
+                .map(|chunk| (owner, chunk.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Most items one request may carry (the servers' [`RequestLimits`]).
+fn max_batch() -> usize {
+    RequestLimits::default().max_batch as usize
 }
 
 pub(crate) fn unexpected(owner: &str, response: &Response) -> RequestError {

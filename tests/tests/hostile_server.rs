@@ -392,3 +392,23 @@ fn a_client_that_stops_reading_is_cut_and_what_it_pinned_is_freed() {
     );
     assert_still_serving(&server);
 }
+
+/// The server takes at most 65 536 items per request; the client splits longer batches, so
+/// a user's batch of any length works (and what the server refuses never reaches it).
+#[test]
+fn batches_longer_than_a_request_may_carry_are_split_by_the_client() {
+    let server = TestServer::start(ServerOptions::default());
+    let client = server.client("tcp");
+    let n = (1 << 16) + 3;
+    let objects: Vec<Vec<u8>> = (0..n).map(|i| (i as u32).to_le_bytes().to_vec()).collect();
+    let refs: Vec<&[u8]> = objects.iter().map(Vec::as_slice).collect();
+    let keys = client.put_batch(&refs).expect("put of a long batch");
+    assert_eq!(keys.len(), n);
+    let got = client.get_batch(&keys).expect("get of a long batch");
+    for (i, object) in got.iter().enumerate() {
+        assert_eq!(object.as_deref(), Some(&objects[i][..]), "object {i}");
+    }
+    assert!(client.exists_batch(&keys).expect("exists").iter().all(|&e| e));
+    assert!(client.evict_batch(&keys).expect("evict").iter().all(|&e| e));
+    assert_eq!(client.stats().expect("stats").objects, 0);
+}
