@@ -105,6 +105,11 @@ pub struct Args {
     /// [default: the NIC's node under auto]
     #[arg(long, env = "DIMSTORE_NUMA", value_name = "N")]
     pub numa: Option<u32>,
+    /// Serve `GET /metrics` (OpenMetrics text) on this address, e.g. `127.0.0.1:9464`.
+    /// Unauthenticated (it shows counts, sizes and latencies, never keys or data): bind it
+    /// to loopback or a monitoring network. [default: off]
+    #[arg(long, env = "DIMSTORE_METRICS_LISTEN", value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -133,6 +138,7 @@ struct FileConfig {
     log: Option<String>,
     cpu_bind: Option<String>,
     numa: Option<u32>,
+    metrics_listen: Option<String>,
 }
 
 mod humantime_serde_opt {
@@ -220,6 +226,8 @@ pub struct ServerConfig {
     pub cpu_bind: CpuBind,
     /// NUMA node named by the user.
     pub numa: Option<u32>,
+    /// Address of the OpenMetrics endpoint, if any.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the configuration is unusable.
@@ -290,6 +298,17 @@ impl ServerConfig {
             return Err(ConfigError::Invalid("threads must be >= 1".into()));
         }
         let node = args.node.or(file.node).unwrap_or_else(hostname);
+        let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
+            Some(text) => Some(
+                text.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(format!("metrics address `{text}` is not HOST:PORT"))
+                    })?,
+            ),
+            None => None,
+        };
         Ok(ServerConfig {
             listen,
             advertise: args.advertise.or(file.advertise),
@@ -337,6 +356,7 @@ impl ServerConfig {
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             cpu_bind,
             numa: args.numa.or(file.numa),
+            metrics_listen,
         })
     }
 
