@@ -28,7 +28,9 @@ mod store;
 
 pub use archived::Archived;
 pub use config::{ClientConfig, SpawnPolicy, TransportChoice};
-pub use dimstore_proto::{Key, KeyParseError, ObjectId, OpStats, ServerStats, TransportStats};
+pub use dimstore_proto::{
+    format_nanos, Key, KeyParseError, ObjectId, OpStats, ServerStats, TransportStats,
+};
 pub use error::{ConnectError, GetError, PutError, RequestError, SetError};
 pub use local::{LocalMode, Reservation};
 pub use object::ObjectBytes;

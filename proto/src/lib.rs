@@ -30,7 +30,7 @@ pub use message::{
     HelloReply, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
     ServerStats, TransportStats,
 };
-pub use op_stats::{OpStats, MAX_OP_STATS};
+pub use op_stats::{format_nanos, OpStats, MAX_OP_STATS};
 pub use status::{ErrorReply, Status};
 
 /// Protocol version carried in every frame header; a peer speaking another version is refused.

@@ -45,3 +45,26 @@ pub struct OpStats {
     /// Largest object bytes of one request.
     pub bytes_max: u64,
 }
+
+/// A duration in nanoseconds for people: `850ns`, `12.3us`, `4.56ms`, `1.20s`.
+pub fn format_nanos(ns: u64) -> String {
+    match ns {
+        0..=999 => format!("{ns}ns"),
+        1_000..=999_999 => format!("{:.1}us", ns as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.2}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nanos_read_well() {
+        assert_eq!(format_nanos(850), "850ns");
+        assert_eq!(format_nanos(12_345), "12.3us");
+        assert_eq!(format_nanos(4_560_000), "4.56ms");
+        assert_eq!(format_nanos(1_200_000_000), "1.20s");
+    }
+}

@@ -225,24 +225,14 @@ fn op_table(ops: &[dimstore::OpStats]) -> String {
             o.transport,
             o.count,
             o.errors,
-            duration(o.p50_ns),
-            duration(o.p99_ns),
-            duration(o.p999_ns),
-            duration(o.max_ns),
+            dimstore::format_nanos(o.p50_ns),
+            dimstore::format_nanos(o.p99_ns),
+            dimstore::format_nanos(o.p999_ns),
+            dimstore::format_nanos(o.max_ns),
             o.bytes
         );
     }
     out
-}
-
-/// `850ns`, `12.3us`, `4.56ms`, `1.20s`.
-fn duration(ns: u64) -> String {
-    match ns {
-        0..=999 => format!("{ns}ns"),
-        1_000..=999_999 => format!("{:.1}us", ns as f64 / 1e3),
-        1_000_000..=999_999_999 => format!("{:.2}ms", ns as f64 / 1e6),
-        _ => format!("{:.2}s", ns as f64 / 1e9),
-    }
 }
 
 /// One JSON object per server: every counter, and per-transport counters.
