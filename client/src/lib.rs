@@ -20,6 +20,7 @@ mod config;
 mod error;
 pub mod fleet;
 mod local;
+pub mod metrics;
 mod object;
 mod one_sided;
 mod proxy;
@@ -33,6 +34,7 @@ pub use dimstore_proto::{
 };
 pub use error::{ConnectError, GetError, PutError, RequestError, SetError};
 pub use local::{LocalMode, Reservation};
+pub use metrics::{CallStats, ClientOp};
 pub use object::ObjectBytes;
 pub use proxy::{Proxy, ProxyError};
 pub use store::Store;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use dimstore::OpStats;
+use dimstore::{ClientOp, OpStats};
 use dimstore_tests::{binary, pattern, ServerOptions, TestServer};
 
 /// A server with the metrics endpoint on a free loopback port.
@@ -425,4 +425,55 @@ fn endpoint_survives_garbage_and_100_concurrent_scrapes() {
         &*store.get(&key).expect("get after the storm"),
         b"still here"
     );
+}
+
+#[test]
+fn client_metrics_count_the_stores_own_calls() {
+    let server = server_with_metrics();
+    let plain = server.client("tcp");
+    assert!(
+        plain.metrics().is_none(),
+        "metrics are off unless asked for"
+    );
+    let store = server.client_with("tcp", |c| c.metrics = true);
+    let objects: Vec<Vec<u8>> = (0..12).map(|i| pattern(700 + i, i as u64)).collect();
+    let keys: Vec<_> = objects.iter().map(|o| store.put(o).expect("put")).collect();
+    for key in &keys[..8] {
+        store.get(key).expect("get");
+    }
+    store.evict(&keys[0]).expect("evict");
+    assert!(store.get(&keys[0]).is_err(), "evicted");
+    store.exists_batch(&keys).expect("exists");
+    let deferred = store.new_key().expect("new key");
+    // A clone shares the store's metrics.
+    store.clone().set(&deferred, b"12345").expect("set");
+
+    let metrics = store.metrics().expect("metrics on");
+    let of = |op: ClientOp| {
+        metrics
+            .iter()
+            .find(|c| c.op == op)
+            .unwrap_or_else(|| panic!("no {op:?} in {metrics:?}"))
+    };
+    let get = of(ClientOp::Get);
+    let got: u64 = objects[..8].iter().map(|o| o.len() as u64).sum();
+    assert_eq!((get.count, get.errors, get.bytes), (9, 1, got));
+    assert_eq!(get.latency.len(), 9);
+    assert!(get.quantile(0.5) <= get.quantile(0.99) && get.quantile(0.99) <= get.max());
+    assert!(get.max() > Duration::ZERO && get.total >= get.max() - get.max() / 100);
+    let put = of(ClientOp::Put);
+    let put_bytes: u64 = objects.iter().map(|o| o.len() as u64).sum();
+    assert_eq!((put.count, put.errors, put.bytes), (12, 0, put_bytes));
+    assert_eq!(
+        (of(ClientOp::Evict).count, of(ClientOp::Exists).count),
+        (1, 1)
+    );
+    assert_eq!(
+        (of(ClientOp::NewKeys).count, of(ClientOp::Set).bytes),
+        (1, 5)
+    );
+    // The server counted the same calls.
+    let stats = plain.stats().expect("stats");
+    assert_eq!(op(&stats.ops, "get", "tcp").count, get.count);
+    assert_eq!(op(&stats.ops, "put", "tcp").count, put.count);
 }
