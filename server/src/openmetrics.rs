@@ -133,6 +133,18 @@ impl ServiceCollector {
     /// The store's gauges and counters, as in stats.
     fn encode_stats(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let st = self.0.stats();
+        let mut info = encoder.encode_descriptor(
+            "dimstore_server",
+            "This server: node, control address, version, and the placement line (binding).",
+            None,
+            MetricType::Info,
+        )?;
+        info.encode_info(&[
+            ("node", st.node.as_str()),
+            ("address", st.advertised.as_str()),
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("binding", st.binding.as_str()),
+        ])?;
         let gauges: [(&str, &str, Option<Unit>, u64); 7] = [
             ("dimstore_objects", "Objects stored.", None, st.objects),
             (

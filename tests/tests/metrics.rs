@@ -363,6 +363,13 @@ fn metrics_parse_as_openmetrics_and_agree_with_stat_json() {
             "{metric}"
         );
     }
+    let info = samples
+        .iter()
+        .find(|s| s.name == "dimstore_server_info")
+        .expect("dimstore_server_info");
+    assert_eq!(info.labels["node"], stat["node"]);
+    assert_eq!(info.labels["binding"], stat["binding"]);
+    assert_eq!(info.value, 1.0);
 }
 
 #[test]
