@@ -447,6 +447,29 @@ mod tests {
     }
 
     #[test]
+    fn metrics_endpoint_is_off_unless_asked_for() {
+        let off = ServerConfig::resolve(Args::default()).expect("valid");
+        assert_eq!(off.metrics_listen, None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "metrics_listen = \"127.0.0.1:9464\"\n").expect("write");
+        let from_file = ServerConfig::resolve(Args {
+            config: Some(path),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(
+            from_file.metrics_listen,
+            Some("127.0.0.1:9464".parse().expect("addr"))
+        );
+        let bad = ServerConfig::resolve(Args {
+            metrics_listen: Some("nowhere".into()),
+            ..Default::default()
+        });
+        assert!(matches!(bad, Err(ConfigError::Invalid(m)) if m.contains("nowhere")));
+    }
+
+    #[test]
     fn placement_from_flag_env_and_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("server.toml");
