@@ -268,7 +268,8 @@ impl StoreService {
         &self.metrics
     }
 
-    /// Records a finished request (its reply is ready).
+    /// Records a finished request (its reply is ready): object bytes received (`bytes_in`)
+    /// plus those the reply delivers, unless it failed.
     fn record_request(
         &self,
         transport: &str,
@@ -289,13 +290,19 @@ impl StoreService {
                 .sum(),
             _ => 0,
         };
+        // A refused request carried no object, whatever it declared.
+        let failed = matches!(reply.response, Response::Error(_));
         self.metrics.record(
             transport,
             Sample {
                 op,
                 elapsed: started.elapsed(),
-                bytes: bytes_in + bytes_out,
-                failed: matches!(reply.response, Response::Error(_)),
+                bytes: if failed {
+                    0
+                } else {
+                    bytes_in.saturating_add(bytes_out)
+                },
+                failed,
             },
         );
     }
@@ -774,39 +781,20 @@ impl Service for StoreService {
         request: &Request,
         payload_len: u64,
     ) -> Result<Vec<Allocation>, ErrorReply> {
-        session.request_started = Some(Instant::now());
-        let sizes: &[u64] = match request {
-            Request::Put { sizes } if session.greeted => sizes,
-            Request::Set { ids, sizes } if session.greeted => {
-                if ids.len() != sizes.len() {
-                    return Err(ErrorReply::new(
-                        Status::BadRequest,
-                        format!("set names {} ids but {} sizes", ids.len(), sizes.len()),
-                    ));
-                }
-                self.store.check_settable(ids)?;
-                sizes
-            }
-            _ if payload_len == 0 => return Ok(Vec::new()),
-            _ => {
-                return Err(ErrorReply::new(
-                    Status::BadRequest,
-                    "only put and set carry a payload",
-                ))
-            }
-        };
-        let total = sizes.iter().try_fold(0u64, |acc, &s| acc.checked_add(s));
-        if total != Some(payload_len) {
-            return Err(ErrorReply::new(
-                Status::BadRequest,
-                format!("object sizes add up to {total:?} but the payload has {payload_len} bytes"),
-            ));
+        let started = Instant::now();
+        session.request_started = Some(started);
+        let sinks = self.sinks(session, request, payload_len);
+        if sinks.is_err() {
+            // Refused before its payload is read: `handle` never sees it.
+            let sample = Sample {
+                op: Op::of(request),
+                elapsed: started.elapsed(),
+                bytes: 0,
+                failed: true,
+            };
+            self.metrics.record(session.peer.transport, sample);
         }
-        self.store.allocate(sizes).inspect_err(|e| {
-            if e.status == Status::StoreFull {
-                self.counters.store_full.fetch_add(1, Ordering::Relaxed);
-            }
-        })
+        sinks
     }
 
     fn handle(
@@ -852,6 +840,47 @@ impl Service for StoreService {
 }
 
 impl StoreService {
+    /// Where a put's or set's payload lands (fresh arena allocations), or why it is refused.
+    fn sinks(
+        &self,
+        session: &Session,
+        request: &Request,
+        payload_len: u64,
+    ) -> Result<Vec<Allocation>, ErrorReply> {
+        let sizes: &[u64] = match request {
+            Request::Put { sizes } if session.greeted => sizes,
+            Request::Set { ids, sizes } if session.greeted => {
+                if ids.len() != sizes.len() {
+                    return Err(ErrorReply::new(
+                        Status::BadRequest,
+                        format!("set names {} ids but {} sizes", ids.len(), sizes.len()),
+                    ));
+                }
+                self.store.check_settable(ids)?;
+                sizes
+            }
+            _ if payload_len == 0 => return Ok(Vec::new()),
+            _ => {
+                return Err(ErrorReply::new(
+                    Status::BadRequest,
+                    "only put and set carry a payload",
+                ))
+            }
+        };
+        let total = sizes.iter().try_fold(0u64, |acc, &s| acc.checked_add(s));
+        if total != Some(payload_len) {
+            return Err(ErrorReply::new(
+                Status::BadRequest,
+                format!("object sizes add up to {total:?} but the payload has {payload_len} bytes"),
+            ));
+        }
+        self.store.allocate(sizes).inspect_err(|e| {
+            if e.status == Status::StoreFull {
+                self.counters.store_full.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    }
+
     /// Answers one request of an open session.
     fn dispatch(
         &self,

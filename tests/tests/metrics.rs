@@ -167,6 +167,8 @@ fn histogram_counts_equal_the_operations_performed() {
     for key in &deferred {
         tcp.set(key, b"later").expect("set");
     }
+    // Refused before its payload is read: still one set, an error, no bytes.
+    assert!(tcp.set(&deferred[0], b"again").is_err(), "already set");
     // A refused get (evicted) is still one get, found nothing, no error.
     tcp.get_batch(&keys[..2]).expect("get of evicted keys");
     // The same-node transport is counted on its own.
@@ -186,7 +188,7 @@ fn histogram_counts_equal_the_operations_performed() {
     assert_eq!(op(&stats.ops, "evict", "tcp").count, 5);
     assert_eq!(op(&stats.ops, "new_keys", "tcp").count, 1);
     let set = op(&stats.ops, "set", "tcp");
-    assert_eq!((set.count, set.bytes), (2, 10));
+    assert_eq!((set.count, set.errors, set.bytes), (3, 1, 10));
     // Same-node puts may be in place (create + seal) or copied: either way one store.
     let local_stores: u64 = stats
         .ops
