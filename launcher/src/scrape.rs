@@ -59,7 +59,7 @@ pub enum ScrapeError {
 pub fn write_targets(run_dir: &Path, fleet: &Fleet) -> Result<PathBuf, ScrapeError> {
     let mut groups = Vec::with_capacity(fleet.nodes.len());
     for node in &fleet.nodes {
-        let path = run_dir.join(&node.name).join("ready.json");
+        let path = run_dir.join(&node.name).join(crate::rundir::READY_FILE);
         let bytes = std::fs::read(&path).map_err(|source| ScrapeError::Read {
             path: path.clone(),
             source,
