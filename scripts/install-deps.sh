@@ -25,6 +25,8 @@ PACKAGES=(
     redis-server iperf3
     # used by the scripts in this directory
     bc iproute2 util-linux procps
+    # the venv of the tests' Python tools (OpenMetrics parser)
+    python3 python3-venv
 )
 
 MIN_RUST=1.85
@@ -107,6 +109,26 @@ else
         exit 1
     fi
     log "installed: ${missing[*]}"
+fi
+
+# Python tools the tests use (a real OpenMetrics parser for /metrics), pinned, in a venv
+# the tests find at $DIMSTORE_PY_VENV (default /opt/dimstore-venv).
+PY_VENV=${DIMSTORE_PY_VENV:-/opt/dimstore-venv}
+PROMETHEUS_CLIENT_VERSION=0.21.1
+PY_PACKAGES=("prometheus-client==$PROMETHEUS_CLIENT_VERSION")
+if "$PY_VENV/bin/python3" -c "import importlib.metadata as m, prometheus_client.openmetrics.parser
+assert m.version('prometheus-client') == '$PROMETHEUS_CLIENT_VERSION'" 2>/dev/null; then
+    log "python venv $PY_VENV: ${PY_PACKAGES[*]} already installed"
+elif [[ $check_only -eq 1 ]]; then
+    log "missing python venv $PY_VENV with ${PY_PACKAGES[*]}"
+    status=1
+elif ! python3 -m venv --help >/dev/null 2>&1; then
+    echo "install-deps: python3 -m venv is unavailable (install python3-venv)" >&2
+    status=1
+else
+    log "installing ${PY_PACKAGES[*]} into $PY_VENV"
+    python3 -m venv "$PY_VENV"
+    "$PY_VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
 fi
 
 # Rust toolchain: checked, never downloaded by this script.

@@ -108,6 +108,9 @@ pub struct ClientConfig {
     /// Whether this node has RDMA hardware, for `auto` (`DIMSTORE_RDMA_HARDWARE=yes|no`;
     /// default: detected from `/sys/class/infiniband` and `/sys/class/cxi`).
     pub rdma_hardware: Option<bool>,
+    /// Keep per-operation counts and latency histograms of this store's calls, read with
+    /// [`Store::metrics`](crate::Store::metrics) (`DIMSTORE_CLIENT_METRICS=1`, default off).
+    pub metrics: bool,
 }
 
 impl Default for ClientConfig {
@@ -131,6 +134,7 @@ impl Default for ClientConfig {
             transport: TransportChoice::Auto,
             one_sided_from: dimstore_transport::onesided::DEFAULT_ONE_SIDED_FROM,
             rdma_hardware: None,
+            metrics: false,
         }
     }
 }
@@ -202,6 +206,15 @@ impl ClientConfig {
                 Some(other) => {
                     return Err(format!(
                         "DIMSTORE_RDMA_HARDWARE={other}: expected yes, no or detect"
+                    ))
+                }
+            },
+            metrics: match var("DIMSTORE_CLIENT_METRICS").as_deref() {
+                None | Some("0" | "no" | "off") => false,
+                Some("1" | "yes" | "on") => true,
+                Some(other) => {
+                    return Err(format!(
+                        "DIMSTORE_CLIENT_METRICS={other}: expected 1 or 0 (yes/no, on/off)"
                     ))
                 }
             },

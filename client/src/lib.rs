@@ -21,6 +21,7 @@ mod error;
 pub mod fleet;
 pub mod hostlist;
 mod local;
+pub mod metrics;
 mod object;
 mod one_sided;
 mod proxy;
@@ -31,9 +32,12 @@ mod trust;
 
 pub use archived::Archived;
 pub use config::{ClientConfig, SpawnPolicy, TransportChoice};
-pub use dimstore_proto::{Key, KeyParseError, ObjectId, ServerStats, TransportStats};
+pub use dimstore_proto::{
+    format_nanos, Key, KeyParseError, ObjectId, OpStats, ServerStats, TransportStats,
+};
 pub use error::{ConnectError, GetError, PutError, RequestError, SetError};
 pub use local::{LocalMode, Reservation};
+pub use metrics::{CallStats, ClientOp};
 pub use object::ObjectBytes;
 pub use proxy::{Proxy, ProxyError};
 pub use store::Store;

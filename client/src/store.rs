@@ -15,6 +15,7 @@ use dimstore_transport::{AlignedBuf, Connection, Connector, ReplyFrame};
 use crate::config::ClientConfig;
 use crate::error::{ConnectError, GetError, PutError, RequestError, SetError};
 use crate::local::{LocalMode, Mappings};
+use crate::metrics::{CallStats, ClientMetrics, ClientOp};
 use crate::object::{Leases, ObjectBytes};
 use crate::spawn::{self, LocalServer};
 use crate::trust::Trust;
@@ -55,6 +56,8 @@ struct Inner {
     connector: TcpConnector,
     /// One slot per server; the slot's own lock serialises connecting to that server only.
     peers: Mutex<HashMap<String, Arc<PeerSlot>>>,
+    /// Per-operation metrics of this store's calls, when asked for.
+    metrics: Option<ClientMetrics>,
 }
 
 /// A server's connection, once opened, and the right to open it.
@@ -143,6 +146,7 @@ impl Store {
         Store {
             timeout: config.timeout,
             inner: Arc::new(Inner {
+                metrics: config.metrics.then(ClientMetrics::default),
                 config,
                 local,
                 trust,
@@ -219,10 +223,15 @@ impl Store {
 
     /// Stores several objects on this node's server in one round trip.
     pub fn put_batch(&self, objects: &[&[u8]]) -> Result<Vec<Key>, PutError> {
+        let bytes = objects.iter().map(|o| o.len() as u64).sum();
+        self.measured(ClientOp::Put, || self.put_unmeasured(objects), |_| bytes)
+    }
+
+    fn put_unmeasured(&self, objects: &[&[u8]]) -> Result<Vec<Key>, PutError> {
         if objects.len() > max_batch() {
             let mut keys = Vec::with_capacity(objects.len());
             for chunk in objects.chunks(max_batch()) {
-                keys.extend(self.put_batch(chunk)?);
+                keys.extend(self.put_unmeasured(chunk)?);
             }
             return Ok(keys);
         }
@@ -249,6 +258,14 @@ impl Store {
     /// Fetches an object from its owner. A deferred key not set yet is waited for up to the
     /// timeout.
     pub fn get(&self, key: &Key) -> Result<ObjectBytes, GetError> {
+        self.measured(
+            ClientOp::Get,
+            || self.get_unmeasured(key),
+            |o| o.len() as u64,
+        )
+    }
+
+    fn get_unmeasured(&self, key: &Key) -> Result<ObjectBytes, GetError> {
         let (peer, reply) = self.get_from(&key.owner, &[key])?;
         let ReplyFrame {
             response, payload, ..
@@ -275,6 +292,14 @@ impl Store {
     /// Fetches several objects: one round trip per owner. The result is in key order;
     /// `None` where the owner has no such object (or a deferred one was not set in time).
     pub fn get_batch(&self, keys: &[Key]) -> Result<Vec<Option<ObjectBytes>>, GetError> {
+        self.measured(
+            ClientOp::Get,
+            || self.get_batch_unmeasured(keys),
+            |found| found.iter().flatten().map(|o| o.len() as u64).sum(),
+        )
+    }
+
+    fn get_batch_unmeasured(&self, keys: &[Key]) -> Result<Vec<Option<ObjectBytes>>, GetError> {
         let mut out: Vec<Option<ObjectBytes>> = vec![None; keys.len()];
         for (owner, indices) in group_by_owner(keys) {
             let batch: Vec<&Key> = indices.iter().map(|&i| &keys[i]).collect();
@@ -400,14 +425,17 @@ impl Store {
 
     /// Existence of several objects, one round trip per owner.
     pub fn exists_batch(&self, keys: &[Key]) -> Result<Vec<bool>, RequestError> {
-        self.per_owner(
-            keys,
-            |ids| Request::Exists { ids },
-            |r| match r {
-                Response::Exists { present } => Some(present),
-                _ => None,
-            },
-        )
+        let exists = || {
+            self.per_owner(
+                keys,
+                |ids| Request::Exists { ids },
+                |r| match r {
+                    Response::Exists { present } => Some(present),
+                    _ => None,
+                },
+            )
+        };
+        self.measured(ClientOp::Exists, exists, |_| 0)
     }
 
     /// Removes the object at its owner; `false` if it was not there.
@@ -417,14 +445,17 @@ impl Store {
 
     /// Removes several objects, one round trip per owner.
     pub fn evict_batch(&self, keys: &[Key]) -> Result<Vec<bool>, RequestError> {
-        self.per_owner(
-            keys,
-            |ids| Request::Evict { ids },
-            |r| match r {
-                Response::Evict { evicted } => Some(evicted),
-                _ => None,
-            },
-        )
+        let evict = || {
+            self.per_owner(
+                keys,
+                |ids| Request::Evict { ids },
+                |r| match r {
+                    Response::Evict { evicted } => Some(evicted),
+                    _ => None,
+                },
+            )
+        };
+        self.measured(ClientOp::Evict, evict, |_| 0)
     }
 
     fn per_owner(
@@ -461,6 +492,10 @@ impl Store {
 
     /// Reserves several keys in one round trip (at most 65 536: more is `TooLarge`).
     pub fn new_keys(&self, count: u32) -> Result<Vec<Key>, RequestError> {
+        self.measured(ClientOp::NewKeys, || self.new_keys_unmeasured(count), |_| 0)
+    }
+
+    fn new_keys_unmeasured(&self, count: u32) -> Result<Vec<Key>, RequestError> {
         let owner = self.local_owner()?;
         let (peer, reply) = self.call(&owner, &Request::NewKeys { count }, &[])?;
         match reply.response {
@@ -474,6 +509,11 @@ impl Store {
     /// Sets a reserved key's object (at the key's owner, whichever node that is). Returns the
     /// key with its size filled in.
     pub fn set(&self, key: &Key, bytes: &[u8]) -> Result<Key, SetError> {
+        let len = bytes.len() as u64;
+        self.measured(ClientOp::Set, || self.set_unmeasured(key, bytes), |_| len)
+    }
+
+    fn set_unmeasured(&self, key: &Key, bytes: &[u8]) -> Result<Key, SetError> {
         let sizes = vec![bytes.len() as u64];
         let peer = self.peer_by(&key.owner, Instant::now() + self.timeout)?;
         check_fits(&peer, &sizes).map_err(|e| SetError::StoreFull(e.to_string()))?;
@@ -498,6 +538,33 @@ impl Store {
             }),
             other => Err(unexpected(&key.owner, &other).into()),
         }
+    }
+
+    // ---- client metrics ---------------------------------------------------------------
+
+    /// Counts, bytes and latency histograms of this store's calls (and its clones') per
+    /// operation, or `None` when metrics were not asked for ([`ClientConfig::metrics`]).
+    pub fn metrics(&self) -> Option<Vec<CallStats>> {
+        self.inner.metrics.as_ref().map(ClientMetrics::snapshot)
+    }
+
+    /// Runs `call`, recording its latency, its success's object bytes and failure as `op`
+    /// when metrics are on.
+    fn measured<T, E>(
+        &self,
+        op: ClientOp,
+        call: impl FnOnce() -> Result<T, E>,
+        bytes: impl FnOnce(&T) -> u64,
+    ) -> Result<T, E> {
+        let Some(metrics) = &self.inner.metrics else {
+            return call();
+        };
+        let started = Instant::now();
+        let result = call();
+        let elapsed = started.elapsed();
+        let moved = result.as_ref().map_or(0, bytes);
+        metrics.record(op, elapsed, moved, result.is_err());
+        result
     }
 
     // ---- administration ---------------------------------------------------------------

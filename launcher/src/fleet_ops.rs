@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use dimstore::fleet::{Fleet, FleetNode};
-use dimstore::{ClientConfig, RequestError, ServerStats, SpawnPolicy, Store};
+use dimstore::{ClientConfig, OpStats, RequestError, ServerStats, SpawnPolicy, Store};
 use rustix::process::Signal;
 use serde_json::json;
 
@@ -156,7 +156,71 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
             let _ = writeln!(out, "{} is DOWN: {reason}", s.node.name);
         }
     }
+    let worst = worst_nodes(statuses);
+    if !worst.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<14} {:<12} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            "OP", "WORST NODE", "REQUESTS", "P50", "P99", "P999", "MAX"
+        );
+        for w in &worst {
+            let _ = writeln!(
+                out,
+                "{:<14} {:<12} {:>10} {:>9} {:>9} {:>9} {:>9}",
+                w.op,
+                w.node,
+                w.fleet_count,
+                dimstore::format_nanos(w.stats.p50_ns),
+                dimstore::format_nanos(w.stats.p99_ns),
+                dimstore::format_nanos(w.stats.p999_ns),
+                dimstore::format_nanos(w.stats.max_ns),
+            );
+        }
+    }
     out
+}
+
+/// The node with the highest p99 service time for one operation.
+#[derive(Debug, Clone)]
+pub struct WorstNode {
+    /// Operation.
+    pub op: String,
+    /// Node name.
+    pub node: String,
+    /// Its figures for the operation (its slowest transport's).
+    pub stats: OpStats,
+    /// Requests of this operation over the whole fleet.
+    pub fleet_count: u64,
+}
+
+/// Per operation (data operations, not handshakes or stats), the node whose p99 service
+/// time is highest (on its slowest transport), in the servers' reporting order.
+pub fn worst_nodes(statuses: &[NodeStatus]) -> Vec<WorstNode> {
+    let mut worst: Vec<WorstNode> = Vec::new();
+    for s in statuses {
+        let Ok(st) = &s.stats else { continue };
+        for o in st.ops.iter().filter(|o| o.count > 0) {
+            if matches!(o.op.as_str(), "hello" | "stats" | "shutdown") {
+                continue;
+            }
+            match worst.iter_mut().find(|w| w.op == o.op) {
+                Some(w) => {
+                    w.fleet_count += o.count;
+                    if o.p99_ns > w.stats.p99_ns {
+                        w.node = s.node.name.clone();
+                        w.stats = o.clone();
+                    }
+                }
+                None => worst.push(WorstNode {
+                    op: o.op.clone(),
+                    node: s.node.name.clone(),
+                    stats: o.clone(),
+                    fleet_count: o.count,
+                }),
+            }
+        }
+    }
+    worst
 }
 
 /// The server's transports, each with its open connections: `tcp(2),local(1)`.
@@ -193,12 +257,28 @@ pub fn to_json(fleet_path: &str, fleet: &Fleet, statuses: &[NodeStatus]) -> serd
             node
         })
         .collect();
+    let worst: Vec<serde_json::Value> = worst_nodes(statuses)
+        .iter()
+        .map(|w| {
+            json!({
+                "op": w.op,
+                "node": w.node,
+                "transport": w.stats.transport,
+                "fleet_count": w.fleet_count,
+                "p50_ns": w.stats.p50_ns,
+                "p99_ns": w.stats.p99_ns,
+                "p999_ns": w.stats.p999_ns,
+                "max_ns": w.stats.max_ns,
+            })
+        })
+        .collect();
     json!({
         "fleet": fleet_path,
         "launcher": fleet.launcher,
         "up": up,
         "down": statuses.len() - up,
         "nodes": nodes,
+        "worst": worst,
     })
 }
 
@@ -220,6 +300,23 @@ fn stats_json(st: &ServerStats) -> serde_json::Value {
         "store_full": st.store_full,
         "requests": st.requests,
         "binding": st.binding,
+        "ops": st
+            .ops
+            .iter()
+            .map(|o| {
+                json!({
+                    "op": o.op,
+                    "transport": o.transport,
+                    "count": o.count,
+                    "errors": o.errors,
+                    "p50_ns": o.p50_ns,
+                    "p99_ns": o.p99_ns,
+                    "p999_ns": o.p999_ns,
+                    "max_ns": o.max_ns,
+                    "bytes": o.bytes,
+                })
+            })
+            .collect::<Vec<_>>(),
         "transports": st
             .transports
             .iter()
@@ -404,6 +501,74 @@ mod tests {
             binding: "none: --cpu-bind none".into(),
             ..ServerStats::default()
         }
+    }
+
+    fn op(op: &str, transport: &str, count: u64, p99_ns: u64) -> OpStats {
+        OpStats {
+            op: op.into(),
+            transport: transport.into(),
+            count,
+            p99_ns,
+            ..OpStats::default()
+        }
+    }
+
+    #[test]
+    fn worst_node_per_op_is_the_highest_p99() {
+        let mut a = stats("node0");
+        a.ops = vec![
+            op("put", "tcp", 10, 5_000),
+            op("get", "tcp", 4, 90_000),
+            op("hello", "tcp", 1, 1 << 30),
+        ];
+        let mut b = stats("node1");
+        b.ops = vec![
+            op("put", "local", 3, 7_000),
+            op("put", "tcp", 2, 1_000),
+            op("get", "tcp", 1, 20_000),
+        ];
+        let statuses = vec![
+            NodeStatus {
+                node: node("node0", "a"),
+                stats: Ok(a),
+            },
+            NodeStatus {
+                node: node("node1", "b"),
+                stats: Ok(b),
+            },
+            NodeStatus {
+                node: node("node2", "c"),
+                stats: Err("down".into()),
+            },
+        ];
+        let worst = worst_nodes(&statuses);
+        let summary: Vec<(&str, &str, &str, u64, u64)> = worst
+            .iter()
+            .map(|w| {
+                (
+                    w.op.as_str(),
+                    w.node.as_str(),
+                    w.stats.transport.as_str(),
+                    w.stats.p99_ns,
+                    w.fleet_count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("put", "node1", "local", 7_000, 15),
+                ("get", "node0", "tcp", 90_000, 5)
+            ]
+        );
+        let table = render_table(&statuses);
+        assert!(table.contains("WORST NODE"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("put") && l.contains("node1") && l.contains("7.0us")),
+            "{table}"
+        );
     }
 
     #[test]

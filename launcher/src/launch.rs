@@ -55,6 +55,8 @@ pub struct StartOptions {
     pub keep: bool,
     /// No progress output.
     pub quiet: bool,
+    /// Servers serve OpenMetrics and the run directory gets a Prometheus targets file.
+    pub metrics: bool,
 }
 
 /// Why `run` or `up` failed.
@@ -95,6 +97,9 @@ pub enum LaunchError {
     /// The parallel launcher is unusable.
     #[error(transparent)]
     Step(#[from] StepError),
+    /// The Prometheus targets file could not be written.
+    #[error(transparent)]
+    Scrape(#[from] crate::scrape::ScrapeError),
 }
 
 impl LaunchError {
@@ -137,7 +142,8 @@ fn run_in(
 ) -> Result<i32, LaunchError> {
     let mut fleet = start(options, run_dir, interrupts, true)?;
     let fleet_path = fleet_path(options, run_dir);
-    let written = write_fleet(&fleet, &fleet_path);
+    let written = write_fleet(&fleet, &fleet_path)
+        .and_then(|()| write_scrape_targets(options, run_dir, &fleet));
     let outcome = written.and_then(|()| {
         let env = [
             ("DIMSTORE_FLEET", fleet_path.clone().into_os_string()),
@@ -190,6 +196,7 @@ pub fn up(options: &StartOptions) -> Result<PathBuf, LaunchError> {
     let started = start(options, &mut run_dir, &interrupts, false).and_then(|fleet| {
         let path = fleet_path(options, &run_dir);
         write_fleet(&fleet, &path)?;
+        write_scrape_targets(options, &run_dir, &fleet)?;
         fleet.detach();
         Ok(path)
     });
@@ -289,15 +296,23 @@ fn start(
     });
     let mut progress = progress::for_stderr(options.quiet);
     let interrupted = || interrupts.pending();
+    let allocation = target(options)?;
+    let mut server_args = options.server_args.clone();
+    if options.metrics {
+        let local = matches!(allocation, Allocation::Local { .. });
+        server_args.push(format!(
+            "--metrics-listen={}",
+            crate::scrape::listen_address(local)
+        ));
+    }
     let server = |server_bin| ServerSpec {
         server_bin,
         memory_limit: options.memory_limit.clone(),
-        server_args: options.server_args.clone(),
+        server_args: server_args.clone(),
         token: local::new_token(),
         ready_timeout: options.ready_timeout,
         allow_partial: options.allow_partial,
     };
-    let allocation = target(options)?;
     let wanted = allocation.server_count();
     let servers = match allocation {
         Allocation::Local { count } => {
@@ -358,6 +373,22 @@ fn write_fleet(fleet: &Servers, path: &Path) -> Result<(), LaunchError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// With `--metrics`, writes `<run dir>/prometheus-targets.json` and says where.
+fn write_scrape_targets(
+    options: &StartOptions,
+    run_dir: &RunDir,
+    fleet: &Servers,
+) -> Result<(), LaunchError> {
+    if options.metrics {
+        let path = crate::scrape::write_targets(run_dir.path(), &fleet.fleet())?;
+        note(
+            options,
+            &format!("Prometheus file_sd targets in {}", path.display()),
+        );
+    }
+    Ok(())
 }
 
 fn cleanup(options: &StartOptions, run_dir: &RunDir) {

@@ -23,4 +23,5 @@ pub mod process;
 pub mod progress;
 pub mod remote;
 pub mod rundir;
+pub mod scrape;
 pub mod step;

@@ -178,6 +178,11 @@ struct StartArgs {
     /// Print no progress.
     #[arg(short, long)]
     quiet: bool,
+    /// Every server serves OpenMetrics on /metrics (unauthenticated: on loopback with
+    /// --local, on every address of the nodes otherwise), and <run-dir>/prometheus-targets.json
+    /// lists them for a Prometheus `file_sd_configs` job.
+    #[arg(long)]
+    metrics: bool,
 }
 
 impl StartArgs {
@@ -196,6 +201,7 @@ impl StartArgs {
             allow_partial: self.allow_partial,
             keep: self.keep,
             quiet: self.quiet,
+            metrics: self.metrics,
         }
     }
 }

@@ -687,6 +687,7 @@ mod tests {
             server_id: 1,
             transports: vec!["tcp".into()],
             version: "0".into(),
+            metrics: None,
         };
         fs::create_dir_all(root.path().join("n1")).expect("n1");
         fs::write(

@@ -454,3 +454,91 @@ fn a_signal_while_starting_stops_the_servers_at_once() {
     assert_all_gone(&pids);
     assert_empty_dir(&s.runtime());
 }
+
+/// `GET /metrics` on `target`: status code and body.
+fn scrape(target: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(target).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let code = answer[9..12].parse().expect("status code");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, body.to_string())
+}
+
+#[test]
+fn up_with_metrics_writes_scrape_targets_and_status_shows_the_worst_node() {
+    let mut s = Scratch::new();
+    let run_dir = s.path().join("run");
+    let fleet_file = s.path().join("fleet.json");
+    let args = [
+        "up",
+        "--local",
+        "2",
+        "--metrics",
+        "--run-dir",
+        run_dir.to_str().expect("utf-8"),
+        "--fleet-file",
+        fleet_file.to_str().expect("utf-8"),
+    ];
+    let out = s.launch(&args, "up");
+    assert_eq!(out.code(), Some(0), "{out}");
+    let fleet = read_fleet(&fleet_file);
+    let pids = s.track(&fleet);
+
+    let targets: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run_dir.join("prometheus-targets.json")).expect("targets file"),
+    )
+    .expect("targets JSON");
+    let groups = targets.as_array().expect("file_sd groups");
+    assert_eq!(groups.len(), 2, "{targets}");
+    for (group, node) in groups.iter().zip(&fleet.nodes) {
+        assert_eq!(group["labels"]["dimstore_node"], node.name.as_str());
+        let target = group["targets"][0].as_str().expect("target");
+        assert!(target.starts_with("127.0.0.1:"), "{target}");
+        let (code, body) = scrape(target);
+        assert_eq!(code, 200, "{body}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
+
+    // Load on node1 only: it is the worst (the only) node for put.
+    let store = dimstore::Store::connect(
+        &fleet.nodes[1].address,
+        dimstore::ClientConfig {
+            token: fleet.token.clone(),
+            spawn: dimstore::SpawnPolicy::Never,
+            local: dimstore::LocalMode::Off,
+            ..dimstore::ClientConfig::default()
+        },
+    )
+    .expect("connect to node1");
+    for i in 0..20u8 {
+        store.put(&[i; 100]).expect("put");
+    }
+    let fleet_arg = fleet_file.to_str().expect("utf-8");
+    let out = s.launch(&["status", "--fleet-file", fleet_arg], "status");
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("WORST NODE"), "{out}");
+    let put = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("put "))
+        .unwrap_or_else(|| panic!("no put row: {out}"));
+    let cells: Vec<&str> = put.split_whitespace().collect();
+    assert_eq!(&cells[..3], ["put", "node1", "20"], "{out}");
+    let (_, body) = scrape(groups[1]["targets"][0].as_str().expect("target"));
+    assert!(
+        body.contains("dimstore_requests_total{op=\"put\",transport=\"tcp\"} 20"),
+        "{body}"
+    );
+
+    let out = s.launch(&["down", "--fleet-file", fleet_arg], "down");
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_all_gone(&pids);
+}

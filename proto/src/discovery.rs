@@ -20,4 +20,7 @@ pub struct ReadyFile {
     pub transports: Vec<String>,
     /// Server version.
     pub version: String,
+    /// Address of the OpenMetrics endpoint (`--metrics-listen`), when serving one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }

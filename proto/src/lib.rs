@@ -16,6 +16,7 @@ pub mod limits;
 // here is documented by hand.
 #[allow(missing_docs)]
 pub mod message;
+pub mod op_stats;
 pub mod status;
 
 pub use discovery::ReadyFile;
@@ -29,6 +30,7 @@ pub use message::{
     HelloReply, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
     ServerStats, TransportStats,
 };
+pub use op_stats::{format_nanos, OpStats, MAX_OP_STATS};
 pub use status::{ErrorReply, Status};
 
 /// Protocol version carried in every frame header; a peer speaking another version is refused.

@@ -309,6 +309,9 @@ pub struct ServerStats {
     /// CPU and memory binding of the server's threads (e.g. `cpus 0-1 (numa 0, near eth0)`,
     /// or `none: ...` with the reason).
     pub binding: String,
+    /// Service time and bytes per operation and transport (at most
+    /// [`crate::MAX_OP_STATS`] entries).
+    pub ops: Vec<crate::OpStats>,
 }
 
 /// A server response.
@@ -481,6 +484,13 @@ mod tests {
                 node,
                 transports: vec![TransportStats {
                     name: "tcp".into(),
+                    ..Default::default()
+                }],
+                ops: vec![crate::OpStats {
+                    op: "get".into(),
+                    transport: "tcp".into(),
+                    count: u64::from(pid),
+                    p99_ns: 12_345,
                     ..Default::default()
                 }],
                 ..Default::default()

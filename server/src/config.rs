@@ -107,6 +107,11 @@ pub struct Args {
     /// [default: the NIC's node under auto]
     #[arg(long, env = "DIMSTORE_NUMA", value_name = "N")]
     pub numa: Option<u32>,
+    /// Serve `GET /metrics` (OpenMetrics text) on this address, e.g. `127.0.0.1:9464`.
+    /// Unauthenticated (it shows counts, sizes and latencies, never keys or data): bind it
+    /// to loopback or a monitoring network. [default: off]
+    #[arg(long, env = "DIMSTORE_METRICS_LISTEN", value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -135,6 +140,7 @@ struct FileConfig {
     log: Option<String>,
     cpu_bind: Option<String>,
     numa: Option<u32>,
+    metrics_listen: Option<String>,
 }
 
 mod humantime_serde_opt {
@@ -222,6 +228,8 @@ pub struct ServerConfig {
     pub cpu_bind: CpuBind,
     /// NUMA node named by the user.
     pub numa: Option<u32>,
+    /// Address of the OpenMetrics endpoint, if any.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the configuration is unusable.
@@ -292,6 +300,17 @@ impl ServerConfig {
             return Err(ConfigError::Invalid("threads must be >= 1".into()));
         }
         let node = args.node.or(file.node).unwrap_or_else(hostname);
+        let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
+            Some(text) => Some(
+                text.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(format!("metrics address `{text}` is not HOST:PORT"))
+                    })?,
+            ),
+            None => None,
+        };
         Ok(ServerConfig {
             listen,
             advertise: args.advertise.or(file.advertise),
@@ -339,6 +358,7 @@ impl ServerConfig {
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             cpu_bind,
             numa: args.numa.or(file.numa),
+            metrics_listen,
         })
     }
 
@@ -456,6 +476,29 @@ mod tests {
         assert_eq!(c.node, "from-flag");
         assert_eq!(c.segment_size, 64 << 20);
         assert_eq!(c.cpu_bind, CpuBind::Auto);
+    }
+
+    #[test]
+    fn metrics_endpoint_is_off_unless_asked_for() {
+        let off = ServerConfig::resolve(Args::default()).expect("valid");
+        assert_eq!(off.metrics_listen, None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "metrics_listen = \"127.0.0.1:9464\"\n").expect("write");
+        let from_file = ServerConfig::resolve(Args {
+            config: Some(path),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(
+            from_file.metrics_listen,
+            Some("127.0.0.1:9464".parse().expect("addr"))
+        );
+        let bad = ServerConfig::resolve(Args {
+            metrics_listen: Some("nowhere".into()),
+            ..Default::default()
+        });
+        assert!(matches!(bad, Err(ConfigError::Invalid(m)) if m.contains("nowhere")));
     }
 
     #[test]

@@ -15,7 +15,10 @@ use dimstore_transport::tcp::ServeOptions;
 use tokio::net::TcpListener;
 
 pub mod config;
+pub mod metrics;
+pub mod metrics_http;
 pub mod one_sided;
+pub mod openmetrics;
 pub mod placement;
 pub mod service;
 pub mod session;
@@ -62,6 +65,14 @@ pub enum ServerError {
     /// A required one-sided transport could not start.
     #[error("cannot start one-sided transport: {0}")]
     OneSided(dimstore_transport::TransportError),
+    /// The metrics endpoint could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsBind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -166,6 +177,11 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         }
     }
 
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(start_metrics_endpoint(addr, &service).await?),
+        None => None,
+    };
+
     let stop = Arc::new(tokio::sync::Notify::new());
     let reason = Arc::new(std::sync::Mutex::new(None));
     spawn_stop_watchers(&service, &config, &stop, &reason)?;
@@ -202,6 +218,7 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
                     .chain(identity.one_sided.iter().map(|o| o.transport.clone()))
                     .collect(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                metrics: metrics.as_ref().map(|(addr, _)| addr.to_string()),
             },
         )?;
     }
@@ -242,6 +259,9 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
     if let Some(path) = &config.ready_file {
         let _ = std::fs::remove_file(path);
     }
+    if let Some((_, task)) = metrics {
+        task.abort();
+    }
     let reason = reason
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -254,6 +274,19 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         "dimstore-server stopping"
     );
     Ok(reason)
+}
+
+/// Binds `--metrics-listen` and serves `/metrics` from a task; the bound address and task.
+async fn start_metrics_endpoint(
+    addr: std::net::SocketAddr,
+    service: &StoreService,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), ServerError> {
+    let fail = |source| ServerError::MetricsBind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(fail)?;
+    let bound = listener.local_addr().map_err(fail)?;
+    let registry = Arc::new(openmetrics::registry(service.clone()));
+    tracing::info!(%bound, "serving OpenMetrics on http://{bound}/metrics");
+    Ok((bound, tokio::spawn(metrics_http::serve(listener, registry))))
 }
 
 /// Starts the tasks that end the server: signals, shutdown requests, idleness.

@@ -13,6 +13,11 @@
 //! - `--numa N` binds to node N's CPUs (with `auto`) and memory.
 //! - a CPU list binds to those CPUs and to the memory of their NUMA nodes.
 //!
+//! [`decide`] is the decision itself, on any topology: the machine's, or another machine's
+//! loaded from hwloc XML ([`load_xml_topology`]), which is how the tests check it against
+//! real node layouts. It also names the fabric devices (OpenFabrics: `mlx5_0`, `cxi0`)
+//! local to the chosen CPUs, reported in the placement line for UCX and libfabric.
+//!
 //! [`Placement::apply_to_current_thread`] then binds the calling thread (the main thread
 //! before the runtime starts, and each runtime thread from `on_thread_start`). Memory uses
 //! hwloc's non-strict `Bind` policy (preferred, not mandatory, on Linux) as the thread's
@@ -29,7 +34,8 @@ use hwlocality::cpu::binding::CpuBindingFlags;
 use hwlocality::cpu::cpuset::CpuSet;
 use hwlocality::memory::binding::{MemoryBindingFlags, MemoryBindingPolicy};
 use hwlocality::memory::nodeset::NodeSet;
-use hwlocality::object::types::ObjectType;
+use hwlocality::object::attributes::ObjectAttributes;
+use hwlocality::object::types::{OSDeviceType, ObjectType};
 use hwlocality::object::TopologyObject;
 use hwlocality::topology::builder::TypeFilter;
 use hwlocality::Topology;
@@ -191,8 +197,9 @@ impl Placement {
         }
     }
 
-    /// Decides the placement for `config`. Explicit requests (a CPU list, `--numa`) that
-    /// cannot be met are errors; `auto` falls back to binding nothing, with the reason.
+    /// Decides the placement for `config` on this machine. Explicit requests (a CPU list,
+    /// `--numa`) that cannot be met are errors; `auto` falls back to binding nothing, with
+    /// the reason.
     pub fn plan(config: &ServerConfig) -> Result<Placement, PlacementError> {
         if config.cpu_bind == CpuBind::None && config.numa.is_none() {
             return Ok(Placement::none("--cpu-bind none"));
@@ -217,29 +224,12 @@ impl Placement {
             (Err(e), Some(_)) => return Ok(Placement::none(e)),
             (Err(e), None) => return Err(e),
         };
-        let (cpus, nodes, why) = match (&config.cpu_bind, config.numa) {
-            (CpuBind::List(list), numa) => {
-                let cpus = listed_cpus(&topology, list)?;
-                let nodes = match numa {
-                    Some(n) => numa_node(&topology, n)?.1,
-                    None => NodeSet::from_cpuset(&topology, &cpus),
-                };
-                (Some(cpus), nodes, "list".to_string())
-            }
-            (bind, Some(n)) => {
-                let (cpus, nodes) = numa_node(&topology, n)?;
-                let cpus = (*bind == CpuBind::Auto).then_some(cpus);
-                (cpus, nodes, "--numa".to_string())
-            }
-            (_, None) => match nic_locality(&topology, nic.as_deref().unwrap_or_default()) {
-                Ok((cpus, nodes, nic)) => (Some(cpus), nodes, format!("near {nic}")),
-                Err(reason) => return Ok(Placement::none(reason)),
-            },
+        let decision = match decide(&topology, &config.cpu_bind, config.numa, nic.as_deref())? {
+            Plan::Bind(decision) => decision,
+            Plan::Nothing(reason) => return Ok(Placement::none(reason)),
         };
-        let mut description = match &cpus {
-            Some(c) => format!("cpus {} (numa {}, {why})", list_of(c), list_of(&nodes)),
-            None => format!("cpus unbound, memory numa {} ({why})", list_of(&nodes)),
-        };
+        let mut description = decision.describe();
+        let nodes = set_of::<NodeSet>(&decision.numa);
         // Memory policy only matters when there is a choice of nodes.
         let choose_memory = config.numa.is_some() || nodes != *topology.nodeset();
         let nodes = match memory_unsupported(&topology) {
@@ -252,8 +242,8 @@ impl Placement {
         };
         Ok(Placement {
             binding: Some(Binding {
+                cpus: decision.cpus.as_deref().map(set_of::<CpuSet>),
                 topology,
-                cpus,
                 nodes,
             }),
             description,
@@ -297,14 +287,169 @@ impl Placement {
     }
 }
 
-/// A CPU or node set as a list (`0-3,8`).
-fn list_of(set: &impl AsRef<Bitmap>) -> String {
-    let indexes: Vec<u32> = set
-        .as_ref()
+/// A placement computed on a topology, before anything is bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// CPUs (OS indexes) the server's threads run on; `None`: unbound (`--numa` with a
+    /// `--cpu-bind` other than `auto`).
+    pub cpus: Option<Vec<u32>>,
+    /// NUMA nodes (OS indexes) the memory prefers.
+    pub numa: Vec<u32>,
+    /// Why these: `near hsn0`, `--numa`, `list`.
+    pub reason: String,
+    /// High-speed fabric devices (hwloc OpenFabrics devices: `mlx5_0`, `cxi0`, ...) local to
+    /// those CPUs, most local first: the devices UCX (`UCX_NET_DEVICES`) and libfabric
+    /// (`DIMSTORE_OFI_DOMAIN`) should use. Empty when none is local or device discovery
+    /// did not run.
+    pub fabric: Vec<String>,
+}
+
+impl Decision {
+    /// The placement line stats and logs show, e.g.
+    /// `cpus 8-15 (numa 1, near hsn0; fabric cxi0)`.
+    pub fn describe(&self) -> String {
+        let fabric = match self.fabric.as_slice() {
+            [] => String::new(),
+            devices => format!("; fabric {}", devices.join(",")),
+        };
+        match &self.cpus {
+            Some(cpus) => format!(
+                "cpus {} (numa {}, {}{fabric})",
+                format_cpu_list(cpus),
+                format_cpu_list(&self.numa),
+                self.reason
+            ),
+            None => format!(
+                "cpus unbound, memory numa {} ({}{fabric})",
+                format_cpu_list(&self.numa),
+                self.reason
+            ),
+        }
+    }
+}
+
+/// What to do, decided on a topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Bind as decided.
+    Bind(Decision),
+    /// Bind nothing, for this reason.
+    Nothing(String),
+}
+
+/// Decides the placement on `topology` (the machine's, or one loaded with
+/// [`load_xml_topology`]) for `--cpu-bind`, `--numa` and, under `auto`, the network
+/// interface the server's traffic uses. Nothing is applied.
+pub fn decide(
+    topology: &Topology,
+    cpu_bind: &CpuBind,
+    numa: Option<u32>,
+    nic: Option<&str>,
+) -> Result<Plan, PlacementError> {
+    let (cpus, nodes, reason) = match (cpu_bind, numa) {
+        (CpuBind::None, None) => return Ok(Plan::Nothing("--cpu-bind none".into())),
+        (CpuBind::List(list), numa) => {
+            let cpus = listed_cpus(topology, list)?;
+            let nodes = match numa {
+                Some(n) => numa_node(topology, n)?.1,
+                None => NodeSet::from_cpuset(topology, &cpus),
+            };
+            (Some(cpus), nodes, "list".to_string())
+        }
+        (bind, Some(n)) => {
+            let (cpus, nodes) = numa_node(topology, n)?;
+            let cpus = (*bind == CpuBind::Auto).then_some(cpus);
+            (cpus, nodes, "--numa".to_string())
+        }
+        (CpuBind::Auto, None) => {
+            let Some(nic) = nic else {
+                return Ok(Plan::Nothing("no network interface to locate".into()));
+            };
+            if topology.objects_with_type(ObjectType::NUMANode).count() < 2 {
+                return Ok(Plan::Nothing(format!(
+                    "one NUMA node, nothing to choose near {nic}"
+                )));
+            }
+            match nic_locality(topology, nic) {
+                Ok((cpus, nodes, nic)) => (Some(cpus), nodes, format!("near {nic}")),
+                Err(reason) => return Ok(Plan::Nothing(reason)),
+            }
+        }
+    };
+    let near = cpus.clone().unwrap_or_else(|| {
+        let mut all = CpuSet::new();
+        for node in topology.objects_with_type(ObjectType::NUMANode) {
+            if node.nodeset().is_some_and(|n| nodes.includes(n)) {
+                if let Some(c) = node.cpuset() {
+                    all |= c;
+                }
+            }
+        }
+        all
+    });
+    Ok(Plan::Bind(Decision {
+        cpus: cpus.as_ref().map(indexes),
+        numa: indexes(&nodes),
+        reason,
+        fabric: fabric_devices_near(topology, &near),
+    }))
+}
+
+/// Loads a topology exported as hwloc XML (`lstopo --of xml`), with its I/O devices, to
+/// [`decide`] on: placement on another machine's topology, computed here.
+pub fn load_xml_topology(path: &Path) -> Result<Topology, PlacementError> {
+    let fail = |e: &dyn std::fmt::Display| PlacementError::Topology(e.to_string());
+    Topology::builder()
+        .from_xml_file(path)
+        .map_err(|e| fail(&e))?
+        .with_io_type_filter(TypeFilter::KeepImportant)
+        .map_err(|e| fail(&e))?
+        .build()
+        .map_err(|e| fail(&e))
+}
+
+/// OpenFabrics devices whose locality overlaps `cpus`, the narrowest locality first.
+fn fabric_devices_near(topology: &Topology, cpus: &CpuSet) -> Vec<String> {
+    let mut found: Vec<(usize, String)> = topology
+        .os_devices()
+        .filter(|d| {
+            matches!(
+                d.attributes(),
+                Some(ObjectAttributes::OSDevice(a)) if a.device_type() == OSDeviceType::OpenFabrics
+            )
+        })
+        .filter_map(|d| {
+            let name = d.name()?.to_str().ok()?.to_string();
+            let locality = d.first_non_io_ancestor()?.cpuset()?;
+            locality
+                .intersects(cpus)
+                .then(|| (locality.weight().unwrap_or(usize::MAX), name))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, name)| name).collect()
+}
+
+/// The indexes set in a CPU or node set.
+fn indexes(set: &impl AsRef<Bitmap>) -> Vec<u32> {
+    set.as_ref()
         .iter_set()
         .map(|i| u32::try_from(usize::from(i)).unwrap_or(u32::MAX))
-        .collect();
-    format_cpu_list(&indexes)
+        .collect()
+}
+
+/// A CPU or node set with these indexes.
+fn set_of<S: Default + AsMut<Bitmap>>(indexes: &[u32]) -> S {
+    let mut set = S::default();
+    for &i in indexes {
+        set.as_mut().set(i as usize);
+    }
+    set
+}
+
+/// A CPU or node set as a list (`0-3,8`).
+fn list_of(set: &impl AsRef<Bitmap>) -> String {
+    format_cpu_list(&indexes(set))
 }
 
 /// Loads the topology; with I/O devices (PCI, OS devices) when the NIC must be found.

@@ -15,6 +15,7 @@ use dimstore_transport::onesided::Exporter;
 use dimstore_transport::{Outcome, PeerInfo, Reply, Service};
 use tokio::sync::Notify;
 
+use crate::metrics::{Op, RequestMetrics, Sample};
 use crate::session::{Leases, LiveCounts, Peer, Reservations, MAX_OPEN_RESERVATIONS};
 use crate::store::{Lookup, Object, ObjectStore};
 
@@ -82,6 +83,8 @@ pub struct ServiceState {
     pub shutdown: Arc<Notify>,
     connections: AtomicU64,
     last_activity_ms: AtomicU64,
+    /// Service time and bytes per operation and transport.
+    metrics: RequestMetrics,
 }
 
 /// The one-sided transports' server sides, in the order of [`ServiceIdentity::one_sided`].
@@ -129,6 +132,8 @@ pub struct Session {
     is_channel: bool,
     /// Channels opened from this connection; they close with it.
     channels: Vec<ChannelGuard<Session>>,
+    /// When the request being received arrived (set before its payload is read).
+    request_started: Option<Instant>,
 }
 
 /// How a get's found objects travel, fixed per session.
@@ -187,7 +192,8 @@ impl StoreService {
                 name: name.to_string(),
                 ..Default::default()
             })
-            .collect();
+            .collect::<Vec<TransportStats>>();
+        let metrics = RequestMetrics::new(per_transport.iter().map(|t| t.name.clone()));
         StoreService(Arc::new(ServiceState {
             store,
             identity,
@@ -201,6 +207,7 @@ impl StoreService {
             shutdown: Arc::new(Notify::new()),
             connections: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
+            metrics,
         }))
     }
 
@@ -255,7 +262,52 @@ impl StoreService {
             reservations: self.live.reservations.load(Ordering::Relaxed),
             transports: self.transport_stats(),
             binding: self.identity.binding.clone(),
+            ops: self.metrics.summaries(),
         }
+    }
+
+    /// Service time and bytes per operation and transport.
+    pub fn request_metrics(&self) -> &RequestMetrics {
+        &self.metrics
+    }
+
+    /// Records a finished request (its reply is ready): object bytes received (`bytes_in`)
+    /// plus those the reply delivers, unless it failed.
+    fn record_request(
+        &self,
+        transport: &str,
+        op: Op,
+        started: Instant,
+        bytes_in: u64,
+        reply: &Reply<Object>,
+    ) {
+        let bytes_out = match &reply.response {
+            Response::Get { items } => items
+                .iter()
+                .map(|item| match item {
+                    GetItem::Found { size }
+                    | GetItem::Mapped { size, .. }
+                    | GetItem::Remote { size, .. } => *size,
+                    GetItem::NotFound | GetItem::NotSet => 0,
+                })
+                .sum(),
+            _ => 0,
+        };
+        // A refused request carried no object, whatever it declared.
+        let failed = matches!(reply.response, Response::Error(_));
+        self.metrics.record(
+            transport,
+            Sample {
+                op,
+                elapsed: started.elapsed(),
+                bytes: if failed {
+                    0
+                } else {
+                    bytes_in.saturating_add(bytes_out)
+                },
+                failed,
+            },
+        );
     }
 
     /// Per-transport counters, with the one-sided transports' live registrations.
@@ -747,6 +799,7 @@ impl Service for StoreService {
             writer: None,
             is_channel: false,
             channels: Vec::new(),
+            request_started: None,
         }
     }
 
@@ -757,6 +810,72 @@ impl Service for StoreService {
     fn payload_sinks(
         &self,
         session: &mut Session,
+        request: &Request,
+        payload_len: u64,
+    ) -> Result<Vec<Allocation>, ErrorReply> {
+        let started = Instant::now();
+        session.request_started = Some(started);
+        let sinks = self.sinks(session, request, payload_len);
+        if sinks.is_err() {
+            // Refused before its payload is read: `handle` never sees it.
+            let sample = Sample {
+                op: Op::of(request),
+                elapsed: started.elapsed(),
+                bytes: 0,
+                failed: true,
+            };
+            self.metrics.record(session.peer.transport, sample);
+        }
+        sinks
+    }
+
+    fn handle(
+        &self,
+        session: &mut Session,
+        request: Request,
+        payload: Vec<Allocation>,
+    ) -> Outcome<Object> {
+        let started = session.request_started.take().unwrap_or_else(Instant::now);
+        let op = Op::of(&request);
+        let bytes_in = match &request {
+            Request::Seal { lens, .. } => lens.iter().fold(0u64, |a, &l| a.saturating_add(l)),
+            _ => payload.iter().map(|a| a.len()).sum(),
+        };
+        let transport = session.peer.transport;
+        match self.dispatch(session, request, payload) {
+            Outcome::Ready(reply) => {
+                self.record_request(transport, op, started, bytes_in, &reply);
+                Outcome::Ready(reply)
+            }
+            Outcome::Deferred(later) => {
+                let service = self.clone();
+                Outcome::Deferred(Box::pin(async move {
+                    let reply = later.await;
+                    service.record_request(transport, op, started, bytes_in, &reply);
+                    reply
+                }))
+            }
+        }
+    }
+
+    fn record_sent(&self, transport: &'static str, bytes: u64) {
+        self.adjust_transport(transport, |t| t.bytes_served += bytes);
+    }
+
+    fn record_pulled(&self, transport: &'static str, bytes: u64) {
+        self.adjust_transport(transport, |t| t.pulled_bytes += bytes);
+    }
+
+    fn channels(&self) -> Option<&ChannelTable<Session>> {
+        Some(&self.channels)
+    }
+}
+
+impl StoreService {
+    /// Where a put's or set's payload lands (fresh arena allocations), or why it is refused.
+    fn sinks(
+        &self,
+        session: &Session,
         request: &Request,
         payload_len: u64,
     ) -> Result<Vec<Allocation>, ErrorReply> {
@@ -794,7 +913,8 @@ impl Service for StoreService {
         })
     }
 
-    fn handle(
+    /// Answers one request of an open session.
+    fn dispatch(
         &self,
         session: &mut Session,
         request: Request,
@@ -869,17 +989,5 @@ impl Service for StoreService {
             | Request::Abort { .. }) => return Outcome::Ready(self.same_node(session, same_node)),
         };
         Outcome::Ready(Reply::message(response))
-    }
-
-    fn record_sent(&self, transport: &'static str, bytes: u64) {
-        self.adjust_transport(transport, |t| t.bytes_served += bytes);
-    }
-
-    fn record_pulled(&self, transport: &'static str, bytes: u64) {
-        self.adjust_transport(transport, |t| t.pulled_bytes += bytes);
-    }
-
-    fn channels(&self) -> Option<&ChannelTable<Session>> {
-        Some(&self.channels)
     }
 }

@@ -374,6 +374,20 @@ pub fn threads_share_one_connection(transport: &str) {
         used.connections, 1,
         "one connection per peer, shared by threads"
     );
+    // Every request was timed, on the transport that carried it (UCX: its channels).
+    let count = |ops: &[&str]| -> u64 {
+        let rows = stats.ops.iter().filter(|o| ops.contains(&o.op.as_str()));
+        rows.map(|o| o.count).sum()
+    };
+    assert_eq!(count(&["get"]), 800, "{:#?}", stats.ops);
+    assert_eq!(count(&["put", "seal"]), 800, "{:#?}", stats.ops);
+    if crate::transport_name(transport) == "ucx" {
+        let over_ucx = stats
+            .ops
+            .iter()
+            .find(|o| o.op == "get" && o.transport == "ucx");
+        assert_eq!(over_ucx.map(|o| o.count), Some(800), "{:#?}", stats.ops);
+    }
 }
 
 /// A server started with a token refuses clients without it.

@@ -522,6 +522,7 @@ fn a_planted_runtime_dir_is_refused_and_never_sees_the_token() {
         server_id: 1,
         transports: vec!["tcp".into()],
         version: "0".into(),
+        metrics: None,
     };
     let chown = |path: &Path, uid: u32| {
         std::os::unix::fs::chown(path, Some(uid), Some(uid)).expect("chown");

@@ -97,7 +97,9 @@ impl From<RequestError> for Failure {
             RequestError::ConnectionLost { .. } | RequestError::OneSided { .. } => {
                 DIMSTORE_E_CONNECTION_LOST
             }
-            RequestError::Unauthorized { .. } => DIMSTORE_E_UNAUTHORIZED,
+            RequestError::Unauthorized { .. } | RequestError::Untrusted { .. } => {
+                DIMSTORE_E_UNAUTHORIZED
+            }
             RequestError::Server { status, .. } => server_status(*status),
             RequestError::TransportUnavailable { .. } => DIMSTORE_E_CONFIG,
             RequestError::Protocol { .. } => DIMSTORE_E_INTERNAL,
@@ -143,7 +145,9 @@ impl From<SetError> for Failure {
 impl From<ConnectError> for Failure {
     fn from(e: ConnectError) -> Self {
         match e {
-            ConnectError::Fleet { .. } => Failure::new(DIMSTORE_E_CONFIG, e.to_string()),
+            ConnectError::Fleet { .. } | ConnectError::RuntimeDir(_) => {
+                Failure::new(DIMSTORE_E_CONFIG, e.to_string())
+            }
             ConnectError::NoServer { .. } | ConnectError::Spawn { .. } => {
                 Failure::new(DIMSTORE_E_UNREACHABLE, e.to_string())
             }

@@ -231,8 +231,37 @@ fn stat(store: &Store, config: &ClientConfig, json: bool, all: bool) -> anyhow::
                 t.name, t.connections, t.bytes_served, t.one_sided_bytes, t.registrations, t.pulled_bytes
             )?;
         }
+        print!("{}", op_table(&s.ops));
     }
     Ok(())
+}
+
+/// Service time per operation and transport: count, errors, p50/p99/p999/max, bytes.
+fn op_table(ops: &[dimstore::OpStats]) -> String {
+    use std::fmt::Write as _;
+    if ops.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "  {:<14} {:<6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>12}\n",
+        "op", "via", "count", "errors", "p50", "p99", "p999", "max", "bytes"
+    );
+    for o in ops {
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>12}",
+            o.op,
+            o.transport,
+            o.count,
+            o.errors,
+            dimstore::format_nanos(o.p50_ns),
+            dimstore::format_nanos(o.p99_ns),
+            dimstore::format_nanos(o.p999_ns),
+            dimstore::format_nanos(o.max_ns),
+            o.bytes
+        );
+    }
+    out
 }
 
 /// One JSON object per server: every counter, and per-transport counters.
@@ -276,6 +305,27 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
         "reservations": s.reservations,
         "transports": transports,
         "binding": s.binding,
+        "ops": s.ops.iter().map(op_json).collect::<Vec<_>>(),
+    })
+}
+
+/// One operation's service time (nanoseconds) and bytes.
+fn op_json(o: &dimstore::OpStats) -> serde_json::Value {
+    serde_json::json!({
+        "op": o.op,
+        "transport": o.transport,
+        "count": o.count,
+        "errors": o.errors,
+        "sum_ns": o.sum_ns,
+        "p50_ns": o.p50_ns,
+        "p90_ns": o.p90_ns,
+        "p99_ns": o.p99_ns,
+        "p999_ns": o.p999_ns,
+        "max_ns": o.max_ns,
+        "bytes": o.bytes,
+        "bytes_p50": o.bytes_p50,
+        "bytes_p99": o.bytes_p99,
+        "bytes_max": o.bytes_max,
     })
 }
 
