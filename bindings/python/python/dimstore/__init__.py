@@ -11,6 +11,9 @@ k2 = dimstore.Key(str(k))            # keys print, parse and pickle
 `dimstore.proxystore.DimstoreConnector` plugs the fleet into ProxyStore.
 """
 
+import signal as _signal
+import threading as _threading
+
 from dimstore._dimstore import AlreadySet
 from dimstore._dimstore import ConnectFailed
 from dimstore._dimstore import ConnectionLost
@@ -52,3 +55,23 @@ __all__ = [
     'Unreachable',
     '__version__',
 ]
+
+
+def _reinstall_python_signal_handlers() -> None:
+    """Puts Python's SIGINT/SIGTERM handlers back in force.
+
+    Loading the extension loads libfabric, whose PSM providers replace the SIGINT and SIGTERM
+    handlers from a load-time constructor with ones that call exit(1): Ctrl-C would end the
+    interpreter instead of raising KeyboardInterrupt. Python still knows its own handlers;
+    installing them again undoes that. Only possible from the main thread (where imports
+    normally happen).
+    """
+    if _threading.current_thread() is not _threading.main_thread():
+        return
+    for signum in (_signal.SIGINT, _signal.SIGTERM):
+        handler = _signal.getsignal(signum)
+        if handler is not None:
+            _signal.signal(signum, handler)
+
+
+_reinstall_python_signal_handlers()
