@@ -20,6 +20,8 @@ PACKAGES=(
     slurm-wlm libslurm-dev munge
     # peers for benchmarks
     redis-server iperf3
+    # the Python package (bindings/python): venv for scripts/test-python.sh, headers for pyo3
+    python3-venv python3-dev
     # used by the scripts in this directory
     bc iproute2 util-linux procps
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole dimstore test suite, as CI runs it: dependencies, format, lints, build, every
-# test (unit, property, integration with real server processes), doc tests, a fuzz smoke run.
+# test (unit, property, integration with real server processes), doc tests, a fuzz smoke run,
+# then the Python package's tests (scripts/test-python.sh).
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh --quick    # skip the fuzz smoke run
@@ -44,5 +45,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast
 fi
+
+step "python package and ProxyStore connector (venv in target/py-venv)"
+scripts/test-python.sh
 
 step "done"
