@@ -1,9 +1,10 @@
 """Type stubs of the native module `dimstore._dimstore` (pyo3)."""
 
-from collections.abc import Buffer
 from collections.abc import Iterable
 from os import PathLike
 from typing import final
+
+from typing_extensions import Buffer
 
 __version__: str
 
