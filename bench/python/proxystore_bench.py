@@ -1,8 +1,9 @@
 """ProxyStore `Store.put` in one process, `Store.get` in another, 8 B to 128 MiB.
 
 Connectors: DimstoreConnector with the reader on the same node and on the other node of a
-two-node local fleet, RedisConnector (a redis-server started here, on 127.0.0.1) and
-FileConnector (a temporary directory). Also the raw connector get (`connector.get`, no
+two-node local fleet, RedisConnector (a redis-server started here, on 127.0.0.1),
+ZeroMQConnector (proxystore-ex, if installed; its server on 127.0.0.1) and FileConnector (a
+temporary directory). Also the raw connector get (`connector.get`, no
 deserialization) in the reader: for dimstore on the same node that is a mapping, flat in size.
 
 Run inside a two-node fleet (bench/python/README.md has the setup):
@@ -122,8 +123,9 @@ def _table(all_results: dict[str, dict[int, dict[str, float]]], sizes: list[int]
     lines = [
         '| size | ' + ' | '.join(f'{n} get' for n in names) + ' | '
         + ' | '.join(f'{n} put' for n in names)
-        + ' | dimstore raw get (same node) | Redis / dimstore get (same, other node) |',
-        '|' + ' --- |' * (2 * len(names) + 3),
+        + ' | dimstore raw get (same node) | Redis / dimstore get (same, other node)'
+        + (' | ZeroMQ / dimstore other-node get |' if 'ZeroMQ' in names else ' |'),
+        '|' + ' --- |' * (2 * len(names) + 3 + ('ZeroMQ' in names)),
     ]
     for size in sizes:
         row = [_size(size)]
@@ -134,6 +136,8 @@ def _table(all_results: dict[str, dict[int, dict[str, float]]], sizes: list[int]
         same = all_results['dimstore same node'][size]['get']
         other = all_results['dimstore other node'][size]['get']
         row.append(f'{redis / same:.1f}x, {redis / other:.1f}x')
+        if 'ZeroMQ' in names:
+            row.append(f"{all_results['ZeroMQ'][size]['get'] / other:.1f}x")
         lines.append('| ' + ' | '.join(row) + ' |')
     return '\n'.join(lines)
 
@@ -169,8 +173,15 @@ def main() -> None:
             'dimstore same node': _bench('dimstore same', DimstoreConnector(), '0', sizes, args.scale),
             'dimstore other node': _bench('dimstore other', DimstoreConnector(), '1', sizes, args.scale),
             'Redis': _bench('redis', RedisConnector('127.0.0.1', redis_port), '0', sizes, args.scale),
-            'File': _bench('file', FileConnector(file_dir), '0', sizes, args.scale),
         }
+        try:
+            from proxystore_ex.connectors.dim.zmq import ZeroMQConnector
+        except ImportError:
+            print('proxystore-ex is not installed: no ZeroMQConnector row')
+        else:
+            zmq = ZeroMQConnector(port=_free_port(), address='127.0.0.1', timeout=30)
+            results['ZeroMQ'] = _bench('zeromq', zmq, '0', sizes, args.scale)
+        results['File'] = _bench('file', FileConnector(file_dir), '0', sizes, args.scale)
     finally:
         redis.terminate()
         redis.wait(timeout=30)

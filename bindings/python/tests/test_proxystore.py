@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import uuid
 from collections.abc import Generator
 from typing import Any
@@ -93,6 +94,27 @@ def test_port_and_address_name_the_node_server(
     assert bytes(by_address.get(key)) == b'by port'
     with pytest.raises(ValueError):
         DimstoreConnector(port=70000)
+
+
+_FORKED: dict[str, Any] = {}
+
+
+def _get_after_fork() -> tuple[bytes, bool]:
+    connector = _FORKED['connector']  # inherited through fork, connection and all
+    got = bytes(connector.get(_FORKED['key']))
+    return got, connector.store is not _FORKED['parent_store']
+
+
+def test_connector_reconnects_after_fork(fleet: dict[str, Any]) -> None:
+    connector = DimstoreConnector()
+    key = connector.put(b'before fork')
+    _FORKED.update(connector=connector, key=key, parent_store=connector.store)
+    with multiprocessing.get_context('fork').Pool(1) as pool:
+        got, fresh = pool.apply(_get_after_fork)
+    assert got == b'before fork' and fresh
+    assert bytes(connector.get(key)) == b'before fork'  # the parent's connection still works
+    copy = pickle.loads(pickle.dumps(connector))
+    assert copy.config() == connector.config()
 
 
 def test_set_twice(fleet: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from the same arguments and finds that node's server.
 from __future__ import annotations
 
 import fcntl
+import os
 import socket
 import struct
 import threading
@@ -91,6 +92,7 @@ class DimstoreConnector:
         self.timeout = timeout
         self.fleet = None if fleet is None else str(fleet)
         self._store: dimstore.Store | None = None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def __enter__(self) -> DimstoreConnector:
@@ -104,6 +106,10 @@ class DimstoreConnector:
     ) -> None:
         self.close()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as its configuration (connections are per process)."""
+        return (type(self).from_config, (self.config(),))
+
     def __repr__(self) -> str:
         args = ', '.join(f'{k}={v!r}' for k, v in self.config().items() if v is not None)
         return f'{type(self).__name__}({args})'
@@ -112,9 +118,14 @@ class DimstoreConnector:
 
     @property
     def store(self) -> dimstore.Store:
-        """The native store (connected, or spawned, on first use)."""
+        """The native store (connected, or spawned, on first use; again after a fork)."""
         store = self._store
-        if store is None:
+        if store is None or self._pid != os.getpid():
+            if self._pid != os.getpid():
+                # A forked child must not share its parent's connections.
+                self._lock = threading.Lock()
+                self._store = None
+                self._pid = os.getpid()
             with self._lock:
                 if self._store is None:
                     self._store = self._connect()
