@@ -132,6 +132,22 @@ EOF
     status=1
 fi
 
+# Python for bindings/python: python3 >= 3.11 with venv; scripts/test-python.sh installs the
+# pinned build and test tools (maturin, pytest, proxystore, ...) into its own venv.
+MIN_PYTHON=3.11
+if command -v python3 >/dev/null 2>&1 && python3 -c 'import venv' 2>/dev/null; then
+    py_version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    if version_ge "$py_version" "$MIN_PYTHON"; then
+        log "python: $(python3 --version) ($(command -v python3))"
+    else
+        log "python3 too old: $py_version, need >= $MIN_PYTHON for bindings/python"
+        status=1
+    fi
+else
+    log "python3 with the venv module not found (needed for bindings/python)"
+    status=1
+fi
+
 if command -v cargo >/dev/null 2>&1; then
     if cargo nextest --version >/dev/null 2>&1; then
         log "cargo-nextest: $(cargo nextest --version 2>/dev/null | head -n1)"
