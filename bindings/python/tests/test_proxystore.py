@@ -92,6 +92,10 @@ def test_port_and_address_name_the_node_server(
     assert key.dim_key.startswith(f'dim://{address}/')
     by_address = DimstoreConnector(address=address, timeout=30.0)
     assert bytes(by_address.get(key)) == b'by port'
+    by_interface = DimstoreConnector(port=int(port), interface='lo', timeout=30.0)
+    assert by_interface.put(b'lo').dim_key.startswith(f'dim://{address}/')
+    with pytest.raises(ValueError, match='no IPv4 address'):
+        DimstoreConnector(port=int(port), interface='no-such-if0').put(b'x')
     with pytest.raises(ValueError):
         DimstoreConnector(port=70000)
 
