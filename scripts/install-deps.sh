@@ -23,6 +23,8 @@ PACKAGES=(
     slurm-wlm libslurm-dev munge
     # peers for benchmarks
     redis-server iperf3
+    # the Python package (bindings/python): venv for scripts/test-python.sh, headers for pyo3
+    python3-venv python3-dev
     # used by the scripts in this directory
     bc iproute2 util-linux procps
     # the venv of the tests' Python tools (OpenMetrics parser)
@@ -152,6 +154,22 @@ install-deps: dimstore needs Rust >= $MIN_RUST. Install it with rustup (https://
     . "\$HOME/.cargo/env"
 install-deps: (or, on a machine that already has one, put ~/.cargo/bin on PATH)
 EOF
+    status=1
+fi
+
+# Python for bindings/python: python3 >= 3.11 with venv; scripts/test-python.sh installs the
+# pinned build and test tools (maturin, pytest, proxystore, ...) into its own venv.
+MIN_PYTHON=3.11
+if command -v python3 >/dev/null 2>&1 && python3 -c 'import venv' 2>/dev/null; then
+    py_version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    if version_ge "$py_version" "$MIN_PYTHON"; then
+        log "python: $(python3 --version) ($(command -v python3))"
+    else
+        log "python3 too old: $py_version, need >= $MIN_PYTHON for bindings/python"
+        status=1
+    fi
+else
+    log "python3 with the venv module not found (needed for bindings/python)"
     status=1
 fi
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole dimstore test suite, as CI runs it: dependencies, format, lints, build, every
-# test (unit, property, integration with real server processes), doc tests, a fuzz smoke run.
+# test (unit, property, integration with real server processes), doc tests, a fuzz smoke run,
+# then the Python package's tests (scripts/test-python.sh).
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh --quick    # skip the fuzz smoke run
@@ -47,5 +48,8 @@ fi
 
 step "C, C++ and Fortran: install, header, examples against local fleets (MPI), valgrind"
 scripts/test-c.sh
+
+step "python package and ProxyStore connector (venv in target/py-venv)"
+scripts/test-python.sh
 
 step "done"
