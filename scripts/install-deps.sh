@@ -23,12 +23,11 @@ PACKAGES=(
     slurm-wlm libslurm-dev munge
     # peers for benchmarks
     redis-server iperf3
-    # the Python package (bindings/python): venv for scripts/test-python.sh, headers for pyo3
-    python3-venv python3-dev
+    # the Python package (bindings/python) and the tests' Python tools (OpenMetrics parser):
+    # venvs for scripts/test-python.sh and /opt/dimstore-venv, headers for pyo3
+    python3 python3-venv python3-dev
     # used by the scripts in this directory
     bc iproute2 util-linux procps
-    # the venv of the tests' Python tools (OpenMetrics parser)
-    python3 python3-venv
 )
 
 MIN_RUST=1.85
