@@ -28,7 +28,7 @@ use dimstore_proto::ModuleHash;
 use crate::store::Object;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmi::errors::{ErrorKind, MemoryError};
+use wasmi::errors::{ErrorKind, InstantiationError, MemoryError};
 use wasmi::{
     Caller, Config, Engine, Extern, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder,
     TrapCode, TypedResumableCall,
@@ -228,9 +228,13 @@ fn classify(host: &Host, error: &wasmi::Error, config: &FunctionConfig) -> Invok
     match (error.as_trap_code(), error.kind()) {
         (Some(TrapCode::OutOfFuel), _) => InvokeError::Deadline(config.timeout),
         (Some(TrapCode::GrowthOperationLimited), _)
-        | (_, ErrorKind::Memory(MemoryError::ResourceLimiterDeniedAllocation)) => {
-            InvokeError::MemoryLimit(config.memory)
-        }
+        | (_, ErrorKind::Memory(MemoryError::ResourceLimiterDeniedAllocation))
+        | (
+            _,
+            ErrorKind::Instantiation(InstantiationError::FailedToInstantiateMemory(
+                MemoryError::ResourceLimiterDeniedAllocation,
+            )),
+        ) => InvokeError::MemoryLimit(config.memory),
         (Some(_), _) => InvokeError::Trapped(error.to_string()),
         (None, _) => InvokeError::InvalidModule(error.to_string()),
     }
