@@ -18,16 +18,12 @@ pub enum InvokeError {
     #[error("invoke needs at least one input key")]
     NoInputs,
     /// The input keys name different owners: a function runs on one server.
-    #[error("the keys of one invoke must share an owner, but {first} is owned by {first_owner} and {other} by {other_owner}")]
+    #[error("the keys of one invoke must share an owner, but {first} is owned by {} and {other} by {}", first.owner, other.owner)]
     NotSameOwner {
         /// A key of the first owner.
-        first: Key,
-        /// Its owner.
-        first_owner: String,
+        first: Box<Key>,
         /// A key of another owner.
-        other: Key,
-        /// That owner.
-        other_owner: String,
+        other: Box<Key>,
     },
     /// An input object does not exist (or is not set).
     #[error("an input object is missing: {0}")]
@@ -164,10 +160,8 @@ fn same_owner(keys: &[Key]) -> Result<&str, InvokeError> {
     let first = keys.first().ok_or(InvokeError::NoInputs)?;
     match keys.iter().find(|k| k.owner != first.owner) {
         Some(other) => Err(InvokeError::NotSameOwner {
-            first: first.clone(),
-            first_owner: first.owner.clone(),
-            other: other.clone(),
-            other_owner: other.owner.clone(),
+            first: Box::new(first.clone()),
+            other: Box::new(other.clone()),
         }),
         None => Ok(&first.owner),
     }

@@ -175,7 +175,7 @@ fn the_module_travels_once_then_is_named_by_its_hash() {
     let key = store.put(&pattern(5000, 9)).expect("put");
     let check = example("checksum.wat");
     let first = store
-        .invoke(&[key.clone()], &check, "fnv1a64", &[])
+        .invoke(std::slice::from_ref(&key), &check, "fnv1a64", &[])
         .expect("first");
     let stats = store.stats().expect("stats").functions;
     assert_eq!(
@@ -293,7 +293,12 @@ fn hostile_modules_get_typed_errors_within_the_deadline_and_the_server_keeps_ser
         (memory (export "memory") 1)
         (func (export "run") (result i32) (call $read_arg (i32.const 65530)) (i32.const 0)))"#;
     let e = store
-        .invoke(&[key.clone()], &module(read_arg_outside), "run", &[1; 64])
+        .invoke(
+            std::slice::from_ref(&key),
+            &module(read_arg_outside),
+            "run",
+            &[1; 64],
+        )
         .expect_err("read_arg outside memory");
     assert!(matches!(e, InvokeError::Trapped(_)), "{e:?}");
     let foreign_import = r#"(module
@@ -308,13 +313,13 @@ fn hostile_modules_get_typed_errors_within_the_deadline_and_the_server_keeps_ser
         timeout,
     );
     let e = store
-        .invoke(&[key.clone()], b"\0asm garbage", "run", &[])
+        .invoke(std::slice::from_ref(&key), b"\0asm garbage", "run", &[])
         .expect_err("garbage module");
     assert!(matches!(e, InvokeError::InvalidModule(_)), "{e:?}");
     let failing = r#"(module (memory (export "memory") 1)
         (func (export "run") (result i32) (i32.const 7)))"#;
     let e = store
-        .invoke(&[key.clone()], &module(failing), "run", &[])
+        .invoke(std::slice::from_ref(&key), &module(failing), "run", &[])
         .expect_err("nonzero return");
     assert!(
         matches!(e, InvokeError::FunctionFailed { code: 7 }),
