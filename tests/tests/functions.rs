@@ -466,3 +466,73 @@ fn the_cli_invokes_a_wat_module_into_a_file() {
         fnv1a64(&data).to_le_bytes()
     );
 }
+
+#[test]
+fn an_evict_during_a_call_frees_nothing_under_it() {
+    let server = server("256MiB", &[]);
+    let store = client(&server);
+    let data = pattern(8 << 20, 11);
+    let key = store.put(&data).expect("put");
+    // The byte histogram of input 0, taken `arg` (u32) times: long enough to evict meanwhile.
+    let repeated = r#"(module
+      (import "dimstore" "input_len" (func $input_len (param i32) (result i64)))
+      (import "dimstore" "read" (func $read (param i32 i64 i32 i32) (result i32)))
+      (import "dimstore" "read_arg" (func $read_arg (param i32)))
+      (import "dimstore" "output" (func $output (param i32 i32)))
+      (memory (export "memory") 2)
+      (func (export "run") (result i32)
+        (local $r i32) (local $off i64) (local $len i64) (local $got i32) (local $p i32) (local $slot i32)
+        (call $read_arg (i32.const 67584))
+        (local.set $len (call $input_len (i32.const 0)))
+        (block $repeats_done
+          (loop $repeats
+            (br_if $repeats_done (i32.ge_u (local.get $r) (i32.load (i32.const 67584))))
+            (local.set $off (i64.const 0))
+            (block $object_done
+              (loop $chunks
+                (br_if $object_done (i64.ge_u (local.get $off) (local.get $len)))
+                (local.set $got (call $read (i32.const 0) (local.get $off) (i32.const 0) (i32.const 65536)))
+                (if (i32.le_s (local.get $got) (i32.const 0)) (then (return (i32.const 1))))
+                (local.set $p (i32.const 0))
+                (block $chunk_done
+                  (loop $bytes
+                    (br_if $chunk_done (i32.ge_u (local.get $p) (local.get $got)))
+                    (local.set $slot (i32.add (i32.const 65536) (i32.shl (i32.load8_u (local.get $p)) (i32.const 3))))
+                    (i64.store (local.get $slot) (i64.add (i64.load (local.get $slot)) (i64.const 1)))
+                    (local.set $p (i32.add (local.get $p) (i32.const 1)))
+                    (br $bytes)))
+                (local.set $off (i64.add (local.get $off) (i64.extend_i32_u (local.get $got))))
+                (br $chunks)))
+            (local.set $r (i32.add (local.get $r) (i32.const 1)))
+            (br $repeats)))
+        (call $output (i32.const 65536) (i32.const 2048))
+        (i32.const 0)))"#;
+    let times = 24u32;
+    let wasm = module(repeated);
+    let answer = std::thread::scope(|s| {
+        let call = s.spawn(|| {
+            store.invoke(
+                std::slice::from_ref(&key),
+                &wasm,
+                "run",
+                &times.to_le_bytes(),
+            )
+        });
+        dimstore_tests::wait_stats_within(&store, Duration::from_secs(60), "call running", |st| {
+            st.functions.running == 1 || call.is_finished()
+        });
+        // Evicted while the call reads it: the key goes at once, the bytes stay leased.
+        assert!(store.evict(&key).expect("evict"), "evicted");
+        call.join().expect("call thread")
+    });
+    let want: Vec<u8> = histogram(&data)
+        .chunks_exact(8)
+        .flat_map(|c| {
+            (u64::from_le_bytes(c.try_into().expect("8")) * u64::from(times)).to_le_bytes()
+        })
+        .collect();
+    assert_eq!(answer.expect("call over an evicted object"), want);
+    assert!(!store.exists(&key).expect("exists"));
+    // The lease ended with the call: the object's memory is free.
+    dimstore_tests::wait_stats(&store, "memory freed", |st| st.bytes_used == 0);
+}
