@@ -249,6 +249,13 @@ fn stat(store: &Store, config: &ClientConfig, json: bool, all: bool) -> anyhow::
             s.uptime_ms as f64 / 1000.0
         );
         println!("  binding: {}", s.binding);
+        let f = &s.functions;
+        if f.invocations > 0 {
+            println!(
+                "  functions: {} invocations ({} failed, {} running), {} modules received, {} cache hits, {} modules cached ({} bytes)",
+                f.invocations, f.failures, f.running, f.modules_received, f.cache_hits, f.cached_modules, f.cached_bytes
+            );
+        }
         for t in &s.transports {
             println!(
                 "  {}: {} connections, {} bytes served ({} one-sided, {} registrations), {} bytes pulled",
@@ -300,6 +307,15 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
         "reservations": s.reservations,
         "transports": transports,
         "binding": s.binding,
+        "functions": {
+            "invocations": s.functions.invocations,
+            "failures": s.functions.failures,
+            "modules_received": s.functions.modules_received,
+            "cache_hits": s.functions.cache_hits,
+            "cached_modules": s.functions.cached_modules,
+            "cached_bytes": s.functions.cached_bytes,
+            "running": s.functions.running,
+        },
     })
 }
 
