@@ -566,6 +566,36 @@ mod tests {
     }
 
     #[test]
+    fn functions_are_on_with_a_token_unless_switched() {
+        let resolve = |token: Option<&str>, functions: Option<Switch>| {
+            ServerConfig::resolve(Args {
+                token: token.map(str::to_string),
+                functions,
+                function_timeout: Some(Duration::from_secs(3)),
+                ..Default::default()
+            })
+            .expect("config")
+            .functions
+        };
+        assert_eq!(resolve(None, None), None, "tokenless: off");
+        let on = resolve(Some("t"), None).expect("with a token: on");
+        assert_eq!(on.timeout, Duration::from_secs(3));
+        assert_eq!(resolve(Some("t"), Some(Switch::Off)), None);
+        assert!(resolve(None, Some(Switch::On)).is_some());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "functions = \"on\"\nfunction_memory = \"1MiB\"\n").expect("write");
+        let from_file = ServerConfig::resolve(Args {
+            config: Some(path),
+            ..Default::default()
+        })
+        .expect("config")
+        .functions
+        .expect("on from the file");
+        assert_eq!(from_file.memory, 1 << 20);
+    }
+
+    #[test]
     fn bad_file_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("server.toml");
