@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod contenders;
+pub mod functions;
 pub mod latency;
 pub mod measure;
 #[cfg(feature = "mpi")]

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use dimstore_bench::contenders::raw_tcp;
+use dimstore_bench::functions::{self, FunctionsArgs};
 use dimstore_bench::options::Parts;
 use dimstore_bench::rdma::{self, fi_read, get, ucx_get, RdmaArgs};
 use dimstore_bench::throughput::{worker, WorkerArgs};
@@ -37,6 +38,8 @@ enum Command {
     /// One-sided transports (UCX, libfabric) across two local nodes, next to the raw
     /// transports' tools (ucx_perftest, fi_pingpong, our fi_read) on the same provider.
     Rdma(RdmaArgs),
+    /// Functions next to the data: slice and sum by invoke vs get, module start-up.
+    Functions(FunctionsArgs),
     /// Patterns across MPI ranks through the fleet vs plain MPI (run under mpirun or srun,
     /// with the fleet from `dimstore-launch run`).
     #[cfg(feature = "mpi")]
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Latency(args)) => (args, Parts::Latency),
         Some(Command::Throughput(args)) => (args, Parts::Throughput),
         Some(Command::ZeroCopy(args)) => return zero_copy::run(&args),
+        Some(Command::Functions(args)) => return functions::run(&args),
         Some(Command::Worker(args)) => return worker(&args),
         Some(Command::RawServer) => return raw_tcp::serve_process(),
         Some(Command::Rdma(args)) => return rdma::run(&args),

@@ -20,6 +20,7 @@ mod config;
 mod error;
 pub mod fleet;
 pub mod hostlist;
+mod invoke;
 mod local;
 pub mod metrics;
 mod object;
@@ -36,6 +37,7 @@ pub use dimstore_proto::{
     format_nanos, Key, KeyParseError, ObjectId, OpStats, ServerStats, TransportStats,
 };
 pub use error::{ConnectError, GetError, PutError, RequestError, SetError};
+pub use invoke::{module_hash, InvokeError};
 pub use local::{LocalMode, Reservation};
 pub use metrics::{CallStats, ClientOp};
 pub use object::ObjectBytes;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use dimstore_proto::{
     encode_request, encode_response, ErrorReply, FrameHeader, FrameKind, GetItem, Hello,
-    HelloReply, ObjectId, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
+    HelloReply, Invoke, Invoked, ObjectId, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
     ServerStats, Status, TransportStats, HEADER_LEN,
 };
 
@@ -195,6 +195,21 @@ fn main() -> std::io::Result<()> {
             ),
         ),
         (
+            "req-invoke",
+            request(
+                17,
+                &Request::Invoke(Invoke {
+                    ids: ids.clone(),
+                    module: [7; 32],
+                    with_module: true,
+                    function: "sum".into(),
+                    arg: vec![1, 2, 3],
+                    to_key: false,
+                }),
+                b"\0asm\x01\0\0\0",
+            ),
+        ),
+        (
             "resp-hello",
             response(
                 1,
@@ -312,6 +327,10 @@ fn main() -> std::io::Result<()> {
                 },
                 b"",
             ),
+        ),
+        (
+            "resp-invoked",
+            response(17, &Response::Invoked(Invoked::Output { size: 3 }), b"out"),
         ),
         (
             "resp-channel",

@@ -26,9 +26,9 @@ pub use limits::{
     decode_request_within, LimitError, RequestError, RequestLimits, PRE_AUTH_MAX_BODY,
 };
 pub use message::{
-    decode_request, decode_response, encode_request, encode_response, DecodeError, GetItem, Hello,
-    HelloReply, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
-    ServerStats, TransportStats,
+    decode_request, decode_response, encode_request, encode_response, DecodeError, FunctionStats,
+    GetItem, Hello, HelloReply, Invoke, Invoked, ModuleHash, OneSidedOffer, Request, Reservation,
+    Response, SegmentInfo, SegmentKey, ServerStats, TransportStats,
 };
 pub use op_stats::{format_nanos, OpStats, MAX_OP_STATS};
 pub use status::{ErrorReply, Status};

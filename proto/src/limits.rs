@@ -40,16 +40,22 @@ pub struct RequestLimits {
     pub max_new_keys: u32,
     /// Longest text or byte field (token, node and transport names, a channel address).
     pub max_field: u32,
+    /// Longest argument of an `Invoke` (the bytes its function reads with `read_arg`).
+    pub max_invoke_arg: u32,
+    /// Longest function name of an `Invoke`.
+    pub max_function_name: u32,
 }
 
 impl Default for RequestLimits {
     /// 65 536 items per batch and per `NewKeys` (a few milliseconds of table work), 64 KiB
-    /// per field.
+    /// per field, 1 MiB per function argument, 256 bytes per function name.
     fn default() -> Self {
         RequestLimits {
             max_batch: 1 << 16,
             max_new_keys: 1 << 16,
             max_field: 64 << 10,
+            max_invoke_arg: 1 << 20,
+            max_function_name: 256,
         }
     }
 }
@@ -212,6 +218,26 @@ impl RequestLimits {
                 text("OpenChannel", "transport name", transport.len())?;
                 text("OpenChannel", "address", address.len())
             }
+            ArchivedRequest::Invoke(invoke) => {
+                batch("Invoke", "ids", invoke.ids.len())?;
+                let within = |field: &'static str, len: usize, limit: u32| {
+                    if len > limit as usize {
+                        return Err(LimitError::Field {
+                            request: "Invoke",
+                            field,
+                            len,
+                            limit,
+                        });
+                    }
+                    Ok(())
+                };
+                within(
+                    "function name",
+                    invoke.function.len(),
+                    self.max_function_name,
+                )?;
+                within("argument", invoke.arg.len(), self.max_invoke_arg)
+            }
         }
     }
 }
@@ -266,7 +292,20 @@ mod tests {
             max_batch: 4,
             max_new_keys: 8,
             max_field: 16,
+            max_invoke_arg: 32,
+            max_function_name: 8,
         }
+    }
+
+    fn invoke(ids: Vec<ObjectId>, function: &str, arg: usize) -> Request {
+        Request::Invoke(crate::message::Invoke {
+            ids,
+            module: [7; 32],
+            with_module: false,
+            function: function.into(),
+            arg: vec![1; arg],
+            to_key: false,
+        })
     }
 
     fn decode(request: &Request) -> Result<Request, RequestError> {
@@ -305,6 +344,7 @@ mod tests {
                 address: vec![7; 16],
             },
             Request::Stats,
+            invoke(ids(4), "sum_f64", 32),
         ];
         for request in within {
             assert_eq!(decode(&request), Ok(request.clone()));
@@ -351,6 +391,9 @@ mod tests {
                 transport: "x".repeat(17),
                 from: 0,
             },
+            invoke(ids(5), "f", 0),
+            invoke(ids(1), "too_long_name", 0),
+            invoke(ids(1), "f", 33),
             Request::Hello(Hello {
                 token: Some("t".repeat(17)),
                 client_node: "n".into(),

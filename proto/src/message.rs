@@ -173,6 +173,55 @@ pub enum Request {
         /// The client's address on that transport.
         address: Vec<u8>,
     },
+    /// Run a function of a WebAssembly module over objects of this server (see [`Invoke`]).
+    Invoke(Invoke),
+}
+
+/// SHA-256 of a WebAssembly module's bytes: the name a server caches its compiled form by.
+pub type ModuleHash = [u8; 32];
+
+/// Run `function` of the module `module` over the objects `ids`, in a sandbox on their
+/// owner. The payload holds the module's bytes when `with_module` is set (a server that
+/// does not know the hash otherwise answers `ModuleUnknown`, and the client sends it again
+/// with the bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Invoke {
+    /// Input objects, in the order the function sees them (`input_count`, `read`).
+    pub ids: Vec<ObjectId>,
+    /// SHA-256 of the module's bytes.
+    pub module: ModuleHash,
+    /// The payload is the module's bytes.
+    pub with_module: bool,
+    /// Exported function to call, of type `() -> i32`.
+    pub function: String,
+    /// Bytes the function reads with `read_arg`.
+    pub arg: Vec<u8>,
+    /// Store the output as a new object on this server and answer its id, instead of
+    /// returning the bytes.
+    pub to_key: bool,
+}
+
+/// The answer to an [`Invoke`] whose function ran to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Invoked {
+    /// The function returned 0; the payload is its output, `size` bytes.
+    Output {
+        /// Output size.
+        size: u64,
+    },
+    /// The function returned 0; its output was stored as a new object.
+    Stored {
+        /// The new object's id.
+        id: ObjectId,
+        /// Its size.
+        size: u64,
+    },
+    /// The function returned `code`, not 0: its own failure, reported to the caller.
+    Failed {
+        /// The returned value.
+        code: i32,
+    },
 }
 
 /// Per-object outcome of a get.
@@ -256,6 +305,25 @@ pub struct TransportStats {
     pub pulled_bytes: u64,
 }
 
+/// Counters of function invocations ([`Request::Invoke`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+pub struct FunctionStats {
+    /// Invocations received.
+    pub invocations: u64,
+    /// Of which failed (a trap, a limit, a nonzero return, an unknown module...).
+    pub failures: u64,
+    /// Modules received as payload (the client sent the bytes, not only the hash).
+    pub modules_received: u64,
+    /// Invocations that found their module compiled in the cache.
+    pub cache_hits: u64,
+    /// Compiled modules cached now.
+    pub cached_modules: u64,
+    /// Bytes of the cached modules (their WebAssembly size).
+    pub cached_bytes: u64,
+    /// Invocations running now.
+    pub running: u64,
+}
+
 /// Server statistics.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
 pub struct ServerStats {
@@ -304,6 +372,8 @@ pub struct ServerStats {
     pub expired_leases: u64,
     /// In-place reservations not sealed yet.
     pub reservations: u64,
+    /// Function invocations and their module cache (zero when functions are off).
+    pub functions: FunctionStats,
     /// Per-transport counters.
     pub transports: Vec<TransportStats>,
     /// CPU and memory binding of the server's threads (e.g. `cpus 0-1 (numa 0, near eth0)`,
@@ -370,6 +440,8 @@ pub enum Response {
         /// Random id, only told to this connection.
         id: u64,
     },
+    /// Answer to [`Request::Invoke`].
+    Invoked(Invoked),
 }
 
 /// A message body that failed validation.
@@ -454,6 +526,20 @@ mod tests {
                 .prop_map(|(transport, address)| Request::OpenChannel { transport, address }),
             proptest::collection::vec(any::<u64>(), 0..5)
                 .prop_map(|reservations| Request::Abort { reservations }),
+            (
+                arb_ids(),
+                any::<[u8; 32]>(),
+                ".{0,12}",
+                proptest::collection::vec(any::<u8>(), 0..32)
+            )
+                .prop_map(|(ids, module, function, arg)| Request::Invoke(Invoke {
+                    ids,
+                    module,
+                    with_module: arg.len() % 2 == 0,
+                    function,
+                    arg,
+                    to_key: module[0] % 2 == 0,
+                })),
         ]
     }
 
@@ -479,6 +565,14 @@ mod tests {
             Just(Response::Done),
             ".{0,40}".prop_map(|m| Response::Error(ErrorReply::new(Status::StoreFull, m))),
             any::<u64>().prop_map(|id| Response::Channel { id }),
+            any::<u64>().prop_map(|size| Response::Invoked(Invoked::Output { size })),
+            (any::<u128>(), any::<u64>()).prop_map(|(id, size)| Response::Invoked(
+                Invoked::Stored {
+                    id: ObjectId(id),
+                    size
+                }
+            )),
+            any::<i32>().prop_map(|code| Response::Invoked(Invoked::Failed { code })),
             (any::<u32>(), ".{0,10}").prop_map(|(pid, node)| Response::Stats(ServerStats {
                 pid,
                 node,

@@ -26,6 +26,19 @@ pub enum Status {
     ShuttingDown,
     /// A bug or resource failure inside the server.
     Internal,
+    /// `Invoke` named a module by a hash the server has not cached: send the module's bytes.
+    ModuleUnknown,
+    /// The module is not valid WebAssembly, does not fit the host interface (imports other
+    /// than `dimstore`'s, no `memory` export), or lacks the function asked for.
+    InvalidModule,
+    /// The function trapped (unreachable, an out-of-bounds access of its own memory, ...).
+    FunctionTrapped,
+    /// The function ran past its deadline (fuel or time) and was stopped.
+    FunctionDeadline,
+    /// The function went over a limit of the sandbox: its memory or its output.
+    FunctionLimit,
+    /// This server does not run functions (`--functions off`, or built without them).
+    FunctionsDisabled,
 }
 
 /// An error answer: a status and a sentence for humans.

@@ -61,9 +61,10 @@ fn request_variant(request: &Request) -> usize {
         Request::UseOneSided { .. } => 14,
         Request::SegmentKeys { .. } => 15,
         Request::OpenChannel { .. } => 16,
+        Request::Invoke(_) => 17,
     }
 }
-const REQUEST_VARIANTS: usize = 17;
+const REQUEST_VARIANTS: usize = 18;
 
 /// Position of a response variant in the enum (exhaustive, as [`request_variant`]).
 fn response_variant(response: &Response) -> usize {
@@ -81,9 +82,10 @@ fn response_variant(response: &Response) -> usize {
         Response::Created { .. } => 10,
         Response::Error(_) => 11,
         Response::Channel { .. } => 12,
+        Response::Invoked(_) => 13,
     }
 }
-const RESPONSE_VARIANTS: usize = 13;
+const RESPONSE_VARIANTS: usize = 14;
 
 #[test]
 fn every_frame_decoder_seed_decodes_to_whole_valid_frames() {

@@ -9,6 +9,7 @@ use bytesize::ByteSize;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::functions::FunctionConfig;
 use crate::placement::CpuBind;
 
 /// Command line of `dimstore-server`.
@@ -112,6 +113,39 @@ pub struct Args {
     /// to loopback or a monitoring network. [default: off]
     #[arg(long, env = "DIMSTORE_METRICS_LISTEN", value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
+    /// Run clients' WebAssembly functions over their objects (`dimstore invoke`): `on`,
+    /// `off`, or `auto` (on when the server requires a token, off for a tokenless one).
+    /// [default: auto]
+    #[arg(long, env = "DIMSTORE_FUNCTIONS", value_name = "auto|on|off")]
+    pub functions: Option<Switch>,
+    /// Deadline of one function call (e.g. `30s`); a call running longer is stopped with
+    /// FunctionDeadline. [default: 60s]
+    #[arg(long, env = "DIMSTORE_FUNCTION_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub function_timeout: Option<Duration>,
+    /// Most linear memory of one function call's sandbox. [default: 256MiB]
+    #[arg(long, env = "DIMSTORE_FUNCTION_MEMORY")]
+    pub function_memory: Option<ByteSize>,
+    /// Most output of one function call. [default: 256MiB]
+    #[arg(long, env = "DIMSTORE_FUNCTION_OUTPUT")]
+    pub function_output: Option<ByteSize>,
+    /// Function calls running at once; more wait their turn. [default: the CPU count]
+    #[arg(long, env = "DIMSTORE_FUNCTION_CONCURRENCY")]
+    pub function_concurrency: Option<usize>,
+    /// Most bytes of WebAssembly modules kept compiled. [default: 256MiB]
+    #[arg(long, env = "DIMSTORE_FUNCTION_CACHE")]
+    pub function_cache: Option<ByteSize>,
+}
+
+/// An on/off setting whose default depends on other settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// Decided by the other settings.
+    Auto,
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// The same settings as read from a TOML file.
@@ -141,6 +175,13 @@ struct FileConfig {
     cpu_bind: Option<String>,
     numa: Option<u32>,
     metrics_listen: Option<String>,
+    functions: Option<Switch>,
+    #[serde(default, with = "humantime_serde_opt")]
+    function_timeout: Option<Duration>,
+    function_memory: Option<ByteSize>,
+    function_output: Option<ByteSize>,
+    function_concurrency: Option<usize>,
+    function_cache: Option<ByteSize>,
 }
 
 mod humantime_serde_opt {
@@ -230,6 +271,8 @@ pub struct ServerConfig {
     pub numa: Option<u32>,
     /// Address of the OpenMetrics endpoint, if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// Limits of the function sandbox; `None`: functions are off.
+    pub functions: Option<FunctionConfig>,
 }
 
 /// Why the configuration is unusable.
@@ -311,13 +354,47 @@ impl ServerConfig {
             ),
             None => None,
         };
+        let token = args.token.or(file.token).filter(|t| !t.is_empty());
+        let functions_on = match args.functions.or(file.functions).unwrap_or(Switch::Auto) {
+            Switch::On => true,
+            Switch::Off => false,
+            Switch::Auto => token.is_some(),
+        };
+        let defaults = FunctionConfig::default();
+        let functions = FunctionConfig {
+            timeout: args
+                .function_timeout
+                .or(file.function_timeout)
+                .unwrap_or(defaults.timeout),
+            memory: args
+                .function_memory
+                .or(file.function_memory)
+                .map_or(defaults.memory, |b| b.as_u64()),
+            output: args
+                .function_output
+                .or(file.function_output)
+                .map_or(defaults.output, |b| b.as_u64()),
+            concurrency: args
+                .function_concurrency
+                .or(file.function_concurrency)
+                .unwrap_or(defaults.concurrency),
+            cache: args
+                .function_cache
+                .or(file.function_cache)
+                .map_or(defaults.cache, |b| b.as_u64()),
+        };
+        if functions.concurrency == 0 || functions.timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "function concurrency and timeout must be > 0".into(),
+            ));
+        }
         Ok(ServerConfig {
             listen,
             advertise: args.advertise.or(file.advertise),
             node: node.clone(),
             memory_limit,
             segment_size,
-            token: args.token.or(file.token).filter(|t| !t.is_empty()),
+            token,
             ready_file: args.ready_file.or(file.ready_file),
             local_socket: match args.local_socket.or(file.local_socket).as_deref() {
                 Some("none") => None,
@@ -359,6 +436,7 @@ impl ServerConfig {
             cpu_bind,
             numa: args.numa.or(file.numa),
             metrics_listen,
+            functions: functions_on.then_some(functions),
         })
     }
 
@@ -529,6 +607,36 @@ mod tests {
         })
         .expect_err("bad list");
         assert!(err.to_string().contains("cpu_bind"), "{err}");
+    }
+
+    #[test]
+    fn functions_are_on_with_a_token_unless_switched() {
+        let resolve = |token: Option<&str>, functions: Option<Switch>| {
+            ServerConfig::resolve(Args {
+                token: token.map(str::to_string),
+                functions,
+                function_timeout: Some(Duration::from_secs(3)),
+                ..Default::default()
+            })
+            .expect("config")
+            .functions
+        };
+        assert_eq!(resolve(None, None), None, "tokenless: off");
+        let on = resolve(Some("t"), None).expect("with a token: on");
+        assert_eq!(on.timeout, Duration::from_secs(3));
+        assert_eq!(resolve(Some("t"), Some(Switch::Off)), None);
+        assert!(resolve(None, Some(Switch::On)).is_some());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "functions = \"on\"\nfunction_memory = \"1MiB\"\n").expect("write");
+        let from_file = ServerConfig::resolve(Args {
+            config: Some(path),
+            ..Default::default()
+        })
+        .expect("config")
+        .functions
+        .expect("on from the file");
+        assert_eq!(from_file.memory, 1 << 20);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use dimstore_transport::tcp::ServeOptions;
 use tokio::net::TcpListener;
 
 pub mod config;
+pub mod functions;
 pub mod metrics;
 pub mod metrics_http;
 pub mod one_sided;
@@ -135,6 +136,7 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         one_sided: offers,
         lease_timeout: config.lease_timeout,
         binding,
+        functions: config.functions.clone(),
     };
     let arena = Arena::new(ArenaConfig {
         capacity: config.memory_limit,

@@ -58,13 +58,16 @@ pub enum Op {
     Release,
     /// `Abort`.
     Abort,
+    /// `Invoke` (a WebAssembly function run over objects).
+    Invoke,
 }
 
 impl Op {
     /// Every kind, in reporting order.
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 18] = [
         Op::Put,
         Op::Get,
+        Op::Invoke,
         Op::Exists,
         Op::Evict,
         Op::NewKeys,
@@ -102,6 +105,7 @@ impl Op {
             Request::Seal { .. } => Op::Seal,
             Request::Release { .. } => Op::Release,
             Request::Abort { .. } => Op::Abort,
+            Request::Invoke { .. } => Op::Invoke,
         }
     }
 
@@ -125,6 +129,7 @@ impl Op {
             Op::Seal => "seal",
             Op::Release => "release",
             Op::Abort => "abort",
+            Op::Invoke => "invoke",
         }
     }
 

@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 
 use dimstore_arena::{Allocation, Writer};
 use dimstore_proto::{
-    ErrorReply, GetItem, HelloReply, ObjectId, OneSidedOffer, Request, Reservation, Response,
-    SegmentInfo, SegmentKey, ServerStats, Status, TransportStats, PROTOCOL_VERSION,
+    ErrorReply, GetItem, HelloReply, Invoke, Invoked, ObjectId, OneSidedOffer, Request,
+    Reservation, Response, SegmentInfo, SegmentKey, ServerStats, Status, TransportStats,
+    PROTOCOL_VERSION,
 };
 use dimstore_transport::onesided::rpc::{ChannelGuard, ChannelTable};
 use dimstore_transport::onesided::Exporter;
 use dimstore_transport::{Outcome, PeerInfo, Reply, Service};
 use tokio::sync::Notify;
 
+use crate::functions::{FunctionConfig, Functions, Ran};
 use crate::metrics::{Op, RequestMetrics, Sample};
 use crate::session::{Leases, LiveCounts, Peer, Reservations, MAX_OPEN_RESERVATIONS};
 use crate::store::{Lookup, Object, ObjectStore};
@@ -52,6 +54,8 @@ pub struct ServiceIdentity {
     pub lease_timeout: Duration,
     /// CPU and memory binding of the server's threads, as reported in stats.
     pub binding: String,
+    /// Limits of the function sandbox; `None`: functions are off.
+    pub functions: Option<FunctionConfig>,
 }
 
 /// The dimstore request handler: a cheap handle shared by every transport and session.
@@ -85,6 +89,8 @@ pub struct ServiceState {
     last_activity_ms: AtomicU64,
     /// Service time and bytes per operation and transport.
     metrics: RequestMetrics,
+    /// Clients' WebAssembly functions ([`Request::Invoke`]).
+    functions: Functions,
 }
 
 /// The one-sided transports' server sides, in the order of [`ServiceIdentity::one_sided`].
@@ -194,7 +200,9 @@ impl StoreService {
             })
             .collect::<Vec<TransportStats>>();
         let metrics = RequestMetrics::new(per_transport.iter().map(|t| t.name.clone()));
+        let functions = Functions::new(identity.functions.clone());
         StoreService(Arc::new(ServiceState {
+            functions,
             store,
             identity,
             started: Instant::now(),
@@ -263,6 +271,7 @@ impl StoreService {
             transports: self.transport_stats(),
             binding: self.identity.binding.clone(),
             ops: self.metrics.summaries(),
+            functions: self.functions.stats(),
         }
     }
 
@@ -633,6 +642,58 @@ impl StoreService {
         Ok(Response::SegmentKeys { keys })
     }
 
+    /// Runs a client's function over objects of this store, off the runtime's workers; the
+    /// inputs stay leased (an evict meanwhile frees nothing) until it ends.
+    fn invoke(&self, invoke: Invoke, payload: Vec<Allocation>) -> Outcome<Object> {
+        let mut inputs = Vec::with_capacity(invoke.ids.len());
+        for (id, found) in invoke.ids.iter().zip(self.store.lookup(&invoke.ids)) {
+            match found {
+                Lookup::Found(object) => inputs.push(object),
+                Lookup::Reserved | Lookup::Missing => {
+                    return Outcome::Ready(Reply::error(ErrorReply::new(
+                        Status::NotFound,
+                        format!("no object {id:?} to invoke a function on"),
+                    )))
+                }
+            }
+        }
+        let to_key = invoke.to_key;
+        let call = match self.functions.prepare(invoke, payload) {
+            Ok(call) => call,
+            Err(e) => return Outcome::Ready(Reply::error(e.into())),
+        };
+        let service = self.clone();
+        Outcome::Deferred(Box::pin(async move {
+            match service.functions.run(call, inputs).await {
+                Ok(Ran::Output(output)) => service.invoked(&output, to_key),
+                Ok(Ran::Failed(code)) => {
+                    Reply::message(Response::Invoked(Invoked::Failed { code }))
+                }
+                Err(e) => Reply::error(e.into()),
+            }
+        }))
+    }
+
+    /// A function's output: returned as payload, or stored as a new object.
+    fn invoked(&self, output: &[u8], to_key: bool) -> Reply<Object> {
+        let size = output.len() as u64;
+        let mut allocation = match self.store.allocate(&[size]) {
+            Ok(mut allocations) => allocations.remove(0),
+            Err(e) => return Reply::error(e),
+        };
+        allocation.as_mut_slice().copy_from_slice(output);
+        if to_key {
+            self.counters.puts.fetch_add(1, Ordering::Relaxed);
+            let id = self.store.insert(vec![allocation]).remove(0);
+            return Reply::message(Response::Invoked(Invoked::Stored { id, size }));
+        }
+        Reply {
+            response: Response::Invoked(Invoked::Output { size }),
+            payload: vec![allocation.seal()],
+            fds: Vec::new(),
+        }
+    }
+
     /// Same-node requests, refused on connections that may not map.
     fn same_node(&self, session: &mut Session, request: Request) -> Reply<Object> {
         // Leases of one-sided reads are released the same way as mapped ones.
@@ -891,6 +952,14 @@ impl StoreService {
                 self.store.check_settable(ids)?;
                 sizes
             }
+            Request::Invoke(Invoke {
+                with_module: true, ..
+            }) if session.greeted => {
+                self.functions
+                    .check_module_len(payload_len)
+                    .map_err(ErrorReply::from)?;
+                return self.store.allocate(&[payload_len]);
+            }
             _ if payload_len == 0 => return Ok(Vec::new()),
             _ => {
                 return Err(ErrorReply::new(
@@ -982,6 +1051,7 @@ impl StoreService {
                 self.shutdown.notify_one();
                 Response::Done
             }
+            Request::Invoke(invoke) => return self.invoke(invoke, payload),
             same_node @ (Request::MapSegments { .. }
             | Request::Create { .. }
             | Request::Seal { .. }

@@ -86,6 +86,13 @@ fn server_status(status: Status) -> dimstore_status {
         Status::AlreadySet => DIMSTORE_E_ALREADY_SET,
         Status::ShuttingDown => DIMSTORE_E_CONNECTION_LOST,
         Status::Internal => DIMSTORE_E_INTERNAL,
+        // Functions are not in the C API yet; their statuses reach it only from a server
+        // that answers a request with them by mistake.
+        Status::ModuleUnknown | Status::InvalidModule | Status::FunctionsDisabled => {
+            DIMSTORE_E_BAD_ARGUMENT
+        }
+        Status::FunctionDeadline => DIMSTORE_E_TIMEOUT,
+        Status::FunctionTrapped | Status::FunctionLimit => DIMSTORE_E_INTERNAL,
     }
 }
 

@@ -99,6 +99,28 @@ enum Command {
     },
     /// Ask this node's server to stop.
     Shutdown,
+    /// Run a function of a WebAssembly module on the owner of the objects, over their
+    /// bytes, and write its output (`-o -` or no `-o` for stdout).
+    Invoke {
+        /// Input objects, in the order the function sees them (one owner).
+        #[arg(required = true)]
+        keys: Vec<Key>,
+        /// The module: WebAssembly (`.wasm`) or its text form (`.wat`).
+        #[arg(long)]
+        module: PathBuf,
+        /// Exported function to call, of type `() -> i32`.
+        #[arg(long)]
+        function: String,
+        /// File whose bytes the function reads with `read_arg`.
+        #[arg(long)]
+        arg_file: Option<PathBuf>,
+        /// Store the output as a new object on the owner and print its key instead.
+        #[arg(long, conflicts_with = "output")]
+        to_key: bool,
+        /// Output file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -149,7 +171,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Reading by key needs no server on this node: do not locate or spawn one.
     let by_key_only = matches!(
         cli.command,
-        Command::Get { .. } | Command::Exists { .. } | Command::Evict { .. } | Command::Set { .. }
+        Command::Get { .. }
+            | Command::Exists { .. }
+            | Command::Evict { .. }
+            | Command::Set { .. }
+            | Command::Invoke { .. }
     );
     let store = if by_key_only && config.fleet.is_none() && config.server.is_none() {
         Store::without_local(config.clone())
@@ -188,6 +214,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store.shutdown_server(address)?;
             out!("stopping {address}")?;
         }
+        Command::Invoke {
+            keys,
+            module,
+            function,
+            arg_file,
+            to_key,
+            output,
+        } => {
+            // Binary modules pass through unchanged; text is assembled.
+            let wasm = wat::parse_file(&module)
+                .with_context(|| format!("reading module {}", module.display()))?;
+            let arg = match &arg_file {
+                Some(path) => read_input(path)?,
+                None => Vec::new(),
+            };
+            if to_key {
+                println!("{}", store.invoke_to_key(&keys, &wasm, &function, &arg)?);
+            } else {
+                let bytes = store.invoke(&keys, &wasm, &function, &arg)?;
+                write_output(output.as_deref(), &bytes)?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -225,6 +273,13 @@ fn stat(store: &Store, config: &ClientConfig, json: bool, all: bool) -> anyhow::
             s.uptime_ms as f64 / 1000.0
         )?;
         out!("  binding: {}", s.binding)?;
+        let f = &s.functions;
+        if f.invocations > 0 {
+            out!(
+                "  functions: {} invocations ({} failed, {} running), {} modules received, {} cache hits, {} modules cached ({} bytes)",
+                f.invocations, f.failures, f.running, f.modules_received, f.cache_hits, f.cached_modules, f.cached_bytes
+            )?;
+        }
         for t in &s.transports {
             out!(
                 "  {}: {} connections, {} bytes served ({} one-sided, {} registrations), {} bytes pulled",
@@ -305,6 +360,15 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
         "reservations": s.reservations,
         "transports": transports,
         "binding": s.binding,
+        "functions": {
+            "invocations": s.functions.invocations,
+            "failures": s.functions.failures,
+            "modules_received": s.functions.modules_received,
+            "cache_hits": s.functions.cache_hits,
+            "cached_modules": s.functions.cached_modules,
+            "cached_bytes": s.functions.cached_bytes,
+            "running": s.functions.running,
+        },
         "ops": s.ops.iter().map(op_json).collect::<Vec<_>>(),
     })
 }
