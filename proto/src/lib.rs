@@ -22,12 +22,13 @@ pub use discovery::ReadyFile;
 pub use frame::{FrameDecoder, FrameError, FrameHeader, FrameKind, FrameLimits, HEADER_LEN};
 pub use key::{Key, KeyParseError, ObjectId};
 pub use limits::{
-    decode_request_within, LimitError, RequestError, RequestLimits, PRE_AUTH_MAX_BODY,
+    decode_request_within, LimitError, RequestError, RequestLimits, MAX_LIFETIME_MS,
+    PRE_AUTH_MAX_BODY,
 };
 pub use message::{
     decode_request, decode_response, encode_request, encode_response, DecodeError, GetItem, Hello,
-    HelloReply, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
-    ServerStats, TransportStats,
+    HelloReply, OneSidedOffer, PressureStats, PutOptions, Request, Reservation, Response,
+    SegmentInfo, SegmentKey, ServerStats, TransportStats,
 };
 pub use status::{ErrorReply, Status};
 

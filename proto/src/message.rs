@@ -78,6 +78,20 @@ pub struct SegmentKey {
     pub key: Vec<u8>,
 }
 
+/// How long an object put with [`Request::PutWith`] lives and who owns it. The server
+/// enforces it: an object whose time runs out, or whose owner goes, is evicted.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+pub struct PutOptions {
+    /// Evict the objects this many milliseconds after the put (0: no time to live).
+    pub ttl_ms: u64,
+    /// A lease: evict the objects unless [`Request::Extend`] renews it within this many
+    /// milliseconds (0: no lease). Leased objects are never evicted under memory pressure.
+    pub lease_ms: u64,
+    /// Owner tag: the objects are evicted together when the connection that put them
+    /// closes, or on [`Request::ReleaseOwner`] with this tag.
+    pub owner: Option<String>,
+}
+
 /// A client request.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum Request {
@@ -173,6 +187,32 @@ pub enum Request {
         /// The client's address on that transport.
         address: Vec<u8>,
     },
+    /// [`Request::Put`] with lifetimes: a time to live, a lease, an owner.
+    PutWith {
+        /// Size of each object, in payload order.
+        sizes: Vec<u64>,
+        /// Lifetime of every object of the batch.
+        options: PutOptions,
+    },
+    /// Fetch objects and evict them in the same step (consume once): of racing getters,
+    /// exactly one gets each object, the others find it gone.
+    GetAndEvict {
+        /// Objects to fetch and evict.
+        ids: Vec<ObjectId>,
+    },
+    /// Evict every object put under this owner tag (answered with [`Response::Released`]).
+    ReleaseOwner {
+        /// The owner tag of [`PutOptions::owner`].
+        owner: String,
+    },
+    /// Renew the leases of objects put with [`PutOptions::lease_ms`]: they now expire
+    /// `lease_ms` from now (answered with [`Response::Exists`]: `true` where renewed).
+    Extend {
+        /// Leased objects.
+        ids: Vec<ObjectId>,
+        /// New lease length in milliseconds.
+        lease_ms: u64,
+    },
 }
 
 /// Per-object outcome of a get.
@@ -213,6 +253,9 @@ pub enum GetItem {
         /// Lease to release when the read is done.
         lease: u64,
     },
+    /// The object was evicted by the server (memory pressure, time to live, lease or
+    /// owner), not by a client; remembered for a bounded number of recent evictions.
+    Evicted,
 }
 
 /// An arena segment as announced to a same-node client (its fd travels with the reply).
@@ -309,6 +352,25 @@ pub struct ServerStats {
     /// CPU and memory binding of the server's threads (e.g. `cpus 0-1 (numa 0, near eth0)`,
     /// or `none: ...` with the reason).
     pub binding: String,
+    /// Lifetimes and memory pressure.
+    pub pressure: PressureStats,
+}
+
+/// Counters of object lifetimes and memory pressure (part of [`ServerStats`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+pub struct PressureStats {
+    /// Eviction policy (`none`, `lru`, `lfu`, `fifo`).
+    pub policy: String,
+    /// Objects the policy dropped to make room for puts since start.
+    pub policy_evictions: u64,
+    /// Objects whose time to live or lease ran out since start.
+    pub expired: u64,
+    /// Objects evicted with their owner (connection closed or released) since start.
+    pub owner_evictions: u64,
+    /// Objects consumed by get-and-evict since start.
+    pub consumed: u64,
+    /// Objects with a time to live, a lease or an owner now.
+    pub with_lifetime: u64,
 }
 
 /// A server response.
@@ -366,6 +428,11 @@ pub enum Response {
     Channel {
         /// Random id, only told to this connection.
         id: u64,
+    },
+    /// Answer to [`Request::ReleaseOwner`].
+    Released {
+        /// Objects evicted.
+        objects: u64,
     },
 }
 
@@ -451,6 +518,21 @@ mod tests {
                 .prop_map(|(transport, address)| Request::OpenChannel { transport, address }),
             proptest::collection::vec(any::<u64>(), 0..5)
                 .prop_map(|reservations| Request::Abort { reservations }),
+            (
+                proptest::collection::vec(any::<u64>(), 0..5),
+                any::<(u64, u64, Option<String>)>()
+            )
+                .prop_map(|(sizes, (ttl_ms, lease_ms, owner))| Request::PutWith {
+                    sizes,
+                    options: PutOptions {
+                        ttl_ms,
+                        lease_ms,
+                        owner
+                    }
+                }),
+            arb_ids().prop_map(|ids| Request::GetAndEvict { ids }),
+            ".{0,10}".prop_map(|owner| Request::ReleaseOwner { owner }),
+            (arb_ids(), any::<u64>()).prop_map(|(ids, lease_ms)| Request::Extend { ids, lease_ms }),
         ]
     }
 
@@ -459,6 +541,7 @@ mod tests {
             any::<u64>().prop_map(|size| GetItem::Found { size }),
             Just(GetItem::NotFound),
             Just(GetItem::NotSet),
+            Just(GetItem::Evicted),
             (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
                 |(size, segment, offset, lease)| GetItem::Mapped {
                     size,
@@ -476,6 +559,7 @@ mod tests {
             Just(Response::Done),
             ".{0,40}".prop_map(|m| Response::Error(ErrorReply::new(Status::StoreFull, m))),
             any::<u64>().prop_map(|id| Response::Channel { id }),
+            any::<u64>().prop_map(|objects| Response::Released { objects }),
             (any::<u32>(), ".{0,10}").prop_map(|(pid, node)| Response::Stats(ServerStats {
                 pid,
                 node,

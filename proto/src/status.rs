@@ -26,6 +26,9 @@ pub enum Status {
     ShuttingDown,
     /// A bug or resource failure inside the server.
     Internal,
+    /// The object was evicted by the server (memory pressure, time to live, lease or owner)
+    /// rather than never stored.
+    Evicted,
 }
 
 /// An error answer: a status and a sentence for humans.

@@ -9,6 +9,8 @@ use bytesize::ByteSize;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::eviction::Policy;
+
 use crate::placement::CpuBind;
 
 /// Command line of `dimstore-server`.
@@ -92,6 +94,12 @@ pub struct Args {
     /// the memory limit meanwhile. [default: 1h]
     #[arg(long, env = "DIMSTORE_RESERVED_TTL", value_parser = humantime::parse_duration)]
     pub reserved_ttl: Option<Duration>,
+    /// When a put does not fit the memory limit: `none` refuses it (StoreFull); `lru`,
+    /// `lfu`, `fifo` evict cold objects (least recently read, least often read, oldest)
+    /// until it fits. Objects being read, pinned by a lease, or deferred are never evicted;
+    /// a get of an evicted object answers Evicted. [default: none]
+    #[arg(long, env = "DIMSTORE_EVICTION", value_enum)]
+    pub eviction: Option<Policy>,
     /// Worker threads serving connections. [default: 2]
     #[arg(long, env = "DIMSTORE_THREADS")]
     pub threads: Option<usize>,
@@ -131,6 +139,7 @@ struct FileConfig {
     lease_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     reserved_ttl: Option<Duration>,
+    eviction: Option<Policy>,
     log: Option<String>,
     cpu_bind: Option<String>,
     numa: Option<u32>,
@@ -213,6 +222,8 @@ pub struct ServerConfig {
     pub lease_timeout: Duration,
     /// How long a reserved key waits to be set.
     pub reserved_ttl: Duration,
+    /// What a put that does not fit evicts.
+    pub eviction: Policy,
     /// Worker threads.
     pub threads: usize,
     /// Log filter.
@@ -335,6 +346,7 @@ impl ServerConfig {
                 .reserved_ttl
                 .or(file.reserved_ttl)
                 .unwrap_or(Duration::from_secs(3600)),
+            eviction: args.eviction.or(file.eviction).unwrap_or_default(),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             cpu_bind,
             numa: args.numa.or(file.numa),

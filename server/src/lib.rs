@@ -15,6 +15,7 @@ use dimstore_transport::tcp::ServeOptions;
 use tokio::net::TcpListener;
 
 pub mod config;
+pub mod eviction;
 pub mod one_sided;
 pub mod placement;
 pub mod service;
@@ -130,7 +131,7 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         segment_size: config.segment_size,
     });
     let service = StoreService::new(
-        ObjectStore::new(arena, server_id, config.reserved_ttl),
+        ObjectStore::new(arena, server_id, config.reserved_ttl).with_eviction(config.eviction),
         identity.clone(),
         exporters,
     );
@@ -179,6 +180,7 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
             loop {
                 tick.tick().await;
                 service.expire_reservations();
+                service.expire_objects();
                 if one_sided {
                     service.expire_leases();
                     service.sweep_registrations();

@@ -1,5 +1,6 @@
 //! The request handler every transport drives: authentication, dispatch, statistics.
 
+use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use dimstore_transport::{Outcome, PeerInfo, Reply, Service};
 use tokio::sync::Notify;
 
 use crate::session::{Leases, LiveCounts, Peer, Reservations};
-use crate::store::{Lookup, Object, ObjectStore};
+use crate::store::{Lifetime, Lookup, Object, ObjectStore};
 
 /// Channels one connection may open (a client process needs one per server; more would only
 /// let a client multiply sessions).
@@ -126,6 +127,9 @@ pub struct Session {
     is_channel: bool,
     /// Channels opened from this connection; they close with it.
     channels: Vec<ChannelGuard<Session>>,
+    /// Owner tags this session put objects under: their objects go when it closes (unless
+    /// another session still uses the tag).
+    owners: HashSet<Arc<str>>,
 }
 
 /// How a get's found objects travel, fixed per session.
@@ -155,6 +159,12 @@ impl Drop for Session {
     fn drop(&mut self) {
         // Channels first: their sessions end with this one.
         self.channels.clear();
+        for owner in self.owners.drain() {
+            let evicted = self.service.store.unclaim_owner(&owner);
+            if evicted > 0 {
+                tracing::info!(peer = %self.peer.address, owner = %owner, evicted, "owner's connection closed: its objects evicted");
+            }
+        }
         if !self.is_channel {
             self.service.connections.fetch_sub(1, Ordering::Relaxed);
         }
@@ -227,6 +237,11 @@ impl StoreService {
         let arena = self.store.arena().stats();
         let (objects, reserved) = self.store.counts();
         let c = &self.counters;
+        let pressure = self.store.pressure();
+        let server_evictions = pressure.policy_evictions
+            + pressure.expired
+            + pressure.owner_evictions
+            + pressure.consumed;
         ServerStats {
             pid: std::process::id(),
             node: self.identity.node.clone(),
@@ -242,7 +257,7 @@ impl StoreService {
             puts: c.puts.load(Ordering::Relaxed),
             gets: c.gets.load(Ordering::Relaxed),
             get_hits: c.get_hits.load(Ordering::Relaxed),
-            evictions: c.evictions.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed) + server_evictions,
             store_full: c.store_full.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
             mapped_gets: c.mapped_gets.load(Ordering::Relaxed),
@@ -252,6 +267,7 @@ impl StoreService {
             reservations: self.live.reservations.load(Ordering::Relaxed),
             transports: self.transport_stats(),
             binding: self.identity.binding.clone(),
+            pressure,
         }
     }
 
@@ -286,6 +302,14 @@ impl StoreService {
         }
     }
 
+    /// Evicts objects whose time to live or lease ran out.
+    pub fn expire_objects(&self) {
+        let expired = self.store.expire_objects(Instant::now());
+        if expired > 0 {
+            tracing::debug!(expired, "objects expired");
+        }
+    }
+
     /// Drops the registrations of segments the arena has let go.
     pub fn sweep_registrations(&self) {
         for exporter in &self.exporters.0 {
@@ -305,17 +329,51 @@ impl StoreService {
         }
     }
 
-    fn get(&self, session: &Session, ids: Vec<ObjectId>, wait_ms: u64) -> Outcome<Object> {
+    /// Consume-once get: found objects are evicted in the same step.
+    fn get_and_evict(&self, session: &Session, ids: Vec<ObjectId>) -> Reply<Object> {
         self.counters
             .gets
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        let policy = ReplyPolicy {
+        let policy = self.reply_policy(session);
+        self.get_reply(self.store.take(&ids), &policy)
+    }
+
+    fn reply_policy(&self, session: &Session) -> ReplyPolicy {
+        ReplyPolicy {
             mapped: session.mapped.then_some(session.map_from),
             one_sided: session.one_sided,
             leases: session.leases.clone(),
             lease_deadline: Instant::now() + self.identity.lease_timeout,
             local: session.peer.transport == crate::LOCAL_TRANSPORT,
-        };
+        }
+    }
+
+    /// A put with lifetimes: claims the owner tag for this session, then stores.
+    fn put_with(
+        &self,
+        session: &mut Session,
+        options: &dimstore_proto::PutOptions,
+        payload: Vec<Allocation>,
+    ) -> Response {
+        let lifetime = Lifetime::from_options(options, Instant::now());
+        if let Some(owner) = &lifetime.owner {
+            if session.owners.insert(Arc::clone(owner)) {
+                self.store.claim_owner(owner);
+            }
+        }
+        self.counters
+            .puts
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        Response::Put {
+            ids: self.store.insert_with(payload, &lifetime),
+        }
+    }
+
+    fn get(&self, session: &Session, ids: Vec<ObjectId>, wait_ms: u64) -> Outcome<Object> {
+        self.counters
+            .gets
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let policy = self.reply_policy(session);
         let found = self.store.lookup(&ids);
         if wait_ms == 0 || !found.iter().any(|l| matches!(l, Lookup::Reserved)) {
             return Outcome::Ready(self.get_reply(found, &policy));
@@ -383,6 +441,7 @@ impl StoreService {
                 }
                 Lookup::Reserved => GetItem::NotSet,
                 Lookup::Missing => GetItem::NotFound,
+                Lookup::Evicted => GetItem::Evicted,
             });
         }
         let c = &self.counters;
@@ -715,6 +774,7 @@ impl Service for StoreService {
             reservations: Reservations::new(Arc::clone(&self.live)),
             is_channel: false,
             channels: Vec::new(),
+            owners: HashSet::new(),
         }
     }
 
@@ -729,7 +789,7 @@ impl Service for StoreService {
         payload_len: u64,
     ) -> Result<Vec<Allocation>, ErrorReply> {
         let sizes: &[u64] = match request {
-            Request::Put { sizes } if session.greeted => sizes,
+            Request::Put { sizes } | Request::PutWith { sizes, .. } if session.greeted => sizes,
             Request::Set { ids, sizes } if session.greeted => {
                 if ids.len() != sizes.len() {
                     return Err(ErrorReply::new(
@@ -788,7 +848,19 @@ impl Service for StoreService {
                     ids: self.store.insert(payload),
                 }
             }
+            Request::PutWith { options, .. } => self.put_with(session, &options, payload),
             Request::Get { ids, wait_ms } => return self.get(session, ids, wait_ms),
+            Request::GetAndEvict { ids } => {
+                return Outcome::Ready(self.get_and_evict(session, ids))
+            }
+            Request::ReleaseOwner { owner } => {
+                let objects = self.store.release_owner(&owner);
+                tracing::debug!(peer = %session.peer.address, owner, objects, "owner released");
+                Response::Released { objects }
+            }
+            Request::Extend { ids, lease_ms } => Response::Exists {
+                present: self.store.extend(&ids, Duration::from_millis(lease_ms)),
+            },
             Request::Exists { ids } => Response::Exists {
                 present: self.store.exists(&ids),
             },

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use dimstore::{ClientConfig, Key, SpawnPolicy, Store};
+use dimstore::{ClientConfig, Key, PutOptions, SpawnPolicy, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +60,9 @@ enum Command {
     Put {
         /// File to store.
         file: PathBuf,
+        /// Evict the object this long after the put (e.g. `2s`, `1h`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
     },
     /// Fetch an object by key into a file (`-o -` or no `-o` for stdout).
     Get {
@@ -68,6 +71,10 @@ enum Command {
         /// Output file.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Consume once: evict the object in the same step (of racing getters, exactly
+        /// one gets it; the others fail with "evicted").
+        #[arg(long)]
+        evict: bool,
     },
     /// Print whether an object exists (exit status 0 if it does, 1 if not).
     Exists {
@@ -78,6 +85,11 @@ enum Command {
     Evict {
         /// The key.
         key: Key,
+    },
+    /// Evict every object put with this owner tag on this node's server; prints how many.
+    ReleaseOwner {
+        /// The owner tag.
+        owner: String,
     },
     /// Reserve a key for an object to be set later (`set`); gets wait for it.
     NewKey,
@@ -131,15 +143,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Store::with_config(config.clone())?
     };
     match cli.command {
-        Command::Put { file } => {
+        Command::Put { file, ttl } => {
             let bytes = read_input(&file)?;
-            let key = store.put(&bytes)?;
+            let options = PutOptions {
+                ttl,
+                ..PutOptions::default()
+            };
+            let key = store.put_with(&bytes, &options)?;
             println!("{key}");
         }
-        Command::Get { key, output } => {
-            let bytes = store.get(&key)?;
+        Command::Get { key, output, evict } => {
+            let bytes = if evict {
+                store.get_and_evict(&key)?
+            } else {
+                store.get(&key)?
+            };
             write_output(output.as_deref(), &bytes)?;
         }
+        Command::ReleaseOwner { owner } => println!("{}", store.release_owner(&owner)?),
         Command::Exists { key } => {
             let present = store.exists(&key)?;
             println!("{present}");
@@ -243,6 +264,12 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
         "gets": s.gets,
         "get_hits": s.get_hits,
         "evictions": s.evictions,
+        "eviction_policy": s.pressure.policy,
+        "policy_evictions": s.pressure.policy_evictions,
+        "expired": s.pressure.expired,
+        "owner_evictions": s.pressure.owner_evictions,
+        "consumed": s.pressure.consumed,
+        "with_lifetime": s.pressure.with_lifetime,
         "store_full": s.store_full,
         "requests": s.requests,
         "mapped_gets": s.mapped_gets,
