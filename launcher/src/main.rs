@@ -152,6 +152,10 @@ struct StartArgs {
     /// physical memory].
     #[arg(long, value_name = "SIZE")]
     memory_limit: Option<String>,
+    /// What each server does when a put does not fit: `none` (StoreFull), `lru`, `lfu` or
+    /// `fifo` (evict cold objects) [default: the server's, none].
+    #[arg(long, value_name = "POLICY")]
+    eviction: Option<String>,
     /// Extra argument for every server, e.g. `--server-arg=--threads=4` (repeatable).
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -188,7 +192,14 @@ impl StartArgs {
             launcher_cmd: self.launcher_cmd.filter(|c| !c.trim().is_empty()),
             launcher_kind: self.launcher_kind,
             memory_limit: self.memory_limit,
-            server_args: self.server_args,
+            // Validated by the servers, like every server flag.
+            server_args: self
+                .eviction
+                .map(|policy| vec!["--eviction".to_string(), policy])
+                .unwrap_or_default()
+                .into_iter()
+                .chain(self.server_args)
+                .collect(),
             server_bin: self.server_bin,
             fleet_file: self.fleet_file,
             run_dir: self.run_dir,
