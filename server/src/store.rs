@@ -708,7 +708,7 @@ impl ObjectStore {
         ids.iter()
             .map(|id| {
                 matches!(table.entries.get(id), Some(Entry::Sealed(s))
-                    if !s.lifetime.expires.is_some_and(|at| at <= now))
+                    if s.lifetime.expires.is_none_or(|at| at > now))
             })
             .collect()
     }
