@@ -371,6 +371,23 @@ pub struct PressureStats {
     pub consumed: u64,
     /// Objects with a time to live, a lease or an owner now.
     pub with_lifetime: u64,
+    /// Bytes in spill files now.
+    pub spilled_bytes: u64,
+    /// Objects in spill files now.
+    pub spilled_objects: u64,
+    /// Objects read back from spill files since start.
+    pub restores: u64,
+    /// Spills that failed (disk full, spill limit, I/O error) since start; the objects
+    /// stayed in memory.
+    pub spill_failures: u64,
+    /// Bytes written to spill files since start.
+    pub spill_written: u64,
+    /// Nanoseconds spent writing them (write throughput: bytes / time).
+    pub spill_write_ns: u64,
+    /// Bytes read back since start.
+    pub spill_read: u64,
+    /// Nanoseconds spent reading them.
+    pub spill_read_ns: u64,
 }
 
 /// A server response.

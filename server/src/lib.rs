@@ -20,6 +20,7 @@ pub mod one_sided;
 pub mod placement;
 pub mod service;
 pub mod session;
+pub mod spill;
 pub mod store;
 
 /// Name of the same-node transport, whose sessions may map the arena.
@@ -66,6 +67,9 @@ pub enum ServerError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The spill directory could not be set up.
+    #[error("cannot use the spill directory: {0}")]
+    Spill(#[from] spill::SpillError),
 }
 
 /// Why the server stopped.
@@ -130,11 +134,14 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         capacity: config.memory_limit,
         segment_size: config.segment_size,
     });
-    let service = StoreService::new(
-        ObjectStore::new(arena, server_id, config.reserved_ttl).with_eviction(config.eviction),
-        identity.clone(),
-        exporters,
-    );
+    let mut store =
+        ObjectStore::new(arena, server_id, config.reserved_ttl).with_eviction(config.eviction);
+    if let Some(dir) = &config.spill_dir {
+        let spill = spill::SpillDir::open(dir, config.spill_limit)?;
+        tracing::info!(dir = %spill.path().display(), limit = config.spill_limit, "spilling cold objects to disk when memory is full");
+        store = store.with_spill(spill);
+    }
+    let service = StoreService::new(store, identity.clone(), exporters);
     let options = ServeOptions {
         limits: FrameLimits {
             max_body: 16 << 20,

@@ -335,6 +335,10 @@ impl StoreService {
             .gets
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
         let policy = self.reply_policy(session);
+        // Spilled objects come back into memory first, then go to one caller.
+        if let Err(e) = self.store.restore(&ids, self.store.lookup(&ids)) {
+            return Reply::error(e);
+        }
         self.get_reply(self.store.take(&ids), &policy)
     }
 
@@ -374,7 +378,10 @@ impl StoreService {
             .gets
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
         let policy = self.reply_policy(session);
-        let found = self.store.lookup(&ids);
+        let found = match self.store.restore(&ids, self.store.lookup(&ids)) {
+            Ok(found) => found,
+            Err(e) => return Outcome::Ready(Reply::error(e)),
+        };
         if wait_ms == 0 || !found.iter().any(|l| matches!(l, Lookup::Reserved)) {
             return Outcome::Ready(self.get_reply(found, &policy));
         }
@@ -386,7 +393,10 @@ impl StoreService {
                 let changed = service.store.changed();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                let found = service.store.lookup(&ids);
+                let found = match service.store.restore(&ids, service.store.lookup(&ids)) {
+                    Ok(found) => found,
+                    Err(e) => return Reply::error(e),
+                };
                 let waiting = found.iter().any(|l| matches!(l, Lookup::Reserved));
                 if !waiting || tokio::time::Instant::now() >= deadline {
                     return service.get_reply(found, &policy);
@@ -442,6 +452,9 @@ impl StoreService {
                 Lookup::Reserved => GetItem::NotSet,
                 Lookup::Missing => GetItem::NotFound,
                 Lookup::Evicted => GetItem::Evicted,
+                // Spilled again between its restore and this reply (a consume-once get
+                // under heavy pressure): the client may retry.
+                Lookup::Spilled => GetItem::NotSet,
             });
         }
         let c = &self.counters;

@@ -22,6 +22,7 @@ use dimstore_proto::{ErrorReply, ObjectId, PressureStats, PutOptions, Status};
 use tokio::sync::Notify;
 
 use crate::eviction::{Evicted, Order, Policy, Rank};
+use crate::spill::{SpillDir, SpillFile};
 
 /// A stored object: shared, read-only arena memory. Each clone is a lease.
 pub type Object = Sealed;
@@ -69,10 +70,18 @@ impl Lifetime {
     }
 }
 
+/// Where a sealed object's bytes are.
+#[derive(Debug)]
+enum Data {
+    Memory(Object),
+    /// Spilled to disk; shared so a restore can read it without the table lock.
+    Disk(Arc<SpillFile>),
+}
+
 /// A sealed object in the table.
 #[derive(Debug)]
 struct Stored {
-    object: Object,
+    data: Data,
     lifetime: Lifetime,
     /// Place in the eviction order (`None`: not evictable by the policy).
     rank: Option<Rank>,
@@ -158,7 +167,7 @@ impl Table {
         self.entries.insert(
             id,
             Entry::Sealed(Stored {
-                object,
+                data: Data::Memory(object),
                 lifetime,
                 rank,
             }),
@@ -191,7 +200,7 @@ impl Table {
     /// Removes a sealed object and its bookkeeping; `cause` is set when the server (not a
     /// client) removed it, and remembered for its gets. Returns the object so the caller
     /// drops it (freeing its memory) after releasing the lock.
-    fn remove_sealed(&mut self, id: ObjectId, cause: Option<Cause>) -> Option<Object> {
+    fn remove_sealed(&mut self, id: ObjectId, cause: Option<Cause>) -> Option<Data> {
         if !matches!(self.entries.get(&id), Some(Entry::Sealed(_))) {
             return None;
         }
@@ -222,17 +231,21 @@ impl Table {
                 Cause::Consumed => c.consumed += 1,
             }
         }
-        Some(stored.object)
+        Some(stored.data)
     }
 
     /// The sealed object under `id` if it is live at `now` (an expired one is removed).
-    fn live(&mut self, id: &ObjectId, now: Instant, dropped: &mut Vec<Object>) -> Lookup {
+    fn live(&mut self, id: &ObjectId, now: Instant, dropped: &mut Vec<Data>) -> Lookup {
         match self.entries.get(id) {
             Some(Entry::Sealed(s)) if s.lifetime.expires.is_some_and(|at| at <= now) => {
                 dropped.extend(self.remove_sealed(*id, Some(Cause::Expired)));
                 Lookup::Evicted
             }
-            Some(Entry::Sealed(s)) => Lookup::Found(s.object.clone()),
+            Some(Entry::Sealed(Stored {
+                data: Data::Memory(object),
+                ..
+            })) => Lookup::Found(object.clone()),
+            Some(Entry::Sealed(_)) => Lookup::Spilled,
             Some(Entry::Reserved { .. }) => Lookup::Reserved,
             None if self.evicted.contains(id) => Lookup::Evicted,
             None => Lookup::Missing,
@@ -251,6 +264,8 @@ pub enum Lookup {
     Missing,
     /// Removed by the server (policy, time to live, lease, owner, consumed).
     Evicted,
+    /// Spilled to disk ([`ObjectStore::restore`] brings it back).
+    Spilled,
 }
 
 /// Objects of one server.
@@ -268,6 +283,10 @@ pub struct ObjectStore {
     counter: AtomicU64,
     /// Woken whenever a deferred object is set or a reservation dropped.
     changed: Notify,
+    /// Whether the policy may drop objects to make room.
+    policy: Policy,
+    /// Where cold objects go when memory is full, if anywhere.
+    spill: Option<SpillDir>,
 }
 
 impl ObjectStore {
@@ -282,14 +301,35 @@ impl ObjectStore {
             instance,
             counter: AtomicU64::new(1),
             changed: Notify::new(),
+            policy: Policy::None,
+            spill: None,
         }
     }
 
     /// This store, making room for puts that do not fit by evicting under `policy`. Call
     /// before anything is stored.
-    pub fn with_eviction(self, policy: Policy) -> Self {
-        self.table().order = Order::new(policy);
+    pub fn with_eviction(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        if policy != Policy::None || self.spill.is_none() {
+            self.table().order = Order::new(policy);
+        }
         self
+    }
+
+    /// This store, spilling the coldest objects (least recently read, unless the eviction
+    /// policy ranks otherwise) to `spill` when a put does not fit, before evicting any.
+    /// Call before anything is stored.
+    pub fn with_spill(mut self, spill: SpillDir) -> Self {
+        if self.policy == Policy::None {
+            self.table().order = Order::new(Policy::Lru);
+        }
+        self.spill = Some(spill);
+        self
+    }
+
+    /// The spill directory, if spilling is on.
+    pub fn spill(&self) -> Option<&SpillDir> {
+        self.spill.as_ref()
     }
 
     /// The arena.
@@ -356,43 +396,155 @@ impl ObjectStore {
             .collect()
     }
 
-    /// Drops the coldest evictable objects (not pinned, not read right now) until `wanted`
-    /// bytes could be free, at least one; `false` when nothing could be dropped (no policy,
-    /// or everything is pinned or in use).
+    /// Frees memory for `wanted` more bytes (at least some): spills the coldest objects,
+    /// else (no spill directory, or it failed) evicts them under the policy. `false` when
+    /// nothing could be freed.
     fn make_room(&self, wanted: u64) -> bool {
         let capacity = self.arena.config().capacity;
         let free = capacity
             .saturating_sub(self.arena.stats().used)
             .saturating_sub(self.reserved_charge());
         let needed = wanted.saturating_sub(free).max(1);
-        let mut table = self.table();
-        let mut victims = Vec::new();
-        let mut freed = 0u64;
+        if self.spill.is_some() && self.spill_coldest(needed) {
+            return true;
+        }
+        self.policy != Policy::None && self.evict_coldest(needed)
+    }
+
+    /// The coldest objects in memory that nobody reads or maps now (only the table holds
+    /// them), about `needed` bytes' worth.
+    fn coldest_in_memory(table: &Table, needed: u64) -> Vec<(ObjectId, Object)> {
+        let mut found = Vec::new();
+        let mut bytes = 0u64;
         for id in table.order.coldest() {
-            if freed >= needed {
+            if bytes >= needed {
                 break;
             }
-            if let Some(Entry::Sealed(s)) = table.entries.get(&id) {
-                // Only the table holds it: nobody reads or maps it now.
-                if s.object.leases() == 1 {
-                    freed += s.object.len().max(1);
-                    victims.push(id);
+            if let Some(Entry::Sealed(Stored {
+                data: Data::Memory(object),
+                ..
+            })) = table.entries.get(&id)
+            {
+                if object.leases() == 1 {
+                    bytes += object.len().max(1);
+                    found.push((id, object.clone()));
                 }
             }
         }
-        let dropped: Vec<Object> = victims
+        found
+    }
+
+    /// Drops the coldest evictable objects (not pinned, not read right now); whether any
+    /// went.
+    fn evict_coldest(&self, needed: u64) -> bool {
+        let mut table = self.table();
+        let victims = Self::coldest_in_memory(&table, needed);
+        let dropped: Vec<Data> = victims
             .iter()
-            .filter_map(|&id| table.remove_sealed(id, Some(Cause::Policy)))
+            .filter_map(|&(id, _)| table.remove_sealed(id, Some(Cause::Policy)))
             .collect();
         drop(table);
+        drop(victims);
         if !dropped.is_empty() {
-            tracing::debug!(
-                objects = dropped.len(),
-                bytes = freed,
-                "evicted to make room"
-            );
+            tracing::debug!(objects = dropped.len(), "evicted to make room");
         }
         !dropped.is_empty()
+    }
+
+    /// Writes the coldest objects to spill files and frees their memory; whether any went.
+    /// A failed write (disk full, spill limit, I/O) leaves the object in memory.
+    fn spill_coldest(&self, needed: u64) -> bool {
+        let Some(spill) = &self.spill else {
+            return false;
+        };
+        let candidates = Self::coldest_in_memory(&self.table(), needed);
+        let mut spilled = 0;
+        let mut freed = Vec::with_capacity(candidates.len());
+        for (id, object) in candidates {
+            let file = match spill.write(id, object.as_slice()) {
+                Ok(file) => Arc::new(file),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot spill: the object stays in memory");
+                    break;
+                }
+            };
+            let mut table = self.table();
+            if let Some(Entry::Sealed(stored)) = table.entries.get_mut(&id) {
+                if matches!(stored.data, Data::Memory(_)) {
+                    freed.push(std::mem::replace(&mut stored.data, Data::Disk(file)));
+                    spilled += 1;
+                }
+            }
+            drop(table);
+            drop(object);
+        }
+        drop(freed);
+        spilled > 0
+    }
+
+    /// Brings spilled objects among `found` (the lookup of `ids`) back into memory. A
+    /// failure (no memory even after spilling others, a read error) is a typed error; the
+    /// object stays on disk.
+    pub fn restore(
+        &self,
+        ids: &[ObjectId],
+        mut found: Vec<Lookup>,
+    ) -> Result<Vec<Lookup>, ErrorReply> {
+        for (id, lookup) in ids.iter().zip(found.iter_mut()) {
+            if matches!(lookup, Lookup::Spilled) {
+                *lookup = self.restore_one(id)?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn restore_one(&self, id: &ObjectId) -> Result<Lookup, ErrorReply> {
+        let (Some(spill), Some(file)) = (&self.spill, self.spilled_file(id)) else {
+            // Restored (or evicted) meanwhile.
+            return Ok(self.lookup(std::slice::from_ref(id)).remove(0));
+        };
+        let mut allocation = self
+            .allocate(&[file.len()])
+            .map_err(|e| {
+                ErrorReply::new(
+                    e.status,
+                    format!("cannot restore spilled object {id}: {}", e.message),
+                )
+            })?
+            .remove(0);
+        spill.read(&file, allocation.as_mut_slice()).map_err(|e| {
+            tracing::warn!(error = %e, "cannot restore a spilled object");
+            ErrorReply::new(Status::Internal, format!("cannot restore object {id}: {e}"))
+        })?;
+        let object = allocation.seal();
+        let mut table = self.table();
+        let Table { entries, order, .. } = &mut *table;
+        let restored = match entries.get_mut(id) {
+            Some(Entry::Sealed(stored)) if matches!(&stored.data, Data::Disk(f) if Arc::ptr_eq(f, &file)) =>
+            {
+                if let Some(rank) = &mut stored.rank {
+                    order.touch(*id, rank);
+                }
+                Some(std::mem::replace(
+                    &mut stored.data,
+                    Data::Memory(object.clone()),
+                ))
+            }
+            _ => None,
+        };
+        drop(table);
+        drop(restored);
+        Ok(Lookup::Found(object))
+    }
+
+    fn spilled_file(&self, id: &ObjectId) -> Option<Arc<SpillFile>> {
+        match self.table().entries.get(id) {
+            Some(Entry::Sealed(Stored {
+                data: Data::Disk(file),
+                ..
+            })) => Some(Arc::clone(file)),
+            _ => None,
+        }
     }
 
     /// Seals received objects under fresh ids.
@@ -452,7 +604,7 @@ impl ObjectStore {
         if table.owners.get(owner).is_some_and(|g| g.sessions == 0) {
             table.owners.remove(owner);
         }
-        let dropped: Vec<Object> = ids
+        let dropped: Vec<Data> = ids
             .iter()
             .filter_map(|&id| table.remove_sealed(id, Some(Cause::Owner)))
             .collect();
@@ -472,7 +624,10 @@ impl ObjectStore {
         let renewed = ids
             .iter()
             .map(|id| {
-                if !matches!(table.live(id, now, &mut dropped), Lookup::Found(_)) {
+                if !matches!(
+                    table.live(id, now, &mut dropped),
+                    Lookup::Found(_) | Lookup::Spilled
+                ) {
                     return false;
                 }
                 let at = now + lease;
@@ -524,17 +679,37 @@ impl ObjectStore {
         expired
     }
 
+    fn spill_stats(&self) -> PressureStats {
+        let Some(spill) = &self.spill else {
+            return PressureStats::default();
+        };
+        let c = spill.counters();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PressureStats {
+            spilled_bytes: get(&c.bytes),
+            spilled_objects: get(&c.files),
+            restores: get(&c.restores),
+            spill_failures: get(&c.failures),
+            spill_written: get(&c.written),
+            spill_write_ns: get(&c.write_ns),
+            spill_read: get(&c.read),
+            spill_read_ns: get(&c.read_ns),
+            ..PressureStats::default()
+        }
+    }
+
     /// Counters of lifetimes and memory pressure.
     pub fn pressure(&self) -> PressureStats {
         let table = self.table();
         let c = table.counts;
         PressureStats {
-            policy: table.order.policy().name().into(),
+            policy: self.policy.name().into(),
             policy_evictions: c.policy,
             expired: c.expired,
             owner_evictions: c.owner,
             consumed: c.consumed,
             with_lifetime: table.with_lifetime,
+            ..self.spill_stats()
         }
     }
 
@@ -998,6 +1173,67 @@ mod tests {
         let e = store.allocate(&[1]).expect_err("full");
         assert_eq!(e.status, Status::StoreFull);
         assert_eq!(store.exists(&[a]), [true]);
+    }
+
+    #[test]
+    fn full_memory_spills_the_coldest_and_gets_restore_them() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let spill = SpillDir::open(root.path(), 1 << 30).expect("spill dir");
+        let store = store(1 << 20, Duration::from_secs(60)).with_spill(spill);
+        let quarter = (1 << 20) / 4;
+        let ids: Vec<ObjectId> = (0..12u8)
+            .map(|i| {
+                let mut a = store.allocate(&[quarter]).expect("room by spilling");
+                a[0].as_mut_slice().fill(i);
+                store.insert(a)[0]
+            })
+            .collect();
+        let pressure = store.pressure();
+        assert!(pressure.spilled_objects >= 8, "{pressure:?}");
+        assert_eq!(pressure.policy_evictions, 0, "spilled, not evicted");
+        assert!(store.arena().stats().used <= 1 << 20);
+        for (i, id) in ids.iter().enumerate() {
+            let found = store
+                .restore(&[*id], store.lookup(&[*id]))
+                .expect("restore");
+            let [Lookup::Found(object)] = &found[..] else {
+                panic!("object {i}: {found:?}");
+            };
+            assert!(
+                object.as_slice().iter().all(|&b| b == i as u8),
+                "object {i}"
+            );
+        }
+        assert!(store.pressure().restores >= 8);
+        // Evicting spilled objects removes their files.
+        store.evict(&ids);
+        assert_eq!(store.pressure().spilled_objects, 0);
+        let dir = store.spill().expect("spill").path().to_path_buf();
+        assert_eq!(
+            std::fs::read_dir(dir).expect("dir").count(),
+            1,
+            "only the lock"
+        );
+    }
+
+    #[test]
+    fn a_full_spill_limit_leaves_objects_in_memory_and_refuses_the_put() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let spill = SpillDir::open(root.path(), (1 << 20) / 2).expect("spill dir");
+        let store = store(1 << 20, Duration::from_secs(60)).with_spill(spill);
+        let quarter = (1 << 20) / 4;
+        let ids: Vec<ObjectId> = (0..6)
+            .map(|_| {
+                let a = store.allocate(&[quarter]).expect("room by spilling");
+                store.insert(a)[0]
+            })
+            .collect();
+        let e = store
+            .allocate(&[quarter])
+            .expect_err("memory and spill limit full");
+        assert_eq!(e.status, Status::StoreFull, "{e}");
+        assert!(store.pressure().spill_failures >= 1);
+        assert_eq!(store.exists(&ids), [true; 6], "nothing lost");
     }
 
     /// Whether a notification future has completed (polled once, without a runtime).

@@ -270,6 +270,12 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
         "owner_evictions": s.pressure.owner_evictions,
         "consumed": s.pressure.consumed,
         "with_lifetime": s.pressure.with_lifetime,
+        "spilled_bytes": s.pressure.spilled_bytes,
+        "spilled_objects": s.pressure.spilled_objects,
+        "restores": s.pressure.restores,
+        "spill_failures": s.pressure.spill_failures,
+        "spill_write_mb_s": mb_per_s(s.pressure.spill_written, s.pressure.spill_write_ns),
+        "spill_read_mb_s": mb_per_s(s.pressure.spill_read, s.pressure.spill_read_ns),
         "store_full": s.store_full,
         "requests": s.requests,
         "mapped_gets": s.mapped_gets,
@@ -280,6 +286,14 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
         "transports": transports,
         "binding": s.binding,
     })
+}
+
+/// Throughput in MB/s of `bytes` moved in `ns` nanoseconds (0 when nothing moved).
+fn mb_per_s(bytes: u64, ns: u64) -> f64 {
+    if ns == 0 {
+        return 0.0;
+    }
+    bytes as f64 / 1e6 / (ns as f64 / 1e9)
 }
 
 fn read_input(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
