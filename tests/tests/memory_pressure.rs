@@ -350,3 +350,235 @@ fn owner_scoped_objects_are_freed_when_the_owner_process_is_killed() {
     assert!(is_evicted(store.get(&a)));
     assert_eq!(store.release_owner("job-8").expect("release"), 0);
 }
+
+/// A server of `limit` memory spilling to `dir` (with `extra` flags).
+fn spilling_server(limit: &str, dir: &std::path::Path, extra: &[&str]) -> TestServer {
+    let mut args: Vec<String> = vec![
+        "--segment-size".into(),
+        limit.into(),
+        "--spill-dir".into(),
+        dir.to_str().expect("utf-8").into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    TestServer::start(ServerOptions {
+        memory_limit: limit.into(),
+        extra: args,
+        ..ServerOptions::default()
+    })
+}
+
+/// Files in the spill directories under `root` (besides their lock files).
+fn spill_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for dir in std::fs::read_dir(root).expect("spill root") {
+        let dir = dir.expect("entry").path();
+        for file in std::fs::read_dir(&dir).expect("server dir") {
+            let path = file.expect("entry").path();
+            if path.file_name().is_some_and(|n| n != "lock") {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+fn server_dirs(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(root)
+        .expect("spill root")
+        .map(|e| e.expect("entry").path())
+        .collect()
+}
+
+#[test]
+fn three_times_the_memory_limit_spills_and_comes_back_byte_exact() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut server = spilling_server("32MiB", root.path(), &[]);
+    let store = server.client("tcp");
+    let count = 96;
+    let keys: Vec<Key> = (0..count)
+        .map(|i| store.put(&pattern(MIB, i)).expect("put spills the coldest"))
+        .collect();
+    let stats = store.stats().expect("stats");
+    assert!(stats.bytes_used <= 32 * MIB as u64, "{stats:?}");
+    assert!(stats.pressure.spilled_objects >= 60, "{stats:?}");
+    assert!(stats.pressure.spilled_bytes >= 60 * MIB as u64, "{stats:?}");
+    assert_eq!(stats.pressure.policy_evictions, 0);
+    assert!(spill_files(root.path()).len() >= 60);
+    for (i, key) in keys.iter().enumerate() {
+        let bytes = store.get(key).expect("restored");
+        assert!(
+            bytes[..] == pattern(MIB, i as u64)[..],
+            "object {i} differs"
+        );
+    }
+    let stats = store.stats().expect("stats");
+    assert!(stats.pressure.restores >= 60, "{stats:?}");
+    let rss_mib = server.rss_kib() / 1024;
+    eprintln!(
+        "server RSS after 3x overfill and reading everything back: {rss_mib} MiB (limit 32 MiB)"
+    );
+    assert!(
+        rss_mib < 32 + 64,
+        "RSS {rss_mib} MiB over the limit + 64 MiB"
+    );
+    let stat: serde_json::Value = serde_json::from_str(&stdout(
+        &dimstore(&server)
+            .args(["stat", "--json"])
+            .output()
+            .expect("run"),
+    ))
+    .expect("json");
+    assert!(
+        stat["spilled_bytes"].as_u64().expect("spilled_bytes") > 0,
+        "{stat}"
+    );
+    assert!(
+        stat["spill_write_mb_s"].as_f64().expect("write rate") > 0.0,
+        "{stat}"
+    );
+    // Evicting removes the spill files.
+    store.evict_batch(&keys).expect("evict");
+    assert_eq!(spill_files(root.path()), Vec::<std::path::PathBuf>::new());
+    assert_eq!(store.stats().expect("stats").pressure.spilled_bytes, 0);
+    // Put more, spill again, then stop: the directory goes with the server.
+    for i in 0..40 {
+        store.put(&pattern(MIB, i)).expect("put");
+    }
+    assert!(!spill_files(root.path()).is_empty());
+    server.signal(rustix::process::Signal::Term);
+    assert!(
+        server.wait_exit(Duration::from_secs(30)).is_some(),
+        "server did not stop"
+    );
+    assert_eq!(server_dirs(root.path()), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn a_restarted_server_removes_the_spill_files_of_a_killed_one() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut first = spilling_server("16MiB", root.path(), &[]);
+    let store = first.client("tcp");
+    // Kill it while it spills: puts race the SIGKILL from another thread.
+    let putter = std::thread::spawn(move || {
+        for i in 0..64 {
+            if store.put(&pattern(MIB, i)).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while spill_files(root.path()).len() < 8 {
+        assert!(Instant::now() < deadline, "nothing spilled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill();
+    putter.join().expect("putter");
+    let stale = server_dirs(root.path());
+    assert_eq!(stale.len(), 1);
+    assert!(
+        !spill_files(root.path()).is_empty(),
+        "files left by the killed server"
+    );
+    let second = spilling_server("16MiB", root.path(), &[]);
+    assert!(!stale[0].exists(), "stale directory removed at start");
+    let dirs = server_dirs(root.path());
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert!(second
+        .log()
+        .contains("removed spill directories of dead servers"));
+    let store = second.client("tcp");
+    let key = store.put(&pattern(MIB, 1)).expect("put");
+    assert_eq!(&store.get(&key).expect("get")[..], &pattern(MIB, 1)[..]);
+}
+
+/// Mounts a tmpfs of `size` at a fresh directory; `None` (after a loud message) when this
+/// machine does not let us, which fails the test under `CI=true`.
+fn small_tmpfs(size: &str) -> Option<(tempfile::TempDir, TmpfsGuard)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir.path())
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            let guard = TmpfsGuard(dir.path().to_path_buf());
+            Some((dir, guard))
+        }
+        other => {
+            let why = format!("cannot mount a tmpfs (needs root): {other:?}");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+    }
+}
+
+/// Unmounts on drop.
+struct TmpfsGuard(std::path::PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_spill_disk_gives_typed_errors_and_loses_nothing() {
+    let Some((mount, _guard)) = small_tmpfs("8M") else {
+        return;
+    };
+    let root = mount.path().join("spill");
+    let server = spilling_server("8MiB", &root, &[]);
+    let store = server.client("tcp");
+    let mut kept = Vec::new();
+    let error = loop {
+        let i = kept.len() as u64;
+        match store.put(&pattern(MIB, i)) {
+            Ok(key) => kept.push(key),
+            Err(e) => break e,
+        }
+        assert!(
+            kept.len() < 64,
+            "8 MiB of memory and 8 MiB of disk held {} MiB",
+            kept.len()
+        );
+    };
+    assert!(matches!(error, dimstore::PutError::StoreFull(_)), "{error}");
+    assert!(kept.len() >= 8, "memory alone holds 8: {}", kept.len());
+    let stats = store.stats().expect("stats");
+    assert!(stats.pressure.spill_failures >= 1, "{stats:?}");
+    assert!(
+        server.log().contains("cannot spill"),
+        "a log line names the failure"
+    );
+    for (i, key) in kept.iter().enumerate() {
+        match store.get(key) {
+            Ok(bytes) => assert!(bytes[..] == pattern(MIB, i as u64)[..], "object {i}"),
+            // Restoring needs memory, which only spilling (to the full disk) could free.
+            Err(GetError::Request(e)) => {
+                assert_eq!(e.status(), Some(dimstore_proto::Status::StoreFull), "{e}");
+            }
+            Err(e) => panic!("object {i}: {e}"),
+        }
+    }
+    // Consuming the objects in memory makes room for the spilled ones: every object comes
+    // back byte-exact, nothing was lost.
+    let mut left: Vec<usize> = (0..kept.len()).collect();
+    for _round in 0..=kept.len() {
+        left.retain(|&i| match store.get_and_evict(&kept[i]) {
+            Ok(bytes) => {
+                assert!(bytes[..] == pattern(MIB, i as u64)[..], "object {i}");
+                false
+            }
+            Err(GetError::Request(e)) if e.status() == Some(dimstore_proto::Status::StoreFull) => {
+                true
+            }
+            Err(e) => panic!("object {i}: {e}"),
+        });
+        if left.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(left, Vec::<usize>::new(), "objects that never came back");
+    assert_eq!(store.stats().expect("stats").pressure.spilled_bytes, 0);
+}
