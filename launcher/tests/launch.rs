@@ -318,7 +318,9 @@ fn up_status_down_leaves_nothing_running() {
 #[test]
 fn memory_flags_reach_every_server() {
     let mut s = Scratch::new();
-    let script = r#""$LAUNCH" status --json > "$OUT/status.json""#;
+    let script =
+        r#""$LAUNCH" status --json > "$OUT/status.json"; ls "$OUT/spill" > "$OUT/spill.txt""#;
+    let spill = s.path().join("spill");
     let args = [
         "run",
         "--local",
@@ -327,6 +329,10 @@ fn memory_flags_reach_every_server() {
         "48MiB",
         "--eviction",
         "lfu",
+        "--spill-dir",
+        spill.to_str().expect("utf-8"),
+        "--spill-limit",
+        "1GiB",
         "--",
         "sh",
         "-c",
@@ -342,6 +348,14 @@ fn memory_flags_reach_every_server() {
         assert_eq!(node["stats"]["eviction_policy"], "lfu", "{status}");
     }
     assert_eq!(status["up"], 2, "{status}");
+    // Each server had its own spill directory while it ran, removed when it stopped.
+    let listed = std::fs::read_to_string(s.path().join("spill.txt")).expect("listing");
+    assert_eq!(
+        listed.lines().filter(|l| l.starts_with("server-")).count(),
+        2,
+        "{listed}"
+    );
+    assert_eq!(std::fs::read_dir(&spill).expect("spill dir").count(), 0);
 }
 
 #[test]
