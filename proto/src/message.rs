@@ -352,8 +352,8 @@ pub struct ServerStats {
     /// CPU and memory binding of the server's threads (e.g. `cpus 0-1 (numa 0, near eth0)`,
     /// or `none: ...` with the reason).
     pub binding: String,
-    /// Lifetimes and memory pressure.
-    pub pressure: PressureStats,
+    /// Lifetimes and memory pressure (boxed: keeps [`Response`] small).
+    pub pressure: Box<PressureStats>,
 }
 
 /// Counters of object lifetimes and memory pressure (part of [`ServerStats`]).

@@ -267,7 +267,7 @@ impl StoreService {
             reservations: self.live.reservations.load(Ordering::Relaxed),
             transports: self.transport_stats(),
             binding: self.identity.binding.clone(),
-            pressure,
+            pressure: Box::new(pressure),
         }
     }
 
