@@ -196,6 +196,10 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         });
     }
 
+    if service.spills() {
+        tokio::spawn(service.clone().run_spiller());
+    }
+
     if let Some(path) = &config.ready_file {
         write_ready_file(
             path,

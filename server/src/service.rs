@@ -302,6 +302,25 @@ impl StoreService {
         }
     }
 
+    /// Whether the store spills cold objects to disk.
+    pub fn spills(&self) -> bool {
+        self.store.spill().is_some()
+    }
+
+    /// The background spiller: whenever memory passes its high-water mark, spills the
+    /// coldest objects on the blocking pool, off every request's path. Runs until the
+    /// runtime stops.
+    pub async fn run_spiller(self) {
+        loop {
+            self.store.spill_wanted().await;
+            let service = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || service.store.spill_ahead()).await {
+                tracing::warn!(error = %e, "the spiller stopped");
+                return;
+            }
+        }
+    }
+
     /// Evicts objects whose time to live or lease ran out.
     pub fn expire_objects(&self) {
         let expired = self.store.expire_objects(Instant::now());
@@ -378,10 +397,27 @@ impl StoreService {
             .gets
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
         let policy = self.reply_policy(session);
-        let found = match self.store.restore(&ids, self.store.lookup(&ids)) {
-            Ok(found) => found,
-            Err(e) => return Outcome::Ready(Reply::error(e)),
-        };
+        let found = self.store.lookup(&ids);
+        if found.iter().any(|l| matches!(l, Lookup::Spilled)) {
+            // Reading spilled objects back waits for the disk: on the blocking pool, so
+            // other requests on this thread go on.
+            let service = self.clone();
+            return Outcome::Deferred(Box::pin(async move {
+                let restoring = service.clone();
+                let restored = tokio::task::spawn_blocking(move || {
+                    restoring.store.restore(&ids, restoring.store.lookup(&ids))
+                })
+                .await;
+                match restored {
+                    Ok(Ok(found)) => service.get_reply(found, &policy),
+                    Ok(Err(e)) => Reply::error(e),
+                    Err(e) => Reply::error(ErrorReply::new(
+                        Status::Internal,
+                        format!("restoring spilled objects failed: {e}"),
+                    )),
+                }
+            }));
+        }
         if wait_ms == 0 || !found.iter().any(|l| matches!(l, Lookup::Reserved)) {
             return Outcome::Ready(self.get_reply(found, &policy));
         }

@@ -287,6 +287,13 @@ pub struct ObjectStore {
     policy: Policy,
     /// Where cold objects go when memory is full, if anywhere.
     spill: Option<SpillDir>,
+    /// Wakes the background spiller.
+    spill_wanted: Notify,
+}
+
+/// Memory use above which the background spiller starts.
+fn high_water(capacity: u64) -> u64 {
+    capacity / 10 * 9
 }
 
 impl ObjectStore {
@@ -303,6 +310,7 @@ impl ObjectStore {
             changed: Notify::new(),
             policy: Policy::None,
             spill: None,
+            spill_wanted: Notify::new(),
         }
     }
 
@@ -367,9 +375,32 @@ impl ObjectStore {
         loop {
             match self.try_allocate(sizes, total) {
                 Err(e) if e.status == Status::StoreFull && self.make_room(total) => continue,
+                Ok(allocations) => {
+                    if self.spill.is_some() && self.arena.stats().used > high_water(capacity) {
+                        self.spill_wanted.notify_one();
+                    }
+                    return Ok(allocations);
+                }
                 other => return other,
             }
         }
+    }
+
+    /// Spills the coldest objects until memory use is back under the low-water mark (3/4
+    /// of the limit), so that puts find room without waiting for the disk. Run by the
+    /// background spiller after [`ObjectStore::spill_wanted`] fires.
+    pub fn spill_ahead(&self) {
+        let capacity = self.arena.config().capacity;
+        let used = self.arena.stats().used;
+        if used > high_water(capacity) {
+            self.spill_coldest(used - capacity / 4 * 3);
+        }
+    }
+
+    /// Fires when memory use passes the high-water mark (9/10 of the limit) on a store that
+    /// spills.
+    pub fn spill_wanted(&self) -> tokio::sync::futures::Notified<'_> {
+        self.spill_wanted.notified()
     }
 
     fn try_allocate(&self, sizes: &[u64], total: u64) -> Result<Vec<Allocation>, ErrorReply> {
