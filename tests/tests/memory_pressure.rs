@@ -582,3 +582,90 @@ fn a_full_spill_disk_gives_typed_errors_and_loses_nothing() {
     assert_eq!(left, Vec::<usize>::new(), "objects that never came back");
     assert_eq!(store.stats().expect("stats").pressure.spilled_bytes, 0);
 }
+
+/// Benchmark (run by hand: `cargo nextest run -p dimstore-tests --test memory_pressure
+/// --run-ignored only spill_bandwidth --no-capture`, optionally with
+/// `DIMSTORE_BENCH_SPILL_DIR=/local/scratch`): spill write and restore bandwidth next to
+/// `dd oflag=direct` on the same directory, and hot-get latency while the spiller is busy
+/// vs idle. Prints a table; asserts only correctness.
+#[test]
+#[ignore = "benchmark, run by hand"]
+fn spill_bandwidth() {
+    let root = match std::env::var("DIMSTORE_BENCH_SPILL_DIR") {
+        Ok(dir) => tempfile::tempdir_in(dir).expect("tempdir"),
+        Err(_) => tempfile::tempdir_in("/var/tmp").expect("tempdir"),
+    };
+    let total_mib = 768;
+    let dd = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            "bs=1M",
+            &format!("count={total_mib}"),
+            "oflag=direct",
+        ])
+        .arg(format!("of={}", root.path().join("dd.bin").display()))
+        .output()
+        .expect("dd");
+    let dd_report = String::from_utf8_lossy(&dd.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    let _ = std::fs::remove_file(root.path().join("dd.bin"));
+    let server = spilling_server("256MiB", &root.path().join("spill"), &[]);
+    let store = server.client("tcp");
+    let hot = store.put(&pattern(4096, 1)).expect("hot");
+    let time_gets = |n: usize| {
+        let start = Instant::now();
+        for _ in 0..n {
+            store.get(&hot).expect("hot get");
+        }
+        start.elapsed() / n as u32
+    };
+    let idle = time_gets(500);
+    let putter_store = store.clone();
+    let putter = std::thread::spawn(move || {
+        let start = Instant::now();
+        let keys: Vec<Key> = (0..total_mib)
+            .map(|i| putter_store.put(&pattern(MIB, i as u64)).expect("put"))
+            .collect();
+        (keys, start.elapsed())
+    });
+    let mut busy = Vec::new();
+    while !putter.is_finished() {
+        busy.push(time_gets(20));
+    }
+    let (keys, put_time) = putter.join().expect("putter");
+    let busy = busy.iter().sum::<Duration>() / busy.len().max(1) as u32;
+    let start = Instant::now();
+    for (i, key) in keys.iter().enumerate() {
+        let bytes = store.get(key).expect("get");
+        assert!(bytes[..] == pattern(MIB, i as u64)[..], "object {i}");
+    }
+    let get_time = start.elapsed();
+    let p = store.stats().expect("stats").pressure;
+    let rate = |bytes: u64, ns: u64| bytes as f64 / 1e6 / (ns.max(1) as f64 / 1e9);
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!("| dd oflag=direct, {total_mib} MiB | {dd_report} |");
+    println!(
+        "| spill writes (server-timed, buffered) | {:.0} MB/s over {} MiB |",
+        rate(p.spill_written, p.spill_write_ns),
+        p.spill_written >> 20
+    );
+    println!(
+        "| spill reads (server-timed) | {:.0} MB/s over {} MiB |",
+        rate(p.spill_read, p.spill_read_ns),
+        p.spill_read >> 20
+    );
+    println!(
+        "| put {total_mib} MiB into 256 MiB, end to end | {:.0} MB/s |",
+        total_mib as f64 * MIB as f64 / 1e6 / put_time.as_secs_f64()
+    );
+    println!(
+        "| get all back, end to end | {:.0} MB/s |",
+        total_mib as f64 * MIB as f64 / 1e6 / get_time.as_secs_f64()
+    );
+    println!("| hot 4 KiB get, idle | {idle:?} |");
+    println!("| hot 4 KiB get, while spilling | {busy:?} |");
+}
