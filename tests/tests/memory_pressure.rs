@@ -669,3 +669,29 @@ fn spill_bandwidth() {
     println!("| hot 4 KiB get, idle | {idle:?} |");
     println!("| hot 4 KiB get, while spilling | {busy:?} |");
 }
+
+#[test]
+fn consume_once_on_a_mapped_same_node_connection_keeps_the_view_valid() {
+    let server = server("64MiB", "lru");
+    let store = server.client("local");
+    assert!(store.maps_local_objects(), "same-node mapping in use");
+    let data = pattern(2 * MIB, 3);
+    let key = store
+        .put_with(
+            &data,
+            &PutOptions {
+                ttl: Some(Duration::from_secs(3600)),
+                ..PutOptions::default()
+            },
+        )
+        .expect("put");
+    let bytes = store.get_and_evict(&key).expect("consumed");
+    assert!(is_evicted(store.get(&key)), "gone for everyone else");
+    // The mapped view holds a lease: the memory stays until it is dropped.
+    assert!(bytes[..] == data[..]);
+    assert!(store.stats().expect("stats").bytes_used >= 2 * MIB as u64);
+    drop(bytes);
+    wait_stats(&store, "memory freed with the last lease", |s| {
+        s.bytes_used == 0
+    });
+}
