@@ -153,6 +153,9 @@ pub enum PutError {
     /// The object could not be serialized (typed puts).
     #[error("cannot serialize the object: {0}")]
     Serialize(String),
+    /// The put's options cannot be honoured (a zero time to live, ...).
+    #[error("invalid put options: {0}")]
+    Invalid(String),
     /// Reaching or talking to the server failed.
     #[error(transparent)]
     Request(#[from] RequestError),
@@ -167,6 +170,10 @@ pub enum GetError {
     /// The key is deferred and was not set within the timeout.
     #[error("deferred object {0} was not set within the timeout")]
     NotSet(Key),
+    /// The owner evicted the object (memory pressure, time to live, lease, owner gone, or
+    /// consumed by a get-and-evict).
+    #[error("object {0} was evicted by its owner")]
+    Evicted(Key),
     /// The bytes are not a valid archive of the requested type.
     #[error("object {key} is not a valid archive of the requested type: {reason}")]
     Invalid {

@@ -42,7 +42,7 @@ pub use local::{LocalMode, Reservation};
 pub use metrics::{CallStats, ClientOp};
 pub use object::ObjectBytes;
 pub use proxy::{Proxy, ProxyError};
-pub use store::Store;
+pub use store::{PutOptions, Store};
 
 /// Restores the default SIGINT/SIGTERM dispositions that libraries loaded with libfabric
 /// (Debian's PSM providers) replace with handlers calling `exit(1)`. Programs that install

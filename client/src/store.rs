@@ -223,15 +223,38 @@ impl Store {
 
     /// Stores several objects on this node's server in one round trip.
     pub fn put_batch(&self, objects: &[&[u8]]) -> Result<Vec<Key>, PutError> {
-        let bytes = objects.iter().map(|o| o.len() as u64).sum();
-        self.measured(ClientOp::Put, || self.put_unmeasured(objects), |_| bytes)
+        self.put_batch_with(objects, &PutOptions::default())
     }
 
-    fn put_unmeasured(&self, objects: &[&[u8]]) -> Result<Vec<Key>, PutError> {
+    /// Stores `bytes` on this node's server with a lifetime: a time to live, a lease to
+    /// renew with [`Store::extend`], an owner tag (see [`PutOptions`]).
+    pub fn put_with(&self, bytes: &[u8], options: &PutOptions) -> Result<Key, PutError> {
+        Ok(self.put_batch_with(&[bytes], options)?.remove(0))
+    }
+
+    /// Stores several objects with one lifetime in one round trip.
+    pub fn put_batch_with(
+        &self,
+        objects: &[&[u8]],
+        options: &PutOptions,
+    ) -> Result<Vec<Key>, PutError> {
+        let bytes = objects.iter().map(|o| o.len() as u64).sum();
+        self.measured(
+            ClientOp::Put,
+            || self.put_unmeasured(objects, options),
+            |_| bytes,
+        )
+    }
+
+    fn put_unmeasured(
+        &self,
+        objects: &[&[u8]],
+        options: &PutOptions,
+    ) -> Result<Vec<Key>, PutError> {
         if objects.len() > max_batch() {
             let mut keys = Vec::with_capacity(objects.len());
             for chunk in objects.chunks(max_batch()) {
-                keys.extend(self.put_unmeasured(chunk)?);
+                keys.extend(self.put_unmeasured(chunk, options)?);
             }
             return Ok(keys);
         }
@@ -239,8 +262,14 @@ impl Store {
         let owner = self.local_owner()?;
         let peer = self.peer_by(&owner, Instant::now() + self.timeout)?;
         check_fits(&peer, &sizes)?;
-        let request = Request::Put {
-            sizes: sizes.clone(),
+        let request = match options.to_wire()? {
+            None => Request::Put {
+                sizes: sizes.clone(),
+            },
+            Some(options) => Request::PutWith {
+                sizes: sizes.clone(),
+                options,
+            },
         };
         let (peer, reply) = self.call(&owner, &request, objects).map_err(put_error)?;
         match reply.response {
@@ -260,13 +289,28 @@ impl Store {
     pub fn get(&self, key: &Key) -> Result<ObjectBytes, GetError> {
         self.measured(
             ClientOp::Get,
-            || self.get_unmeasured(key),
+            || self.get_one(key, false),
             |o| o.len() as u64,
         )
     }
 
-    fn get_unmeasured(&self, key: &Key) -> Result<ObjectBytes, GetError> {
-        let (peer, reply) = self.get_from(&key.owner, &[key])?;
+    /// Fetches an object and evicts it at its owner in the same step (consume once): of
+    /// several processes racing for it, exactly one gets it; the others get
+    /// [`GetError::Evicted`].
+    pub fn get_and_evict(&self, key: &Key) -> Result<ObjectBytes, GetError> {
+        self.measured(
+            ClientOp::Get,
+            || self.get_one(key, true),
+            |o| o.len() as u64,
+        )
+    }
+
+    fn get_one(&self, key: &Key, consume: bool) -> Result<ObjectBytes, GetError> {
+        let (peer, reply) = if consume {
+            self.get_request(&key.owner, &[key], |ids, _| Request::GetAndEvict { ids })?
+        } else {
+            self.get_from(&key.owner, &[key])?
+        };
         let ReplyFrame {
             response, payload, ..
         } = reply;
@@ -283,6 +327,7 @@ impl Store {
                 }
                 [GetItem::NotFound] => Err(GetError::NotFound(key.clone())),
                 [GetItem::NotSet] => Err(GetError::NotSet(key.clone())),
+                [GetItem::Evicted] => Err(GetError::Evicted(key.clone())),
                 _ => Err(unexpected(&key.owner, &Response::Get { items }).into()),
             },
             other => Err(unexpected(&key.owner, &other).into()),
@@ -398,12 +443,20 @@ impl Store {
     ) -> Result<(Arc<Peer>, ReplyFrame), RequestError> {
         // The server waits for deferred objects a little less than our deadline, so its
         // NotSet answer arrives before we give up on the connection.
+        self.get_request(owner, keys, |ids, wait_ms| Request::Get { ids, wait_ms })
+    }
+
+    /// Sends a get-like request (`request(ids, wait_ms)`) of `keys` (all owned by `owner`);
+    /// the reply may carry no more bytes than the keys can hold.
+    fn get_request(
+        &self,
+        owner: &str,
+        keys: &[&Key],
+        request: impl FnOnce(Vec<ObjectId>, u64) -> Request,
+    ) -> Result<(Arc<Peer>, ReplyFrame), RequestError> {
         let margin = (self.timeout / 10).min(Duration::from_secs(1));
         let wait_ms = (self.timeout - margin).as_millis() as u64;
-        let request = Request::Get {
-            ids: keys.iter().map(|k| k.id).collect(),
-            wait_ms,
-        };
+        let request = request(keys.iter().map(|k| k.id).collect(), wait_ms);
         self.call_expecting(owner, &request, &[], |peer| {
             // A deferred key's object is at most what its owner can hold, and no reply is
             // larger than this machine's memory.
@@ -480,6 +533,36 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    // ---- lifetimes --------------------------------------------------------------------
+
+    /// Evicts every object put with owner tag `owner` on this node's server; returns how
+    /// many.
+    pub fn release_owner(&self, owner: &str) -> Result<u64, RequestError> {
+        let server = self.local_owner()?;
+        let request = Request::ReleaseOwner {
+            owner: owner.to_string(),
+        };
+        let (_, reply) = self.call(&server, &request, &[])?;
+        match reply.response {
+            Response::Released { objects } => Ok(objects),
+            other => Err(unexpected(&server, &other)),
+        }
+    }
+
+    /// Renews the lease of an object put with [`PutOptions::lease`]: it now lives `lease`
+    /// from now. `false` if the object is gone (its lease ran out) or was put without one.
+    pub fn extend(&self, key: &Key, lease: Duration) -> Result<bool, RequestError> {
+        let lease_ms = duration_ms(lease);
+        Ok(self.per_owner(
+            std::slice::from_ref(key),
+            |ids| Request::Extend { ids, lease_ms },
+            |r| match r {
+                Response::Exists { present } => Some(present),
+                _ => None,
+            },
+        )?[0])
     }
 
     // ---- deferred objects -------------------------------------------------------------
@@ -735,6 +818,45 @@ impl Store {
             _ => None,
         }
     }
+}
+
+/// How long an object lives and who owns it; the server enforces it. The default is a
+/// plain put: the object lives until evicted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Evicted this long after the put.
+    pub ttl: Option<Duration>,
+    /// Evicted unless renewed with [`Store::extend`] within this long (ProxyStore's
+    /// lease lifetime); a leased object is never evicted under memory pressure.
+    pub lease: Option<Duration>,
+    /// Owner tag: evicted together when the putting process's connection closes (it
+    /// exits or dies) or on [`Store::release_owner`].
+    pub owner: Option<String>,
+}
+
+impl PutOptions {
+    /// The wire form; `None` for a plain put.
+    fn to_wire(&self) -> Result<Option<dimstore_proto::PutOptions>, PutError> {
+        if *self == PutOptions::default() {
+            return Ok(None);
+        }
+        let ms = |what: &str, d: Option<Duration>| match d.map(duration_ms) {
+            Some(0) => Err(PutError::Invalid(format!(
+                "a {what} of {d:?} rounds to 0 ms (at least 1 ms)"
+            ))),
+            Some(ms) => Ok(ms),
+            None => Ok(0),
+        };
+        Ok(Some(dimstore_proto::PutOptions {
+            ttl_ms: ms("time to live", self.ttl)?,
+            lease_ms: ms("lease", self.lease)?,
+            owner: self.owner.clone(),
+        }))
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn key(peer: &Peer, id: ObjectId, size: Option<u64>) -> Key {

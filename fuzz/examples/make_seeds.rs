@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use dimstore_proto::{
     encode_request, encode_response, ErrorReply, FrameHeader, FrameKind, GetItem, Hello,
-    HelloReply, Invoke, Invoked, ObjectId, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
+    HelloReply, Invoke, Invoked, ObjectId, PutOptions, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
     ServerStats, Status, TransportStats, HEADER_LEN,
 };
 
@@ -210,6 +210,46 @@ fn main() -> std::io::Result<()> {
             ),
         ),
         (
+            "req-put-with",
+            request(
+                18,
+                &Request::PutWith {
+                    sizes: vec![2, 1],
+                    options: PutOptions {
+                        ttl_ms: 2000,
+                        lease_ms: 0,
+                        owner: Some("task-7".into()),
+                    },
+                },
+                b"abc",
+            ),
+        ),
+        (
+            "req-get-and-evict",
+            request(19, &Request::GetAndEvict { ids: ids.clone() }, b""),
+        ),
+        (
+            "req-release-owner",
+            request(
+                20,
+                &Request::ReleaseOwner {
+                    owner: "task-7".into(),
+                },
+                b"",
+            ),
+        ),
+        (
+            "req-extend",
+            request(
+                21,
+                &Request::Extend {
+                    ids: ids.clone(),
+                    lease_ms: 5000,
+                },
+                b"",
+            ),
+        ),
+        (
             "resp-hello",
             response(
                 1,
@@ -331,6 +371,10 @@ fn main() -> std::io::Result<()> {
         (
             "resp-invoked",
             response(17, &Response::Invoked(Invoked::Output { size: 3 }), b"out"),
+        ),
+        (
+            "resp-released",
+            response(20, &Response::Released { objects: 2 }, b""),
         ),
         (
             "resp-channel",

@@ -297,6 +297,7 @@ fn stats_json(st: &ServerStats) -> serde_json::Value {
         "gets": st.gets,
         "get_hits": st.get_hits,
         "evictions": st.evictions,
+        "eviction_policy": st.pressure.policy,
         "store_full": st.store_full,
         "requests": st.requests,
         "binding": st.binding,

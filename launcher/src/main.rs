@@ -152,6 +152,17 @@ struct StartArgs {
     /// physical memory].
     #[arg(long, value_name = "SIZE")]
     memory_limit: Option<String>,
+    /// What each server does when a put does not fit: `none` (StoreFull), `lru`, `lfu` or
+    /// `fifo` (evict cold objects) [default: the server's, none].
+    #[arg(long, value_name = "POLICY")]
+    eviction: Option<String>,
+    /// Directory on node-local disk where each server spills cold objects when its memory
+    /// is full, e.g. `/local/scratch` [default: no spilling].
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
+    /// Most bytes each server spills, e.g. `100GiB` [default: what the disk holds].
+    #[arg(long, value_name = "SIZE")]
+    spill_limit: Option<String>,
     /// Extra argument for every server, e.g. `--server-arg=--threads=4` (repeatable).
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -193,7 +204,18 @@ impl StartArgs {
             launcher_cmd: self.launcher_cmd.filter(|c| !c.trim().is_empty()),
             launcher_kind: self.launcher_kind,
             memory_limit: self.memory_limit,
-            server_args: self.server_args,
+            // Validated by the servers, like every server flag.
+            server_args: [
+                self.eviction.map(|p| ["--eviction".to_string(), p]),
+                self.spill_dir
+                    .map(|d| ["--spill-dir".to_string(), d.display().to_string()]),
+                self.spill_limit.map(|l| ["--spill-limit".to_string(), l]),
+            ]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .chain(self.server_args)
+            .collect(),
             server_bin: self.server_bin,
             fleet_file: self.fleet_file,
             run_dir: self.run_dir,

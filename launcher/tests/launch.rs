@@ -316,6 +316,49 @@ fn up_status_down_leaves_nothing_running() {
 }
 
 #[test]
+fn memory_flags_reach_every_server() {
+    let mut s = Scratch::new();
+    let script =
+        r#""$LAUNCH" status --json > "$OUT/status.json"; ls "$OUT/spill" > "$OUT/spill.txt""#;
+    let spill = s.path().join("spill");
+    let args = [
+        "run",
+        "--local",
+        "2",
+        "--memory-limit",
+        "48MiB",
+        "--eviction",
+        "lfu",
+        "--spill-dir",
+        spill.to_str().expect("utf-8"),
+        "--spill-limit",
+        "1GiB",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ];
+    let out = s.launch(&args, "run");
+    assert_eq!(out.code(), Some(0), "{out}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path().join("status.json")).expect("status"))
+            .expect("status JSON");
+    for node in status["nodes"].as_array().expect("nodes") {
+        assert_eq!(node["stats"]["memory_limit"], 48 << 20, "{status}");
+        assert_eq!(node["stats"]["eviction_policy"], "lfu", "{status}");
+    }
+    assert_eq!(status["up"], 2, "{status}");
+    // Each server had its own spill directory while it ran, removed when it stopped.
+    let listed = std::fs::read_to_string(s.path().join("spill.txt")).expect("listing");
+    assert_eq!(
+        listed.lines().filter(|l| l.starts_with("server-")).count(),
+        2,
+        "{listed}"
+    );
+    assert_eq!(std::fs::read_dir(&spill).expect("spill dir").count(), 0);
+}
+
+#[test]
 fn a_bad_server_flag_fails_naming_the_node_with_its_log() {
     let mut s = Scratch::new();
     let args = [

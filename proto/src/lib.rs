@@ -23,12 +23,14 @@ pub use discovery::ReadyFile;
 pub use frame::{FrameDecoder, FrameError, FrameHeader, FrameKind, FrameLimits, HEADER_LEN};
 pub use key::{Key, KeyParseError, ObjectId};
 pub use limits::{
-    decode_request_within, LimitError, RequestError, RequestLimits, PRE_AUTH_MAX_BODY,
+    decode_request_within, LimitError, RequestError, RequestLimits, MAX_LIFETIME_MS,
+    PRE_AUTH_MAX_BODY,
 };
 pub use message::{
     decode_request, decode_response, encode_request, encode_response, DecodeError, FunctionStats,
-    GetItem, Hello, HelloReply, Invoke, Invoked, ModuleHash, OneSidedOffer, Request, Reservation,
-    Response, SegmentInfo, SegmentKey, ServerStats, TransportStats,
+    GetItem, Hello, HelloReply, Invoke, Invoked, ModuleHash, OneSidedOffer, PressureStats,
+    PutOptions, Request, Reservation, Response, SegmentInfo, SegmentKey, ServerStats,
+    TransportStats,
 };
 pub use op_stats::{format_nanos, OpStats, MAX_OP_STATS};
 pub use status::{ErrorReply, Status};

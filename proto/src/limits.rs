@@ -44,7 +44,12 @@ pub struct RequestLimits {
     pub max_invoke_arg: u32,
     /// Longest function name of an `Invoke`.
     pub max_function_name: u32,
+    /// Longest time to live or lease a put or extend may ask for, in milliseconds.
+    pub max_lifetime_ms: u64,
 }
+
+/// Longest time to live or lease by default: 7 days, like the longest get wait.
+pub const MAX_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
 
 impl Default for RequestLimits {
     /// 65 536 items per batch and per `NewKeys` (a few milliseconds of table work), 64 KiB
@@ -56,6 +61,7 @@ impl Default for RequestLimits {
             max_field: 64 << 10,
             max_invoke_arg: 1 << 20,
             max_function_name: 256,
+            max_lifetime_ms: MAX_LIFETIME_MS,
         }
     }
 }
@@ -95,6 +101,18 @@ pub enum LimitError {
         /// The limit.
         limit: u32,
     },
+    /// A time to live or lease is longer than the limit.
+    #[error("{request} asks for a {field} of {ms} ms, longer than the limit of {limit} ms")]
+    Lifetime {
+        /// Request kind.
+        request: &'static str,
+        /// The field.
+        field: &'static str,
+        /// Milliseconds asked for.
+        ms: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// Two lists that must pair up have different lengths.
     #[error("{request} names {left_len} {left} but {right_len} {right}")]
     Mismatch {
@@ -116,9 +134,10 @@ impl LimitError {
     /// `BadRequest` for inconsistent requests.
     pub fn status(&self) -> Status {
         match self {
-            LimitError::Batch { .. } | LimitError::NewKeys { .. } | LimitError::Field { .. } => {
-                Status::TooLarge
-            }
+            LimitError::Batch { .. }
+            | LimitError::NewKeys { .. }
+            | LimitError::Field { .. }
+            | LimitError::Lifetime { .. } => Status::TooLarge,
             LimitError::Mismatch { .. } => Status::BadRequest,
         }
     }
@@ -170,6 +189,17 @@ impl RequestLimits {
             }
             Ok(())
         };
+        let lifetime = |request: &'static str, field: &'static str, ms: u64| {
+            if ms > self.max_lifetime_ms {
+                return Err(LimitError::Lifetime {
+                    request,
+                    field,
+                    ms,
+                    limit: self.max_lifetime_ms,
+                });
+            }
+            Ok(())
+        };
         match request {
             ArchivedRequest::Hello(hello) => {
                 if let Some(token) = hello.token.as_ref() {
@@ -217,6 +247,23 @@ impl RequestLimits {
             ArchivedRequest::OpenChannel { transport, address } => {
                 text("OpenChannel", "transport name", transport.len())?;
                 text("OpenChannel", "address", address.len())
+            }
+            ArchivedRequest::PutWith { sizes, options } => {
+                batch("PutWith", "sizes", sizes.len())?;
+                lifetime("PutWith", "time to live", options.ttl_ms.to_native())?;
+                lifetime("PutWith", "lease", options.lease_ms.to_native())?;
+                match options.owner.as_ref() {
+                    Some(owner) => text("PutWith", "owner tag", owner.len()),
+                    None => Ok(()),
+                }
+            }
+            ArchivedRequest::GetAndEvict { ids } => batch("GetAndEvict", "ids", ids.len()),
+            ArchivedRequest::ReleaseOwner { owner } => {
+                text("ReleaseOwner", "owner tag", owner.len())
+            }
+            ArchivedRequest::Extend { ids, lease_ms } => {
+                batch("Extend", "ids", ids.len())?;
+                lifetime("Extend", "lease", lease_ms.to_native())
             }
             ArchivedRequest::Invoke(invoke) => {
                 batch("Invoke", "ids", invoke.ids.len())?;
@@ -285,7 +332,7 @@ mod tests {
     use super::*;
     use crate::frame::{FrameError, FrameHeader, FrameKind};
     use crate::key::ObjectId;
-    use crate::message::{encode_request, Hello};
+    use crate::message::{encode_request, Hello, PutOptions};
 
     fn small() -> RequestLimits {
         RequestLimits {
@@ -294,6 +341,7 @@ mod tests {
             max_field: 16,
             max_invoke_arg: 32,
             max_function_name: 8,
+            max_lifetime_ms: 1000,
         }
     }
 
@@ -345,6 +393,19 @@ mod tests {
             },
             Request::Stats,
             invoke(ids(4), "sum_f64", 32),
+            Request::PutWith {
+                sizes: vec![1],
+                options: PutOptions {
+                    ttl_ms: 1000,
+                    lease_ms: 1000,
+                    owner: Some("o".repeat(16)),
+                },
+            },
+            Request::GetAndEvict { ids: ids(4) },
+            Request::Extend {
+                ids: ids(4),
+                lease_ms: 1000,
+            },
         ];
         for request in within {
             assert_eq!(decode(&request), Ok(request.clone()));
@@ -394,6 +455,43 @@ mod tests {
             invoke(ids(5), "f", 0),
             invoke(ids(1), "too_long_name", 0),
             invoke(ids(1), "f", 33),
+            Request::PutWith {
+                sizes: vec![1],
+                options: PutOptions {
+                    ttl_ms: 1001,
+                    ..PutOptions::default()
+                },
+            },
+            Request::PutWith {
+                sizes: vec![1],
+                options: PutOptions {
+                    lease_ms: u64::MAX,
+                    ..PutOptions::default()
+                },
+            },
+            Request::PutWith {
+                sizes: vec![1],
+                options: PutOptions {
+                    owner: Some("o".repeat(17)),
+                    ..PutOptions::default()
+                },
+            },
+            Request::PutWith {
+                sizes: vec![0; 5],
+                options: PutOptions::default(),
+            },
+            Request::GetAndEvict { ids: ids(5) },
+            Request::ReleaseOwner {
+                owner: "o".repeat(17),
+            },
+            Request::Extend {
+                ids: ids(5),
+                lease_ms: 1,
+            },
+            Request::Extend {
+                ids: ids(1),
+                lease_ms: 1001,
+            },
             Request::Hello(Hello {
                 token: Some("t".repeat(17)),
                 client_node: "n".into(),

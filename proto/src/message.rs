@@ -78,6 +78,20 @@ pub struct SegmentKey {
     pub key: Vec<u8>,
 }
 
+/// How long an object put with [`Request::PutWith`] lives and who owns it. The server
+/// enforces it: an object whose time runs out, or whose owner goes, is evicted.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+pub struct PutOptions {
+    /// Evict the objects this many milliseconds after the put (0: no time to live).
+    pub ttl_ms: u64,
+    /// A lease: evict the objects unless [`Request::Extend`] renews it within this many
+    /// milliseconds (0: no lease). Leased objects are never evicted under memory pressure.
+    pub lease_ms: u64,
+    /// Owner tag: the objects are evicted together when the connection that put them
+    /// closes, or on [`Request::ReleaseOwner`] with this tag.
+    pub owner: Option<String>,
+}
+
 /// A client request.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum Request {
@@ -173,6 +187,32 @@ pub enum Request {
         /// The client's address on that transport.
         address: Vec<u8>,
     },
+    /// [`Request::Put`] with lifetimes: a time to live, a lease, an owner.
+    PutWith {
+        /// Size of each object, in payload order.
+        sizes: Vec<u64>,
+        /// Lifetime of every object of the batch.
+        options: PutOptions,
+    },
+    /// Fetch objects and evict them in the same step (consume once): of racing getters,
+    /// exactly one gets each object, the others find it gone.
+    GetAndEvict {
+        /// Objects to fetch and evict.
+        ids: Vec<ObjectId>,
+    },
+    /// Evict every object put under this owner tag (answered with [`Response::Released`]).
+    ReleaseOwner {
+        /// The owner tag of [`PutOptions::owner`].
+        owner: String,
+    },
+    /// Renew the leases of objects put with [`PutOptions::lease_ms`]: they now expire
+    /// `lease_ms` from now (answered with [`Response::Exists`]: `true` where renewed).
+    Extend {
+        /// Leased objects.
+        ids: Vec<ObjectId>,
+        /// New lease length in milliseconds.
+        lease_ms: u64,
+    },
     /// Run a function of a WebAssembly module over objects of this server (see [`Invoke`]).
     Invoke(Invoke),
 }
@@ -262,6 +302,9 @@ pub enum GetItem {
         /// Lease to release when the read is done.
         lease: u64,
     },
+    /// The object was evicted by the server (memory pressure, time to live, lease or
+    /// owner), not by a client; remembered for a bounded number of recent evictions.
+    Evicted,
 }
 
 /// An arena segment as announced to a same-node client (its fd travels with the reply).
@@ -382,6 +425,42 @@ pub struct ServerStats {
     /// Service time and bytes per operation and transport (at most
     /// [`crate::MAX_OP_STATS`] entries).
     pub ops: Vec<crate::OpStats>,
+    /// Lifetimes and memory pressure (boxed: keeps [`Response`] small).
+    pub pressure: Box<PressureStats>,
+}
+
+/// Counters of object lifetimes and memory pressure (part of [`ServerStats`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+pub struct PressureStats {
+    /// Eviction policy (`none`, `lru`, `lfu`, `fifo`).
+    pub policy: String,
+    /// Objects the policy dropped to make room for puts since start.
+    pub policy_evictions: u64,
+    /// Objects whose time to live or lease ran out since start.
+    pub expired: u64,
+    /// Objects evicted with their owner (connection closed or released) since start.
+    pub owner_evictions: u64,
+    /// Objects consumed by get-and-evict since start.
+    pub consumed: u64,
+    /// Objects with a time to live, a lease or an owner now.
+    pub with_lifetime: u64,
+    /// Bytes in spill files now.
+    pub spilled_bytes: u64,
+    /// Objects in spill files now.
+    pub spilled_objects: u64,
+    /// Objects read back from spill files since start.
+    pub restores: u64,
+    /// Spills that failed (disk full, spill limit, I/O error) since start; the objects
+    /// stayed in memory.
+    pub spill_failures: u64,
+    /// Bytes written to spill files since start.
+    pub spill_written: u64,
+    /// Nanoseconds spent writing them (write throughput: bytes / time).
+    pub spill_write_ns: u64,
+    /// Bytes read back since start.
+    pub spill_read: u64,
+    /// Nanoseconds spent reading them.
+    pub spill_read_ns: u64,
 }
 
 /// A server response.
@@ -442,6 +521,11 @@ pub enum Response {
     },
     /// Answer to [`Request::Invoke`].
     Invoked(Invoked),
+    /// Answer to [`Request::ReleaseOwner`].
+    Released {
+        /// Objects evicted.
+        objects: u64,
+    },
 }
 
 /// A message body that failed validation.
@@ -540,6 +624,21 @@ mod tests {
                     arg,
                     to_key: module[0] % 2 == 0,
                 })),
+            (
+                proptest::collection::vec(any::<u64>(), 0..5),
+                any::<(u64, u64, Option<String>)>()
+            )
+                .prop_map(|(sizes, (ttl_ms, lease_ms, owner))| Request::PutWith {
+                    sizes,
+                    options: PutOptions {
+                        ttl_ms,
+                        lease_ms,
+                        owner
+                    }
+                }),
+            arb_ids().prop_map(|ids| Request::GetAndEvict { ids }),
+            ".{0,10}".prop_map(|owner| Request::ReleaseOwner { owner }),
+            (arb_ids(), any::<u64>()).prop_map(|(ids, lease_ms)| Request::Extend { ids, lease_ms }),
         ]
     }
 
@@ -548,6 +647,7 @@ mod tests {
             any::<u64>().prop_map(|size| GetItem::Found { size }),
             Just(GetItem::NotFound),
             Just(GetItem::NotSet),
+            Just(GetItem::Evicted),
             (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
                 |(size, segment, offset, lease)| GetItem::Mapped {
                     size,
@@ -573,6 +673,7 @@ mod tests {
                 }
             )),
             any::<i32>().prop_map(|code| Response::Invoked(Invoked::Failed { code })),
+            any::<u64>().prop_map(|objects| Response::Released { objects }),
             (any::<u32>(), ".{0,10}").prop_map(|(pid, node)| Response::Stats(ServerStats {
                 pid,
                 node,

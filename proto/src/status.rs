@@ -39,6 +39,9 @@ pub enum Status {
     FunctionLimit,
     /// This server does not run functions (`--functions off`, or built without them).
     FunctionsDisabled,
+    /// The object was evicted by the server (memory pressure, time to live, lease or owner)
+    /// rather than never stored.
+    Evicted,
 }
 
 /// An error answer: a status and a sentence for humans.

@@ -62,9 +62,13 @@ fn request_variant(request: &Request) -> usize {
         Request::SegmentKeys { .. } => 15,
         Request::OpenChannel { .. } => 16,
         Request::Invoke(_) => 17,
+        Request::PutWith { .. } => 18,
+        Request::GetAndEvict { .. } => 19,
+        Request::ReleaseOwner { .. } => 20,
+        Request::Extend { .. } => 21,
     }
 }
-const REQUEST_VARIANTS: usize = 18;
+const REQUEST_VARIANTS: usize = 22;
 
 /// Position of a response variant in the enum (exhaustive, as [`request_variant`]).
 fn response_variant(response: &Response) -> usize {
@@ -83,9 +87,10 @@ fn response_variant(response: &Response) -> usize {
         Response::Error(_) => 11,
         Response::Channel { .. } => 12,
         Response::Invoked(_) => 13,
+        Response::Released { .. } => 14,
     }
 }
-const RESPONSE_VARIANTS: usize = 14;
+const RESPONSE_VARIANTS: usize = 15;
 
 #[test]
 fn every_frame_decoder_seed_decodes_to_whole_valid_frames() {

@@ -9,6 +9,7 @@ use bytesize::ByteSize;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::eviction::Policy;
 use crate::functions::FunctionConfig;
 use crate::placement::CpuBind;
 
@@ -94,6 +95,20 @@ pub struct Args {
     /// the memory limit meanwhile. [default: 1h]
     #[arg(long, env = "DIMSTORE_RESERVED_TTL", value_parser = humantime::parse_duration)]
     pub reserved_ttl: Option<Duration>,
+    /// When a put does not fit the memory limit: `none` refuses it (StoreFull); `lru`,
+    /// `lfu`, `fifo` evict cold objects (least recently read, least often read, oldest)
+    /// until it fits. Objects being read, pinned by a lease, or deferred are never evicted;
+    /// a get of an evicted object answers Evicted. [default: none]
+    #[arg(long, env = "DIMSTORE_EVICTION", value_enum)]
+    pub eviction: Option<Policy>,
+    /// Directory (node-local disk) where cold objects are written when memory is full, and
+    /// read back on their next get; each server uses a subdirectory of its own, removed at
+    /// exit, and removes those of dead servers at start. [default: no spilling]
+    #[arg(long, env = "DIMSTORE_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
+    /// Most bytes spilled at once, e.g. `100GiB`. [default: as much as the disk holds]
+    #[arg(long, env = "DIMSTORE_SPILL_LIMIT")]
+    pub spill_limit: Option<ByteSize>,
     /// Worker threads serving connections. [default: 2]
     #[arg(long, env = "DIMSTORE_THREADS")]
     pub threads: Option<usize>,
@@ -171,6 +186,9 @@ struct FileConfig {
     lease_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     reserved_ttl: Option<Duration>,
+    eviction: Option<Policy>,
+    spill_dir: Option<PathBuf>,
+    spill_limit: Option<ByteSize>,
     log: Option<String>,
     cpu_bind: Option<String>,
     numa: Option<u32>,
@@ -261,6 +279,12 @@ pub struct ServerConfig {
     pub lease_timeout: Duration,
     /// How long a reserved key waits to be set.
     pub reserved_ttl: Duration,
+    /// What a put that does not fit evicts.
+    pub eviction: Policy,
+    /// Where cold objects are spilled, if anywhere.
+    pub spill_dir: Option<PathBuf>,
+    /// Most bytes spilled at once.
+    pub spill_limit: u64,
     /// Worker threads.
     pub threads: usize,
     /// Log filter.
@@ -432,6 +456,12 @@ impl ServerConfig {
                 .reserved_ttl
                 .or(file.reserved_ttl)
                 .unwrap_or(Duration::from_secs(3600)),
+            eviction: args.eviction.or(file.eviction).unwrap_or_default(),
+            spill_dir: args.spill_dir.or(file.spill_dir),
+            spill_limit: args
+                .spill_limit
+                .or(file.spill_limit)
+                .map_or(u64::MAX, |b| b.as_u64()),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             cpu_bind,
             numa: args.numa.or(file.numa),

@@ -15,6 +15,7 @@ use dimstore_transport::tcp::ServeOptions;
 use tokio::net::TcpListener;
 
 pub mod config;
+pub mod eviction;
 pub mod functions;
 pub mod metrics;
 pub mod metrics_http;
@@ -23,6 +24,7 @@ pub mod openmetrics;
 pub mod placement;
 pub mod service;
 pub mod session;
+pub mod spill;
 pub mod store;
 
 /// Name of the same-node transport, whose sessions may map the arena.
@@ -77,6 +79,9 @@ pub enum ServerError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The spill directory could not be set up.
+    #[error("cannot use the spill directory: {0}")]
+    Spill(#[from] spill::SpillError),
 }
 
 /// Why the server stopped.
@@ -142,11 +147,14 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         capacity: config.memory_limit,
         segment_size: config.segment_size,
     });
-    let service = StoreService::new(
-        ObjectStore::new(arena, server_id, config.reserved_ttl),
-        identity.clone(),
-        exporters,
-    );
+    let mut store =
+        ObjectStore::new(arena, server_id, config.reserved_ttl).with_eviction(config.eviction);
+    if let Some(dir) = &config.spill_dir {
+        let spill = spill::SpillDir::open(dir, config.spill_limit)?;
+        tracing::info!(dir = %spill.path().display(), limit = config.spill_limit, "spilling cold objects to disk when memory is full");
+        store = store.with_spill(spill);
+    }
+    let service = StoreService::new(store, identity.clone(), exporters);
     let options = ServeOptions {
         limits: FrameLimits {
             max_body: 16 << 20,
@@ -197,12 +205,17 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
             loop {
                 tick.tick().await;
                 service.expire_reservations();
+                service.expire_objects();
                 if one_sided {
                     service.expire_leases();
                     service.sweep_registrations();
                 }
             }
         });
+    }
+
+    if service.spills() {
+        tokio::spawn(service.clone().run_spiller());
     }
 
     if let Some(path) = &config.ready_file {

@@ -60,11 +60,15 @@ pub enum Op {
     Abort,
     /// `Invoke` (a WebAssembly function run over objects).
     Invoke,
+    /// `ReleaseOwner`.
+    ReleaseOwner,
+    /// `Extend` (leases).
+    Extend,
 }
 
 impl Op {
     /// Every kind, in reporting order.
-    pub const ALL: [Op; 18] = [
+    pub const ALL: [Op; 20] = [
         Op::Put,
         Op::Get,
         Op::Invoke,
@@ -76,6 +80,8 @@ impl Op {
         Op::Seal,
         Op::Release,
         Op::Abort,
+        Op::ReleaseOwner,
+        Op::Extend,
         Op::MapSegments,
         Op::SegmentKeys,
         Op::UseOneSided,
@@ -106,6 +112,10 @@ impl Op {
             Request::Release { .. } => Op::Release,
             Request::Abort { .. } => Op::Abort,
             Request::Invoke { .. } => Op::Invoke,
+            Request::PutWith { .. } => Op::Put,
+            Request::GetAndEvict { .. } => Op::Get,
+            Request::ReleaseOwner { .. } => Op::ReleaseOwner,
+            Request::Extend { .. } => Op::Extend,
         }
     }
 
@@ -130,6 +140,8 @@ impl Op {
             Op::Release => "release",
             Op::Abort => "abort",
             Op::Invoke => "invoke",
+            Op::ReleaseOwner => "release_owner",
+            Op::Extend => "extend",
         }
     }
 

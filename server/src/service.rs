@@ -1,5 +1,6 @@
 //! The request handler every transport drives: authentication, dispatch, statistics.
 
+use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ use tokio::sync::Notify;
 use crate::functions::{FunctionConfig, Functions, Ran};
 use crate::metrics::{Op, RequestMetrics, Sample};
 use crate::session::{Leases, LiveCounts, Peer, Reservations, MAX_OPEN_RESERVATIONS};
-use crate::store::{Lookup, Object, ObjectStore};
+use crate::store::{Lifetime, Lookup, Object, ObjectStore};
 
 /// Channels one connection may open (a client process needs one per server; more would only
 /// let a client multiply sessions).
@@ -140,6 +141,9 @@ pub struct Session {
     channels: Vec<ChannelGuard<Session>>,
     /// When the request being received arrived (set before its payload is read).
     request_started: Option<Instant>,
+    /// Owner tags this session put objects under: their objects go when it closes (unless
+    /// another session still uses the tag).
+    owners: HashSet<Arc<str>>,
 }
 
 /// How a get's found objects travel, fixed per session.
@@ -169,6 +173,12 @@ impl Drop for Session {
     fn drop(&mut self) {
         // Channels first: their sessions end with this one.
         self.channels.clear();
+        for owner in self.owners.drain() {
+            let evicted = self.service.store.unclaim_owner(&owner);
+            if evicted > 0 {
+                tracing::info!(peer = %self.peer.address, owner = %owner, evicted, "owner's connection closed: its objects evicted");
+            }
+        }
         if !self.is_channel {
             self.service.connections.fetch_sub(1, Ordering::Relaxed);
         }
@@ -245,6 +255,11 @@ impl StoreService {
         let arena = self.store.arena().stats();
         let (objects, reserved) = self.store.counts();
         let c = &self.counters;
+        let pressure = self.store.pressure();
+        let server_evictions = pressure.policy_evictions
+            + pressure.expired
+            + pressure.owner_evictions
+            + pressure.consumed;
         ServerStats {
             pid: std::process::id(),
             node: self.identity.node.clone(),
@@ -260,7 +275,7 @@ impl StoreService {
             puts: c.puts.load(Ordering::Relaxed),
             gets: c.gets.load(Ordering::Relaxed),
             get_hits: c.get_hits.load(Ordering::Relaxed),
-            evictions: c.evictions.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed) + server_evictions,
             store_full: c.store_full.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
             mapped_gets: c.mapped_gets.load(Ordering::Relaxed),
@@ -272,6 +287,7 @@ impl StoreService {
             binding: self.identity.binding.clone(),
             ops: self.metrics.summaries(),
             functions: self.functions.stats(),
+            pressure: Box::new(pressure),
         }
     }
 
@@ -297,7 +313,7 @@ impl StoreService {
                     GetItem::Found { size }
                     | GetItem::Mapped { size, .. }
                     | GetItem::Remote { size, .. } => *size,
-                    GetItem::NotFound | GetItem::NotSet => 0,
+                    GetItem::NotFound | GetItem::NotSet | GetItem::Evicted => 0,
                 })
                 .sum(),
             _ => 0,
@@ -350,6 +366,33 @@ impl StoreService {
         }
     }
 
+    /// Whether the store spills cold objects to disk.
+    pub fn spills(&self) -> bool {
+        self.store.spill().is_some()
+    }
+
+    /// The background spiller: whenever memory passes its high-water mark, spills the
+    /// coldest objects on the blocking pool, off every request's path. Runs until the
+    /// runtime stops.
+    pub async fn run_spiller(self) {
+        loop {
+            self.store.spill_wanted().await;
+            let service = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || service.store.spill_ahead()).await {
+                tracing::warn!(error = %e, "the spiller stopped");
+                return;
+            }
+        }
+    }
+
+    /// Evicts objects whose time to live or lease ran out.
+    pub fn expire_objects(&self) {
+        let expired = self.store.expire_objects(Instant::now());
+        if expired > 0 {
+            tracing::debug!(expired, "objects expired");
+        }
+    }
+
     /// Drops the registrations of segments the arena has let go.
     pub fn sweep_registrations(&self) {
         for exporter in &self.exporters.0 {
@@ -369,18 +412,76 @@ impl StoreService {
         }
     }
 
-    fn get(&self, session: &Session, ids: Vec<ObjectId>, wait_ms: u64) -> Outcome<Object> {
+    /// Consume-once get: found objects are evicted in the same step.
+    fn get_and_evict(&self, session: &Session, ids: Vec<ObjectId>) -> Reply<Object> {
         self.counters
             .gets
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        let policy = ReplyPolicy {
+        let policy = self.reply_policy(session);
+        // Spilled objects come back into memory first, then go to one caller.
+        if let Err(e) = self.store.restore(&ids, self.store.lookup(&ids)) {
+            return Reply::error(e);
+        }
+        self.get_reply(self.store.take(&ids), &policy)
+    }
+
+    fn reply_policy(&self, session: &Session) -> ReplyPolicy {
+        ReplyPolicy {
             mapped: session.mapped.then_some(session.map_from),
             one_sided: session.one_sided,
             leases: session.leases.clone(),
             lease_deadline: Instant::now() + self.identity.lease_timeout,
             local: session.peer.transport == crate::LOCAL_TRANSPORT,
-        };
+        }
+    }
+
+    /// A put with lifetimes: claims the owner tag for this session, then stores.
+    fn put_with(
+        &self,
+        session: &mut Session,
+        options: &dimstore_proto::PutOptions,
+        payload: Vec<Allocation>,
+    ) -> Response {
+        let lifetime = Lifetime::from_options(options, Instant::now());
+        if let Some(owner) = &lifetime.owner {
+            if session.owners.insert(Arc::clone(owner)) {
+                self.store.claim_owner(owner);
+            }
+        }
+        self.counters
+            .puts
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        Response::Put {
+            ids: self.store.insert_with(payload, &lifetime),
+        }
+    }
+
+    fn get(&self, session: &Session, ids: Vec<ObjectId>, wait_ms: u64) -> Outcome<Object> {
+        self.counters
+            .gets
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let policy = self.reply_policy(session);
         let found = self.store.lookup(&ids);
+        if found.iter().any(|l| matches!(l, Lookup::Spilled)) {
+            // Reading spilled objects back waits for the disk: on the blocking pool, so
+            // other requests on this thread go on.
+            let service = self.clone();
+            return Outcome::Deferred(Box::pin(async move {
+                let restoring = service.clone();
+                let restored = tokio::task::spawn_blocking(move || {
+                    restoring.store.restore(&ids, restoring.store.lookup(&ids))
+                })
+                .await;
+                match restored {
+                    Ok(Ok(found)) => service.get_reply(found, &policy),
+                    Ok(Err(e)) => Reply::error(e),
+                    Err(e) => Reply::error(ErrorReply::new(
+                        Status::Internal,
+                        format!("restoring spilled objects failed: {e}"),
+                    )),
+                }
+            }));
+        }
         if wait_ms == 0 || !found.iter().any(|l| matches!(l, Lookup::Reserved)) {
             return Outcome::Ready(self.get_reply(found, &policy));
         }
@@ -392,7 +493,10 @@ impl StoreService {
                 let changed = service.store.changed();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                let found = service.store.lookup(&ids);
+                let found = match service.store.restore(&ids, service.store.lookup(&ids)) {
+                    Ok(found) => found,
+                    Err(e) => return Reply::error(e),
+                };
                 let waiting = found.iter().any(|l| matches!(l, Lookup::Reserved));
                 if !waiting || tokio::time::Instant::now() >= deadline {
                     return service.get_reply(found, &policy);
@@ -447,6 +551,10 @@ impl StoreService {
                 }
                 Lookup::Reserved => GetItem::NotSet,
                 Lookup::Missing => GetItem::NotFound,
+                Lookup::Evicted => GetItem::Evicted,
+                // Spilled again between its restore and this reply (a consume-once get
+                // under heavy pressure): the client may retry.
+                Lookup::Spilled => GetItem::NotSet,
             });
         }
         let c = &self.counters;
@@ -645,17 +753,61 @@ impl StoreService {
     /// Runs a client's function over objects of this store, off the runtime's workers; the
     /// inputs stay leased (an evict meanwhile frees nothing) until it ends.
     fn invoke(&self, invoke: Invoke, payload: Vec<Allocation>) -> Outcome<Object> {
-        let mut inputs = Vec::with_capacity(invoke.ids.len());
-        for (id, found) in invoke.ids.iter().zip(self.store.lookup(&invoke.ids)) {
-            match found {
-                Lookup::Found(object) => inputs.push(object),
-                Lookup::Reserved | Lookup::Missing => {
-                    return Outcome::Ready(Reply::error(ErrorReply::new(
-                        Status::NotFound,
-                        format!("no object {id:?} to invoke a function on"),
-                    )))
-                }
+        let found = self.store.lookup(&invoke.ids);
+        if !found.iter().any(|l| matches!(l, Lookup::Spilled)) {
+            return self.invoke_over(invoke, payload, found);
+        }
+        // Spilled inputs come back from disk on the blocking pool first (as for a get).
+        let service = self.clone();
+        Outcome::Deferred(Box::pin(async move {
+            let restoring = service.clone();
+            let ids = invoke.ids.clone();
+            let restored = tokio::task::spawn_blocking(move || {
+                restoring.store.restore(&ids, restoring.store.lookup(&ids))
+            })
+            .await;
+            match restored {
+                Ok(Ok(found)) => match service.invoke_over(invoke, payload, found) {
+                    Outcome::Ready(reply) => reply,
+                    Outcome::Deferred(later) => later.await,
+                },
+                Ok(Err(e)) => Reply::error(e),
+                Err(e) => Reply::error(ErrorReply::new(
+                    Status::Internal,
+                    format!("restoring spilled inputs failed: {e}"),
+                )),
             }
+        }))
+    }
+
+    /// Runs the function over the inputs `found` for `invoke.ids`.
+    fn invoke_over(
+        &self,
+        invoke: Invoke,
+        payload: Vec<Allocation>,
+        found: Vec<Lookup>,
+    ) -> Outcome<Object> {
+        let mut inputs = Vec::with_capacity(invoke.ids.len());
+        for (id, found) in invoke.ids.iter().zip(found) {
+            let refused = match found {
+                Lookup::Found(object) => {
+                    inputs.push(object);
+                    continue;
+                }
+                Lookup::Reserved | Lookup::Missing => ErrorReply::new(
+                    Status::NotFound,
+                    format!("no object {id:?} to invoke a function on"),
+                ),
+                Lookup::Evicted => ErrorReply::new(
+                    Status::Evicted,
+                    format!("object {id:?} was evicted by the server"),
+                ),
+                Lookup::Spilled => ErrorReply::new(
+                    Status::Internal,
+                    format!("object {id:?} was spilled again while being restored; retry"),
+                ),
+            };
+            return Outcome::Ready(Reply::error(refused));
         }
         let to_key = invoke.to_key;
         let call = match self.functions.prepare(invoke, payload) {
@@ -861,6 +1013,7 @@ impl Service for StoreService {
             is_channel: false,
             channels: Vec::new(),
             request_started: None,
+            owners: HashSet::new(),
         }
     }
 
@@ -941,7 +1094,7 @@ impl StoreService {
         payload_len: u64,
     ) -> Result<Vec<Allocation>, ErrorReply> {
         let sizes: &[u64] = match request {
-            Request::Put { sizes } if session.greeted => sizes,
+            Request::Put { sizes } | Request::PutWith { sizes, .. } if session.greeted => sizes,
             Request::Set { ids, sizes } if session.greeted => {
                 if ids.len() != sizes.len() {
                     return Err(ErrorReply::new(
@@ -1009,7 +1162,19 @@ impl StoreService {
                     ids: self.store.insert(payload),
                 }
             }
+            Request::PutWith { options, .. } => self.put_with(session, &options, payload),
             Request::Get { ids, wait_ms } => return self.get(session, ids, wait_ms),
+            Request::GetAndEvict { ids } => {
+                return Outcome::Ready(self.get_and_evict(session, ids))
+            }
+            Request::ReleaseOwner { owner } => {
+                let objects = self.store.release_owner(&owner);
+                tracing::debug!(peer = %session.peer.address, owner, objects, "owner released");
+                Response::Released { objects }
+            }
+            Request::Extend { ids, lease_ms } => Response::Exists {
+                present: self.store.extend(&ids, Duration::from_millis(lease_ms)),
+            },
             Request::Exists { ids } => Response::Exists {
                 present: self.store.exists(&ids),
             },

@@ -4,15 +4,25 @@
 //! Reservations cost table memory without arena memory, so each is charged
 //! [`RESERVED_KEY_CHARGE`] against the memory limit until it is set, evicted, or expires
 //! (its time to live is fixed per server, so the oldest reservation expires first).
+//!
+//! Sealed objects may carry a lifetime ([`Lifetime`]): a time to live or a renewable lease
+//! (both expire by the deadline queue, swept every second and checked on every lookup) and
+//! an owner tag (evicted together when the last session that used the tag closes, or on
+//! release). Under an eviction policy, objects that are not pinned by a lease are ranked
+//! in an [`Order`] and the coldest ones dropped when a put does not fit.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dimstore_arena::{Allocation, Arena, OutOfMemory, Sealed, Writer};
-use dimstore_proto::{ErrorReply, ObjectId, Status};
+use dimstore_proto::{ErrorReply, ObjectId, PressureStats, PutOptions, Status};
 use tokio::sync::Notify;
+
+use crate::eviction::{Evicted, Order, Policy, Rank};
+use crate::spill::{SpillDir, SpillFile};
 
 /// A stored object: shared, read-only arena memory. Each clone is a lease.
 pub type Object = Sealed;
@@ -25,14 +35,82 @@ pub const RESERVED_KEY_CHARGE: u64 = 128;
 /// batch takes the lock in turns with other requests.
 const TABLE_CHUNK: usize = 4096;
 
+/// How long a stored object lives and who owns it (from [`PutOptions`]).
+#[derive(Debug, Clone, Default)]
+pub struct Lifetime {
+    /// Evicted at this instant, if ever.
+    pub expires: Option<Instant>,
+    /// The expiry is a lease that [`ObjectStore::extend`] renews; leased objects are pinned
+    /// (never evicted by the policy).
+    pub leased: bool,
+    /// Owner tag: evicted with its owner.
+    pub owner: Option<Arc<str>>,
+}
+
+impl Lifetime {
+    /// The lifetime `options` ask for, counted from `now` (the request limits bound the
+    /// durations).
+    pub fn from_options(options: &PutOptions, now: Instant) -> Lifetime {
+        let after = |ms: u64| (ms > 0).then(|| now + Duration::from_millis(ms));
+        let lease = after(options.lease_ms);
+        let ttl = after(options.ttl_ms);
+        Lifetime {
+            // With both, whichever ends first.
+            expires: match (ttl, lease) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            leased: lease.is_some(),
+            owner: options.owner.as_deref().map(Arc::from),
+        }
+    }
+
+    fn is_plain(&self) -> bool {
+        self.expires.is_none() && self.owner.is_none()
+    }
+}
+
+/// Where a sealed object's bytes are.
+#[derive(Debug)]
+enum Data {
+    Memory(Object),
+    /// Spilled to disk; shared so a restore can read it without the table lock.
+    Disk(Arc<SpillFile>),
+}
+
+/// A sealed object in the table.
+#[derive(Debug)]
+struct Stored {
+    data: Data,
+    lifetime: Lifetime,
+    /// Place in the eviction order (`None`: not evictable by the policy).
+    rank: Option<Rank>,
+}
+
 /// What the table holds under an id.
 #[derive(Debug)]
 enum Entry {
-    Sealed(Object),
+    Sealed(Stored),
     /// Reserved by `new_key`, dropped at `expires` unless set before.
     Reserved {
         expires: Instant,
     },
+}
+
+/// Why the server (not a client's evict) removed an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Policy,
+    Expired,
+    Owner,
+    Consumed,
+}
+
+/// Objects of one owner tag, and the sessions using the tag.
+#[derive(Debug, Default)]
+struct OwnerGroup {
+    ids: HashSet<ObjectId>,
+    sessions: u64,
 }
 
 /// The table behind the lock.
@@ -42,6 +120,28 @@ struct Table {
     /// Reservations by expiry time (oldest first); entries set or evicted meanwhile are
     /// skipped when their time comes.
     expiring: VecDeque<(Instant, ObjectId)>,
+    /// Sealed objects by expiry time (soonest first); stale records (object gone, lease
+    /// renewed) are skipped when their time comes.
+    deadlines: BinaryHeap<Reverse<(Instant, ObjectId)>>,
+    /// Owner tags in use.
+    owners: HashMap<Arc<str>, OwnerGroup>,
+    /// Objects with a lifetime now.
+    with_lifetime: u64,
+    /// Eviction order of the evictable objects.
+    order: Order,
+    /// Ids the server evicted recently.
+    evicted: Evicted,
+    /// Removals by the server, by cause.
+    counts: PressureCounts,
+}
+
+/// Objects the server removed, by cause.
+#[derive(Debug, Default, Clone, Copy)]
+struct PressureCounts {
+    policy: u64,
+    expired: u64,
+    owner: u64,
+    consumed: u64,
 }
 
 impl Table {
@@ -55,6 +155,102 @@ impl Table {
             });
         }
     }
+
+    /// Stores a sealed object under a fresh id.
+    fn insert_sealed(&mut self, id: ObjectId, object: Object, lifetime: Lifetime) {
+        let rank = if lifetime.leased {
+            None
+        } else {
+            self.order.insert(id)
+        };
+        self.track_lifetime(id, &lifetime);
+        self.entries.insert(
+            id,
+            Entry::Sealed(Stored {
+                data: Data::Memory(object),
+                lifetime,
+                rank,
+            }),
+        );
+    }
+
+    fn track_lifetime(&mut self, id: ObjectId, lifetime: &Lifetime) {
+        if lifetime.is_plain() {
+            return;
+        }
+        self.with_lifetime += 1;
+        if let Some(at) = lifetime.expires {
+            self.deadlines.push(Reverse((at, id)));
+            if self.deadlines.len() as u64 > 2 * self.with_lifetime + TABLE_CHUNK as u64 {
+                let entries = &self.entries;
+                self.deadlines.retain(|Reverse((at, id))| {
+                    matches!(entries.get(id), Some(Entry::Sealed(s)) if s.lifetime.expires == Some(*at))
+                });
+            }
+        }
+        if let Some(owner) = &lifetime.owner {
+            self.owners
+                .entry(Arc::clone(owner))
+                .or_default()
+                .ids
+                .insert(id);
+        }
+    }
+
+    /// Removes a sealed object and its bookkeeping; `cause` is set when the server (not a
+    /// client) removed it, and remembered for its gets. Returns the object so the caller
+    /// drops it (freeing its memory) after releasing the lock.
+    fn remove_sealed(&mut self, id: ObjectId, cause: Option<Cause>) -> Option<Data> {
+        if !matches!(self.entries.get(&id), Some(Entry::Sealed(_))) {
+            return None;
+        }
+        let Some(Entry::Sealed(stored)) = self.entries.remove(&id) else {
+            return None;
+        };
+        if let Some(rank) = stored.rank {
+            self.order.remove(id, rank);
+        }
+        if !stored.lifetime.is_plain() {
+            self.with_lifetime -= 1;
+        }
+        if let Some(owner) = &stored.lifetime.owner {
+            if let Some(group) = self.owners.get_mut(owner) {
+                group.ids.remove(&id);
+                if group.ids.is_empty() && group.sessions == 0 {
+                    self.owners.remove(owner);
+                }
+            }
+        }
+        if let Some(cause) = cause {
+            self.evicted.remember(id);
+            let c = &mut self.counts;
+            match cause {
+                Cause::Policy => c.policy += 1,
+                Cause::Expired => c.expired += 1,
+                Cause::Owner => c.owner += 1,
+                Cause::Consumed => c.consumed += 1,
+            }
+        }
+        Some(stored.data)
+    }
+
+    /// The sealed object under `id` if it is live at `now` (an expired one is removed).
+    fn live(&mut self, id: &ObjectId, now: Instant, dropped: &mut Vec<Data>) -> Lookup {
+        match self.entries.get(id) {
+            Some(Entry::Sealed(s)) if s.lifetime.expires.is_some_and(|at| at <= now) => {
+                dropped.extend(self.remove_sealed(*id, Some(Cause::Expired)));
+                Lookup::Evicted
+            }
+            Some(Entry::Sealed(Stored {
+                data: Data::Memory(object),
+                ..
+            })) => Lookup::Found(object.clone()),
+            Some(Entry::Sealed(_)) => Lookup::Spilled,
+            Some(Entry::Reserved { .. }) => Lookup::Reserved,
+            None if self.evicted.contains(id) => Lookup::Evicted,
+            None => Lookup::Missing,
+        }
+    }
 }
 
 /// Lookup result for one id.
@@ -66,6 +262,10 @@ pub enum Lookup {
     Reserved,
     /// Unknown id.
     Missing,
+    /// Removed by the server (policy, time to live, lease, owner, consumed).
+    Evicted,
+    /// Spilled to disk ([`ObjectStore::restore`] brings it back).
+    Spilled,
 }
 
 /// Objects of one server.
@@ -83,10 +283,22 @@ pub struct ObjectStore {
     counter: AtomicU64,
     /// Woken whenever a deferred object is set or a reservation dropped.
     changed: Notify,
+    /// Whether the policy may drop objects to make room.
+    policy: Policy,
+    /// Where cold objects go when memory is full, if anywhere.
+    spill: Option<SpillDir>,
+    /// Wakes the background spiller.
+    spill_wanted: Notify,
+}
+
+/// Memory use above which the background spiller starts.
+fn high_water(capacity: u64) -> u64 {
+    capacity / 10 * 9
 }
 
 impl ObjectStore {
     /// A store whose objects live in `arena`; reserved keys last `reserved_ttl` unless set.
+    /// Full puts are refused (no eviction policy, see [`ObjectStore::with_eviction`]).
     pub fn new(arena: Arena, instance: u64, reserved_ttl: Duration) -> Self {
         ObjectStore {
             arena,
@@ -96,7 +308,36 @@ impl ObjectStore {
             instance,
             counter: AtomicU64::new(1),
             changed: Notify::new(),
+            policy: Policy::None,
+            spill: None,
+            spill_wanted: Notify::new(),
         }
+    }
+
+    /// This store, making room for puts that do not fit by evicting under `policy`. Call
+    /// before anything is stored.
+    pub fn with_eviction(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        if policy != Policy::None || self.spill.is_none() {
+            self.table().order = Order::new(policy);
+        }
+        self
+    }
+
+    /// This store, spilling the coldest objects (least recently read, unless the eviction
+    /// policy ranks otherwise) to `spill` when a put does not fit, before evicting any.
+    /// Call before anything is stored.
+    pub fn with_spill(mut self, spill: SpillDir) -> Self {
+        if self.policy == Policy::None {
+            self.table().order = Order::new(Policy::Lru);
+        }
+        self.spill = Some(spill);
+        self
+    }
+
+    /// The spill directory, if spilling is on.
+    pub fn spill(&self) -> Option<&SpillDir> {
+        self.spill.as_ref()
     }
 
     /// The arena.
@@ -120,7 +361,8 @@ impl ObjectStore {
             .saturating_mul(RESERVED_KEY_CHARGE)
     }
 
-    /// Allocates memory for objects of these sizes (all or none).
+    /// Allocates memory for objects of these sizes (all or none). Under an eviction policy,
+    /// the coldest evictable objects are dropped until they fit.
     pub fn allocate(&self, sizes: &[u64]) -> Result<Vec<Allocation>, ErrorReply> {
         let capacity = self.arena.config().capacity;
         if let Some(&big) = sizes.iter().find(|&&s| s > capacity) {
@@ -129,9 +371,42 @@ impl ObjectStore {
                 format!("object of {big} bytes exceeds the memory limit of {capacity} bytes"),
             ));
         }
+        let total = sizes.iter().fold(0u64, |acc, &s| acc.saturating_add(s));
+        loop {
+            match self.try_allocate(sizes, total) {
+                Err(e) if e.status == Status::StoreFull && self.make_room(total) => continue,
+                Ok(allocations) => {
+                    if self.spill.is_some() && self.arena.stats().used > high_water(capacity) {
+                        self.spill_wanted.notify_one();
+                    }
+                    return Ok(allocations);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Spills the coldest objects until memory use is back under the low-water mark (3/4
+    /// of the limit), so that puts find room without waiting for the disk. Run by the
+    /// background spiller after [`ObjectStore::spill_wanted`] fires.
+    pub fn spill_ahead(&self) {
+        let capacity = self.arena.config().capacity;
+        let used = self.arena.stats().used;
+        if used > high_water(capacity) {
+            self.spill_coldest(used - capacity / 4 * 3);
+        }
+    }
+
+    /// Fires when memory use passes the high-water mark (9/10 of the limit) on a store that
+    /// spills.
+    pub fn spill_wanted(&self) -> tokio::sync::futures::Notified<'_> {
+        self.spill_wanted.notified()
+    }
+
+    fn try_allocate(&self, sizes: &[u64], total: u64) -> Result<Vec<Allocation>, ErrorReply> {
+        let capacity = self.arena.config().capacity;
         let charged = self.reserved_charge();
         if charged > 0 {
-            let total = sizes.iter().fold(0u64, |acc, &s| acc.saturating_add(s));
             let free = capacity
                 .saturating_sub(self.arena.stats().used)
                 .saturating_sub(charged);
@@ -176,17 +451,321 @@ impl ObjectStore {
             .collect()
     }
 
+    /// Frees memory for `wanted` more bytes (at least some): spills the coldest objects,
+    /// else (no spill directory, or it failed) evicts them under the policy. `false` when
+    /// nothing could be freed.
+    fn make_room(&self, wanted: u64) -> bool {
+        let capacity = self.arena.config().capacity;
+        let free = capacity
+            .saturating_sub(self.arena.stats().used)
+            .saturating_sub(self.reserved_charge());
+        let needed = wanted.saturating_sub(free).max(1);
+        if self.spill.is_some() && self.spill_coldest(needed) {
+            return true;
+        }
+        self.policy != Policy::None && self.evict_coldest(needed)
+    }
+
+    /// The coldest objects in memory that nobody reads or maps now (only the table holds
+    /// them), about `needed` bytes' worth.
+    fn coldest_in_memory(table: &Table, needed: u64) -> Vec<(ObjectId, Object)> {
+        let mut found = Vec::new();
+        let mut bytes = 0u64;
+        for id in table.order.coldest() {
+            if bytes >= needed {
+                break;
+            }
+            if let Some(Entry::Sealed(Stored {
+                data: Data::Memory(object),
+                ..
+            })) = table.entries.get(&id)
+            {
+                if object.leases() == 1 {
+                    bytes += object.len().max(1);
+                    found.push((id, object.clone()));
+                }
+            }
+        }
+        found
+    }
+
+    /// Drops the coldest evictable objects (not pinned, not read right now); whether any
+    /// went.
+    fn evict_coldest(&self, needed: u64) -> bool {
+        let mut table = self.table();
+        let victims = Self::coldest_in_memory(&table, needed);
+        let dropped: Vec<Data> = victims
+            .iter()
+            .filter_map(|&(id, _)| table.remove_sealed(id, Some(Cause::Policy)))
+            .collect();
+        drop(table);
+        drop(victims);
+        if !dropped.is_empty() {
+            tracing::debug!(objects = dropped.len(), "evicted to make room");
+        }
+        !dropped.is_empty()
+    }
+
+    /// Writes the coldest objects to spill files and frees their memory; whether any went.
+    /// A failed write (disk full, spill limit, I/O) leaves the object in memory.
+    fn spill_coldest(&self, needed: u64) -> bool {
+        let Some(spill) = &self.spill else {
+            return false;
+        };
+        let candidates = Self::coldest_in_memory(&self.table(), needed);
+        let mut spilled = 0;
+        let mut freed = Vec::with_capacity(candidates.len());
+        for (id, object) in candidates {
+            let file = match spill.write(id, object.as_slice()) {
+                Ok(file) => Arc::new(file),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot spill: the object stays in memory");
+                    break;
+                }
+            };
+            let mut table = self.table();
+            if let Some(Entry::Sealed(stored)) = table.entries.get_mut(&id) {
+                if matches!(stored.data, Data::Memory(_)) {
+                    freed.push(std::mem::replace(&mut stored.data, Data::Disk(file)));
+                    spilled += 1;
+                }
+            }
+            drop(table);
+            drop(object);
+        }
+        drop(freed);
+        spilled > 0
+    }
+
+    /// Brings spilled objects among `found` (the lookup of `ids`) back into memory. A
+    /// failure (no memory even after spilling others, a read error) is a typed error; the
+    /// object stays on disk.
+    pub fn restore(
+        &self,
+        ids: &[ObjectId],
+        mut found: Vec<Lookup>,
+    ) -> Result<Vec<Lookup>, ErrorReply> {
+        for (id, lookup) in ids.iter().zip(found.iter_mut()) {
+            if matches!(lookup, Lookup::Spilled) {
+                *lookup = self.restore_one(id)?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn restore_one(&self, id: &ObjectId) -> Result<Lookup, ErrorReply> {
+        let (Some(spill), Some(file)) = (&self.spill, self.spilled_file(id)) else {
+            // Restored (or evicted) meanwhile.
+            return Ok(self.lookup(std::slice::from_ref(id)).remove(0));
+        };
+        let mut allocation = self
+            .allocate(&[file.len()])
+            .map_err(|e| {
+                ErrorReply::new(
+                    e.status,
+                    format!("cannot restore spilled object {id}: {}", e.message),
+                )
+            })?
+            .remove(0);
+        spill.read(&file, allocation.as_mut_slice()).map_err(|e| {
+            tracing::warn!(error = %e, "cannot restore a spilled object");
+            ErrorReply::new(Status::Internal, format!("cannot restore object {id}: {e}"))
+        })?;
+        let object = allocation.seal();
+        let mut table = self.table();
+        let Table { entries, order, .. } = &mut *table;
+        let restored = match entries.get_mut(id) {
+            Some(Entry::Sealed(stored)) if matches!(&stored.data, Data::Disk(f) if Arc::ptr_eq(f, &file)) =>
+            {
+                if let Some(rank) = &mut stored.rank {
+                    order.touch(*id, rank);
+                }
+                Some(std::mem::replace(
+                    &mut stored.data,
+                    Data::Memory(object.clone()),
+                ))
+            }
+            _ => None,
+        };
+        drop(table);
+        drop(restored);
+        Ok(Lookup::Found(object))
+    }
+
+    fn spilled_file(&self, id: &ObjectId) -> Option<Arc<SpillFile>> {
+        match self.table().entries.get(id) {
+            Some(Entry::Sealed(Stored {
+                data: Data::Disk(file),
+                ..
+            })) => Some(Arc::clone(file)),
+            _ => None,
+        }
+    }
+
     /// Seals received objects under fresh ids.
     pub fn insert(&self, objects: Vec<Allocation>) -> Vec<ObjectId> {
+        self.insert_with(objects, &Lifetime::default())
+    }
+
+    /// Seals received objects under fresh ids, each with `lifetime`. An owner tag must have
+    /// been claimed ([`ObjectStore::claim_owner`]) by the putting session.
+    pub fn insert_with(&self, objects: Vec<Allocation>, lifetime: &Lifetime) -> Vec<ObjectId> {
         let mut table = self.table();
         objects
             .into_iter()
             .map(|object| {
                 let id = self.next_id();
-                table.entries.insert(id, Entry::Sealed(object.seal()));
+                table.insert_sealed(id, object.seal(), lifetime.clone());
                 id
             })
             .collect()
+    }
+
+    /// Records that a session puts objects under `owner`: they live until every session
+    /// that claimed the tag has unclaimed it, or until released.
+    pub fn claim_owner(&self, owner: &Arc<str>) {
+        self.table()
+            .owners
+            .entry(Arc::clone(owner))
+            .or_default()
+            .sessions += 1;
+    }
+
+    /// A session that claimed `owner` closed: the last one evicts the tag's objects.
+    /// Returns how many.
+    pub fn unclaim_owner(&self, owner: &Arc<str>) -> u64 {
+        let mut table = self.table();
+        let Some(group) = table.owners.get_mut(owner) else {
+            return 0;
+        };
+        group.sessions = group.sessions.saturating_sub(1);
+        if group.sessions > 0 {
+            return 0;
+        }
+        self.evict_owner(table, owner)
+    }
+
+    /// Evicts every object put under `owner`; returns how many.
+    pub fn release_owner(&self, owner: &str) -> u64 {
+        let table = self.table();
+        self.evict_owner(table, owner)
+    }
+
+    fn evict_owner(&self, mut table: MutexGuard<'_, Table>, owner: &str) -> u64 {
+        let ids: Vec<ObjectId> = match table.owners.get_mut(owner) {
+            Some(group) => group.ids.drain().collect(),
+            None => return 0,
+        };
+        if table.owners.get(owner).is_some_and(|g| g.sessions == 0) {
+            table.owners.remove(owner);
+        }
+        let dropped: Vec<Data> = ids
+            .iter()
+            .filter_map(|&id| table.remove_sealed(id, Some(Cause::Owner)))
+            .collect();
+        drop(table);
+        if !dropped.is_empty() {
+            self.changed.notify_waiters();
+        }
+        dropped.len() as u64
+    }
+
+    /// Renews the leases of leased objects to `lease` from now; `true` where renewed (not
+    /// leased, or gone: `false`).
+    pub fn extend(&self, ids: &[ObjectId], lease: Duration) -> Vec<bool> {
+        let now = Instant::now();
+        let mut table = self.table();
+        let mut dropped = Vec::new();
+        let renewed = ids
+            .iter()
+            .map(|id| {
+                if !matches!(
+                    table.live(id, now, &mut dropped),
+                    Lookup::Found(_) | Lookup::Spilled
+                ) {
+                    return false;
+                }
+                let at = now + lease;
+                match table.entries.get_mut(id) {
+                    Some(Entry::Sealed(s)) if s.lifetime.leased => {
+                        s.lifetime.expires = Some(at);
+                        table.deadlines.push(Reverse((at, *id)));
+                        true
+                    }
+                    _ => false,
+                }
+            })
+            .collect();
+        drop(table);
+        drop(dropped);
+        renewed
+    }
+
+    /// Evicts objects whose time to live or lease ran out before `now`; returns how many.
+    pub fn expire_objects(&self, now: Instant) -> u64 {
+        let mut expired = 0;
+        loop {
+            let mut table = self.table();
+            let mut dropped = Vec::new();
+            let mut checked = 0;
+            while checked < TABLE_CHUNK {
+                match table.deadlines.peek() {
+                    Some(&Reverse((at, id))) if at <= now => {
+                        table.deadlines.pop();
+                        checked += 1;
+                        if matches!(table.entries.get(&id), Some(Entry::Sealed(s)) if s.lifetime.expires == Some(at))
+                        {
+                            dropped.extend(table.remove_sealed(id, Some(Cause::Expired)));
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            drop(table);
+            expired += dropped.len() as u64;
+            drop(dropped);
+            if checked < TABLE_CHUNK {
+                break;
+            }
+        }
+        if expired > 0 {
+            self.changed.notify_waiters();
+        }
+        expired
+    }
+
+    fn spill_stats(&self) -> PressureStats {
+        let Some(spill) = &self.spill else {
+            return PressureStats::default();
+        };
+        let c = spill.counters();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PressureStats {
+            spilled_bytes: get(&c.bytes),
+            spilled_objects: get(&c.files),
+            restores: get(&c.restores),
+            spill_failures: get(&c.failures),
+            spill_written: get(&c.written),
+            spill_write_ns: get(&c.write_ns),
+            spill_read: get(&c.read),
+            spill_read_ns: get(&c.read_ns),
+            ..PressureStats::default()
+        }
+    }
+
+    /// Counters of lifetimes and memory pressure.
+    pub fn pressure(&self) -> PressureStats {
+        let table = self.table();
+        let c = table.counts;
+        PressureStats {
+            policy: self.policy.name().into(),
+            policy_evictions: c.policy,
+            expired: c.expired,
+            owner_evictions: c.owner,
+            consumed: c.consumed,
+            with_lifetime: table.with_lifetime,
+            ..self.spill_stats()
+        }
     }
 
     /// Reserves `count` ids for deferred objects, each charged [`RESERVED_KEY_CHARGE`]
@@ -295,8 +874,8 @@ impl ObjectStore {
         }
         for (id, object) in ids.iter().zip(objects) {
             // A repeated id was set by its first occurrence; later ones are dropped.
-            if let Some(entry @ Entry::Reserved { .. }) = table.entries.get_mut(id) {
-                *entry = Entry::Sealed(object.seal());
+            if let Some(Entry::Reserved { .. }) = table.entries.get(id) {
+                table.insert_sealed(*id, object.seal(), Lifetime::default());
                 self.reserved.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -305,23 +884,62 @@ impl ObjectStore {
         Ok(())
     }
 
-    /// Looks up objects, leasing the ones found.
+    /// Looks up objects, leasing the ones found (a read, for the eviction order).
     pub fn lookup(&self, ids: &[ObjectId]) -> Vec<Lookup> {
-        let table = self.table();
-        ids.iter()
-            .map(|id| match table.entries.get(id) {
-                Some(Entry::Sealed(o)) => Lookup::Found(o.clone()),
-                Some(Entry::Reserved { .. }) => Lookup::Reserved,
-                None => Lookup::Missing,
+        let now = Instant::now();
+        let mut table = self.table();
+        let mut dropped = Vec::new();
+        let found = ids
+            .iter()
+            .map(|id| {
+                let lookup = table.live(id, now, &mut dropped);
+                if let Lookup::Found(_) = lookup {
+                    let Table { entries, order, .. } = &mut *table;
+                    if let Some(Entry::Sealed(Stored {
+                        rank: Some(rank), ..
+                    })) = entries.get_mut(id)
+                    {
+                        order.touch(*id, rank);
+                    }
+                }
+                lookup
             })
-            .collect()
+            .collect();
+        drop(table);
+        drop(dropped);
+        found
+    }
+
+    /// Looks up objects and removes the ones found in the same step: of concurrent callers,
+    /// exactly one gets each object.
+    pub fn take(&self, ids: &[ObjectId]) -> Vec<Lookup> {
+        let now = Instant::now();
+        let mut table = self.table();
+        let mut dropped = Vec::new();
+        let taken = ids
+            .iter()
+            .map(|id| {
+                let lookup = table.live(id, now, &mut dropped);
+                if let Lookup::Found(_) = lookup {
+                    dropped.extend(table.remove_sealed(*id, Some(Cause::Consumed)));
+                }
+                lookup
+            })
+            .collect();
+        drop(table);
+        drop(dropped);
+        taken
     }
 
     /// Which ids name set objects.
     pub fn exists(&self, ids: &[ObjectId]) -> Vec<bool> {
+        let now = Instant::now();
         let table = self.table();
         ids.iter()
-            .map(|id| matches!(table.entries.get(id), Some(Entry::Sealed(_))))
+            .map(|id| {
+                matches!(table.entries.get(id), Some(Entry::Sealed(s))
+                    if s.lifetime.expires.is_none_or(|at| at > now))
+            })
             .collect()
     }
 
@@ -329,19 +947,25 @@ impl ObjectStore {
     pub fn evict(&self, ids: &[ObjectId]) -> Vec<bool> {
         let mut table = self.table();
         let mut unreserved = 0;
+        let mut dropped = Vec::new();
         let removed: Vec<bool> = ids
             .iter()
-            .map(|id| match table.entries.remove(id) {
+            .map(|id| match table.entries.get(id) {
                 Some(Entry::Reserved { .. }) => {
+                    table.entries.remove(id);
                     unreserved += 1;
                     true
                 }
-                Some(Entry::Sealed(_)) => true,
+                Some(Entry::Sealed(_)) => {
+                    dropped.extend(table.remove_sealed(*id, None));
+                    true
+                }
                 None => false,
             })
             .collect();
         self.reserved.fetch_sub(unreserved, Ordering::Relaxed);
         drop(table);
+        drop(dropped);
         self.changed.notify_waiters();
         removed
     }
@@ -441,6 +1065,230 @@ mod tests {
         );
         assert_eq!(store.counts(), (0, 0));
         assert!(store.table().expiring.is_empty());
+    }
+
+    fn put(store: &ObjectStore, size: u64, lifetime: &Lifetime) -> ObjectId {
+        let objects = store.allocate(&[size]).expect("room");
+        store.insert_with(objects, lifetime)[0]
+    }
+
+    #[test]
+    fn objects_expire_at_their_ttl_on_lookup_and_by_the_sweep() {
+        let store = store(1 << 20, Duration::from_secs(60));
+        let now = Instant::now();
+        let options = PutOptions {
+            ttl_ms: 50,
+            ..PutOptions::default()
+        };
+        let short = put(&store, 64, &Lifetime::from_options(&options, now));
+        let swept = put(&store, 64, &Lifetime::from_options(&options, now));
+        let plain = put(&store, 64, &Lifetime::default());
+        assert!(matches!(store.lookup(&[short])[..], [Lookup::Found(_)]));
+        std::thread::sleep(Duration::from_millis(60));
+        // Past its time: gone on lookup even before a sweep, reported as evicted.
+        assert!(matches!(store.lookup(&[short])[..], [Lookup::Evicted]));
+        assert_eq!(store.exists(&[swept, plain]), [false, true]);
+        assert_eq!(store.expire_objects(Instant::now()), 1);
+        assert!(matches!(
+            store.lookup(&[swept, plain])[..],
+            [Lookup::Evicted, Lookup::Found(_)]
+        ));
+        assert_eq!(store.pressure().expired, 2);
+        assert_eq!(
+            store.arena().stats().used,
+            64,
+            "only the plain object holds memory"
+        );
+    }
+
+    #[test]
+    fn leases_expire_unless_extended() {
+        let store = store(1 << 20, Duration::from_secs(60));
+        let start = Instant::now();
+        let options = PutOptions {
+            lease_ms: 1000,
+            ..PutOptions::default()
+        };
+        let renewed = put(&store, 1, &Lifetime::from_options(&options, start));
+        let lapsed = put(&store, 1, &Lifetime::from_options(&options, start));
+        let plain = put(&store, 1, &Lifetime::default());
+        assert_eq!(
+            store.extend(&[renewed, plain], Duration::from_secs(3600)),
+            [true, false],
+            "only leased objects are extended"
+        );
+        assert_eq!(store.expire_objects(start + Duration::from_secs(2)), 1);
+        assert_eq!(store.exists(&[renewed, lapsed, plain]), [true, false, true]);
+        assert_eq!(store.extend(&[lapsed], Duration::from_secs(1)), [false]);
+    }
+
+    #[test]
+    fn take_hands_each_object_to_exactly_one_caller() {
+        let store = std::sync::Arc::new(store(1 << 20, Duration::from_secs(60)));
+        let ids: Vec<ObjectId> = (0..200)
+            .map(|_| put(&store, 8, &Lifetime::default()))
+            .collect();
+        let takers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = std::sync::Arc::clone(&store);
+                let ids = ids.clone();
+                std::thread::spawn(move || {
+                    store
+                        .take(&ids)
+                        .iter()
+                        .map(|l| matches!(l, Lookup::Found(_)))
+                        .collect::<Vec<bool>>()
+                })
+            })
+            .collect();
+        let results: Vec<Vec<bool>> = takers
+            .into_iter()
+            .map(|t| t.join().expect("taker"))
+            .collect();
+        for i in 0..ids.len() {
+            assert_eq!(results.iter().filter(|r| r[i]).count(), 1, "object {i}");
+        }
+        assert_eq!(store.counts(), (0, 0));
+        assert!(matches!(store.lookup(&ids[..1])[..], [Lookup::Evicted]));
+        assert_eq!(store.arena().stats().used, 0);
+    }
+
+    #[test]
+    fn owned_objects_go_with_the_last_session_of_their_owner_or_on_release() {
+        let store = store(1 << 20, Duration::from_secs(60));
+        let tag: Arc<str> = Arc::from("job-1");
+        let owned = Lifetime {
+            owner: Some(Arc::clone(&tag)),
+            ..Lifetime::default()
+        };
+        store.claim_owner(&tag);
+        store.claim_owner(&tag);
+        let a = put(&store, 4, &owned);
+        let plain = put(&store, 4, &Lifetime::default());
+        assert_eq!(
+            store.unclaim_owner(&tag),
+            0,
+            "another session still owns it"
+        );
+        assert_eq!(store.exists(&[a]), [true]);
+        assert_eq!(store.unclaim_owner(&tag), 1);
+        assert_eq!(store.exists(&[a, plain]), [false, true]);
+        store.claim_owner(&tag);
+        let b = put(&store, 4, &owned);
+        assert_eq!(store.release_owner("job-1"), 1);
+        assert_eq!(store.release_owner("job-1"), 0);
+        assert!(matches!(store.lookup(&[b])[..], [Lookup::Evicted]));
+        assert_eq!(store.pressure().owner_evictions, 2);
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recently_read_and_spares_pinned_and_read_objects() {
+        let store = store(1 << 20, Duration::from_secs(60)).with_eviction(Policy::Lru);
+        let quarter = (1 << 20) / 4;
+        let pinned = Lifetime::from_options(
+            &PutOptions {
+                lease_ms: 3_600_000,
+                ..PutOptions::default()
+            },
+            Instant::now(),
+        );
+        let pin = put(&store, quarter, &pinned);
+        let a = put(&store, quarter, &Lifetime::default());
+        let b = put(&store, quarter, &Lifetime::default());
+        let c = put(&store, quarter, &Lifetime::default());
+        // Read a, then c: b is the least recently read, then a.
+        drop(store.lookup(&[a]));
+        drop(store.lookup(&[c]));
+        let d = put(&store, quarter, &Lifetime::default());
+        assert_eq!(
+            store.exists(&[pin, a, b, c, d]),
+            [true, true, false, true, true]
+        );
+        assert!(matches!(store.lookup(&[b])[..], [Lookup::Evicted]));
+        // a is next, unless someone is reading it: then c goes.
+        let reading = store.lookup(&[a]);
+        let e = put(&store, quarter, &Lifetime::default());
+        assert_eq!(
+            store.exists(&[pin, a, c, d, e]),
+            [true, true, false, true, true]
+        );
+        drop(reading);
+        assert_eq!(store.pressure().policy_evictions, 2);
+        // Nothing evictable left for an object as large as the memory limit.
+        let e = store.allocate(&[1 << 20]).expect_err("pinned object stays");
+        assert_eq!(e.status, Status::StoreFull, "{e}");
+        assert_eq!(store.exists(&[pin]), [true]);
+    }
+
+    #[test]
+    fn without_a_policy_a_full_store_refuses() {
+        let store = store(1 << 20, Duration::from_secs(60));
+        let a = put(&store, 1 << 19, &Lifetime::default());
+        let _b = put(&store, 1 << 19, &Lifetime::default());
+        let e = store.allocate(&[1]).expect_err("full");
+        assert_eq!(e.status, Status::StoreFull);
+        assert_eq!(store.exists(&[a]), [true]);
+    }
+
+    #[test]
+    fn full_memory_spills_the_coldest_and_gets_restore_them() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let spill = SpillDir::open(root.path(), 1 << 30).expect("spill dir");
+        let store = store(1 << 20, Duration::from_secs(60)).with_spill(spill);
+        let quarter = (1 << 20) / 4;
+        let ids: Vec<ObjectId> = (0..12u8)
+            .map(|i| {
+                let mut a = store.allocate(&[quarter]).expect("room by spilling");
+                a[0].as_mut_slice().fill(i);
+                store.insert(a)[0]
+            })
+            .collect();
+        let pressure = store.pressure();
+        assert!(pressure.spilled_objects >= 8, "{pressure:?}");
+        assert_eq!(pressure.policy_evictions, 0, "spilled, not evicted");
+        assert!(store.arena().stats().used <= 1 << 20);
+        for (i, id) in ids.iter().enumerate() {
+            let found = store
+                .restore(&[*id], store.lookup(&[*id]))
+                .expect("restore");
+            let [Lookup::Found(object)] = &found[..] else {
+                panic!("object {i}: {found:?}");
+            };
+            assert!(
+                object.as_slice().iter().all(|&b| b == i as u8),
+                "object {i}"
+            );
+        }
+        assert!(store.pressure().restores >= 8);
+        // Evicting spilled objects removes their files.
+        store.evict(&ids);
+        assert_eq!(store.pressure().spilled_objects, 0);
+        let dir = store.spill().expect("spill").path().to_path_buf();
+        assert_eq!(
+            std::fs::read_dir(dir).expect("dir").count(),
+            1,
+            "only the lock"
+        );
+    }
+
+    #[test]
+    fn a_full_spill_limit_leaves_objects_in_memory_and_refuses_the_put() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let spill = SpillDir::open(root.path(), (1 << 20) / 2).expect("spill dir");
+        let store = store(1 << 20, Duration::from_secs(60)).with_spill(spill);
+        let quarter = (1 << 20) / 4;
+        let ids: Vec<ObjectId> = (0..6)
+            .map(|_| {
+                let a = store.allocate(&[quarter]).expect("room by spilling");
+                store.insert(a)[0]
+            })
+            .collect();
+        let e = store
+            .allocate(&[quarter])
+            .expect_err("memory and spill limit full");
+        assert_eq!(e.status, Status::StoreFull, "{e}");
+        assert!(store.pressure().spill_failures >= 1);
+        assert_eq!(store.exists(&ids), [true; 6], "nothing lost");
     }
 
     /// Whether a notification future has completed (polled once, without a runtime).

@@ -169,8 +169,11 @@ pub fn reply_limits(request: &Request, payload: u64) -> FrameLimits {
         Request::Get { ids, .. }
         | Request::Exists { ids }
         | Request::Evict { ids }
-        | Request::Set { ids, .. } => (ids.len(), REPLY_BODY_PER_ITEM),
+        | Request::Set { ids, .. }
+        | Request::GetAndEvict { ids }
+        | Request::Extend { ids, .. } => (ids.len(), REPLY_BODY_PER_ITEM),
         Request::Put { sizes }
+        | Request::PutWith { sizes, .. }
         | Request::Create { sizes }
         | Request::Seal {
             reservations: sizes,

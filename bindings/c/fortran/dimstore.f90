@@ -44,6 +44,7 @@ module dimstore
     integer(c_int), parameter, public :: DIMSTORE_E_ALREADY_SET = -12
     integer(c_int), parameter, public :: DIMSTORE_E_UNREACHABLE = -13
     integer(c_int), parameter, public :: DIMSTORE_E_CONFIG = -14
+    integer(c_int), parameter, public :: DIMSTORE_E_EVICTED = -15
 
     !> A zero-copy view (dimstore_view_t): data/len valid until dimstore_view_release.
     !> dimstore_get_view fills it (or empties it on failure).

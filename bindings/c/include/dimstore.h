@@ -95,6 +95,11 @@ typedef enum dimstore_status {
      * unavailable.
      */
     DIMSTORE_E_CONFIG = -14,
+    /**
+     * The server removed the object (memory pressure, its time to live or lease ran out, its
+     * owner went, or a consume-once get took it): distinct from never stored.
+     */
+    DIMSTORE_E_EVICTED = -15,
 } dimstore_status;
 
 /**

@@ -45,6 +45,9 @@ pub enum dimstore_status {
     /// The `DIMSTORE_*` environment or the fleet file is unusable, or the transport asked for is
     /// unavailable.
     DIMSTORE_E_CONFIG = -14,
+    /// The server removed the object (memory pressure, its time to live or lease ran out, its
+    /// owner went, or a consume-once get took it): distinct from never stored.
+    DIMSTORE_E_EVICTED = -15,
 }
 
 pub use dimstore_status::*;
@@ -92,6 +95,7 @@ fn server_status(status: Status) -> dimstore_status {
             DIMSTORE_E_BAD_ARGUMENT
         }
         Status::FunctionDeadline => DIMSTORE_E_TIMEOUT,
+        Status::Evicted => DIMSTORE_E_EVICTED,
         Status::FunctionTrapped | Status::FunctionLimit => DIMSTORE_E_INTERNAL,
     }
 }
@@ -120,6 +124,7 @@ impl From<GetError> for Failure {
         match e {
             GetError::NotFound(_) => Failure::new(DIMSTORE_E_NOT_FOUND, e.to_string()),
             GetError::NotSet(_) => Failure::new(DIMSTORE_E_NOT_SET, e.to_string()),
+            GetError::Evicted(_) => Failure::new(DIMSTORE_E_EVICTED, e.to_string()),
             GetError::Invalid { .. } => Failure::new(DIMSTORE_E_INTERNAL, e.to_string()),
             GetError::Request(e) => e.into(),
         }
@@ -133,6 +138,7 @@ impl From<PutError> for Failure {
                 Failure::new(DIMSTORE_E_STORE_FULL, e.to_string())
             }
             PutError::Serialize(_) => Failure::new(DIMSTORE_E_INTERNAL, e.to_string()),
+            PutError::Invalid(_) => Failure::new(DIMSTORE_E_BAD_ARGUMENT, e.to_string()),
             PutError::Request(e) => e.into(),
         }
     }
@@ -181,6 +187,7 @@ pub(crate) fn status_name(status: c_int) -> Option<&'static CStr> {
         -12 => c"DIMSTORE_E_ALREADY_SET",
         -13 => c"DIMSTORE_E_UNREACHABLE",
         -14 => c"DIMSTORE_E_CONFIG",
+        -15 => c"DIMSTORE_E_EVICTED",
         _ => return None,
     })
 }

@@ -3,6 +3,7 @@
 //! ```text
 //! Error
 //! ├── NotFound ── NotReserved       no such object / deferred key unknown at its owner
+//! │           └─ Evicted           the server removed it (pressure, lifetime, consumed)
 //! ├── Timeout ── NotSet             no answer in time / deferred key not set in time
 //! ├── ConnectionLost ── Unreachable connection broke / server could not be reached
 //! ├── Unauthorized                  the fleet token was refused
@@ -38,6 +39,12 @@ create_exception!(
     NotReserved,
     NotFound,
     "set() on a key that its owner never reserved (or that was evicted)."
+);
+create_exception!(
+    dimstore,
+    Evicted,
+    NotFound,
+    "The server removed the object (memory pressure, its time to live or lease, its owner, a consume-once get)."
 );
 create_exception!(
     dimstore,
@@ -112,6 +119,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Error", py.get_type::<Error>())?;
     m.add("NotFound", py.get_type::<NotFound>())?;
     m.add("NotReserved", py.get_type::<NotReserved>())?;
+    m.add("Evicted", py.get_type::<Evicted>())?;
     m.add("Timeout", py.get_type::<Timeout>())?;
     m.add("NotSet", py.get_type::<NotSet>())?;
     m.add("ConnectionLost", py.get_type::<ConnectionLost>())?;
@@ -133,9 +141,12 @@ pub(crate) fn request(e: RequestError) -> PyErr {
         RequestError::Unreachable { .. } => Unreachable::new_err(text),
         RequestError::Timeout { .. } => Timeout::new_err(text),
         RequestError::ConnectionLost { .. } => ConnectionLost::new_err(text),
-        RequestError::Unauthorized { .. } => Unauthorized::new_err(text),
+        RequestError::Unauthorized { .. } | RequestError::Untrusted { .. } => {
+            Unauthorized::new_err(text)
+        }
         RequestError::Server { status, .. } => match status {
             Status::NotFound => NotFound::new_err(text),
+            Status::Evicted => Evicted::new_err(text),
             Status::StoreFull => StoreFull::new_err(text),
             Status::TooLarge => TooLarge::new_err(text),
             Status::Timeout => NotSet::new_err(text),
@@ -166,6 +177,7 @@ pub(crate) fn get(e: GetError) -> PyErr {
     match e {
         GetError::NotFound(_) => NotFound::new_err(e.to_string()),
         GetError::NotSet(_) => NotSet::new_err(e.to_string()),
+        GetError::Evicted(_) => Evicted::new_err(e.to_string()),
         GetError::Request(e) => request(e),
         other => Error::new_err(other.to_string()),
     }

@@ -106,7 +106,7 @@ impl PluginConfig {
 }
 
 /// `--dimstore` option keys, each the server option of the same name.
-const SERVER_KEYS: [&str; 7] = [
+const SERVER_KEYS: [&str; 10] = [
     "memory-limit",
     "segment-size",
     "threads",
@@ -114,10 +114,13 @@ const SERVER_KEYS: [&str; 7] = [
     "listen",
     "advertise",
     "stall-timeout",
+    "eviction",
+    "spill-dir",
+    "spill-limit",
 ];
 const SERVER_KEYS_TEXT: &str =
     "memory (= memory-limit), memory-limit, segment-size, threads, log, listen, advertise, \
-     stall-timeout";
+     stall-timeout, eviction, spill-dir, spill-limit";
 
 /// The server settings given as `--dimstore=key=value,key=value`, e.g.
 /// `--dimstore=memory=8GiB,threads=4`. Values are checked by the server itself.
@@ -227,6 +230,21 @@ mod tests {
                 "4",
                 "--stall-timeout",
                 "5s"
+            ]
+        );
+        let o = ServerOptions::parse(Some(
+            "eviction=lru,spill_dir=/local/scratch,spill-limit=100GiB",
+        ))
+        .expect("ok");
+        assert_eq!(
+            o.args(),
+            [
+                "--eviction",
+                "lru",
+                "--spill-dir",
+                "/local/scratch",
+                "--spill-limit",
+                "100GiB"
             ]
         );
         assert!(matches!(

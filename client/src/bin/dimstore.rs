@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use dimstore::{ClientConfig, Key, SpawnPolicy, Store};
+use dimstore::{ClientConfig, Key, PutOptions, SpawnPolicy, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +60,9 @@ enum Command {
     Put {
         /// File to store.
         file: PathBuf,
+        /// Evict the object this long after the put (e.g. `2s`, `1h`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
     },
     /// Fetch an object by key into a file (`-o -` or no `-o` for stdout).
     Get {
@@ -68,6 +71,10 @@ enum Command {
         /// Output file.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Consume once: evict the object in the same step (of racing getters, exactly
+        /// one gets it; the others fail with "evicted").
+        #[arg(long)]
+        evict: bool,
     },
     /// Print whether an object exists (exit status 0 if it does, 1 if not).
     Exists {
@@ -78,6 +85,11 @@ enum Command {
     Evict {
         /// The key.
         key: Key,
+    },
+    /// Evict every object put with this owner tag on this node's server; prints how many.
+    ReleaseOwner {
+        /// The owner tag.
+        owner: String,
     },
     /// Reserve a key for an object to be set later (`set`); gets wait for it.
     NewKey,
@@ -165,7 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Input files are read before any server is located or spawned: a missing file is an
     // error of its own, not a reason to start a server.
     let input = match &cli.command {
-        Command::Put { file } | Command::Set { file, .. } => Some(read_input(file)?),
+        Command::Put { file, .. } | Command::Set { file, .. } => Some(read_input(file)?),
         _ => None,
     };
     // Reading by key needs no server on this node: do not locate or spawn one.
@@ -183,14 +195,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Store::with_config(config.clone())?
     };
     match cli.command {
-        Command::Put { .. } => {
-            let key = store.put(&input.unwrap_or_default())?;
+        Command::Put { ttl, .. } => {
+            let options = PutOptions {
+                ttl,
+                ..PutOptions::default()
+            };
+            let key = store.put_with(&input.unwrap_or_default(), &options)?;
             out!("{key}")?;
         }
-        Command::Get { key, output } => {
-            let bytes = store.get(&key)?;
+        Command::Get { key, output, evict } => {
+            let bytes = if evict {
+                store.get_and_evict(&key)?
+            } else {
+                store.get(&key)?
+            };
             write_output(output.as_deref(), &bytes)?;
         }
+        Command::ReleaseOwner { owner } => println!("{}", store.release_owner(&owner)?),
         Command::Exists { key } => {
             let present = store.exists(&key)?;
             out!("{present}")?;
@@ -335,6 +356,15 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
             })
         })
         .collect();
+    let functions = serde_json::json!({
+        "invocations": s.functions.invocations,
+        "failures": s.functions.failures,
+        "modules_received": s.functions.modules_received,
+        "cache_hits": s.functions.cache_hits,
+        "cached_modules": s.functions.cached_modules,
+        "cached_bytes": s.functions.cached_bytes,
+        "running": s.functions.running,
+    });
     serde_json::json!({
         "pid": s.pid,
         "node": s.node,
@@ -351,6 +381,18 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
         "gets": s.gets,
         "get_hits": s.get_hits,
         "evictions": s.evictions,
+        "eviction_policy": s.pressure.policy,
+        "policy_evictions": s.pressure.policy_evictions,
+        "expired": s.pressure.expired,
+        "owner_evictions": s.pressure.owner_evictions,
+        "consumed": s.pressure.consumed,
+        "with_lifetime": s.pressure.with_lifetime,
+        "spilled_bytes": s.pressure.spilled_bytes,
+        "spilled_objects": s.pressure.spilled_objects,
+        "restores": s.pressure.restores,
+        "spill_failures": s.pressure.spill_failures,
+        "spill_write_mb_s": mb_per_s(s.pressure.spill_written, s.pressure.spill_write_ns),
+        "spill_read_mb_s": mb_per_s(s.pressure.spill_read, s.pressure.spill_read_ns),
         "store_full": s.store_full,
         "requests": s.requests,
         "mapped_gets": s.mapped_gets,
@@ -360,15 +402,7 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
         "reservations": s.reservations,
         "transports": transports,
         "binding": s.binding,
-        "functions": {
-            "invocations": s.functions.invocations,
-            "failures": s.functions.failures,
-            "modules_received": s.functions.modules_received,
-            "cache_hits": s.functions.cache_hits,
-            "cached_modules": s.functions.cached_modules,
-            "cached_bytes": s.functions.cached_bytes,
-            "running": s.functions.running,
-        },
+        "functions": functions,
         "ops": s.ops.iter().map(op_json).collect::<Vec<_>>(),
     })
 }
@@ -391,6 +425,14 @@ fn op_json(o: &dimstore::OpStats) -> serde_json::Value {
         "bytes_p99": o.bytes_p99,
         "bytes_max": o.bytes_max,
     })
+}
+
+/// Throughput in MB/s of `bytes` moved in `ns` nanoseconds (0 when nothing moved).
+fn mb_per_s(bytes: u64, ns: u64) -> f64 {
+    if ns == 0 {
+        return 0.0;
+    }
+    bytes as f64 / 1e6 / (ns as f64 / 1e9)
 }
 
 fn read_input(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {

@@ -406,6 +406,10 @@ fn runs_inline(request: &Request) -> bool {
         request,
         Request::Get { .. }
             | Request::Put { .. }
+            | Request::PutWith { .. }
+            | Request::GetAndEvict { .. }
+            | Request::Extend { .. }
+            | Request::ReleaseOwner { .. }
             | Request::Exists { .. }
             | Request::Evict { .. }
             | Request::NewKeys { .. }

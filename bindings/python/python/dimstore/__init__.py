@@ -18,6 +18,7 @@ from dimstore._dimstore import AlreadySet
 from dimstore._dimstore import ConnectFailed
 from dimstore._dimstore import ConnectionLost
 from dimstore._dimstore import Error
+from dimstore._dimstore import Evicted
 from dimstore._dimstore import Key
 from dimstore._dimstore import NotFound
 from dimstore._dimstore import NotReserved
@@ -39,6 +40,7 @@ __all__ = [
     'ConnectFailed',
     'ConnectionLost',
     'Error',
+    'Evicted',
     'Key',
     'NotFound',
     'NotReserved',

@@ -17,6 +17,9 @@ class NotFound(Error):
 class NotReserved(NotFound):
     """set() on a key that its owner never reserved (or that was evicted)."""
 
+class Evicted(NotFound):
+    """The server removed the object (memory pressure, its time to live or lease, its owner, a consume-once get)."""
+
 class Timeout(Error):
     """A server did not answer within the operation's timeout."""
 
