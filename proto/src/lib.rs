@@ -36,4 +36,4 @@ pub use op_stats::{format_nanos, OpStats, MAX_OP_STATS};
 pub use status::{ErrorReply, Status};
 
 /// Protocol version carried in every frame header; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
