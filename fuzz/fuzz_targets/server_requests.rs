@@ -72,13 +72,16 @@ fn service(config: u8) -> StoreService {
         one_sided: Vec::new(),
         lease_timeout: Duration::from_secs(600),
         binding: "none: fuzzing".into(),
+        // WebAssembly functions are fuzzed by their own tests; compiling modules here would
+        // only slow the fuzzer down.
+        functions: None,
     };
     let arena = Arena::new(ArenaConfig {
         capacity: MEMORY_LIMIT,
         segment_size: SEGMENT_SIZE,
     });
     let service = StoreService::new(
-        ObjectStore::new(arena, identity.server_id),
+        ObjectStore::new(arena, identity.server_id, Duration::from_secs(3600)),
         identity,
         Exporters::default(),
     );
