@@ -9,7 +9,7 @@ use dimstore_proto::{Invoke, Invoked, Key, ModuleHash, Request, Response, Status
 use sha2::{Digest, Sha256};
 
 use crate::error::RequestError;
-use crate::store::{unexpected, Store};
+use crate::store::{unexpected, Peer, Store};
 
 /// Why an invocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -137,10 +137,19 @@ impl Store {
             arg: arg.to_vec(),
             to_key,
         };
-        let reply = match self.call(owner, &Request::Invoke(request.clone()), &[]) {
+        // The output is at most what the owner could store as an object, and never more than
+        // this machine's memory.
+        let output_bound =
+            |peer: &Peer| peer.hello.max_object.min(crate::config::physical_memory());
+        let reply = match self.call_expecting(
+            owner,
+            &Request::Invoke(request.clone()),
+            &[],
+            output_bound,
+        ) {
             Err(e) if e.status() == Some(Status::ModuleUnknown) => {
                 request.with_module = true;
-                self.call(owner, &Request::Invoke(request), &[module])
+                self.call_expecting(owner, &Request::Invoke(request), &[module], output_bound)
             }
             other => other,
         };

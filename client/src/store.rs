@@ -690,7 +690,7 @@ impl Store {
 
     /// Sends one request to `owner` within this store's timeout; its reply may carry at most
     /// `reply_payload(owner's peer)` payload bytes.
-    fn call_expecting(
+    pub(crate) fn call_expecting(
         &self,
         owner: &str,
         request: &Request,

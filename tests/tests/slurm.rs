@@ -40,7 +40,11 @@ fn spank_plugin_keeps_one_server_per_node_for_the_job() {
     );
 
     // The documented check: one report per node, each from the node's own server.
-    let out = bed.sh("srun -N2 --immediate=10 -t 1 --dimstore dimstore stat --json");
+    // Each node's report goes to a file of its own: srun forwards tasks' output in chunks of
+    // about 1 KiB, so two long JSON lines printed at once can interleave on its stdout.
+    let out = bed.sh(r#"srun -N2 --immediate=10 -t 1 --dimstore \
+               sh -c 'dimstore stat --json > "$S/report-$SLURM_NODEID.json"' &&
+           cat "$S"/report-*.json"#);
     let reports = json_lines(out.ok());
     assert_eq!(reports.len(), 2, "{out}");
     let nodes: BTreeSet<&str> = reports.iter().filter_map(|r| r["node"].as_str()).collect();
@@ -65,7 +69,8 @@ fn spank_plugin_keeps_one_server_per_node_for_the_job() {
     // One job, several steps: the same servers throughout; a task on n1 puts, a task of the
     // same step on n2 gets the object by key; the servers are gone after the job.
     let job = r#"set -e
-        srun -N2 --immediate=10 dimstore stat --json > "$S/first.json"
+        srun -N2 --immediate=10 sh -c 'dimstore stat --json > "$S/first-$SLURM_NODEID.json"'
+        cat "$S"/first-*.json > "$S/first.json"
         srun -N2 -n2 --immediate=10 sh -c '
             if [ "$SLURM_PROCID" = 0 ]; then
                 hostname > "$S/in.txt"
@@ -74,7 +79,8 @@ fn spank_plugin_keeps_one_server_per_node_for_the_job() {
                 i=0; while [ ! -s "$S/key" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
                 echo "$(hostname) got $(dimstore get "$(cat "$S/key")")"
             fi'
-        srun -N2 --immediate=10 dimstore stat --json > "$S/last.json"
+        srun -N2 --immediate=10 sh -c 'dimstore stat --json > "$S/last-$SLURM_NODEID.json"'
+        cat "$S"/last-*.json > "$S/last.json"
         env | grep '^DIMSTORE_' | sort > "$S/batch-env""#;
     std::fs::write(bed.path().join("job.sh"), format!("#!/bin/sh\n{job}\n")).expect("job script");
     let out = bed.sh(
