@@ -32,6 +32,18 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A command's trimmed standard output, after asserting it succeeded (its stderr in the
+/// failure message).
+pub fn stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Whether this is a CI run: `CI` is set to anything but empty, `0` or `false` (CI services
 /// set `CI=true`).
 pub fn under_ci() -> bool {

@@ -1,24 +1,14 @@
 //! The `dimstore` command line, and elastic spawn by racing processes.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dimstore::fleet::{Fleet, FleetNode, FLEET_FORMAT};
 use dimstore_proto::ReadyFile;
 use dimstore_tests::{
-    binary, dimstore_cli as dimstore, json_transport_row, pattern, processes_mentioning,
+    binary, dimstore_cli as dimstore, json_transport_row, pattern, processes_mentioning, stdout,
     KillOnDrop, ServerOptions, TestServer,
 };
-
-fn stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 #[test]
 fn put_get_exists_evict_stat_through_the_cli() {

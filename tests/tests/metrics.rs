@@ -77,8 +77,7 @@ fn python_with_parser() -> Option<PathBuf> {
         "{} has no prometheus_client: run scripts/install-deps.sh",
         python.display()
     );
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-    eprintln!("SKIPPING the OpenMetrics parser check: {why}");
+    dimstore_tests::skip_or_fail("the OpenMetrics parser check", &why);
     None
 }
 
