@@ -233,8 +233,12 @@ impl ClientConfig {
 // `totalram` is a C `unsigned long`: `u64` here, `u32` on 32-bit targets.
 #[allow(clippy::useless_conversion)]
 pub(crate) fn physical_memory() -> u64 {
-    let info = rustix::system::sysinfo();
-    u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit.max(1)))
+    // Asked once per process: every get bounds its reply by it.
+    static TOTAL: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        let info = rustix::system::sysinfo();
+        u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit.max(1)))
+    })
 }
 
 fn default_runtime_dir() -> PathBuf {

@@ -137,10 +137,8 @@ impl Store {
             arg: arg.to_vec(),
             to_key,
         };
-        // The output is at most what the owner could store as an object, and never more than
-        // this machine's memory.
-        let output_bound =
-            |peer: &Peer| peer.hello.max_object.min(crate::config::physical_memory());
+        // The output is at most what the owner could store as an object.
+        let output_bound = Peer::largest_object;
         let reply = match self.call_expecting(
             owner,
             &Request::Invoke(request.clone()),

@@ -30,6 +30,14 @@ pub(crate) struct Peer {
     pub(crate) mappings: Option<Mappings>,
 }
 
+impl Peer {
+    /// The largest object a reply from this server may carry: what it says it can hold, and
+    /// never more than this machine's memory.
+    pub(crate) fn largest_object(&self) -> u64 {
+        self.hello.max_object.min(crate::config::physical_memory())
+    }
+}
+
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peer")
@@ -460,12 +468,11 @@ impl Store {
         self.call_expecting(owner, &request, &[], |peer| {
             // A deferred key's object is at most what its owner can hold, and no reply is
             // larger than this machine's memory.
-            let memory = crate::config::physical_memory();
-            let deferred = peer.hello.max_object.min(memory);
+            let deferred = peer.largest_object();
             keys.iter()
                 .map(|k| k.size.unwrap_or(deferred))
                 .fold(0u64, u64::saturating_add)
-                .min(memory)
+                .min(crate::config::physical_memory())
         })
     }
 
