@@ -32,6 +32,22 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Reads `count` replies (request id, response) off a raw connection that stays open.
+pub fn read_replies(stream: &mut impl std::io::Read, count: usize) -> Vec<(u64, Response)> {
+    let mut decoder = dimstore_proto::FrameDecoder::new(dimstore_proto::FrameLimits::default());
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 4096];
+    while replies.len() < count {
+        let n = stream.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early");
+        decoder.push(&buf[..n]);
+        while let Some(f) = decoder.next_frame().expect("valid") {
+            replies.push((f.header.request_id, decode_reply(&f.body)));
+        }
+    }
+    replies
+}
+
 /// A command's trimmed standard output, after asserting it succeeded (its stderr in the
 /// failure message).
 pub fn stdout(out: &std::process::Output) -> String {

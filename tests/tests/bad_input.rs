@@ -8,7 +8,9 @@ use std::time::Duration;
 use dimstore_proto::{
     encode_request, FrameDecoder, FrameKind, FrameLimits, Request, Response, Status, HEADER_LEN,
 };
-use dimstore_tests::{decode_reply, frame_head, pattern, raw_hello, ServerOptions, TestServer};
+use dimstore_tests::{
+    decode_reply, frame_head, pattern, raw_hello, read_replies, ServerOptions, TestServer,
+};
 
 /// What the server did with a malformed input.
 #[derive(Debug, PartialEq)]
@@ -77,22 +79,6 @@ fn react(stream: &mut TcpStream) -> Reaction {
         Some(s) => Reaction::ErrorThenClosed(s),
         None => Reaction::Closed,
     }
-}
-
-/// Reads `count` replies (request id, response) off a connection that stays open.
-fn read_replies(stream: &mut TcpStream, count: usize) -> Vec<(u64, Response)> {
-    let mut decoder = FrameDecoder::new(FrameLimits::default());
-    let mut replies = Vec::new();
-    let mut buf = [0u8; 4096];
-    while replies.len() < count {
-        let n = stream.read(&mut buf).expect("read");
-        assert!(n > 0, "closed early");
-        decoder.push(&buf[..n]);
-        while let Some(f) = decoder.next_frame().expect("valid") {
-            replies.push((f.header.request_id, decode_reply(&f.body)));
-        }
-    }
-    replies
 }
 
 fn send(server: &TestServer, bytes: &[u8]) -> Reaction {

@@ -15,7 +15,8 @@ use dimstore_proto::{
     Status,
 };
 use dimstore_tests::{
-    decode_reply, frame_head, pattern, raw_hello, wait_stats_within, ServerOptions, TestServer,
+    decode_reply, frame_head, pattern, raw_hello, read_replies, wait_stats_within, ServerOptions,
+    TestServer,
 };
 
 /// Growth of the server's resident memory these tests tolerate (a bug shows as hundreds of
@@ -68,22 +69,6 @@ fn local_socket(server: &TestServer) -> String {
         Response::Hello(hello) => hello.local_socket.clone().expect("a local socket"),
         other => panic!("expected a Hello reply, got {other:?}"),
     }
-}
-
-/// Reads `count` replies off a connection that stays open.
-fn read_replies(stream: &mut impl Read, count: usize) -> Vec<(u64, Response)> {
-    let mut decoder = FrameDecoder::new(FrameLimits::default());
-    let mut replies = Vec::new();
-    let mut buf = [0u8; 4096];
-    while replies.len() < count {
-        let n = stream.read(&mut buf).expect("read");
-        assert!(n > 0, "closed early");
-        decoder.push(&buf[..n]);
-        while let Some(f) = decoder.next_frame().expect("valid") {
-            replies.push((f.header.request_id, decode_reply(&f.body)));
-        }
-    }
-    replies
 }
 
 /// Reads until the server closes the connection (a reset counts), within `within`;
