@@ -1,6 +1,8 @@
 //! The cases of the one-sided contract, each generic over the configuration
 //! ([`Harness`]) it runs against; [`one_sided_suite!`](crate::one_sided_suite) makes one
-//! `#[test]` of each.
+//! `#[test]` of each. A new case is a `pub fn case<H: Harness>(case: &Case<H>)` here plus
+//! its name in the macro's list; what a fabric legitimately does differently is a question
+//! on [`Harness`] (as [`Harness::forged_key`]), never a branch on the transport's name.
 
 use std::sync::{mpsc, Arc};
 use std::thread;
