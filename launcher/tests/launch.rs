@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use dimstore::fleet::Fleet;
-use dimstore_launch::process;
+use dimstore_host::process;
 use rustix::process::Signal;
 
 /// Longest any launcher invocation may take.
