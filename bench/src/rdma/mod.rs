@@ -20,6 +20,11 @@
 //! Every process the bench starts runs under a deadline and is stopped on exit and on
 //! error (servers also exit with their parent; external tools run under coreutils'
 //! `timeout` when present). A missing tool or transport skips that part, saying why.
+//!
+//! Files: this one runs the rows; `variant.rs` names them; `measure.rs` runs the two parts
+//! of a row (with the processes of `get.rs`, `procs.rs`, `tools.rs`, `fi_read.rs` and
+//! `ucx_get.rs`); `results.rs` holds the cells and ratios; `render.rs` and `csv.rs` write
+//! them out.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
