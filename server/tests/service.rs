@@ -10,6 +10,7 @@ use dimstore_arena::{Arena, ArenaConfig};
 use dimstore_proto::{
     ErrorReply, GetItem, Hello, ObjectId, PutOptions, Request, Response, ServerStats, Status,
 };
+use dimstore_server::eviction::Policy;
 use dimstore_server::service::{Exporters, Session};
 use dimstore_server::store::Object;
 use dimstore_server::{ObjectStore, ServiceIdentity, StoreService};
@@ -19,11 +20,15 @@ use dimstore_transport::{Outcome, PeerInfo, Reply, Service};
 const CAPACITY: u64 = 4 << 20;
 
 fn service(token: Option<&str>) -> StoreService {
+    service_evicting(token, Policy::None)
+}
+
+fn service_evicting(token: Option<&str>, policy: Policy) -> StoreService {
     let arena = Arena::new(ArenaConfig {
         capacity: CAPACITY,
         segment_size: 1 << 20,
     });
-    let store = ObjectStore::new(arena, 1, Duration::from_secs(3600));
+    let store = ObjectStore::new(arena, 1, Duration::from_secs(3600)).with_eviction(policy);
     let identity = ServiceIdentity {
         node: "n1".into(),
         advertised: "127.0.0.1:7100".into(),
@@ -221,7 +226,11 @@ fn sinks_are_refused_when_sizes_and_payload_disagree_or_objects_do_not_fit() {
         (put(vec![u64::MAX, 2]), 1, Status::BadRequest),
         (Request::Stats, 1, Status::BadRequest),
         (put(vec![CAPACITY + 1]), CAPACITY + 1, Status::TooLarge),
-        (put(vec![CAPACITY / 2 + 1; 2]), CAPACITY + 2, Status::StoreFull),
+        (
+            put(vec![CAPACITY / 2 + 1; 2]),
+            CAPACITY + 2,
+            Status::StoreFull,
+        ),
     ];
     for (request, len, expected) in cases {
         let refused = service
@@ -410,4 +419,24 @@ fn connections_are_counted_while_their_sessions_live() {
     assert_eq!(service.connections(), 1);
     drop(second);
     assert_eq!(service.connections(), 0);
+}
+
+#[test]
+fn a_put_into_a_full_store_evicts_the_least_recently_read_under_lru() {
+    let service = service_evicting(None, Policy::Lru);
+    let mut session = greeted(&service);
+    let object = vec![7u8; (CAPACITY / 4) as usize];
+    let ids: Vec<ObjectId> = (0..4)
+        .map(|_| put(&service, &mut session, &[&object])[0])
+        .collect();
+    let (items, _) = get(&service, &mut session, &ids[..1]);
+    assert_eq!(items, [GetItem::Found { size: CAPACITY / 4 }]);
+    let newest = put(&service, &mut session, &[&object])[0];
+    let (items, _) = get(&service, &mut session, &[ids[0], ids[1], ids[2], newest]);
+    let found = GetItem::Found { size: CAPACITY / 4 };
+    assert_eq!(
+        items,
+        [found.clone(), GetItem::Evicted, found.clone(), found],
+        "the first object was read since its put, the second was not"
+    );
 }
