@@ -436,7 +436,7 @@ fn a_put_into_a_full_store_evicts_the_least_recently_read_under_lru() {
     let found = GetItem::Found { size: CAPACITY / 4 };
     assert_eq!(
         items,
-        [found.clone(), GetItem::Evicted, found.clone(), found],
+        [found, GetItem::Evicted, found, found],
         "the first object was read since its put, the second was not"
     );
 }
