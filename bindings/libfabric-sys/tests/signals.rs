@@ -23,10 +23,8 @@ fn install_test_handlers() {
         let mut action = unsafe { MaybeUninit::<libc::sigaction>::zeroed().assume_init() };
         action.sa_sigaction = test_handler as extern "C" fn(libc::c_int) as usize;
         // SAFETY: `action` is a valid disposition; the old one is not needed.
-        assert_eq!(
-            unsafe { libc::sigaction(signal, &action, ptr::null_mut()) },
-            0
-        );
+        let installed = unsafe { libc::sigaction(signal, &action, ptr::null_mut()) };
+        assert_eq!(installed, 0);
     }
 }
 
@@ -37,10 +35,8 @@ fn replaced_handlers() -> Vec<libc::c_int> {
         .filter(|&signal| {
             let mut current = MaybeUninit::<libc::sigaction>::zeroed();
             // SAFETY: a query only, into a valid out pointer.
-            assert_eq!(
-                unsafe { libc::sigaction(signal, ptr::null(), current.as_mut_ptr()) },
-                0
-            );
+            let queried = unsafe { libc::sigaction(signal, ptr::null(), current.as_mut_ptr()) };
+            assert_eq!(queried, 0);
             // SAFETY: filled by the successful call.
             unsafe { current.assume_init() }.sa_sigaction
                 != test_handler as extern "C" fn(libc::c_int) as usize

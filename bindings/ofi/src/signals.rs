@@ -50,11 +50,9 @@ mod tests {
         restore_default_signal_handlers();
         for signal in TAKEN {
             let mut current = MaybeUninit::<libc::sigaction>::zeroed();
-            // SAFETY: query only.
-            assert_eq!(
-                unsafe { libc::sigaction(signal, ptr::null(), current.as_mut_ptr()) },
-                0
-            );
+            // SAFETY: query only (null new action), into a valid out pointer.
+            let queried = unsafe { libc::sigaction(signal, ptr::null(), current.as_mut_ptr()) };
+            assert_eq!(queried, 0);
             // SAFETY: filled by the successful call.
             let handler = unsafe { current.assume_init() }.sa_sigaction;
             assert!(handler == libc::SIG_DFL || handler == libc::SIG_IGN);

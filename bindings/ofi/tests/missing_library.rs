@@ -26,6 +26,9 @@ fn a_missing_library_is_one_typed_sentence() {
     );
     let load = error.source().expect("the load error is the source");
     assert_eq!(load.to_string(), format!("{missing} could not be loaded"));
-    let dlerror = load.source().expect("the loader's error is its source").to_string();
+    let dlerror = load
+        .source()
+        .expect("the loader's error is its source")
+        .to_string();
     assert!(dlerror.contains("No such file"), "{dlerror}");
 }

@@ -4,8 +4,8 @@
 //! pkg-config finds for `ucx` (>= 1.12). Nothing of UCX is linked: [`load`] opens
 //! `libucp.so.0` (or the file named by `DIMSTORE_UCX_LIB`) at runtime, on first use, so a
 //! process that never uses UCX neither needs it installed nor pays for loading it (UCX's
-//! dependencies' constructors cost tenths of a second). It is the unsafe FFI layer under
-//! dimstore's UCX transport and contains no safe abstractions.
+//! libraries and their constructors, some tens of milliseconds at every start). It is the
+//! unsafe FFI layer under dimstore's UCX transport and contains no safe abstractions.
 //!
 //! - Exported functions (`ucp_get_nbx`, `ucs_status_string`, ...) are `unsafe fn`s of the
 //!   same names and signatures that call through the table [`load`] resolved (libucs's

@@ -182,9 +182,7 @@ impl std::error::Error for UcxError {
 /// Loads UCX (once per process), or the error that says it is missing: the first thing
 /// every entry point of this crate does.
 pub(crate) fn load() -> Result<()> {
-    ucx_sys::load()
-        .map(drop)
-        .map_err(UcxError::library_missing)
+    ucx_sys::load().map(drop).map_err(UcxError::library_missing)
 }
 
 /// The one checked helper for status-returning calls: `Ok(())` for `UCS_OK`, otherwise an

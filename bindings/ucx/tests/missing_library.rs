@@ -25,9 +25,14 @@ fn a_missing_library_is_one_typed_sentence() {
     );
     let load = error.source().expect("the load error is the source");
     assert_eq!(load.to_string(), format!("{missing} could not be loaded"));
-    let dlerror = load.source().expect("the loader's error is its source").to_string();
+    let dlerror = load
+        .source()
+        .expect("the loader's error is its source")
+        .to_string();
     assert!(dlerror.contains("No such file"), "{dlerror}");
     // Still missing on a second try (failures are not cached, the answer is the same).
-    let again = Context::new(&ContextConfig::from_env()).err().expect("still missing");
+    let again = Context::new(&ContextConfig::from_env())
+        .err()
+        .expect("still missing");
     assert!(again.is_library_missing());
 }
