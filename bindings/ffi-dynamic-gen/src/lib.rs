@@ -174,3 +174,108 @@ fn table(exported: &[Exported]) -> TokenStream {
         #(#forwards)*
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use quote::ToTokens;
+
+    use super::split_exported;
+
+    /// What bindgen emits for one exported function, one `static inline` wrapper, one
+    /// variadic function and a type.
+    const BINDGEN: &str = r#"
+        pub type handle_t = *mut ::std::os::raw::c_void;
+        extern "C" {
+            #[doc = " Opens a thing."]
+            pub fn lib_open(name: *const ::std::os::raw::c_char, out: *mut handle_t) -> ::std::os::raw::c_int;
+        }
+        extern "C" {
+            #[link_name = "lib_read__extern"]
+            pub fn lib_read(h: handle_t, len: usize) -> isize;
+        }
+        extern "C" {
+            pub fn lib_log(format: *const ::std::os::raw::c_char, ...);
+        }
+    "#;
+
+    /// Tokens of `item`, for comparisons that ignore formatting (including the trailing
+    /// commas prettyplease adds to lists it wraps).
+    fn tokens(item: impl ToTokens) -> String {
+        item.to_token_stream()
+            .to_string()
+            .replace(" ,)", ")")
+            .replace(" , >", " >")
+    }
+
+    #[test]
+    fn exported_functions_become_a_table_and_forwarders() {
+        let out = split_exported(BINDGEN);
+        let file = syn::parse_file(&out).expect("the output is Rust");
+        let find = |name: &str| {
+            file.items
+                .iter()
+                .filter(|item| match item {
+                    syn::Item::Type(t) => t.ident == name,
+                    syn::Item::Struct(s) => s.ident == name,
+                    syn::Item::Fn(f) => f.sig.ident == name,
+                    _ => false,
+                })
+                .collect::<Vec<_>>()
+        };
+        let externs: Vec<&syn::ForeignItemFn> = file
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                syn::Item::ForeignMod(block) => Some(block.items.iter()),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|f| match f {
+                syn::ForeignItem::Fn(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+
+        // The type and the static wrapper's declaration stay as bindgen wrote them; no
+        // extern declaration of the exported function is left (it would need the symbol at
+        // link time), and the variadic one is left out entirely.
+        assert_eq!(find("handle_t").len(), 1, "{out}");
+        let names: Vec<String> = externs.iter().map(|f| f.sig.ident.to_string()).collect();
+        assert_eq!(names, ["lib_read"], "{out}");
+        assert!(!out.contains("lib_log"), "{out}");
+
+        // The exported function is a table entry of its C signature...
+        let [syn::Item::Struct(table)] = find("Functions")[..] else {
+            panic!("one struct Functions: {out}");
+        };
+        let field = table.fields.iter().next().expect("one field");
+        assert_eq!(
+            field.ident.as_ref().map(ToString::to_string).as_deref(),
+            Some("lib_open")
+        );
+        let expected: syn::Type = syn::parse_str(
+            "::std::option::Option<unsafe extern \"C\" fn(*const ::std::os::raw::c_char, \
+             *mut handle_t) -> ::std::os::raw::c_int>",
+        )
+        .expect("type");
+        assert_eq!(tokens(&field.ty), tokens(&expected));
+        // ... resolved by its NUL-terminated name ...
+        assert!(out.contains(r#"(b"lib_open\0")"#), "{out}");
+        // ... and a forwarding function of the same signature, with the header's doc.
+        let [syn::Item::Fn(forward)] = find("lib_open")[..] else {
+            panic!("one fn lib_open: {out}");
+        };
+        let expected: syn::Signature = syn::parse_str(
+            "unsafe fn lib_open(name: *const ::std::os::raw::c_char, out: *mut handle_t) \
+             -> ::std::os::raw::c_int",
+        )
+        .expect("signature");
+        assert_eq!(tokens(&forward.sig), tokens(&expected));
+        let docs: String = forward.attrs.iter().map(tokens).collect();
+        assert!(docs.contains("Opens a thing."), "{out}");
+        assert!(
+            tokens(&forward.block).contains("function (name , out)"),
+            "{out}"
+        );
+    }
+}
