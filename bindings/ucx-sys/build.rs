@@ -68,7 +68,7 @@ fn main() {
         out_dir.join("bindings.rs"),
         ffi_dynamic_gen::split_exported(&bindings.to_string()),
     )
-        .unwrap_or_else(|e| fail(&format!("ucx-sys: cannot write bindings.rs: {e}")));
+    .unwrap_or_else(|e| fail(&format!("ucx-sys: cannot write bindings.rs: {e}")));
 
     // bindgen wrote `ucx_static_fns.c` with one exported `<name>__extern` function per
     // `static inline` function; compile it so those symbols exist at link time.
