@@ -19,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use dimstore_arena::PageBuffer;
@@ -32,6 +32,10 @@ const BLOCK: usize = 4096;
 
 /// Largest single write or read: large enough to stream at the disk's bandwidth.
 pub const IO_CHUNK: usize = 4 << 20;
+
+/// Bounce buffers of [`IO_CHUNK`] bytes kept between restores (more concurrent restores
+/// map their own and unmap them after).
+const KEPT_BOUNCES: usize = 2;
 
 /// Prefix of each server's spill directory.
 const SERVER_DIR_PREFIX: &str = "server-";
@@ -98,6 +102,8 @@ pub struct SpillDir {
     counters: Arc<SpillCounters>,
     /// Whether the file system takes direct I/O (cleared at the first refusal).
     direct: AtomicBool,
+    /// Bounce buffers of restores, kept for the next ones (at most [`KEPT_BOUNCES`]).
+    bounces: Mutex<Vec<PageBuffer>>,
     /// Held (with its flock) for the server's life.
     _lock: File,
 }
@@ -123,6 +129,7 @@ impl SpillDir {
             limit,
             counters: Arc::default(),
             direct: AtomicBool::new(true),
+            bounces: Mutex::default(),
             _lock: lock,
         })
     }
@@ -268,7 +275,7 @@ impl SpillDir {
                 .custom_flags(OFlags::DIRECT.bits() as i32)
                 .open(path)
             {
-                Ok(file) => return read_direct(&file, buf),
+                Ok(file) => return self.read_direct(&file, buf),
                 Err(e) if e.raw_os_error() != Some(rustix::io::Errno::INVAL.raw_os_error()) => {
                     return Err(e)
                 }
@@ -279,6 +286,52 @@ impl SpillDir {
         file.read_exact_at(buf, 0)?;
         let _ = fadvise(&file, 0, 0, Advice::DontNeed);
         Ok(())
+    }
+    /// Reads `buf.len()` bytes from `file` (opened with `O_DIRECT`), as [`write_direct`]
+    /// wrote them: whole blocks straight into `buf` when it is aligned, the rest through a
+    /// bounce buffer (from the kept ones when there is one).
+    fn read_direct(&self, file: &File, buf: &mut [u8]) -> std::io::Result<()> {
+        let mut offset = 0;
+        if aligned(buf) {
+            let whole = buf.len() / BLOCK * BLOCK;
+            while offset < whole {
+                let n = (whole - offset).min(IO_CHUNK);
+                file.read_exact_at(&mut buf[offset..offset + n], offset as u64)?;
+                offset += n;
+            }
+        }
+        if offset == buf.len() {
+            return Ok(());
+        }
+        let kept = self.bounces.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut bounce = match kept {
+            Some(b) => b,
+            None => bounce_buffer(IO_CHUNK)?,
+        };
+        let room = bounce.as_slice().len();
+        let read = (|| {
+            while offset < buf.len() {
+                let n = (buf.len() - offset).min(room);
+                let padded = n.div_ceil(BLOCK) * BLOCK;
+                let piece = &mut bounce.as_mut_slice()[..padded];
+                // The last block is short: the file ends there.
+                let mut got = 0;
+                while got < n {
+                    match file.read_at(&mut piece[got..], (offset + got) as u64)? {
+                        0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        read => got += read,
+                    }
+                }
+                buf[offset..offset + n].copy_from_slice(&piece[..n]);
+                offset += n;
+            }
+            Ok(())
+        })();
+        let mut kept = self.bounces.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < KEPT_BOUNCES {
+            kept.push(bounce);
+        }
+        read
     }
 }
 
@@ -322,42 +375,6 @@ fn write_direct(file: &File, bytes: &[u8], bounce: &mut PageBuffer) -> std::io::
     }
     if !bytes.len().is_multiple_of(BLOCK) {
         file.set_len(bytes.len() as u64)?;
-    }
-    Ok(())
-}
-
-/// Reads `buf.len()` bytes from `file` (opened with `O_DIRECT`), as [`write_direct`] wrote
-/// them: whole blocks straight into `buf` when it is aligned, the rest through a bounce
-/// buffer.
-fn read_direct(file: &File, buf: &mut [u8]) -> std::io::Result<()> {
-    let mut offset = 0;
-    if aligned(buf) {
-        let whole = buf.len() / BLOCK * BLOCK;
-        while offset < whole {
-            let n = (whole - offset).min(IO_CHUNK);
-            file.read_exact_at(&mut buf[offset..offset + n], offset as u64)?;
-            offset += n;
-        }
-    }
-    if offset == buf.len() {
-        return Ok(());
-    }
-    let mut bounce = bounce_buffer(buf.len() - offset)?;
-    let room = bounce.as_slice().len();
-    while offset < buf.len() {
-        let n = (buf.len() - offset).min(room);
-        let padded = n.div_ceil(BLOCK) * BLOCK;
-        let piece = &mut bounce.as_mut_slice()[..padded];
-        // The last block is short: the file ends there.
-        let mut got = 0;
-        while got < n {
-            match file.read_at(&mut piece[got..], (offset + got) as u64)? {
-                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                read => got += read,
-            }
-        }
-        buf[offset..offset + n].copy_from_slice(&piece[..n]);
-        offset += n;
     }
     Ok(())
 }
