@@ -26,6 +26,7 @@ const MAX_READY_LEN: u64 = 64 << 10;
 
 /// Why the runtime directory (or a file in it) cannot be trusted or used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeDirError {
     /// Owned by another user.
     #[error("runtime directory: {path} is owned by uid {owner}, not by this user (uid {uid}); refusing to use it (another user may have planted it): remove it or set DIMSTORE_RUNTIME_DIR to a directory of your own")]

@@ -215,6 +215,7 @@ mod humantime_serde_opt {
 
 /// Which one-sided transports a server exports its memory on.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OneSided {
     /// Every one that starts.
     Auto,
@@ -301,6 +302,7 @@ pub struct ServerConfig {
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The TOML file could not be read.
     #[error("cannot read config file {path}: {source}")]

@@ -37,6 +37,7 @@ pub use store::ObjectStore;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     /// No address to advertise (listening on every address of a host without a routable one).
     #[error("{0}")]
@@ -86,6 +87,7 @@ pub enum ServerError {
 
 /// Why the server stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
     /// SIGTERM or SIGINT.
     Signal,

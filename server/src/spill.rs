@@ -23,6 +23,7 @@ const SERVER_DIR_PREFIX: &str = "server-";
 
 /// Why spilling or restoring failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpillError {
     /// The spill limit leaves no room for the object.
     #[error("spill limit of {limit} bytes reached ({used} in use, {wanted} more wanted)")]

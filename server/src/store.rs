@@ -984,11 +984,11 @@ impl ObjectStore {
     }
 }
 
+/// Any failure to allocate (no room under the limit, or no new segment from the system,
+/// and whatever the arena may report later) is "no room" to the client; the text, with its
+/// causes, says which.
 fn out_of_memory(e: OutOfMemory) -> ErrorReply {
-    match e {
-        OutOfMemory::Full { .. } => ErrorReply::new(Status::StoreFull, e.to_string()),
-        OutOfMemory::Segment(_) => ErrorReply::new(Status::StoreFull, e.to_string()),
-    }
+    ErrorReply::new(Status::StoreFull, dimstore_transport::chain(&e).to_string())
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ impl OfiConfig {
                 Ok(n) if n > 0 => Ok(n),
                 _ => Err(TransportError::Unavailable {
                     transport: crate::NAME.to_owned(),
-                    reason: format!("{name}={v:?} is not a positive integer"),
+                    source: format!("{name}={v:?} is not a positive integer").into(),
                 }),
             },
         };

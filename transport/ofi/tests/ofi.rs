@@ -558,9 +558,12 @@ fn missing_provider_is_unavailable() {
     let err = OfiExporter::start(&config).expect_err("a missing provider must fail");
     eprintln!("{err}");
     match &err {
-        TransportError::Unavailable { transport, reason } => {
+        TransportError::Unavailable { transport, source } => {
             assert_eq!(transport, "ofi");
-            assert!(reason.contains("no-such-provider;ofi_rxm"), "{reason}");
+            assert!(
+                source.to_string().contains("no-such-provider;ofi_rxm"),
+                "{source}"
+            );
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
