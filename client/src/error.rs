@@ -258,3 +258,37 @@ pub enum ConnectError {
     #[error(transparent)]
     Request(#[from] RequestError),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::io;
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::{chain, ClientConfig, Store};
+
+    #[test]
+    fn an_unreachable_server_keeps_the_systems_error_as_the_source() {
+        // A port nobody listens on any more.
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address").port()
+        };
+        let address = format!("127.0.0.1:{port}");
+        let e = Store::connect(&address, ClientConfig::default()).expect_err("nobody listens");
+        let ConnectError::Request(request @ RequestError::Unreachable { .. }) = &e else {
+            panic!("expected Unreachable, got {e:?}");
+        };
+        let io = request
+            .source()
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .unwrap_or_else(|| panic!("no io::Error under {}", chain(&e)));
+        assert_eq!(io.kind(), io::ErrorKind::ConnectionRefused);
+        // Each cause once, outermost first.
+        assert_eq!(
+            chain(&e).to_string(),
+            format!("server {address} is unreachable: {io}")
+        );
+    }
+}
