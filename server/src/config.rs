@@ -305,7 +305,7 @@ pub struct ServerConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The TOML file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// File.
         path: PathBuf,
@@ -313,7 +313,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The TOML file is malformed.
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}")]
     Parse {
         /// File.
         path: PathBuf,

@@ -40,10 +40,10 @@ pub use store::ObjectStore;
 #[non_exhaustive]
 pub enum ServerError {
     /// No address to advertise (listening on every address of a host without a routable one).
-    #[error("{0}")]
+    #[error(transparent)]
     Advertise(ConfigError),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// Address.
         addr: std::net::SocketAddr,
@@ -51,7 +51,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// The ready file could not be written.
-    #[error("cannot write ready file {path}: {source}")]
+    #[error("cannot write ready file {path}")]
     ReadyFile {
         /// File.
         path: std::path::PathBuf,
@@ -59,7 +59,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// The same-node socket could not be created.
-    #[error("cannot listen on local socket {path}: {source}")]
+    #[error("cannot listen on local socket {path}")]
     LocalSocket {
         /// Socket path.
         path: std::path::PathBuf,
@@ -67,10 +67,10 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// A required one-sided transport could not start.
-    #[error("cannot start one-sided transport: {0}")]
-    OneSided(dimstore_transport::TransportError),
+    #[error("cannot start one-sided transport")]
+    OneSided(#[source] dimstore_transport::TransportError),
     /// The metrics endpoint could not be bound.
-    #[error("cannot listen for metrics on {addr}: {source}")]
+    #[error("cannot listen for metrics on {addr}")]
     MetricsBind {
         /// Address.
         addr: std::net::SocketAddr,
@@ -78,10 +78,10 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// Signal handlers could not be installed.
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
     /// The spill directory could not be set up.
-    #[error("cannot use the spill directory: {0}")]
+    #[error("cannot use the spill directory")]
     Spill(#[from] spill::SpillError),
 }
 

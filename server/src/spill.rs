@@ -36,7 +36,7 @@ pub enum SpillError {
         wanted: u64,
     },
     /// The file system refused (disk full, I/O error, permissions).
-    #[error("spill file {path}: {source}")]
+    #[error("spill file {path}")]
     Io {
         /// The file or directory.
         path: PathBuf,

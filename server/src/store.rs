@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use dimstore_arena::{Allocation, Arena, OutOfMemory, Sealed, Writer};
 use dimstore_proto::{ErrorReply, ObjectId, PressureStats, PutOptions, Status};
+use dimstore_transport::chain;
 use tokio::sync::Notify;
 
 use crate::eviction::{Evicted, Order, Policy, Rank};
@@ -519,7 +520,7 @@ impl ObjectStore {
             let file = match spill.write(id, object.as_slice()) {
                 Ok(file) => Arc::new(file),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot spill: the object stays in memory");
+                    tracing::warn!(error = %chain(&e), "cannot spill: the object stays in memory");
                     break;
                 }
             };
@@ -568,6 +569,7 @@ impl ObjectStore {
             })?
             .remove(0);
         spill.read(&file, allocation.as_mut_slice()).map_err(|e| {
+            let e = chain(&e);
             tracing::warn!(error = %e, "cannot restore a spilled object");
             ErrorReply::new(Status::Internal, format!("cannot restore object {id}: {e}"))
         })?;
@@ -988,7 +990,7 @@ impl ObjectStore {
 /// and whatever the arena may report later) is "no room" to the client; the text, with its
 /// causes, says which.
 fn out_of_memory(e: OutOfMemory) -> ErrorReply {
-    ErrorReply::new(Status::StoreFull, dimstore_transport::chain(&e).to_string())
+    ErrorReply::new(Status::StoreFull, chain(&e).to_string())
 }
 
 #[cfg(test)]
