@@ -129,6 +129,7 @@ mod tests {
         assert_eq!(c.domain, None);
         assert_eq!((c.chunk, c.in_flight), (1 << 20, 4));
         let err = OfiConfig::from_lookup(lookup(&[("DIMSTORE_OFI_IN_FLIGHT", "0")])).unwrap_err();
-        assert!(err.to_string().contains("DIMSTORE_OFI_IN_FLIGHT"), "{err}");
+        let text = dimstore_transport::chain(&err).to_string();
+        assert!(text.contains("DIMSTORE_OFI_IN_FLIGHT"), "{text}");
     }
 }
