@@ -681,6 +681,9 @@ mod tests {
             ..Default::default()
         })
         .expect_err("unknown key");
-        assert!(err.to_string().contains("memroy_limit"), "{err}");
+        assert!(err.to_string().contains("server.toml"), "{err}");
+        // The parser's own error, kept as the source, names the key.
+        let text = dimstore_transport::chain(&err).to_string();
+        assert!(text.contains("memroy_limit"), "{text}");
     }
 }
