@@ -1,4 +1,5 @@
 //! `dimstore-bench`: dimstore against raw TCP and redis, side by side. See the library docs.
+#![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 use dimstore_bench::contenders::raw_tcp;

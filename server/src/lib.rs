@@ -3,6 +3,7 @@
 //! [`run`] binds the control listener, writes the ready file, and serves the
 //! [`StoreService`] over every transport until SIGTERM/SIGINT, a client's shutdown request,
 //! or the idle timeout.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::sync::Arc;

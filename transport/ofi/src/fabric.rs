@@ -49,6 +49,10 @@ impl Node {
         }
         let node_name = config.node.as_deref().unwrap_or("(any)");
         let info = Info::query(&query).map_err(|mut e| {
+            if e.is_library_missing() {
+                // The library's own one sentence says it all.
+                return Cause::new(e);
+            }
             // The wrapper appends the whole query; the sentence names what matters.
             e.message
                 .truncate(e.message.find(" (query").unwrap_or(e.message.len()));

@@ -23,6 +23,7 @@ use crate::{AlignedBuf, TransportError};
 
 mod channel;
 mod connection;
+pub mod plan;
 pub mod rpc;
 mod target;
 mod thread;
