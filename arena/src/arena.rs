@@ -28,6 +28,7 @@ impl Default for ArenaConfig {
 
 /// Why an allocation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OutOfMemory {
     /// The capacity does not leave room for the request.
     #[error("{requested} bytes requested but only {available} of {capacity} bytes are free")]

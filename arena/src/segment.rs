@@ -22,12 +22,13 @@ use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
 /// Why a segment could not be created.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SegmentError {
     /// `memfd_create` failed.
-    #[error("memfd_create failed: {0}")]
+    #[error("memfd_create failed")]
     Memfd(#[source] rustix::io::Errno),
     /// `ftruncate` on the memfd failed.
-    #[error("ftruncate of a {len}-byte segment failed: {source}")]
+    #[error("ftruncate of a {len}-byte segment failed")]
     Truncate {
         /// Requested length.
         len: u64,
@@ -36,7 +37,7 @@ pub enum SegmentError {
         source: rustix::io::Errno,
     },
     /// `mmap` failed.
-    #[error("mmap of a {len}-byte segment failed: {source}")]
+    #[error("mmap of a {len}-byte segment failed")]
     Map {
         /// Requested length.
         len: u64,
@@ -45,7 +46,7 @@ pub enum SegmentError {
         source: rustix::io::Errno,
     },
     /// Adding seals to the memfd failed.
-    #[error("cannot seal the segment's memfd: {0}")]
+    #[error("cannot seal the segment's memfd")]
     Seal(#[source] rustix::io::Errno),
 }
 

@@ -13,6 +13,7 @@ use crate::error::{GetError, PutError};
 use crate::object::ObjectBytes;
 use crate::store::Store;
 use dimstore_proto::Key;
+use dimstore_transport::Cause;
 
 /// A validated archived `T` over the bytes it was received in. Dereferences to
 /// `T::Archived`; validation happened once, when it was fetched.
@@ -56,7 +57,7 @@ impl Store {
         T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
     {
         let bytes = rkyv::to_bytes::<rancor::Error>(value)
-            .map_err(|e| PutError::Serialize(e.to_string()))?;
+            .map_err(|e| PutError::Serialize(Cause::new(e)))?;
         self.put(&bytes)
     }
 
@@ -70,7 +71,7 @@ impl Store {
         let bytes = self.get(key)?;
         Archived::validate(bytes).map_err(|e| GetError::Invalid {
             key: key.clone(),
-            reason: e.to_string(),
+            source: Cause::new(e),
         })
     }
 }

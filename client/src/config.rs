@@ -7,6 +7,7 @@ use crate::local::LocalMode;
 
 /// Whether a client may start a server on its node when none runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SpawnPolicy {
     /// Spawn when no server answers (the default).
     Auto,
@@ -16,6 +17,7 @@ pub enum SpawnPolicy {
 
 /// Which transport moves object bytes from other servers (`DIMSTORE_TRANSPORT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TransportChoice {
     /// The best both ends share: the same-node mapping for this node's server; else, on a
     /// node with RDMA hardware, the first one-sided transport the server offers and this

@@ -3,18 +3,25 @@
 use std::time::Duration;
 
 use dimstore_proto::{ErrorReply, Key, Status};
-use dimstore_transport::TransportError;
+use dimstore_transport::{Cause, TransportError};
 
 /// Failure to reach or talk to a server, common to every operation.
+///
+/// Variants that stand for a failure below (the system, UCX, libfabric) keep it as their
+/// [`source`](std::error::Error::source), e.g. a `std::io::Error` or a
+/// `dimstore_ucx::UcxError` that can be downcast; their `Display` does not repeat it (print
+/// the chain: `anyhow`'s `{:#}`, or [`chain`](crate::chain)).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestError {
     /// The server could not be reached (dead, wrong address, refused).
-    #[error("server {owner} is unreachable: {reason}")]
+    #[error("server {owner} is unreachable")]
     Unreachable {
         /// The server's address.
         owner: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// No reply within the operation's timeout.
     #[error("server {owner} did not answer within {timeout:?}")]
@@ -25,12 +32,13 @@ pub enum RequestError {
         timeout: Duration,
     },
     /// The connection broke during the operation (server died or reset it).
-    #[error("connection to {owner} lost: {reason}")]
+    #[error("connection to {owner} lost")]
     ConnectionLost {
         /// The server's address.
         owner: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// The server refused the fleet token.
     #[error("server {owner} refused the fleet token: {message}")]
@@ -51,24 +59,26 @@ pub enum RequestError {
         message: String,
     },
     /// The transport asked for (`DIMSTORE_TRANSPORT`) cannot be used with this server.
-    #[error("server {owner}: transport {transport} unavailable: {reason}")]
+    #[error("server {owner}: transport {transport} unavailable")]
     TransportUnavailable {
         /// The server's address.
         owner: String,
         /// The transport.
         transport: String,
-        /// Why.
-        reason: String,
+        /// Why (the library's error when it has one).
+        #[source]
+        source: Cause,
     },
     /// A one-sided read of object bytes failed.
-    #[error("reading from server {owner} over {transport} failed: {reason}")]
+    #[error("reading from server {owner} over {transport} failed")]
     OneSided {
         /// The server's address.
         owner: String,
         /// The transport.
         transport: String,
         /// The library's error.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// The owner is not a server of this client's fleet, so the token was not sent to it,
     /// and it refused the connection without one.
@@ -80,12 +90,13 @@ pub enum RequestError {
         message: String,
     },
     /// The server answered with something that does not fit the request.
-    #[error("server {owner} sent an unexpected reply: {what}")]
+    #[error("server {owner} sent an unexpected reply")]
     Protocol {
         /// The server's address.
         owner: String,
-        /// What was wrong.
-        what: String,
+        /// What was wrong (the transport's error when it found it).
+        #[source]
+        source: Cause,
     },
 }
 
@@ -93,26 +104,28 @@ impl RequestError {
     pub(crate) fn from_transport(owner: &str, timeout: Duration, e: TransportError) -> Self {
         let owner = owner.to_string();
         match e {
-            TransportError::Connect { reason, .. } => RequestError::Unreachable { owner, reason },
+            TransportError::Connect { source, .. } => RequestError::Unreachable { owner, source },
             TransportError::Timeout => RequestError::Timeout { owner, timeout },
-            TransportError::ConnectionLost(reason) => {
-                RequestError::ConnectionLost { owner, reason }
+            TransportError::ConnectionLost(source) => {
+                RequestError::ConnectionLost { owner, source }
             }
-            TransportError::Unavailable { transport, reason } => {
+            TransportError::Unavailable { transport, source } => {
                 RequestError::TransportUnavailable {
                     owner,
                     transport,
-                    reason,
+                    source,
                 }
             }
-            TransportError::OneSided { transport, reason } => RequestError::OneSided {
+            TransportError::OneSided { transport, source } => RequestError::OneSided {
                 owner,
                 transport,
-                reason,
+                source,
             },
+            // A frame or body the peer should not have sent, and whatever a later version
+            // of the transport adds: kept whole.
             other => RequestError::Protocol {
                 owner,
-                what: other.to_string(),
+                source: Cause::new(other),
             },
         }
     }
@@ -143,6 +156,7 @@ impl RequestError {
 
 /// Why a put failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PutError {
     /// The server's memory limit leaves no room for the object(s).
     #[error("store full: {0}")]
@@ -151,8 +165,8 @@ pub enum PutError {
     #[error("object too large: {0}")]
     TooLarge(String),
     /// The object could not be serialized (typed puts).
-    #[error("cannot serialize the object: {0}")]
-    Serialize(String),
+    #[error("cannot serialize the object")]
+    Serialize(#[source] Cause),
     /// The put's options cannot be honoured (a zero time to live, ...).
     #[error("invalid put options: {0}")]
     Invalid(String),
@@ -163,6 +177,7 @@ pub enum PutError {
 
 /// Why a get failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GetError {
     /// The owner has no object under this key (never stored, or evicted).
     #[error("no object {0}")]
@@ -175,12 +190,13 @@ pub enum GetError {
     #[error("object {0} was evicted by its owner")]
     Evicted(Key),
     /// The bytes are not a valid archive of the requested type.
-    #[error("object {key} is not a valid archive of the requested type: {reason}")]
+    #[error("object {key} is not a valid archive of the requested type")]
     Invalid {
         /// The key.
         key: Key,
         /// What validation found.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// Reaching or talking to the owner failed.
     #[error(transparent)]
@@ -189,6 +205,7 @@ pub enum GetError {
 
 /// Why a set failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SetError {
     /// The key already holds an object.
     #[error("object {0} is already set")]
@@ -206,14 +223,16 @@ pub enum SetError {
 
 /// Why no server could be found or started for this node.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The fleet file could not be used.
-    #[error("fleet file {path}: {reason}")]
+    #[error("fleet file {path}")]
     Fleet {
         /// The file.
         path: String,
         /// What was wrong.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// No server runs on this node and spawning is disabled.
     #[error("no dimstore server for node `{node}` (runtime dir {runtime_dir}) and spawning is disabled (DIMSTORE_SPAWN=never)")]
@@ -224,12 +243,13 @@ pub enum ConnectError {
         runtime_dir: String,
     },
     /// Spawning a server failed.
-    #[error("cannot start a dimstore server for node `{node}`: {reason}")]
+    #[error("cannot start a dimstore server for node `{node}`")]
     Spawn {
         /// Node identity.
         node: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// The runtime directory, or a file in it, cannot be trusted or used.
     #[error(transparent)]
@@ -237,4 +257,38 @@ pub enum ConnectError {
     /// The server was found but the handshake failed.
     #[error(transparent)]
     Request(#[from] RequestError),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::io;
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::{chain, ClientConfig, Store};
+
+    #[test]
+    fn an_unreachable_server_keeps_the_systems_error_as_the_source() {
+        // A port nobody listens on any more.
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address").port()
+        };
+        let address = format!("127.0.0.1:{port}");
+        let e = Store::connect(&address, ClientConfig::default()).expect_err("nobody listens");
+        let ConnectError::Request(request @ RequestError::Unreachable { .. }) = &e else {
+            panic!("expected Unreachable, got {e:?}");
+        };
+        let io = request
+            .source()
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .unwrap_or_else(|| panic!("no io::Error under {}", chain(&e)));
+        assert_eq!(io.kind(), io::ErrorKind::ConnectionRefused);
+        // Each cause once, outermost first.
+        assert_eq!(
+            chain(&e).to_string(),
+            format!("server {address} is unreachable: {io}")
+        );
+    }
 }

@@ -39,12 +39,13 @@ pub struct FleetNode {
 
 /// Why a fleet file could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FleetError {
     /// Reading or writing failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The contents are not a fleet.
-    #[error("not a fleet file: {0}")]
+    #[error("not a fleet file")]
     Format(#[from] serde_json::Error),
     /// Written by an incompatible version.
     #[error("fleet file format {0} is not supported (expected {FLEET_FORMAT})")]

@@ -13,6 +13,7 @@ use crate::store::{unexpected, Peer, Store};
 
 /// Why an invocation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvokeError {
     /// No input keys were given.
     #[error("invoke needs at least one input key")]

@@ -37,6 +37,9 @@ pub use config::{ClientConfig, SpawnPolicy, TransportChoice};
 pub use dimstore_proto::{
     format_nanos, Key, KeyParseError, ObjectId, OpStats, ServerStats, TransportStats,
 };
+/// The error a [`RequestError`] keeps as its source, and the display of an error with its
+/// causes (`outer: cause: root cause`).
+pub use dimstore_transport::{chain, Cause, TransportError};
 pub use error::{ConnectError, GetError, PutError, RequestError, SetError};
 pub use invoke::{module_hash, InvokeError};
 pub use local::{LocalMode, Reservation};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dimstore_arena::{MappedBytesMut, MappedSegment};
 use dimstore_proto::{Key, Request, Response};
-use dimstore_transport::AlignedBuf;
+use dimstore_transport::{AlignedBuf, Cause};
 use rkyv::api::high::HighSerializer;
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
@@ -77,7 +77,7 @@ impl Mappings {
         let mapping =
             MappedSegment::map(fd, len, writable).map_err(|e| RequestError::Protocol {
                 owner: "(this node)".into(),
-                what: format!("cannot map segment {segment}: {e}"),
+                source: Cause::context(format!("cannot map segment {segment}"), e),
             })?;
         let mut cache = lock();
         cache.all.retain(|_, w| w.strong_count() > 0);
@@ -97,7 +97,7 @@ impl Store {
         let (_, mut reply) = self.call(owner, &Request::MapSegments { ids: vec![segment] }, &[])?;
         let protocol = |what: String| RequestError::Protocol {
             owner: owner.to_string(),
-            what,
+            source: what.into(),
         };
         let (fd, len) = match (&reply.response, reply.fds.pop()) {
             (Response::Segments { segments }, Some(fd))
@@ -170,7 +170,7 @@ impl Store {
             .claim(reservation.offset, reservation.capacity)
             .ok_or_else(|| RequestError::Protocol {
                 owner: owner.clone(),
-                what: "reservation outside its segment or overlapping another".into(),
+                source: "reservation outside its segment or overlapping another".into(),
             })?;
         if let Target::Mapped { bytes: slot, .. } = &mut pending.target {
             *slot = Some(bytes);
@@ -189,7 +189,7 @@ impl Store {
             value,
             Buffer::from(&mut reservation[..]),
         )
-        .map_err(|e| PutError::Serialize(format!("{e} (reserved {capacity} bytes)")))?
+        .map_err(|e| PutError::Serialize(Cause::context(format!("reserved {capacity} bytes"), e)))?
         .len();
         reservation.seal_len(used as u64)
     }

@@ -18,6 +18,7 @@ const MAX_LATENCY_NS: u64 = 3_600 * 1_000_000_000;
 
 /// A [`Store`](crate::Store) call kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClientOp {
     /// `put`, `put_batch`.
     Put,

@@ -48,10 +48,11 @@ pub(crate) fn choose(
                 .find(|o| o.transport == name)
                 .ok_or_else(|| TransportError::Unavailable {
                     transport: name.to_string(),
-                    reason: format!(
+                    source: format!(
                         "the server does not offer it (it offers {:?}; start it with --one-sided {name})",
                         hello.one_sided.iter().map(|o| &o.transport).collect::<Vec<_>>()
-                    ),
+                    )
+                    .into(),
                 })?;
             let reader = reader(name, local_ip.as_deref())?;
             Ok::<_, TransportError>((offer.address.clone(), reader))
@@ -78,7 +79,7 @@ pub(crate) fn choose(
                     other => {
                         return Err(TransportError::Unavailable {
                             transport: name.to_string(),
-                            reason: format!("the server refused it: {other:?}"),
+                            source: format!("the server refused it: {other:?}").into(),
                         })
                     }
                 }
@@ -148,7 +149,7 @@ fn reader(name: &str, local_ip: Option<&str>) -> Result<Readers, TransportError>
         }
         other => Err(TransportError::Unavailable {
             transport: other.to_string(),
-            reason: "not a one-sided transport of this build".into(),
+            source: "not a one-sided transport of this build".into(),
         }),
     }
 }

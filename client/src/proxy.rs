@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{ConnectError, GetError};
 use crate::store::Store;
 use dimstore_proto::Key;
+use dimstore_transport::Cause;
 
 /// A lazily resolved value of type `T` stored in the fleet.
 ///
@@ -59,7 +60,7 @@ where
         let value =
             rkyv::deserialize::<T, rancor::Error>(&*archived).map_err(|e| GetError::Invalid {
                 key: self.key.clone(),
-                reason: e.to_string(),
+                source: Cause::new(e),
             })?;
         Ok(self.value.get_or_init(|| value))
     }
@@ -74,6 +75,7 @@ where
 
 /// Why [`Proxy::get`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProxyError {
     /// No default store could be set up.
     #[error(transparent)]

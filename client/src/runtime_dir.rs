@@ -24,6 +24,7 @@ const MAX_TOKEN_LEN: u64 = 4096;
 
 /// Why the runtime directory (or a file in it) cannot be trusted or used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeDirError {
     /// Owned by another user.
     #[error("runtime directory: {path} is owned by uid {owner}, not by this user (uid {uid}); refusing to use it (another user may have planted it): remove it or set DIMSTORE_RUNTIME_DIR to a directory of your own")]

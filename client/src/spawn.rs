@@ -26,6 +26,8 @@ use dimstore_host::server_files::log_tail;
 use dimstore_proto::ReadyFile;
 use rustix::fs::{flock, FlockOperation};
 
+use dimstore_transport::Cause;
+
 use crate::config::{ClientConfig, SpawnPolicy};
 use crate::error::ConnectError;
 use crate::fleet::Fleet;
@@ -110,7 +112,7 @@ fn configured(config: &ClientConfig) -> Result<Option<LocalServer>, ConnectError
     if let Some(path) = &config.fleet {
         let members = Fleet::read(path).map_err(|e| ConnectError::Fleet {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source: Cause::new(e),
         })?;
         fleet.extend(members.nodes.into_iter().map(|n| n.address));
     }
@@ -129,13 +131,13 @@ pub fn node_name(config: &ClientConfig) -> String {
 }
 
 fn from_fleet(config: &ClientConfig, path: &Path) -> Result<LocalServer, ConnectError> {
-    let fleet_error = |reason: String| ConnectError::Fleet {
+    let fleet_error = |source: Cause| ConnectError::Fleet {
         path: path.display().to_string(),
-        reason,
+        source,
     };
-    let fleet = Fleet::read(path).map_err(|e| fleet_error(e.to_string()))?;
+    let fleet = Fleet::read(path).map_err(|e| fleet_error(Cause::new(e)))?;
     let node = match &config.node {
-        Some(wanted) => fleet.node(wanted).map_err(|e| fleet_error(e.to_string()))?,
+        Some(wanted) => fleet.node(wanted).map_err(|e| fleet_error(Cause::new(e)))?,
         // On a node of the fleet, its own entry; on a single-host (local) fleet, node 0.
         None => {
             let host = hostname();
@@ -192,14 +194,14 @@ fn spawn_once(
     dir: &Path,
     ready_path: &Path,
 ) -> Result<LocalServer, ConnectError> {
-    let fail = |reason: String| ConnectError::Spawn {
+    let fail = |source: Cause| ConnectError::Spawn {
         node: node.to_string(),
-        reason,
+        source,
     };
-    let listen = listen_address(&config.spawn_listen).map_err(fail)?;
+    let listen = listen_address(&config.spawn_listen).map_err(|e| fail(e.into()))?;
     let token = runtime_dir::token(&config.runtime_dir)?;
     let deadline = Instant::now() + SPAWN_TIMEOUT;
-    let lock = lock_exclusive(&dir.join("spawn.lock"), deadline).map_err(fail)?;
+    let lock = lock_exclusive(&dir.join("spawn.lock"), deadline).map_err(|e| fail(e.into()))?;
     // Someone may have spawned it while we waited for the lock.
     if let Some(ready) = live_server(ready_path)? {
         return found(ready, config, false);
@@ -210,7 +212,12 @@ fn spawn_once(
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
+        .map_err(|e| {
+            fail(Cause::context(
+                format!("cannot open {}", log_path.display()),
+                e,
+            ))
+        })?;
     let bin = server_binary(config);
     let mut command = Command::new(&bin);
     command
@@ -235,27 +242,33 @@ fn spawn_once(
     }
     let mut child = command
         .spawn()
-        .map_err(|e| fail(format!("cannot run {}: {e}", bin.display())))?;
+        .map_err(|e| fail(Cause::context(format!("cannot run {}", bin.display()), e)))?;
     loop {
         if let Some(ready) = live_server(ready_path)? {
             drop(lock);
             return found(ready, config, true);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(fail(format!(
-                "{} exited with {status} before becoming ready; log {}:\n{}",
-                bin.display(),
-                log_path.display(),
-                log_tail(&log_path, 10)
-            )));
+            return Err(fail(
+                format!(
+                    "{} exited with {status} before becoming ready; log {}:\n{}",
+                    bin.display(),
+                    log_path.display(),
+                    log_tail(&log_path, 10)
+                )
+                .into(),
+            ));
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            return Err(fail(format!(
-                "not ready after {SPAWN_TIMEOUT:?}; log {}:\n{}",
-                log_path.display(),
-                log_tail(&log_path, 10)
-            )));
+            return Err(fail(
+                format!(
+                    "not ready after {SPAWN_TIMEOUT:?}; log {}:\n{}",
+                    log_path.display(),
+                    log_tail(&log_path, 10)
+                )
+                .into(),
+            ));
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -113,7 +113,7 @@ impl Store {
     pub fn from_env() -> Result<Store, ConnectError> {
         let config = ClientConfig::from_env().map_err(|reason| ConnectError::Fleet {
             path: "environment".into(),
-            reason,
+            source: reason.into(),
         })?;
         Store::with_config(config)
     }
@@ -218,7 +218,7 @@ impl Store {
             .map(str::to_string)
             .ok_or_else(|| RequestError::Unreachable {
                 owner: "(this node)".into(),
-                reason: "this store was created without a local server".into(),
+                source: "this store was created without a local server".into(),
             })
     }
 
@@ -430,14 +430,14 @@ impl Store {
             .as_ref()
             .ok_or_else(|| RequestError::Protocol {
                 owner: owner.to_string(),
-                what: "mapped reply on a connection that did not ask for mapping".into(),
+                source: "mapped reply on a connection that did not ask for mapping".into(),
             })?;
         let mapping = mappings.get_or_map(segment, false, || self.fetch_segment(owner, segment))?;
         let bytes = mapping
             .view(offset, size)
             .ok_or_else(|| RequestError::Protocol {
                 owner: owner.to_string(),
-                what: format!("object at {offset}+{size} lies outside segment {segment}"),
+                source: format!("object at {offset}+{size} lies outside segment {segment}").into(),
             })?;
         Ok(ObjectBytes::mapped(bytes, Arc::clone(leases)))
     }
@@ -533,7 +533,7 @@ impl Store {
                 .filter(|f| f.len() == indices.len())
                 .ok_or_else(|| RequestError::Protocol {
                     owner: owner.to_string(),
-                    what: shown,
+                    source: shown.into(),
                 })?;
             for (&i, flag) in indices.iter().zip(flags) {
                 out[i] = flag;
@@ -907,7 +907,7 @@ fn max_batch() -> usize {
 pub(crate) fn unexpected(owner: &str, response: &Response) -> RequestError {
     RequestError::Protocol {
         owner: owner.to_string(),
-        what: format!("{response:?}"),
+        source: format!("{response:?}").into(),
     }
 }
 

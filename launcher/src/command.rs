@@ -19,6 +19,7 @@ use crate::interrupt::{self, Interrupts};
 
 /// Why the command could not be run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommandError {
     /// No command given.
     #[error("no command to run")]

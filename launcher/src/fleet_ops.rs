@@ -48,9 +48,11 @@ pub fn status(fleet: &Fleet, timeout: Duration) -> Vec<NodeStatus> {
 }
 
 fn stats_of(fleet: &Fleet, node: &FleetNode, timeout: Duration) -> Result<ServerStats, String> {
-    let store =
-        Store::connect(&node.address, client_config(fleet, timeout)).map_err(|e| e.to_string())?;
-    let stats = store.stats_of(&node.address).map_err(|e| e.to_string())?;
+    let store = Store::connect(&node.address, client_config(fleet, timeout))
+        .map_err(|e| dimstore::chain(&e).to_string())?;
+    let stats = store
+        .stats_of(&node.address)
+        .map_err(|e| dimstore::chain(&e).to_string())?;
     if stats.node != node.name {
         return Err(format!(
             "{} is served by node `{}` (pid {}), not by this fleet's `{}`",
@@ -403,11 +405,11 @@ fn stop_node(fleet: &Fleet, node: &FleetNode, local: bool, options: DownOptions)
         return StopOutcome::AlreadyStopped;
     }
     let asked = Store::connect(&node.address, client_config(fleet, options.timeout))
-        .map_err(|e| e.to_string())
+        .map_err(|e| dimstore::chain(&e).to_string())
         .and_then(|store| match store.shutdown_server(&node.address) {
             // The server may close the connection as it goes, before the reply is read.
             Ok(()) | Err(RequestError::ConnectionLost { .. }) => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(dimstore::chain(&e).to_string()),
         });
     if !local {
         return match asked {

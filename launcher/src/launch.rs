@@ -61,6 +61,7 @@ pub struct StartOptions {
 
 /// Why `run` or `up` failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LaunchError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]

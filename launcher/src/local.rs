@@ -119,6 +119,7 @@ impl fmt::Display for NodeFailure {
 
 /// Why a local fleet could not be started.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// Nothing to start.
     #[error("a fleet needs at least one server")]

@@ -23,6 +23,7 @@ pub fn listen_address(local: bool) -> &'static str {
 
 /// Why the targets file could not be written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScrapeError {
     /// A node's ready file names no metrics endpoint.
     #[error("node {0}'s server reports no metrics endpoint (its ready file has no `metrics`)")]

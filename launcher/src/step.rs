@@ -69,6 +69,7 @@ impl FromStr for LauncherKind {
 
 /// Why the launcher command cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StepError {
     /// `--launcher-cmd` is empty.
     #[error("the launcher command is empty")]

@@ -87,6 +87,7 @@ impl Default for FrameLimits {
 /// Why a frame was refused. Every variant leaves the stream unusable: the receiver should
 /// answer with an error if it can and close the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The first four bytes are not `DIMS`.
     #[error("bad magic {0:02x?}: not a dimstore peer")]

@@ -56,6 +56,7 @@ pub struct Key {
 
 /// Why a key's text form could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyParseError {
     /// The text does not start with `dim://`.
     #[error("a key starts with `{KEY_SCHEME}`")]

@@ -68,6 +68,7 @@ impl Default for RequestLimits {
 
 /// Why a request was refused by [`RequestLimits::check`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LimitError {
     /// A batch holds more items than the limit.
     #[error("{request} with {len} {field} exceeds the limit of {limit} per request")]
@@ -291,6 +292,7 @@ impl RequestLimits {
 
 /// Why a request body was refused by [`decode_request_within`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestError {
     /// The body is not a valid request archive.
     #[error(transparent)]

@@ -13,6 +13,7 @@ use dimstore_proto::ObjectId;
 /// What to do when a put does not fit (`--eviction`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Policy {
     /// Refuse the put with `StoreFull`.
     #[default]

@@ -39,12 +39,13 @@ pub use store::ObjectStore;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     /// No address to advertise (listening on every address of a host without a routable one).
-    #[error("{0}")]
+    #[error(transparent)]
     Advertise(ConfigError),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// Address.
         addr: std::net::SocketAddr,
@@ -52,7 +53,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// The ready file could not be written.
-    #[error("cannot write ready file {path}: {source}")]
+    #[error("cannot write ready file {path}")]
     ReadyFile {
         /// File.
         path: std::path::PathBuf,
@@ -60,7 +61,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// The same-node socket could not be created.
-    #[error("cannot listen on local socket {path}: {source}")]
+    #[error("cannot listen on local socket {path}")]
     LocalSocket {
         /// Socket path.
         path: std::path::PathBuf,
@@ -68,10 +69,10 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// A required one-sided transport could not start.
-    #[error("cannot start one-sided transport: {0}")]
-    OneSided(dimstore_transport::TransportError),
+    #[error("cannot start one-sided transport")]
+    OneSided(#[source] dimstore_transport::TransportError),
     /// The metrics endpoint could not be bound.
-    #[error("cannot listen for metrics on {addr}: {source}")]
+    #[error("cannot listen for metrics on {addr}")]
     MetricsBind {
         /// Address.
         addr: std::net::SocketAddr,
@@ -79,15 +80,16 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// Signal handlers could not be installed.
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
     /// The spill directory could not be set up.
-    #[error("cannot use the spill directory: {0}")]
+    #[error("cannot use the spill directory")]
     Spill(#[from] spill::SpillError),
 }
 
 /// Why the server stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
     /// SIGTERM or SIGINT.
     Signal,

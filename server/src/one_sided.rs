@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use dimstore_proto::OneSidedOffer;
 use dimstore_transport::onesided::Exporter;
-use dimstore_transport::TransportError;
+use dimstore_transport::{chain, TransportError};
 use dimstore_transport_ofi::{OfiConfig, OfiExporter};
 use dimstore_transport_ucx::{UcxConfig, UcxExporter};
 
@@ -53,7 +53,7 @@ pub fn start(
             }),
             other => Err(TransportError::Unavailable {
                 transport: other.to_string(),
-                reason: "not a one-sided transport of this build".into(),
+                source: "not a one-sided transport of this build".into(),
             }),
         };
         match started {
@@ -67,7 +67,7 @@ pub fn start(
                 exporters.push(exporter);
             }
             Err(e) if required => return Err(e),
-            Err(e) => tracing::info!("one-sided transport {name} skipped: {e}"),
+            Err(e) => tracing::info!("one-sided transport {name} skipped: {}", chain(&e)),
         }
     }
     Ok((offers, Exporters(exporters)))
@@ -109,7 +109,7 @@ fn ucx_devices(control: Option<IpAddr>) -> Result<Option<String>, TransportError
         })
         .ok_or_else(|| TransportError::Unavailable {
             transport: "ucx".into(),
-            reason: format!("no interface carries the control address {ip} to listen on"),
+            source: format!("no interface carries the control address {ip} to listen on").into(),
         })?;
     let mut devices = vec![interface.name];
     devices.extend(rdma_ports());

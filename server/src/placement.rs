@@ -47,6 +47,7 @@ pub const MAX_CPU: u32 = 65_535;
 
 /// The `--cpu-bind` setting.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CpuBind {
     /// Bind nothing.
     None,
@@ -80,6 +81,7 @@ impl std::fmt::Display for CpuBind {
 
 /// Why a placement request cannot be honoured.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlacementError {
     /// A CPU list does not parse.
     #[error("invalid CPU list `{list}`: {why} (expected none, auto, or a list like 0-3,8)")]

@@ -42,6 +42,7 @@ const SERVER_DIR_PREFIX: &str = "server-";
 
 /// Why spilling or restoring failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpillError {
     /// The spill limit leaves no room for the object.
     #[error("spill limit of {limit} bytes reached ({used} in use, {wanted} more wanted)")]
@@ -54,7 +55,7 @@ pub enum SpillError {
         wanted: u64,
     },
     /// The file system refused (disk full, I/O error, permissions).
-    #[error("spill file {path}: {source}")]
+    #[error("spill file {path}")]
     Io {
         /// The file or directory.
         path: PathBuf,

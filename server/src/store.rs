@@ -21,6 +21,7 @@ use tokio::runtime::RuntimeFlavor;
 
 use dimstore_arena::{Allocation, Arena, OutOfMemory, Sealed, Writer};
 use dimstore_proto::{ErrorReply, ObjectId, PressureStats, PutOptions, Status};
+use dimstore_transport::chain;
 use tokio::sync::Notify;
 
 use crate::eviction::{Evicted, Order, Policy, Rank};
@@ -350,7 +351,7 @@ impl SpillTarget for TableTarget {
         let file = match result {
             Ok(file) => Arc::new(file),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot spill: the object stays in memory");
+                tracing::warn!(error = %chain(&e), "cannot spill: the object stays in memory");
                 return;
             }
         };
@@ -605,7 +606,7 @@ impl ObjectStore {
         for (id, object) in candidates {
             let len = object.len();
             if let Err(e) = spilling.dir.reserve(len) {
-                tracing::warn!(error = %e, "cannot spill: the object stays in memory");
+                tracing::warn!(error = %chain(&e), "cannot spill: the object stays in memory");
                 break;
             }
             if spilling
@@ -651,6 +652,7 @@ impl ObjectStore {
             })?
             .remove(0);
         spill.read(&file, allocation.as_mut_slice()).map_err(|e| {
+            let e = chain(&e);
             tracing::warn!(error = %e, "cannot restore a spilled object");
             ErrorReply::new(Status::Internal, format!("cannot restore object {id}: {e}"))
         })?;
@@ -1067,11 +1069,11 @@ impl ObjectStore {
     }
 }
 
+/// Any failure to allocate (no room under the limit, or no new segment from the system,
+/// and whatever the arena may report later) is "no room" to the client; the text, with its
+/// causes, says which.
 fn out_of_memory(e: OutOfMemory) -> ErrorReply {
-    match e {
-        OutOfMemory::Full { .. } => ErrorReply::new(Status::StoreFull, e.to_string()),
-        OutOfMemory::Segment(_) => ErrorReply::new(Status::StoreFull, e.to_string()),
-    }
+    ErrorReply::new(Status::StoreFull, chain(&e).to_string())
 }
 
 #[cfg(test)]

@@ -260,11 +260,11 @@ pub fn forced_transport_not_offered_is_a_clear_error(transport: &str) {
     match Store::connect(owner.address(), test_config(transport)) {
         Err(ConnectError::Request(RequestError::TransportUnavailable {
             transport: name,
-            reason,
+            source,
             ..
         })) => {
             assert_eq!(name, transport_name(transport));
-            assert!(reason.contains("does not offer"), "{reason}");
+            assert!(source.to_string().contains("does not offer"), "{source}");
         }
         Ok(_) => panic!("connected although the owner offers no {transport}"),
         Err(e) => panic!("expected TransportUnavailable, got {e}"),

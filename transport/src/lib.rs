@@ -31,7 +31,7 @@ mod serve;
 pub mod tcp;
 
 pub use buffer::AlignedBuf;
-pub use error::TransportError;
+pub use error::{chain, Cause, TransportError};
 
 /// A response and the payload pieces that follow it on the wire.
 #[derive(Debug)]

@@ -297,7 +297,7 @@ impl<S: Socket> MuxConnection<S> {
                 TransportError::Timeout
             }
             WriteFailure::Broken(e) => {
-                let err = TransportError::ConnectionLost(e.to_string());
+                let err = TransportError::ConnectionLost(e.into());
                 self.mark_broken(err.clone());
                 err
             }
@@ -351,9 +351,9 @@ impl<S: Socket> MuxConnection<S> {
             ReadFailure::Broken(TransportError::ConnectionLost("payload too large".into()))
         })?;
         let mut payload = AlignedBuf::try_for_overwrite(len).ok_or_else(|| {
-            ReadFailure::Broken(TransportError::ConnectionLost(format!(
-                "cannot allocate {len} bytes for a reply"
-            )))
+            ReadFailure::Broken(TransportError::ConnectionLost(
+                format!("cannot allocate {len} bytes for a reply").into(),
+            ))
         })?;
         read_full(timed, &mut payload, deadline)?;
         // Descriptors travel with the bytes of the reply that announces them.
@@ -366,7 +366,8 @@ impl<S: Socket> MuxConnection<S> {
                             "{} segment descriptors announced, {} received",
                             segments.len(),
                             fds.len()
-                        ),
+                        )
+                        .into(),
                     )));
                 }
                 fds
@@ -586,7 +587,7 @@ fn skip<S: Socket>(
 }
 
 fn broken(e: io::Error) -> ReadFailure {
-    ReadFailure::Broken(TransportError::ConnectionLost(e.to_string()))
+    ReadFailure::Broken(TransportError::ConnectionLost(e.into()))
 }
 
 fn closed_by_server() -> ReadFailure {

@@ -100,6 +100,14 @@ fn server_status(status: Status) -> dimstore_status {
     }
 }
 
+/// The message of a failure: the error with its causes (`outer: cause: root cause`).
+fn message(e: &(dyn std::error::Error + 'static)) -> String {
+    client::chain(e).to_string()
+}
+
+// The client's error enums are `#[non_exhaustive]`: a variant added later maps to
+// `DIMSTORE_E_INTERNAL` (never to success) until it is given a status of its own here.
+
 impl From<RequestError> for Failure {
     fn from(e: RequestError) -> Self {
         let status = match &e {
@@ -114,58 +122,61 @@ impl From<RequestError> for Failure {
             RequestError::Server { status, .. } => server_status(*status),
             RequestError::TransportUnavailable { .. } => DIMSTORE_E_CONFIG,
             RequestError::Protocol { .. } => DIMSTORE_E_INTERNAL,
+            _ => DIMSTORE_E_INTERNAL,
         };
-        Failure::new(status, e.to_string())
+        Failure::new(status, message(&e))
     }
 }
 
 impl From<GetError> for Failure {
     fn from(e: GetError) -> Self {
-        match e {
-            GetError::NotFound(_) => Failure::new(DIMSTORE_E_NOT_FOUND, e.to_string()),
-            GetError::NotSet(_) => Failure::new(DIMSTORE_E_NOT_SET, e.to_string()),
-            GetError::Evicted(_) => Failure::new(DIMSTORE_E_EVICTED, e.to_string()),
-            GetError::Invalid { .. } => Failure::new(DIMSTORE_E_INTERNAL, e.to_string()),
-            GetError::Request(e) => e.into(),
-        }
+        let status = match e {
+            GetError::NotFound(_) => DIMSTORE_E_NOT_FOUND,
+            GetError::NotSet(_) => DIMSTORE_E_NOT_SET,
+            GetError::Evicted(_) => DIMSTORE_E_EVICTED,
+            GetError::Invalid { .. } => DIMSTORE_E_INTERNAL,
+            GetError::Request(e) => return e.into(),
+            _ => DIMSTORE_E_INTERNAL,
+        };
+        Failure::new(status, message(&e))
     }
 }
 
 impl From<PutError> for Failure {
     fn from(e: PutError) -> Self {
-        match e {
-            PutError::StoreFull(_) | PutError::TooLarge(_) => {
-                Failure::new(DIMSTORE_E_STORE_FULL, e.to_string())
-            }
-            PutError::Serialize(_) => Failure::new(DIMSTORE_E_INTERNAL, e.to_string()),
-            PutError::Invalid(_) => Failure::new(DIMSTORE_E_BAD_ARGUMENT, e.to_string()),
-            PutError::Request(e) => e.into(),
-        }
+        let status = match e {
+            PutError::StoreFull(_) | PutError::TooLarge(_) => DIMSTORE_E_STORE_FULL,
+            PutError::Serialize(_) => DIMSTORE_E_INTERNAL,
+            PutError::Invalid(_) => DIMSTORE_E_BAD_ARGUMENT,
+            PutError::Request(e) => return e.into(),
+            _ => DIMSTORE_E_INTERNAL,
+        };
+        Failure::new(status, message(&e))
     }
 }
 
 impl From<SetError> for Failure {
     fn from(e: SetError) -> Self {
-        match e {
-            SetError::AlreadySet(_) => Failure::new(DIMSTORE_E_ALREADY_SET, e.to_string()),
-            SetError::NotReserved(_) => Failure::new(DIMSTORE_E_NOT_FOUND, e.to_string()),
-            SetError::StoreFull(_) => Failure::new(DIMSTORE_E_STORE_FULL, e.to_string()),
-            SetError::Request(e) => e.into(),
-        }
+        let status = match e {
+            SetError::AlreadySet(_) => DIMSTORE_E_ALREADY_SET,
+            SetError::NotReserved(_) => DIMSTORE_E_NOT_FOUND,
+            SetError::StoreFull(_) => DIMSTORE_E_STORE_FULL,
+            SetError::Request(e) => return e.into(),
+            _ => DIMSTORE_E_INTERNAL,
+        };
+        Failure::new(status, message(&e))
     }
 }
 
 impl From<ConnectError> for Failure {
     fn from(e: ConnectError) -> Self {
-        match e {
-            ConnectError::Fleet { .. } | ConnectError::RuntimeDir(_) => {
-                Failure::new(DIMSTORE_E_CONFIG, e.to_string())
-            }
-            ConnectError::NoServer { .. } | ConnectError::Spawn { .. } => {
-                Failure::new(DIMSTORE_E_UNREACHABLE, e.to_string())
-            }
-            ConnectError::Request(e) => e.into(),
-        }
+        let status = match e {
+            ConnectError::Fleet { .. } | ConnectError::RuntimeDir(_) => DIMSTORE_E_CONFIG,
+            ConnectError::NoServer { .. } | ConnectError::Spawn { .. } => DIMSTORE_E_UNREACHABLE,
+            ConnectError::Request(e) => return e.into(),
+            _ => DIMSTORE_E_INTERNAL,
+        };
+        Failure::new(status, message(&e))
     }
 }
 

@@ -134,9 +134,18 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
+/// The text of an exception: the error with its causes (`outer: cause: root cause`).
+fn text(e: &(dyn std::error::Error + 'static)) -> String {
+    dimstore::chain(e).to_string()
+}
+
+// The client's error enums are `#[non_exhaustive]`: a variant added later becomes the base
+// class `Error` (or `ProtocolError`, `ConnectFailed` where the operation says more) until it
+// is given a class of its own here.
+
 /// A failure to reach or talk to a server.
 pub(crate) fn request(e: RequestError) -> PyErr {
-    let text = e.to_string();
+    let text = text(&e);
     match &e {
         RequestError::Unreachable { .. } => Unreachable::new_err(text),
         RequestError::Timeout { .. } => Timeout::new_err(text),
@@ -165,31 +174,32 @@ pub(crate) fn request(e: RequestError) -> PyErr {
 /// Why a put failed.
 pub(crate) fn put(e: PutError) -> PyErr {
     match e {
-        PutError::StoreFull(_) => StoreFull::new_err(e.to_string()),
-        PutError::TooLarge(_) => TooLarge::new_err(e.to_string()),
+        PutError::StoreFull(_) => StoreFull::new_err(text(&e)),
+        PutError::TooLarge(_) => TooLarge::new_err(text(&e)),
         PutError::Request(e) => request(e),
-        other => Error::new_err(other.to_string()),
+        other => Error::new_err(text(&other)),
     }
 }
 
 /// Why a get failed.
 pub(crate) fn get(e: GetError) -> PyErr {
     match e {
-        GetError::NotFound(_) => NotFound::new_err(e.to_string()),
-        GetError::NotSet(_) => NotSet::new_err(e.to_string()),
-        GetError::Evicted(_) => Evicted::new_err(e.to_string()),
+        GetError::NotFound(_) => NotFound::new_err(text(&e)),
+        GetError::NotSet(_) => NotSet::new_err(text(&e)),
+        GetError::Evicted(_) => Evicted::new_err(text(&e)),
         GetError::Request(e) => request(e),
-        other => Error::new_err(other.to_string()),
+        other => Error::new_err(text(&other)),
     }
 }
 
 /// Why a set failed.
 pub(crate) fn set(e: SetError) -> PyErr {
     match e {
-        SetError::AlreadySet(_) => AlreadySet::new_err(e.to_string()),
-        SetError::NotReserved(_) => NotReserved::new_err(e.to_string()),
-        SetError::StoreFull(_) => StoreFull::new_err(e.to_string()),
+        SetError::AlreadySet(_) => AlreadySet::new_err(text(&e)),
+        SetError::NotReserved(_) => NotReserved::new_err(text(&e)),
+        SetError::StoreFull(_) => StoreFull::new_err(text(&e)),
         SetError::Request(e) => request(e),
+        other => Error::new_err(text(&other)),
     }
 }
 
@@ -197,6 +207,6 @@ pub(crate) fn set(e: SetError) -> PyErr {
 pub(crate) fn connect(e: ConnectError) -> PyErr {
     match e {
         ConnectError::Request(e) => request(e),
-        other => ConnectFailed::new_err(other.to_string()),
+        other => ConnectFailed::new_err(text(&other)),
     }
 }

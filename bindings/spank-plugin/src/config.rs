@@ -12,6 +12,7 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A `plugstack.conf` argument or a `--dimstore` option that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// Not `key=value`, or a key the plugin does not know.
     #[error("unknown {what} `{item}` (known: {known})")]

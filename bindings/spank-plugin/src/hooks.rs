@@ -36,6 +36,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A hook's failure, logged by the caller (the panic boundary in `lib.rs`).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HookError {
     /// A SPANK call failed.
     #[error(transparent)]

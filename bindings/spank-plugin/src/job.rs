@@ -42,6 +42,7 @@ pub struct Job {
 
 /// Why a node's server could not be set up, found or stopped.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JobError {
     /// A file or directory operation failed.
     #[error("{what} {}: {source}", path.display())]

@@ -61,6 +61,7 @@ impl Default for FunctionConfig {
 
 /// Why an invocation failed (each maps to a [`Status`] on the wire).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvokeError {
     /// Functions are off on this server (or it was built without them).
     #[error("this server does not run functions (--functions off, or built without them)")]

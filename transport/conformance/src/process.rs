@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use dimstore_ffi_test_support::{hex, stdin_lines, tell, unhex, watchdog, Peer};
-use dimstore_transport::TransportError;
+use dimstore_transport::{chain, TransportError};
 
 use crate::fixtures::{arena, Object, MIB};
 use crate::Harness;
@@ -98,8 +98,8 @@ pub fn run<H: Harness>(harness: H, module_path: &str, case: &str, body: fn(&Case
     let _dog = watchdog(&case.name, LIMIT);
     match case.harness.exporter() {
         Ok(_) => {}
-        Err(TransportError::Unavailable { reason, .. }) => {
-            dimstore_tests::skip_or_fail(&case.name, &reason);
+        Err(TransportError::Unavailable { source, .. }) => {
+            dimstore_tests::skip_or_fail(&case.name, &chain(&*source).to_string());
             return;
         }
         Err(e) => panic!("{}: starting an exporter failed: {e}", case.name),
@@ -127,9 +127,11 @@ pub fn run_unusable<H: Harness>(harness: H, module_path: &str) {
     match &exporter {
         Err(TransportError::Unavailable {
             transport: t,
-            reason,
+            source,
         }) => {
             assert_eq!(t, transport);
+            // The reason is the source, with the library's error under it: printed whole.
+            let reason = chain(&**source).to_string();
             assert!(reason.contains(named), "{reason:?} does not name {named:?}");
             assert!(!reason.contains('\n'), "not one sentence: {reason:?}");
         }

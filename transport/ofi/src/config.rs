@@ -53,7 +53,7 @@ impl OfiConfig {
                 Ok(n) if n > 0 => Ok(n),
                 _ => Err(TransportError::Unavailable {
                     transport: crate::NAME.to_owned(),
-                    reason: format!("{name}={v:?} is not a positive integer"),
+                    source: format!("{name}={v:?} is not a positive integer").into(),
                 }),
             },
         };
@@ -129,6 +129,7 @@ mod tests {
         assert_eq!(c.domain, None);
         assert_eq!((c.chunk, c.in_flight), (1 << 20, 4));
         let err = OfiConfig::from_lookup(lookup(&[("DIMSTORE_OFI_IN_FLIGHT", "0")])).unwrap_err();
-        assert!(err.to_string().contains("DIMSTORE_OFI_IN_FLIGHT"), "{err}");
+        let text = dimstore_transport::chain(&err).to_string();
+        assert!(text.contains("DIMSTORE_OFI_IN_FLIGHT"), "{text}");
     }
 }

@@ -11,7 +11,7 @@ use crossbeam::channel::{self, Sender};
 use dimstore_arena::Segment;
 use dimstore_transport::onesided::{Exporter, RemoteRegion};
 use dimstore_transport::onesided::{FabricThread, Wake};
-use dimstore_transport::TransportError;
+use dimstore_transport::{Cause, TransportError};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use crate::fabric::{Node, NAP};
@@ -59,9 +59,9 @@ impl OfiExporter {
     /// domain cannot be opened.
     pub fn start(config: &OfiConfig) -> Result<Arc<OfiExporter>, TransportError> {
         crate::config::apply_lean_defaults();
-        let unavailable = |reason: String| TransportError::Unavailable {
+        let unavailable = |source: Cause| TransportError::Unavailable {
             transport: NAME.to_owned(),
-            reason,
+            source,
         };
         let live = Arc::new(AtomicU64::new(0));
         let cache = Arc::new(Mutex::new(HashMap::new()));
@@ -94,7 +94,7 @@ impl OfiExporter {
 fn gone() -> TransportError {
     TransportError::OneSided {
         transport: NAME.to_owned(),
-        reason: "the exporter's fabric thread is gone".to_owned(),
+        source: "the exporter's fabric thread is gone".into(),
     }
 }
 
@@ -155,15 +155,18 @@ fn run(
     config: &OfiConfig,
     waker: &Wake,
     commands: &Receiver<Command>,
-    started: &SyncSender<Result<Started, String>>,
+    started: &SyncSender<Result<Started, Cause>>,
     live: &AtomicU64,
     cache: &Mutex<HashMap<u32, RemoteRegion>>,
 ) {
     let node = match Node::open(config).and_then(|node| {
         let address = node.ep.name().map_err(|e| {
-            format!(
-                "libfabric provider '{}': cannot name the endpoint: {e}",
-                config.provider
+            Cause::context(
+                format!(
+                    "libfabric provider '{}': cannot name the endpoint",
+                    config.provider
+                ),
+                e,
             )
         })?;
         Ok((node, address))
@@ -220,7 +223,7 @@ fn export(
 ) -> Result<RemoteRegion, TransportError> {
     let failed = |e: dimstore_ofi::OfiError| TransportError::OneSided {
         transport: NAME.to_owned(),
-        reason: format!("cannot register segment {id}: {e}"),
+        source: Cause::context(format!("cannot register segment {id}"), e),
     };
     let reg = match regs.entry(id) {
         Entry::Occupied(e) => e.into_mut(),

@@ -7,6 +7,7 @@ use dimstore_ofi::{
     AddressVector, CompletionQueue, Domain, Endpoint, Fabric, Info, InfoQuery, OfiError,
 };
 use dimstore_transport::onesided::Wake;
+use dimstore_transport::Cause;
 use rustix::event::{poll, PollFd, PollFlags};
 
 use crate::OfiConfig;
@@ -36,7 +37,7 @@ pub(crate) struct Node {
 impl Node {
     /// Opens fabric, domain, queue, vector and an RDM endpoint for `config`; the error is
     /// one sentence for [`dimstore_transport::TransportError::Unavailable`].
-    pub(crate) fn open(config: &OfiConfig) -> Result<Node, String> {
+    pub(crate) fn open(config: &OfiConfig) -> Result<Node, Cause> {
         let mut query = InfoQuery::provider(config.provider.clone());
         if let Some(node) = &config.node {
             query = query.source_node(node.clone());
@@ -47,21 +48,29 @@ impl Node {
             query = query.domain(domain.clone());
         }
         let node_name = config.node.as_deref().unwrap_or("(any)");
-        let info = Info::query(&query).map_err(|e| {
+        let info = Info::query(&query).map_err(|mut e| {
             if e.is_library_missing() {
-                return e.to_string();
+                // The library's own one sentence says it all.
+                return Cause::new(e);
             }
             // The wrapper appends the whole query; the sentence names what matters.
-            let text = e.message.split(" (query").next().unwrap_or(&e.message);
-            format!(
-                "no libfabric provider '{}' for node {node_name}: {}: {text}",
-                config.provider, e.api
+            e.message
+                .truncate(e.message.find(" (query").unwrap_or(e.message.len()));
+            Cause::context(
+                format!(
+                    "no libfabric provider '{}' for node {node_name}",
+                    config.provider
+                ),
+                e,
             )
         })?;
         let failed = |e: OfiError| {
-            format!(
-                "libfabric provider '{}' for node {node_name} cannot be opened: {e}",
-                config.provider
+            Cause::context(
+                format!(
+                    "libfabric provider '{}' for node {node_name} cannot be opened",
+                    config.provider
+                ),
+                e,
             )
         };
         if info.requires_local_registration() {
@@ -69,7 +78,8 @@ impl Node {
                 "libfabric provider '{}' requires registered local buffers (FI_MR_LOCAL), \
                  which this transport does not do",
                 config.provider
-            ));
+            )
+            .into());
         }
         let provider = info.provider();
         let max_msg = match info.max_msg_size() {

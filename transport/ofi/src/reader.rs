@@ -11,7 +11,7 @@ use dimstore_transport::onesided::plan::ReadPlan;
 use dimstore_transport::onesided::{
     wait_for_answer, Answer, FabricThread, ReadChunk, ReadTarget, Reader, RemoteRead, Wake,
 };
-use dimstore_transport::{AlignedBuf, TransportError};
+use dimstore_transport::{AlignedBuf, Cause, TransportError};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use crate::fabric::Node;
@@ -72,9 +72,9 @@ impl OfiReader {
     /// domain cannot be opened.
     pub fn start(config: &OfiConfig) -> Result<Arc<OfiReader>, TransportError> {
         crate::config::apply_lean_defaults();
-        let unavailable = |reason: String| TransportError::Unavailable {
+        let unavailable = |source: Cause| TransportError::Unavailable {
             transport: NAME.to_owned(),
-            reason,
+            source,
         };
         let (thread, (provider, max_msg)) = FabricThread::start(
             "dimstore-ofi-read",
@@ -147,10 +147,10 @@ impl OfiReader {
 }
 
 /// A [`TransportError::OneSided`] for this transport.
-fn one_sided(reason: String) -> TransportError {
+fn one_sided(why: impl Into<Cause>) -> TransportError {
     TransportError::OneSided {
         transport: NAME.to_owned(),
-        reason,
+        source: why.into(),
     }
 }
 
@@ -275,7 +275,7 @@ fn run(
     config: &OfiConfig,
     waker: &Wake,
     commands: &Receiver<Command>,
-    started: &SyncSender<Result<(String, usize), String>>,
+    started: &SyncSender<Result<(String, usize), Cause>>,
 ) {
     let node = match Node::open(config) {
         Ok(node) => {
@@ -391,7 +391,7 @@ impl State {
                 Err(e) => {
                     let _ = job
                         .reply
-                        .send(Err(one_sided(format!("bad peer address: {e}"))));
+                        .send(Err(one_sided(Cause::context("bad peer address", e))));
                     return;
                 }
             },
@@ -493,7 +493,7 @@ impl State {
                     Err(WaitError::Failed { error, .. })
                     | Err(WaitError::Pending { error, .. }) => {
                         if active.failed.is_none() {
-                            active.failed = Some(one_sided(error.to_string()));
+                            active.failed = Some(one_sided(Cause::new(error)));
                         }
                     }
                 }

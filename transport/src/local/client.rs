@@ -100,7 +100,7 @@ impl Connector for LocalConnector {
     fn connect(&self, address: &str, deadline: Instant) -> Result<LocalConnection, TransportError> {
         let fail = |e: io::Error| TransportError::Connect {
             address: address.to_string(),
-            reason: e.to_string(),
+            source: e.into(),
         };
         let stream = connect_by(Path::new(address), deadline).map_err(|e| match e.kind() {
             io::ErrorKind::TimedOut => TransportError::Timeout,
@@ -179,7 +179,11 @@ mod tests {
             }
         };
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(outcome.0, TransportError::Timeout);
+        assert!(
+            matches!(outcome.0, TransportError::Timeout),
+            "{:?}",
+            outcome.0
+        );
         assert!(
             outcome.1 < wait + Duration::from_secs(2),
             "took {:?}",

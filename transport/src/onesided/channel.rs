@@ -102,7 +102,7 @@ impl<C: Connection> ChannelConnection<C> {
         payload: AlignedBuf,
         limits: &FrameLimits,
     ) -> Result<ReplyFrame, TransportError> {
-        let lost = |why: String| TransportError::ConnectionLost(why);
+        let lost = |why: String| TransportError::ConnectionLost(why.into());
         let (header, body_bytes) = FrameHeader::decode_head(head, limits)?;
         if header.kind != FrameKind::Response
             || header.request_id != id

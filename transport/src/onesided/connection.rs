@@ -93,7 +93,9 @@ impl<C: Connection> OneSidedConnection<C> {
         let regions = self.regions(items, deadline)?;
         // Every byte is written: inline items copied, remote ones read.
         let mut target = AlignedBuf::try_for_overwrite(total).ok_or_else(|| {
-            TransportError::ConnectionLost(format!("cannot allocate {total} bytes for a reply"))
+            TransportError::ConnectionLost(
+                format!("cannot allocate {total} bytes for a reply").into(),
+            )
         })?;
         let mut reads = Vec::new();
         let (mut offset, mut inline_at) = (0usize, 0usize);
@@ -174,15 +176,14 @@ impl<C: Connection> OneSidedConnection<C> {
         let fetched = match reply.response {
             Response::SegmentKeys { keys } if keys.len() == missing.len() => keys,
             Response::Error(e) => {
-                return Err(TransportError::ConnectionLost(format!(
-                    "server refused segment keys: {}",
-                    e.message
-                )))
+                return Err(TransportError::ConnectionLost(
+                    format!("server refused segment keys: {}", e.message).into(),
+                ))
             }
             other => {
-                return Err(TransportError::ConnectionLost(format!(
-                    "unexpected answer to SegmentKeys: {other:?}"
-                )))
+                return Err(TransportError::ConnectionLost(
+                    format!("unexpected answer to SegmentKeys: {other:?}").into(),
+                ))
             }
         };
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());

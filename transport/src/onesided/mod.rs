@@ -77,7 +77,7 @@ pub fn wait_for_answer<T>(
             Answer::Stopped => {
                 return Err(TransportError::OneSided {
                     transport: transport.to_owned(),
-                    reason: "the fabric thread stopped during the operation".into(),
+                    source: "the fabric thread stopped during the operation".into(),
                 })
             }
             Answer::Pending if Instant::now() >= give_up => return Err(TransportError::Timeout),
@@ -129,7 +129,7 @@ pub trait Exporter: Send + Sync + 'static {
         let _ = host;
         Err(TransportError::Unavailable {
             transport: self.name().to_owned(),
-            reason: "requests travel on the TCP connection with this transport".into(),
+            source: "requests travel on the TCP connection with this transport".into(),
         })
     }
 }

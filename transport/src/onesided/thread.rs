@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use rustix::event::{eventfd, EventfdFlags};
 
+use crate::Cause;
+
 /// An eventfd that wakes a fabric thread: readable once written to, reset by
 /// [`Wake::drain`].
 #[derive(Debug)]
@@ -20,10 +22,10 @@ pub struct Wake {
 
 impl Wake {
     /// A new, unsignalled, non-blocking eventfd.
-    pub fn new() -> Result<Wake, String> {
+    pub fn new() -> Result<Wake, Cause> {
         eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map(|fd| Wake { fd })
-            .map_err(|e| format!("eventfd: {e}"))
+            .map_err(|e| Cause::context("eventfd", std::io::Error::from(e)))
     }
 
     /// Wakes the thread (or makes its next sleep return at once).
@@ -49,7 +51,7 @@ impl Wake {
 pub type Startup<C, S> = (
     mpsc::Receiver<C>,
     Arc<Wake>,
-    mpsc::SyncSender<Result<S, String>>,
+    mpsc::SyncSender<Result<S, Cause>>,
 );
 
 /// The handle of a fabric thread: [`FabricThread::send`] queues a command and wakes the
@@ -70,7 +72,7 @@ impl<C: Send + 'static> FabricThread<C> {
         within: Duration,
         stop: fn() -> C,
         body: impl FnOnce(Startup<C, S>) + Send + 'static,
-    ) -> Result<(Self, S), String> {
+    ) -> Result<(Self, S), Cause> {
         let wake = Arc::new(Wake::new()?);
         let (commands, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
@@ -80,14 +82,14 @@ impl<C: Send + 'static> FabricThread<C> {
                 let wake = Arc::clone(&wake);
                 move || body((rx, wake, ready_tx))
             })
-            .map_err(|e| format!("cannot start the fabric thread {name}: {e}"))?;
+            .map_err(|e| Cause::context(format!("cannot start the fabric thread {name}"), e))?;
         let started = match ready_rx.recv_timeout(within) {
             Ok(Ok(started)) => started,
             Ok(Err(reason)) => {
                 let _ = thread.join();
                 return Err(reason);
             }
-            Err(_) => return Err(format!("the fabric thread {name} did not start")),
+            Err(_) => return Err(format!("the fabric thread {name} did not start").into()),
         };
         let handle = FabricThread {
             commands,
@@ -195,6 +197,9 @@ mod tests {
                 let _ = ready.send(Err("no such provider".into()));
             },
         );
-        assert_eq!(failed.err().as_deref(), Some("no such provider"));
+        assert_eq!(
+            failed.err().map(|e| e.to_string()).as_deref(),
+            Some("no such provider")
+        );
     }
 }

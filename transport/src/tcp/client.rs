@@ -57,15 +57,13 @@ impl Connector for TcpConnector {
     }
 
     fn connect(&self, address: &str, deadline: Instant) -> Result<TcpConnection, TransportError> {
-        let fail = |reason: String| TransportError::Connect {
+        let fail = |e: std::io::Error| TransportError::Connect {
             address: address.to_string(),
-            reason,
+            source: e.into(),
         };
-        let addrs: Vec<_> = address
-            .to_socket_addrs()
-            .map_err(|e| fail(e.to_string()))?
-            .collect();
-        let mut last = String::from("address resolved to nothing");
+        let addrs: Vec<_> = address.to_socket_addrs().map_err(fail)?.collect();
+        let mut last =
+            std::io::Error::new(std::io::ErrorKind::NotFound, "address resolved to nothing");
         for addr in addrs {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -73,12 +71,11 @@ impl Connector for TcpConnector {
             }
             match TcpStream::connect_timeout(&addr, remaining) {
                 Ok(stream) => {
-                    stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
-                    return MuxConnection::new(stream, self.limits)
-                        .map_err(|e| fail(e.to_string()));
+                    stream.set_nodelay(true).map_err(fail)?;
+                    return MuxConnection::new(stream, self.limits).map_err(fail);
                 }
                 Err(_) if Instant::now() >= deadline => return Err(TransportError::Timeout),
-                Err(e) => last = e.to_string(),
+                Err(e) => last = e,
             }
         }
         Err(fail(last))

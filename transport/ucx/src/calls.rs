@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use dimstore_proto::{FrameHeader, FrameLimits, HEADER_LEN};
-use dimstore_transport::{AlignedBuf, TransportError};
+use dimstore_transport::{AlignedBuf, Cause, TransportError};
 use dimstore_ucx::{AmMessage, Endpoint, Request, UcxError, Worker};
 
 use crate::{one_sided, AM_REPLY, AM_REQUEST};
@@ -183,9 +183,9 @@ impl Calls {
 /// connection, as on TCP.
 fn failure(e: &UcxError) -> TransportError {
     if e.is_peer_failure() {
-        TransportError::ConnectionLost(format!("request message: {e}"))
+        TransportError::ConnectionLost(Cause::context("request message", e.clone()))
     } else {
-        one_sided(format!("request message: {e}"))
+        one_sided(Cause::context("request message", e.clone()))
     }
 }
 

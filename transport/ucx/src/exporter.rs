@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dimstore_arena::Segment;
 use dimstore_transport::onesided::{Exporter, RemoteRegion};
-use dimstore_transport::TransportError;
+use dimstore_transport::{Cause, TransportError};
 use dimstore_ucx::{Context, ContextConfig, Worker};
 
 use crate::channels::Served;
@@ -167,19 +167,19 @@ fn fabric_thread(
     commands: mpsc::Receiver<Command>,
     wake: Arc<Wake>,
     live: Arc<AtomicU64>,
-    ready: mpsc::SyncSender<Result<Vec<u8>, String>>,
+    ready: mpsc::SyncSender<Result<Vec<u8>, Cause>>,
 ) {
     let setup = Context::new(config)
-        .map_err(|e| format!("UCX context creation failed ({e})"))
+        .map_err(|e| Cause::context("UCX context creation failed", e))
         .and_then(|context| {
-            let worker =
-                Worker::new(&context).map_err(|e| format!("UCX worker creation failed ({e})"))?;
+            let worker = Worker::new(&context)
+                .map_err(|e| Cause::context("UCX worker creation failed", e))?;
             let address = worker
                 .address()
-                .map_err(|e| format!("UCX worker address unavailable ({e})"))?;
+                .map_err(|e| Cause::context("UCX worker address unavailable", e))?;
             worker
                 .event_fd()
-                .map_err(|e| format!("UCX worker has no event fd ({e})"))?;
+                .map_err(|e| Cause::context("UCX worker has no event fd", e))?;
             Ok((context, worker, address.into_bytes()))
         });
     let (context, worker) = match setup {
@@ -287,13 +287,16 @@ fn export(
         }
     }
     let registration = Registration::new(context, segment)
-        .map_err(|e| one_sided(format!("registering segment {id}: {e}")))?;
+        .map_err(|e| one_sided(Cause::context(format!("registering segment {id}"), e)))?;
     let region = registration.region();
     let remote = RemoteRegion {
         address: region.address(),
-        key: region
-            .pack_rkey()
-            .map_err(|e| one_sided(format!("packing the key of segment {id}: {e}")))?,
+        key: region.pack_rkey().map_err(|e| {
+            one_sided(Cause::context(
+                format!("packing the key of segment {id}"),
+                e,
+            ))
+        })?,
     };
     registrations.insert(
         id,

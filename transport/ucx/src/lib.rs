@@ -37,7 +37,7 @@ pub use config::UcxConfig;
 pub use exporter::UcxExporter;
 pub use reader::{shared_reader, UcxReader};
 
-use dimstore_transport::TransportError;
+use dimstore_transport::{Cause, TransportError};
 
 /// The transport's name, as advertised in the handshake.
 pub const NAME: &str = "ucx";
@@ -69,17 +69,17 @@ fn tls_detail_on(devices: Option<&str>) -> String {
 }
 
 /// `TransportError::Unavailable` for this transport.
-fn unavailable(reason: impl Into<String>) -> TransportError {
+fn unavailable(why: impl Into<Cause>) -> TransportError {
     TransportError::Unavailable {
         transport: NAME.to_owned(),
-        reason: reason.into(),
+        source: why.into(),
     }
 }
 
 /// `TransportError::OneSided` for this transport.
-fn one_sided(reason: impl Into<String>) -> TransportError {
+fn one_sided(why: impl Into<Cause>) -> TransportError {
     TransportError::OneSided {
         transport: NAME.to_owned(),
-        reason: reason.into(),
+        source: why.into(),
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dimstore_proto::FrameLimits;
 use dimstore_transport::onesided::plan::{Chunks, ReadPlan};
 use dimstore_transport::onesided::{ReadChunk, ReadTarget, Reader, RemoteRead};
-use dimstore_transport::{AlignedBuf, TransportError};
+use dimstore_transport::{AlignedBuf, Cause, TransportError};
 use dimstore_ucx::{
     Context, ContextConfig, Endpoint, RemoteKey, Request, UcxError, Worker, WorkerAddress,
 };
@@ -393,7 +393,7 @@ impl Fabric {
     fn peer(&mut self, address: &[u8]) -> Result<&mut Peer, TransportError> {
         if !self.peers.contains_key(address) {
             let ep = Endpoint::connect(&self.worker, &WorkerAddress::from_bytes(address))
-                .map_err(|e| one_sided(format!("connecting to the peer: {e}")))?;
+                .map_err(|e| one_sided(Cause::context("connecting to the peer", e)))?;
             self.peers.insert(
                 address.to_vec(),
                 Peer {
@@ -466,7 +466,7 @@ impl Fabric {
                         self.peers.remove(&read.peer);
                     }
                 }
-                Err(one_sided(e.to_string()))
+                Err(one_sided(Cause::new(e)))
             }
         };
         // Drop the read (its requests still in flight go to the worker) before answering:
@@ -520,7 +520,7 @@ impl Peer {
             .ep
             .unpack_rkey(packed)
             .map(Rc::new)
-            .map_err(|e| one_sided(format!("unpacking a remote key: {e}")))?;
+            .map_err(|e| one_sided(Cause::context("unpacking a remote key", e)))?;
         self.keys.insert(packed.to_vec(), Rc::clone(&key));
         Ok(key)
     }
@@ -532,24 +532,24 @@ fn fabric_thread(
     config: UcxConfig,
     commands: mpsc::Receiver<Command>,
     wake: Arc<Wake>,
-    ready: mpsc::SyncSender<Result<Vec<u8>, String>>,
+    ready: mpsc::SyncSender<Result<Vec<u8>, Cause>>,
 ) {
     let setup = Context::new(&ContextConfig::from_env())
-        .map_err(|e| format!("UCX context creation failed ({e})"))
+        .map_err(|e| Cause::context("UCX context creation failed", e))
         .and_then(|context| {
-            let worker =
-                Worker::new(&context).map_err(|e| format!("UCX worker creation failed ({e})"))?;
+            let worker = Worker::new(&context)
+                .map_err(|e| Cause::context("UCX worker creation failed", e))?;
             worker
                 .event_fd()
-                .map_err(|e| format!("UCX worker has no event fd ({e})"))?;
-            let replies =
-                Worker::new(&context).map_err(|e| format!("UCX worker creation failed ({e})"))?;
+                .map_err(|e| Cause::context("UCX worker has no event fd", e))?;
+            let replies = Worker::new(&context)
+                .map_err(|e| Cause::context("UCX worker creation failed", e))?;
             replies
                 .event_fd()
-                .map_err(|e| format!("UCX worker has no event fd ({e})"))?;
+                .map_err(|e| Cause::context("UCX worker has no event fd", e))?;
             let address = replies
                 .address()
-                .map_err(|e| format!("UCX worker address unavailable ({e})"))?;
+                .map_err(|e| Cause::context("UCX worker address unavailable", e))?;
             let calls = Calls::start(&worker, &replies)?;
             Ok((context, worker, replies, calls, address.into_bytes()))
         });
