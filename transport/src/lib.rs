@@ -21,6 +21,7 @@ use std::time::Instant;
 use dimstore_proto::{FrameLimits, Request, Response};
 
 mod buffer;
+pub mod channel;
 mod error;
 pub mod local;
 pub mod mux;

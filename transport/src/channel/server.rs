@@ -6,8 +6,9 @@
 //! client is noticed: fabrics do not say). Its requests arrive on the fabric thread as
 //! messages whose header is the channel id followed by an ordinary frame head (frame header
 //! and body); their data is the payload. The fabric thread hands them to an [`RpcHost`],
-//! here a [`ServiceHost`] driving the same [`Service`] as every other transport, and sends
-//! the [`RpcReply`] back on the fabric.
+//! here a [`ServiceHost`], which checks, admits and dispatches them through the request
+//! engine ([`MessageEngine`]) to the same [`Service`] as every other transport, and sends the
+//! [`RpcReply`] back on the fabric.
 
 use std::sync::{Arc, Mutex, Weak};
 
