@@ -13,13 +13,23 @@
 //! Checked, besides "never panics":
 //! - the chunked decode yields exactly the frames (and the final error) of a one-shot decode;
 //! - each frame agrees with its header and respects the limits;
-//! - a body that decodes re-encodes to a body that decodes to the same message.
+//! - a body that decodes re-encodes to a body that decodes to the same message;
+//! - the request engine (`dimstore_engine::StreamEngine`, an authenticated connection with
+//!   the same limits), fed the same chunks, answers each request frame the decoder yields
+//!   once and in order with its id, stays silent on notices, closes on a response frame,
+//!   and closes with the decoder's error where the decoder stopped.
 
 #![no_main]
 
+use std::time::{Duration, Instant};
+
+use dimstore_engine::{
+    Action, Outcome as Answered, PeerInfo, Reply, ServeOptions, Service, StreamEngine, StreamError,
+};
 use dimstore_proto::{
-    decode_request, decode_response, encode_request, encode_response, frame::Frame, FrameDecoder,
-    FrameError, FrameLimits,
+    decode_request, decode_response, encode_request, encode_response, frame::Frame, ErrorReply,
+    FrameDecoder, FrameError, FrameHeader, FrameKind, FrameLimits, Request, RequestLimits,
+    Response,
 };
 use libfuzzer_sys::fuzz_target;
 use rkyv::util::AlignedVec;
@@ -65,6 +75,84 @@ fn check_body(body: &[u8]) {
     }
 }
 
+/// A service that takes every payload and answers everything with `Done`; its sessions
+/// count as authenticated, so the connection is held to the limits under test.
+struct Accepting;
+
+impl Service for Accepting {
+    type Session = ();
+    type Sink = Vec<u8>;
+    type Source = Vec<u8>;
+
+    fn open_session(&self, _: &'static str, _: PeerInfo) {}
+
+    fn authenticated(&self, _: &()) -> bool {
+        true
+    }
+
+    fn payload_sinks(&self, _: &mut (), _: &Request, len: u64) -> Result<Vec<Vec<u8>>, ErrorReply> {
+        Ok(vec![vec![0; len as usize]])
+    }
+
+    fn handle(&self, _: &mut (), _: Request, _: Vec<Vec<u8>>) -> Answered<Vec<u8>> {
+        Answered::Ready(Reply::message(Response::Done))
+    }
+
+    fn record_sent(&self, _: &'static str, _: u64) {}
+}
+
+/// Feeds `stream` to a stream engine in the pieces `pieces` yields and checks its answers
+/// against what the decoder made of the same stream.
+fn check_engine(limits: FrameLimits, pieces: &[&[u8]], decoded: &Outcome) {
+    let service = Accepting;
+    let options = ServeOptions {
+        limits,
+        requests: RequestLimits::default(),
+        stall_timeout: Duration::from_secs(1),
+    };
+    let now = Instant::now();
+    let mut engine = StreamEngine::new(&service, (), options, now);
+    for mut piece in pieces.iter().copied() {
+        while !piece.is_empty() && !engine.is_closed() {
+            let buf = engine.recv_buffer();
+            let n = buf.len().min(piece.len());
+            buf[..n].copy_from_slice(&piece[..n]);
+            engine.received(&service, n, now);
+            piece = &piece[n..];
+        }
+    }
+    let answer_id = |head: &[u8]| FrameHeader::peek_request_id(head).expect("a header");
+    let mut actions = std::iter::from_fn(|| engine.poll_action());
+    for frame in &decoded.0 {
+        match frame.header.kind {
+            FrameKind::Notice => continue,
+            FrameKind::Request => match actions.next() {
+                Some(Action::Send(reply)) => {
+                    assert_eq!(answer_id(reply.head()), frame.header.request_id)
+                }
+                _ => panic!("a request frame the decoder accepted got no reply"),
+            },
+            FrameKind::Response => match actions.next() {
+                Some(Action::Close(closing)) => {
+                    assert!(closing.end.is_ok());
+                    let last = closing.last.expect("a response frame is answered");
+                    assert_eq!(answer_id(last.head()), frame.header.request_id);
+                    return;
+                }
+                _ => panic!("a response frame did not close the connection"),
+            },
+        }
+    }
+    match (actions.next(), &decoded.1) {
+        (Some(Action::Close(closing)), Some(error)) => match closing.end {
+            Err(StreamError::Frame(e)) => assert_eq!(&e, error),
+            other => panic!("closed with {other:?}, the decoder stopped on {error}"),
+        },
+        (None, None) => assert!(!engine.is_closed()),
+        _ => panic!("the engine and the decoder disagree on where the stream breaks"),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
@@ -89,7 +177,9 @@ fuzz_target!(|data: &[u8]| {
     // The same stream in the chunk pattern the input asks for.
     let mut split: Outcome = (Vec::new(), None);
     let mut dec = FrameDecoder::new(limits);
+    let mut pieces: Vec<&[u8]> = Vec::new();
     if chunks.is_empty() {
+        pieces.push(stream);
         dec.push(stream);
         drain(&mut dec, &mut split);
     } else {
@@ -107,6 +197,7 @@ fuzz_target!(|data: &[u8]| {
             }
             let (head, tail) = rest.split_at(len.min(rest.len()));
             rest = tail;
+            pieces.push(head);
             dec.push(head);
             if !drain(&mut dec, &mut split) {
                 break;
@@ -114,6 +205,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert_eq!(whole, split, "chunked decode differs from one-shot decode");
+    check_engine(limits, &pieces, &whole);
 
     for frame in &whole.0 {
         let h = &frame.header;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dimstore_arena::{Arena, ArenaConfig};
 use dimstore_proto::{FrameLimits, ReadyFile, RequestLimits};
-use dimstore_transport::onesided::rpc::ServiceHost;
+use dimstore_transport::channel::ServiceHost;
 use dimstore_transport::tcp::ServeOptions;
 use tokio::net::TcpListener;
 

@@ -12,7 +12,7 @@ use dimstore_proto::{
     Reservation, Response, SegmentInfo, SegmentKey, ServerStats, Status, TransportStats,
     PROTOCOL_VERSION,
 };
-use dimstore_transport::onesided::rpc::{ChannelGuard, ChannelTable};
+use dimstore_transport::channel::{ChannelGuard, ChannelTable};
 use dimstore_transport::onesided::Exporter;
 use dimstore_transport::{Outcome, PeerInfo, Reply, Service};
 use tokio::sync::Notify;

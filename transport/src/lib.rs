@@ -15,14 +15,13 @@
 //! arena memory into the socket. RDMA transports implement the same contract with one-sided
 //! reads of registered regions.
 
-use std::future::Future;
 use std::os::fd::OwnedFd;
-use std::pin::Pin;
 use std::time::Instant;
 
-use dimstore_proto::{ErrorReply, FrameLimits, Request, Response};
+use dimstore_proto::{FrameLimits, Request, Response};
 
 mod buffer;
+pub mod channel;
 mod error;
 pub mod local;
 pub mod mux;
@@ -31,110 +30,8 @@ mod serve;
 pub mod tcp;
 
 pub use buffer::AlignedBuf;
+pub use dimstore_engine::{DeferredReply, Outcome, PeerInfo, Reply, Service};
 pub use error::{chain, Cause, TransportError};
-
-/// A response and the payload pieces that follow it on the wire.
-#[derive(Debug)]
-pub struct Reply<S> {
-    /// The response message.
-    pub response: Response,
-    /// Payload pieces, sent back to back after the message; held until sent.
-    pub payload: Vec<S>,
-    /// File descriptors passed along (same-node transports only; dropped elsewhere).
-    pub fds: Vec<OwnedFd>,
-}
-
-impl<S> Reply<S> {
-    /// A reply without payload.
-    pub fn message(response: Response) -> Self {
-        Reply {
-            response,
-            payload: Vec::new(),
-            fds: Vec::new(),
-        }
-    }
-
-    /// An error reply.
-    pub fn error(error: ErrorReply) -> Self {
-        Reply::message(Response::Error(error))
-    }
-}
-
-/// A boxed future producing a reply later.
-pub type DeferredReply<S> = Pin<Box<dyn Future<Output = Reply<S>> + Send + 'static>>;
-
-/// How a service answers a request.
-// Ready is the per-request hot path and lives on the stack; boxing it to shrink the rare
-// Deferred case would allocate on every request.
-#[allow(clippy::large_enum_variant)]
-pub enum Outcome<S> {
-    /// The reply is ready now.
-    Ready(Reply<S>),
-    /// The reply comes later (a get waiting for a deferred object). The transport keeps
-    /// serving the connection's other requests meanwhile.
-    Deferred(DeferredReply<S>),
-}
-
-/// Who connected.
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    /// Address, for logs.
-    pub address: String,
-    /// The peer process's user id, where the transport can tell (Unix sockets).
-    pub uid: Option<u32>,
-}
-
-/// The server-side logic a transport drives. One value serves every connection of every
-/// transport.
-pub trait Service: Send + Sync + 'static {
-    /// Per-connection state (authentication, leases, counters). Dropped when the connection
-    /// closes.
-    type Session: Send + 'static;
-    /// Memory an incoming payload is read into.
-    type Sink: AsMut<[u8]> + Send + 'static;
-    /// Memory an outgoing payload is written from.
-    type Source: AsRef<[u8]> + Send + Sync + 'static;
-
-    /// A connection opened on `transport` from `peer`.
-    fn open_session(&self, transport: &'static str, peer: PeerInfo) -> Self::Session;
-
-    /// Whether `session` has completed its handshake (a `Hello` with the right token).
-    /// Until then a stream transport accepts only a small body without payload per frame,
-    /// and closes the connection if the handshake does not complete within its stall
-    /// timeout.
-    fn authenticated(&self, session: &Self::Session) -> bool;
-
-    /// Where the `payload_len` bytes following `request` must land: pieces whose lengths add
-    /// up to `payload_len`. An error is sent back after the payload has been discarded.
-    fn payload_sinks(
-        &self,
-        session: &mut Self::Session,
-        request: &Request,
-        payload_len: u64,
-    ) -> Result<Vec<Self::Sink>, ErrorReply>;
-
-    /// Handles a request whose payload has been received into `payload`.
-    fn handle(
-        &self,
-        session: &mut Self::Session,
-        request: Request,
-        payload: Vec<Self::Sink>,
-    ) -> Outcome<Self::Source>;
-
-    /// Counts object bytes a transport has sent.
-    fn record_sent(&self, transport: &'static str, bytes: u64);
-
-    /// Counts request payload bytes a transport pulled from a client's buffer.
-    fn record_pulled(&self, transport: &'static str, bytes: u64) {
-        let _ = (transport, bytes);
-    }
-
-    /// The channels opened on fabric messages ([`onesided::rpc`]), for services that offer
-    /// them.
-    fn channels(&self) -> Option<&onesided::rpc::ChannelTable<Self::Session>> {
-        None
-    }
-}
 
 /// A reply as a client receives it.
 #[derive(Debug)]

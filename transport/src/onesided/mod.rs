@@ -21,14 +21,13 @@ use dimstore_arena::Segment;
 
 use crate::{AlignedBuf, TransportError};
 
-mod channel;
 mod connection;
 pub mod plan;
-pub mod rpc;
 mod target;
 mod thread;
 
-pub use channel::{ChannelConnection, Messenger};
+// Where the client found them before the channels had a module of their own.
+pub use crate::channel::{ChannelConnection, Messenger};
 pub use connection::OneSidedConnection;
 pub use target::{IncomingTarget, ReadChunk, ReadTarget};
 pub use thread::{CommandSender, FabricThread, Startup, Wake};
@@ -122,10 +121,10 @@ pub trait Exporter: Send + Sync + 'static {
     /// Registrations alive now.
     fn live_registrations(&self) -> u64;
 
-    /// Starts serving requests on the fabric's own messages for `host` (see [`rpc`]).
+    /// Starts serving requests on the fabric's own messages for `host` (see [`crate::channel`]).
     /// Transports without request messaging refuse with
     /// [`TransportError::Unavailable`].
-    fn serve_rpc(&self, host: Arc<dyn rpc::RpcHost>) -> Result<(), TransportError> {
+    fn serve_rpc(&self, host: Arc<dyn crate::channel::RpcHost>) -> Result<(), TransportError> {
         let _ = host;
         Err(TransportError::Unavailable {
             transport: self.name().to_owned(),

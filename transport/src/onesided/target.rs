@@ -13,7 +13,7 @@ use std::ops::{Deref, DerefMut, Range};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use super::rpc::IncomingRequest;
+use crate::channel::IncomingRequest;
 use crate::AlignedBuf;
 
 /// The buffer, shared by the chunks writing disjoint ranges of it.

@@ -10,11 +10,11 @@ use dimstore_transport::onesided::{Exporter, RemoteRegion};
 use dimstore_transport::{Cause, TransportError};
 use dimstore_ucx::{Context, ContextConfig, Worker};
 
-use crate::channels::Served;
+use crate::channel::server::Served;
 use crate::register::Registration;
 use crate::wake::sleep;
 use crate::{one_sided, tls_detail_on, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};
-use dimstore_transport::onesided::rpc::{LaterReply, RpcHost, RpcReply};
+use dimstore_transport::channel::{LaterReply, RpcHost, RpcReply};
 use dimstore_transport::onesided::{FabricThread, Wake};
 
 /// Longest sleep of the idle fabric thread: a safety net only (it is woken by its worker's

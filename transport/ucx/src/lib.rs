@@ -25,8 +25,7 @@
 //! UCX itself is configured by its environment (`UCX_TLS`, `UCX_NET_DEVICES`, ...), read
 //! when the context is created; [`UcxConfig`] holds dimstore's own settings.
 
-mod calls;
-mod channels;
+mod channel;
 mod config;
 mod exporter;
 mod reader;

@@ -14,7 +14,7 @@ use dimstore_ucx::{
     Context, ContextConfig, Endpoint, RemoteKey, Request, UcxError, Worker, WorkerAddress,
 };
 
-use crate::calls::{CallJob, Calls};
+use crate::channel::client::{CallJob, Calls};
 use crate::wake::sleep_on;
 use crate::AM_REQUEST;
 use crate::{one_sided, tls_detail, unavailable, UcxConfig, COMMAND_TIMEOUT, NAME};

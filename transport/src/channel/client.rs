@@ -1,7 +1,7 @@
 //! Requests over a fabric's own messages (UCX active messages): the client's side.
 //!
 //! A [`ChannelConnection`] sends every request as a fabric message to the server's channel
-//! (see [`super::rpc`]) through a [`Messenger`], and keeps the TCP connection the channel
+//! (see [`super::server`]) through a [`Messenger`], and keeps the TCP connection the channel
 //! was opened from: the server closes the channel when that connection closes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,7 @@ use dimstore_proto::{
 };
 use rkyv::util::AlignedVec;
 
-use super::rpc::CHANNEL_PREFIX;
+use super::server::CHANNEL_PREFIX;
 use crate::{AlignedBuf, Connection, ReplyFrame, TransportError};
 
 /// A fabric that carries request messages to servers and their replies back.

@@ -19,9 +19,7 @@ use std::sync::Arc;
 
 use std::time::Instant;
 
-use dimstore_transport::onesided::rpc::{
-    IncomingRequest, LaterReply, RpcHost, RpcReply, CHANNEL_PREFIX,
-};
+use dimstore_transport::channel::{IncomingRequest, LaterReply, RpcHost, RpcReply, CHANNEL_PREFIX};
 use dimstore_transport::onesided::IncomingTarget;
 use dimstore_transport::AlignedBuf;
 use dimstore_ucx::{AmMessage, Endpoint, Request, Worker, WorkerAddress};

@@ -6,19 +6,18 @@
 //! client is noticed: fabrics do not say). Its requests arrive on the fabric thread as
 //! messages whose header is the channel id followed by an ordinary frame head (frame header
 //! and body); their data is the payload. The fabric thread hands them to an [`RpcHost`],
-//! here a [`ServiceHost`] driving the same [`Service`] as every other transport, and sends
-//! the [`RpcReply`] back on the fabric.
+//! here a [`ServiceHost`], which checks, admits and dispatches them through the request
+//! engine ([`MessageEngine`]) to the same [`Service`] as every other transport, and sends the
+//! [`RpcReply`] back on the fabric.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use dimstore_proto::{
-    decode_request_within, encode_response, ErrorReply, FrameHeader, FrameKind, FrameLimits,
-    Request, RequestLimits, Response, Status,
-};
-use rkyv::util::AlignedVec;
+use dimstore_engine::{Admitted, Answer, MessageEngine, Outgoing};
+use dimstore_proto::{ErrorReply, FrameLimits, Request, RequestLimits, Status};
 
-use crate::{Outcome, Reply, Service};
+pub use dimstore_engine::{ChannelGuard, ChannelTable};
+
+use crate::Service;
 
 /// Bytes before the frame head in a request message's header: the channel id.
 pub const CHANNEL_PREFIX: usize = 8;
@@ -90,125 +89,12 @@ pub trait IncomingRequest {
     fn finish(self: Box<Self>, payload: Option<&[u8]>, later: &LaterReply) -> Option<RpcReply>;
 }
 
-/// An open channel.
-struct Channel<T> {
-    session: Arc<Mutex<T>>,
-    peer: Vec<u8>,
-}
-
-/// The channels a service has open, by id.
-pub struct ChannelTable<T> {
-    channels: Mutex<HashMap<u64, Channel<T>>>,
-}
-
-impl<T> Default for ChannelTable<T> {
-    fn default() -> Self {
-        ChannelTable {
-            channels: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for ChannelTable<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let open = self.channels.lock().map_or(0, |c| c.len());
-        f.debug_struct("ChannelTable").field("open", &open).finish()
-    }
-}
-
-impl<T: Send + 'static> ChannelTable<T> {
-    /// Opens channel `id` with `session`, replies going to `peer`; the session back if the
-    /// id is taken (draw another). The channel closes when the guard drops.
-    pub fn open(
-        self: &Arc<Self>,
-        id: u64,
-        peer: Vec<u8>,
-        session: T,
-    ) -> Result<ChannelGuard<T>, T> {
-        let mut channels = self.lock();
-        if channels.contains_key(&id) {
-            return Err(session);
-        }
-        let session = Arc::new(Mutex::new(session));
-        channels.insert(id, Channel { session, peer });
-        Ok(ChannelGuard {
-            id,
-            table: Arc::downgrade(self),
-        })
-    }
-
-    /// The session of channel `id`, while open.
-    pub fn session(&self, id: u64) -> Option<Arc<Mutex<T>>> {
-        self.lock().get(&id).map(|c| Arc::clone(&c.session))
-    }
-
-    /// The client's fabric address of channel `id`, while open.
-    pub fn peer(&self, id: u64) -> Option<Vec<u8>> {
-        self.lock().get(&id).map(|c| c.peer.clone())
-    }
-
-    /// The distinct client addresses of the open channels.
-    pub fn peers(&self) -> Vec<Vec<u8>> {
-        let mut peers: Vec<Vec<u8>> = self.lock().values().map(|c| c.peer.clone()).collect();
-        peers.sort_unstable();
-        peers.dedup();
-        peers
-    }
-
-    /// Channels open now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no channel is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Channel<T>>> {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Keeps a channel open; dropping it closes the channel (its session ends once no request
-/// of it is being handled).
-pub struct ChannelGuard<T: Send + 'static> {
-    id: u64,
-    table: Weak<ChannelTable<T>>,
-}
-
-impl<T: Send + 'static> ChannelGuard<T> {
-    /// The channel id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-}
-
-impl<T: Send + 'static> std::fmt::Debug for ChannelGuard<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChannelGuard")
-            .field("id", &self.id)
-            .finish()
-    }
-}
-
-impl<T: Send + 'static> Drop for ChannelGuard<T> {
-    fn drop(&mut self) {
-        if let Some(table) = self.table.upgrade() {
-            // The session drops after the table's lock is released.
-            let closed = table.lock().remove(&self.id);
-            drop(closed);
-        }
-    }
-}
-
 /// The [`RpcHost`] of a [`Service`]: requests on the service's channels are handled like
 /// those of any other transport, deferred replies on a tokio runtime.
 pub struct ServiceHost<S: Service> {
     /// Weak: the service owns the transports, which own the host.
     service: Weak<S>,
-    limits: FrameLimits,
-    requests: RequestLimits,
+    engine: MessageEngine,
     transport: &'static str,
     runtime: tokio::runtime::Handle,
 }
@@ -227,31 +113,10 @@ impl<S: Service> ServiceHost<S> {
     ) -> Self {
         ServiceHost {
             service: Arc::downgrade(service),
-            limits,
-            requests,
+            engine: MessageEngine::new(limits, requests),
             transport,
             runtime,
         }
-    }
-
-    /// The header and body of a request frame head, checked against the limits, its
-    /// length and the payload that came with it.
-    fn header<'h>(
-        &self,
-        head: &'h [u8],
-        payload_len: usize,
-    ) -> Result<(FrameHeader, &'h [u8]), ErrorReply> {
-        let (header, body) = FrameHeader::decode_head(head, &self.limits).map_err(bad_request)?;
-        if header.kind == FrameKind::Response {
-            return Err(bad_request("server accepts only request frames"));
-        }
-        if header.payload_len != payload_len as u64 {
-            return Err(bad_request(format!(
-                "frame header announces {} payload bytes, the message carries {payload_len}",
-                header.payload_len
-            )));
-        }
-        Ok((header, body))
     }
 }
 
@@ -279,32 +144,24 @@ impl<S: Service> RpcHost for ServiceHost<S> {
         head: &[u8],
         payload_len: usize,
     ) -> Result<Box<dyn IncomingRequest>, Option<RpcReply>> {
-        let (header, body) = self
-            .header(head, payload_len)
-            .map_err(|e| Some(error_reply(request_id_of(head), e)))?;
-        let (id, answers) = (header.request_id, header.kind == FrameKind::Request);
-        let refuse = |e: ErrorReply| answers.then(|| error_reply(id, e));
+        let head = self
+            .engine
+            .head::<S::Source>(head, payload_len)
+            .map_err(|refusal| Some(message(*refusal)))?;
+        let refuse = |status, why| head.refuse::<S::Source>(ErrorReply::new(status, why));
         let Some(service) = self.service.upgrade() else {
-            return Err(refuse(ErrorReply::new(
-                Status::ShuttingDown,
-                "the server is stopping",
-            )));
+            let refusal = refuse(Status::ShuttingDown, "the server is stopping");
+            return Err(refusal.map(message));
         };
         let Some(session) = service.channels().and_then(|c| c.session(channel)) else {
-            return Err(refuse(ErrorReply::new(
-                Status::Unauthorized,
-                "unknown or closed channel",
-            )));
+            let refusal = refuse(Status::Unauthorized, "unknown or closed channel");
+            return Err(refusal.map(message));
         };
-        let mut aligned = AlignedVec::<16>::with_capacity(body.len());
-        aligned.extend_from_slice(body);
-        let request =
-            decode_request_within(&aligned, &self.requests).map_err(|e| refuse(e.into()))?;
-        let sinks = {
+        let admitted = {
             let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
-            service
-                .payload_sinks(&mut guard, &request, payload_len as u64)
-                .map_err(refuse)?
+            self.engine
+                .admit(&*service, &mut guard, &head)
+                .map_err(|refusal| refusal.map(|r| message(*r)))?
         };
         Ok(Box::new(Pending {
             service,
@@ -312,10 +169,7 @@ impl<S: Service> RpcHost for ServiceHost<S> {
             runtime: self.runtime.clone(),
             session,
             channel,
-            id,
-            answers,
-            request,
-            sinks,
+            admitted,
         }))
     }
 }
@@ -327,30 +181,19 @@ struct Pending<S: Service> {
     runtime: tokio::runtime::Handle,
     session: Arc<Mutex<S::Session>>,
     channel: u64,
-    id: u64,
-    answers: bool,
-    request: Request,
-    sinks: Vec<S::Sink>,
+    admitted: Admitted<S>,
 }
 
 impl<S: Service> IncomingRequest for Pending<S> {
     fn destination(&mut self) -> Option<&mut [u8]> {
-        match &mut self.sinks[..] {
-            [only] => Some(only.as_mut()),
-            _ => None,
-        }
+        self.admitted.destination()
     }
 
     fn finish(mut self: Box<Self>, payload: Option<&[u8]>, later: &LaterReply) -> Option<RpcReply> {
-        if let Some(mut rest) = payload {
-            for sink in &mut self.sinks {
-                let sink = sink.as_mut();
-                let (now, after) = rest.split_at(sink.len().min(rest.len()));
-                sink[..now.len()].copy_from_slice(now);
-                rest = after;
-            }
+        if let Some(payload) = payload {
+            self.admitted.fill(payload);
         }
-        if runs_inline(&self.request) {
+        if runs_inline(self.admitted.request()) {
             return (*self).run(later);
         }
         // It may call back into the fabric thread (key export, stats): not on it.
@@ -374,22 +217,22 @@ impl<S: Service> Pending<S> {
             runtime,
             session,
             channel,
-            id,
-            answers,
-            request,
-            sinks,
+            admitted,
         } = self;
         let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = service.handle(&mut guard, request, sinks);
+        // A fabric message carries the head apart from the payload: nothing coalesced.
+        let answer = admitted.dispatch(&*service, &mut guard, 0);
         drop(guard);
-        match outcome {
-            Outcome::Ready(reply) => answers.then(|| encode(&*service, transport, id, reply)),
-            Outcome::Deferred(reply) => {
+        match answer {
+            Answer::Now(outgoing) | Answer::Refused(Some(outgoing)) => {
+                Some(sent(&*service, transport, outgoing))
+            }
+            Answer::Refused(None) | Answer::Silent => None,
+            Answer::Later(reply, reply_to) => {
                 let later = Arc::clone(later);
                 runtime.spawn(async move {
-                    let reply = reply.await;
-                    if answers {
-                        later(channel, encode(&*service, transport, id, reply));
+                    if let Some(outgoing) = reply_to.outgoing(reply.await) {
+                        later(channel, sent(&*service, transport, outgoing));
                     }
                 });
                 None
@@ -419,57 +262,23 @@ fn runs_inline(request: &Request) -> bool {
     )
 }
 
-/// Lays out `reply` to request `request_id`, counting its object bytes as sent.
-fn encode<S: Service>(
+/// `outgoing` as a fabric message, its object bytes counted as sent.
+fn sent<S: Service>(
     service: &S,
     transport: &'static str,
-    request_id: u64,
-    reply: Reply<S::Source>,
+    outgoing: Outgoing<S::Source>,
 ) -> RpcReply {
-    let payload_len: usize = reply.payload.iter().map(|p| p.as_ref().len()).sum();
-    let mut payload = Vec::with_capacity(payload_len);
-    for piece in &reply.payload {
-        payload.extend_from_slice(piece.as_ref());
+    let bytes = outgoing.object_bytes();
+    if bytes > 0 {
+        service.record_sent(transport, bytes);
     }
-    if !matches!(reply.response, Response::Error(_)) && payload_len > 0 {
-        service.record_sent(transport, payload_len as u64);
-    }
-    RpcReply {
-        head: response_head(request_id, &reply.response, payload_len),
-        payload,
-    }
+    message(outgoing)
 }
 
-/// The frame head of `response` to request `request_id`, with `payload_len` bytes to follow.
-fn response_head(request_id: u64, response: &Response, payload_len: usize) -> Vec<u8> {
-    let body = encode_response(response);
-    let mut head = Vec::new();
-    FrameHeader::write_head(
-        &mut head,
-        FrameKind::Response,
-        request_id,
-        &body,
-        payload_len as u64,
-    );
-    head
-}
-
-/// An error reply without payload.
-fn error_reply(request_id: u64, error: ErrorReply) -> RpcReply {
-    RpcReply {
-        head: response_head(request_id, &Response::Error(error), 0),
-        payload: Vec::new(),
-    }
-}
-
-fn bad_request(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(Status::BadRequest, e.to_string())
-}
-
-/// The request id of a frame head that may not decode (0 if too short): errors about a
-/// malformed frame still reach the caller that sent it.
-fn request_id_of(head: &[u8]) -> u64 {
-    FrameHeader::peek_request_id(head).unwrap_or_default()
+/// `outgoing` as a fabric message: the frame head, then the payload gathered.
+fn message<T: AsRef<[u8]>>(outgoing: Outgoing<T>) -> RpcReply {
+    let (head, payload) = outgoing.into_message();
+    RpcReply { head, payload }
 }
 
 #[cfg(test)]
@@ -477,10 +286,13 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    use dimstore_proto::{decode_response, encode_request, ObjectId};
+    use dimstore_proto::{
+        decode_response, encode_request, FrameHeader, FrameKind, ObjectId, Response,
+    };
+    use rkyv::util::AlignedVec;
 
     use super::*;
-    use crate::PeerInfo;
+    use crate::{Outcome, PeerInfo, Reply};
 
     /// Echoes put payloads back, answers exists with `true`, and stats off the fabric
     /// thread; counts requests per session.
@@ -588,29 +400,6 @@ mod tests {
             runtime.handle().clone(),
         );
         (runtime, service, host)
-    }
-
-    #[test]
-    fn channels_open_once_and_close_with_their_guard() {
-        let table: Arc<ChannelTable<u32>> = Arc::default();
-        let guard = table.open(7, b"addr".to_vec(), 1).expect("opens");
-        assert!(
-            matches!(table.open(7, b"other".to_vec(), 2), Err(2)),
-            "id taken"
-        );
-        let other = table.open(8, b"addr".to_vec(), 3).expect("opens");
-        assert_eq!(table.peer(7).as_deref(), Some(&b"addr"[..]));
-        assert_eq!(
-            table.peers(),
-            vec![b"addr".to_vec()],
-            "one entry per client"
-        );
-        assert_eq!(*table.session(8).expect("open").lock().unwrap(), 3);
-        drop(guard);
-        assert!(table.session(7).is_none() && table.peer(7).is_none());
-        assert_eq!(table.len(), 1);
-        drop(other);
-        assert!(table.is_empty() && table.peers().is_empty());
     }
 
     #[test]
