@@ -16,27 +16,26 @@ pub enum SpawnPolicy {
 
 /// Which transport moves object bytes from other servers (`DIMSTORE_TRANSPORT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TransportChoice {
     /// The best both ends share: the same-node mapping for this node's server; else, on a
     /// node with RDMA hardware, the first one-sided transport the server offers and this
     /// process can start; else TCP. Without RDMA hardware the one-sided providers emulate
     /// reads over TCP or shared memory and are no faster than TCP's inline replies (see
-    /// docs/PERFORMANCE.md); force them with `ucx` / `ofi`.
+    /// docs/PERFORMANCE.md); force them by name.
     Auto,
     /// TCP only (bytes inline in replies).
     Tcp,
-    /// UCX one-sided reads; an error where it is not available.
-    Ucx,
-    /// libfabric one-sided reads; an error where it is not available.
-    Ofi,
+    /// One-sided reads by this backend of the `dimstore-backends` registry (`ucx`, `ofi`,
+    /// as this build has them); an error where it is not available.
+    OneSided(&'static str),
 }
 
 impl TransportChoice {
     /// The one-sided transport name of a forced choice.
     pub fn forced_one_sided(self) -> Option<&'static str> {
         match self {
-            TransportChoice::Ucx => Some("ucx"),
-            TransportChoice::Ofi => Some("ofi"),
+            TransportChoice::OneSided(name) => Some(name),
             TransportChoice::Auto | TransportChoice::Tcp => None,
         }
     }
@@ -44,15 +43,24 @@ impl TransportChoice {
 
 impl std::str::FromStr for TransportChoice {
     type Err = String;
+    /// `auto`, `tcp`, or the name of one of this build's one-sided backends.
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "auto" => Ok(TransportChoice::Auto),
             "tcp" => Ok(TransportChoice::Tcp),
-            "ucx" => Ok(TransportChoice::Ucx),
-            "ofi" => Ok(TransportChoice::Ofi),
-            other => Err(format!(
-                "DIMSTORE_TRANSPORT={other}: expected auto, tcp, ucx or ofi"
-            )),
+            name => match dimstore_backends::find(name) {
+                Some(backend) => Ok(TransportChoice::OneSided(backend.name())),
+                None => {
+                    let mut choices = vec!["auto", "tcp"];
+                    choices.extend(dimstore_backends::names());
+                    let last = choices.pop().unwrap_or_default();
+                    Err(format!(
+                        "DIMSTORE_TRANSPORT={name}: expected {} or {last} ({})",
+                        choices.join(", "),
+                        dimstore_backends::this_build()
+                    ))
+                }
+            },
         }
     }
 }
@@ -100,7 +108,8 @@ pub struct ClientConfig {
     /// With `map`: objects smaller than this are copied rather than mapped
     /// (`DIMSTORE_LOCAL_MAP_FROM`, default 16 KiB; a copy is cheaper than a lease there).
     pub local_map_from: u64,
-    /// Transport for object bytes (`DIMSTORE_TRANSPORT=auto|tcp|ucx|ofi`, default `auto`).
+    /// Transport for object bytes (`DIMSTORE_TRANSPORT=auto|tcp|ucx|ofi`, default `auto`;
+    /// `ucx` and `ofi` where this build has them).
     pub transport: TransportChoice,
     /// Objects from this size on are read one-sided; smaller ones come inline
     /// (`DIMSTORE_ONE_SIDED_FROM`, bytes, default 64 KiB).

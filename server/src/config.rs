@@ -76,9 +76,10 @@ pub struct Args {
     /// that process was killed without a chance to stop it.
     #[arg(long, env = "DIMSTORE_EXIT_WITH_PARENT")]
     pub exit_with_parent: bool,
-    /// One-sided (RDMA) transports to export object memory on: `auto` (each of ucx, ofi
-    /// that starts here; the others are logged and skipped), `none`, or a list like
-    /// `ucx,ofi` (each must start, or the server exits naming why). Both listen only on the
+    /// One-sided (RDMA) transports to export object memory on: `auto` (each of this build's,
+    /// ucx and ofi by default, that starts here; the others are logged and skipped), `none`,
+    /// or a list like `ucx,ofi` (each must start, or the server exits naming why; a name
+    /// this build lacks is an error naming those it has). Both listen only on the
     /// control interface (the listen address's; when listening on 0.0.0.0, the advertised
     /// address's) unless UCX_NET_DEVICES or DIMSTORE_OFI_NODE names another. UCX reads its
     /// own UCX_* variables; libfabric's provider comes from DIMSTORE_OFI_PROVIDER (default
@@ -224,9 +225,6 @@ pub enum OneSided {
     Required(Vec<String>),
 }
 
-/// One-sided transport names this build knows.
-pub const ONE_SIDED_TRANSPORTS: [&str; 2] = ["ucx", "ofi"];
-
 impl std::str::FromStr for OneSided {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -235,10 +233,11 @@ impl std::str::FromStr for OneSided {
             "none" | "" => Ok(OneSided::None),
             list => {
                 let names: Vec<String> = list.split(',').map(|n| n.trim().to_string()).collect();
-                match names.iter().find(|n| !ONE_SIDED_TRANSPORTS.contains(&n.as_str())) {
+                match names.iter().find(|n| dimstore_backends::find(n).is_none()) {
                     Some(bad) => Err(format!(
-                        "unknown one-sided transport {bad:?} (expected auto, none, or a list of {})",
-                        ONE_SIDED_TRANSPORTS.join(", ")
+                        "unknown one-sided transport {bad:?} (expected auto, none, or a list of {}; {})",
+                        dimstore_backends::names().join(", "),
+                        dimstore_backends::this_build()
                     )),
                     None => Ok(OneSided::Required(names)),
                 }
