@@ -207,6 +207,7 @@ fn no_server_and_spawning_disabled_is_a_clear_error() {
 /// The one-sided CLI surface: `DIMSTORE_TRANSPORT=ucx|ofi dimstore get KEY -o FILE` moves the
 /// object by that transport (the owner's `stat --json` counts it per transport), and a
 /// transport the owner does not offer is a clear error, not a silent fallback.
+#[cfg(all(feature = "ucx", feature = "ofi"))]
 #[test]
 fn cli_gets_by_a_forced_one_sided_transport_and_stat_counts_it() {
     let options = |node: &str| ServerOptions {
