@@ -91,7 +91,6 @@ pub(crate) fn choose(
     Ok(Arc::new(control))
 }
 
-
 /// Requests go on `control` until a channel is open; then on the channel, with `control`
 /// kept open beside it (the server closes the channel with it). A server that takes no
 /// requests on the transport's messages keeps them on `control`.

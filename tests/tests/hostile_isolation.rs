@@ -4,6 +4,12 @@
 //! in-place put can write only its own reservation. Real server processes; the raw
 //! descriptors are taken straight off the same-node socket, as a buggy client would hold them.
 
+// The listener and offer tests need a one-sided backend; their helpers idle without one.
+#![cfg_attr(
+    not(any(feature = "ucx", feature = "ofi")),
+    allow(dead_code, unused_imports)
+)]
+
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
@@ -123,13 +129,13 @@ fn one_sided_listeners_stay_on_the_control_interface() {
         .map(|name| (*name, vec![*name]))
         .chain([("auto", every.clone())])
         .map(|(one_sided, transports)| {
-        (
-            one_sided,
-            transports,
-            server_with_one_sided(one_sided, None),
-        )
-    })
-    .collect();
+            (
+                one_sided,
+                transports,
+                server_with_one_sided(one_sided, None),
+            )
+        })
+        .collect();
     for (one_sided, transports, server) in &servers {
         for t in transports {
             assert!(

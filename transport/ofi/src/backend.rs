@@ -30,7 +30,10 @@ impl OneSidedBackend for OfiBackend {
             Some(ip) => Some(ip.to_string()),
             None => (control.host != "0.0.0.0").then(|| control.host.to_owned()),
         };
-        Ok(OfiExporter::start(&with_default_node(OfiConfig::from_env()?, node))?)
+        Ok(OfiExporter::start(&with_default_node(
+            OfiConfig::from_env()?,
+            node,
+        ))?)
     }
 
     /// Binds to the address the control connection left from.

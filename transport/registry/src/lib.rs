@@ -81,7 +81,10 @@ mod tests {
         let names = names();
         for (i, name) in names.iter().enumerate() {
             assert!(!names[..i].contains(name), "{name} listed twice");
-            assert!(!STREAM_TRANSPORTS.contains(name), "{name} is a stream transport");
+            assert!(
+                !STREAM_TRANSPORTS.contains(name),
+                "{name} is a stream transport"
+            );
             assert_eq!(find(name).map(|b| b.name()), Some(*name));
         }
         for (backend, variant) in loopback_variants() {

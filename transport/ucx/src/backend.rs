@@ -27,7 +27,10 @@ impl OneSidedBackend for UcxBackend {
         control: &ControlInterface<'_>,
     ) -> Result<Arc<dyn Exporter>, TransportError> {
         let devices = net_devices(control.ip)?;
-        Ok(UcxExporter::start_on(&UcxConfig::from_env(), devices.as_deref())?)
+        Ok(UcxExporter::start_on(
+            &UcxConfig::from_env(),
+            devices.as_deref(),
+        )?)
     }
 
     fn open_reader(&self, _local_ip: Option<IpAddr>) -> Result<ClientSide, TransportError> {
