@@ -256,3 +256,47 @@ fn default_runtime_dir() -> PathBuf {
         _ => std::env::temp_dir().join(format!("dimstore-{}", rustix::process::getuid().as_raw())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_choices_are_auto_tcp_and_this_builds_backends() {
+        assert_eq!("auto".parse(), Ok(TransportChoice::Auto));
+        assert_eq!("tcp".parse(), Ok(TransportChoice::Tcp));
+        for name in dimstore_backends::names() {
+            let choice: TransportChoice = name.parse().expect("a backend of this build");
+            assert_eq!(choice.forced_one_sided(), Some(name));
+        }
+        let error = "carrier-pigeon"
+            .parse::<TransportChoice>()
+            .expect_err("unknown");
+        assert!(
+            error.starts_with("DIMSTORE_TRANSPORT=carrier-pigeon: expected auto, tcp"),
+            "{error}"
+        );
+        assert!(error.contains(&dimstore_backends::this_build()), "{error}");
+    }
+
+    #[cfg(all(feature = "ucx", feature = "ofi"))]
+    #[test]
+    fn the_default_build_keeps_its_transport_names() {
+        assert_eq!("ucx".parse(), Ok(TransportChoice::OneSided("ucx")));
+        assert_eq!("ofi".parse(), Ok(TransportChoice::OneSided("ofi")));
+        let error = "x".parse::<TransportChoice>().expect_err("unknown");
+        assert!(
+            error.starts_with("DIMSTORE_TRANSPORT=x: expected auto, tcp, ucx or ofi"),
+            "{error}"
+        );
+    }
+
+    #[cfg(not(feature = "ucx"))]
+    #[test]
+    fn a_backend_compiled_out_is_refused_naming_what_the_build_has() {
+        let error = "ucx"
+            .parse::<TransportChoice>()
+            .expect_err("not in this build");
+        assert!(error.contains(&dimstore_backends::this_build()), "{error}");
+    }
+}

@@ -560,6 +560,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_sided_lists_name_this_builds_backends() {
+        assert_eq!("auto".parse(), Ok(OneSided::Auto));
+        assert_eq!(" none ".parse(), Ok(OneSided::None));
+        let every = dimstore_backends::names();
+        if !every.is_empty() {
+            assert_eq!(
+                every.join(", ").parse(),
+                Ok(OneSided::Required(
+                    every.iter().map(|n| n.to_string()).collect()
+                ))
+            );
+        }
+        let error = "ucx,carrier-pigeon"
+            .parse::<OneSided>()
+            .expect_err("unknown name");
+        assert!(error.contains("\"carrier-pigeon\""), "{error}");
+        assert!(error.contains(&dimstore_backends::this_build()), "{error}");
+    }
+
+    #[cfg(not(feature = "ucx"))]
+    #[test]
+    fn a_backend_compiled_out_is_refused_naming_what_the_build_has() {
+        let error = "ucx".parse::<OneSided>().expect_err("not in this build");
+        assert!(error.contains(&dimstore_backends::this_build()), "{error}");
+    }
+
+    #[test]
     fn flags_override_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("server.toml");
