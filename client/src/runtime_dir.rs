@@ -12,6 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use dimstore_host::server_files::MAX_READY_FILE_LEN;
 use dimstore_proto::ReadyFile;
 use rustix::fs::{Mode, OFlags};
 
@@ -20,9 +21,6 @@ pub const TOKEN_FILE: &str = "token";
 
 /// Longest token file accepted.
 const MAX_TOKEN_LEN: u64 = 4096;
-
-/// Longest ready file accepted.
-const MAX_READY_LEN: u64 = 64 << 10;
 
 /// Why the runtime directory (or a file in it) cannot be trusted or used.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +122,7 @@ pub fn read_ready(path: &Path) -> Result<Option<ReadyFile>, RuntimeDirError> {
     };
     let mut bytes = Vec::new();
     (&mut file)
-        .take(MAX_READY_LEN)
+        .take(MAX_READY_FILE_LEN)
         .read_to_end(&mut bytes)
         .map_err(io_error(path))?;
     Ok(serde_json::from_slice(&bytes).ok())

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dimstore_host::hostname;
+use dimstore_host::server_files::log_tail;
 use dimstore_proto::ReadyFile;
 use rustix::fs::{flock, FlockOperation};
 
@@ -124,14 +126,6 @@ fn configured(config: &ClientConfig) -> Result<Option<LocalServer>, ConnectError
 /// This client's node identity: `DIMSTORE_NODE` or the host name.
 pub fn node_name(config: &ClientConfig) -> String {
     config.node.clone().unwrap_or_else(hostname)
-}
-
-/// The host name (the UTS namespace's).
-pub fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
 }
 
 fn from_fleet(config: &ClientConfig, path: &Path) -> Result<LocalServer, ConnectError> {
@@ -341,13 +335,6 @@ pub fn server_binary(config: &ClientConfig) -> PathBuf {
                 .find(|p| p.is_file())
         })
         .unwrap_or_else(|| PathBuf::from("dimstore-server"))
-}
-
-/// The last `lines` lines of a log file, for error messages.
-pub fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

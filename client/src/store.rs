@@ -938,3 +938,120 @@ pub(crate) fn put_error(e: RequestError) -> PutError {
         _ => PutError::Request(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(owner: &str, id: u128, size: Option<u64>) -> Key {
+        Key {
+            owner: owner.into(),
+            id: ObjectId(id),
+            size,
+        }
+    }
+
+    #[test]
+    fn put_options_go_on_the_wire_in_whole_milliseconds() {
+        assert_eq!(PutOptions::default().to_wire().expect("plain"), None);
+        let options = PutOptions {
+            ttl: Some(Duration::from_micros(2_500)),
+            lease: None,
+            owner: Some("job".into()),
+        };
+        assert_eq!(
+            options.to_wire().expect("valid"),
+            Some(dimstore_proto::PutOptions {
+                ttl_ms: 2,
+                lease_ms: 0,
+                owner: Some("job".into()),
+            })
+        );
+        let owner_only = PutOptions {
+            owner: Some("job".into()),
+            ..PutOptions::default()
+        };
+        let wire = owner_only.to_wire().expect("valid").expect("not plain");
+        assert_eq!((wire.ttl_ms, wire.lease_ms), (0, 0));
+        let huge = PutOptions {
+            lease: Some(Duration::MAX),
+            ..PutOptions::default()
+        };
+        let wire = huge.to_wire().expect("valid").expect("not plain");
+        assert_eq!(wire.lease_ms, u64::MAX);
+    }
+
+    #[test]
+    fn a_lifetime_that_rounds_to_zero_is_refused() {
+        for options in [
+            PutOptions {
+                ttl: Some(Duration::from_micros(999)),
+                ..PutOptions::default()
+            },
+            PutOptions {
+                lease: Some(Duration::ZERO),
+                ..PutOptions::default()
+            },
+        ] {
+            let e = options.to_wire().expect_err("rounds to 0 ms");
+            assert!(
+                matches!(&e, PutError::Invalid(text) if text.contains("rounds to 0 ms")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_object_fits_its_key_by_size_unless_the_key_is_deferred() {
+        assert!(fits_key(&key("a:1", 1, Some(5)), 5));
+        assert!(!fits_key(&key("a:1", 1, Some(5)), 6));
+        assert!(fits_key(&key("a:1", 1, None), 0));
+        assert!(fits_key(&key("a:1", 1, None), u64::MAX));
+    }
+
+    #[test]
+    fn keys_are_grouped_by_owner_in_first_seen_order() {
+        let keys = [
+            key("b:1", 1, None),
+            key("a:1", 2, None),
+            key("b:1", 3, None),
+            key("c:1", 4, None),
+            key("a:1", 5, None),
+        ];
+        assert_eq!(
+            group_by_owner(&keys),
+            [("b:1", vec![0, 2]), ("a:1", vec![1, 4]), ("c:1", vec![3])]
+        );
+        assert!(group_by_owner(&[]).is_empty());
+    }
+
+    #[test]
+    fn an_owners_group_is_cut_at_the_servers_batch_limit() {
+        let n = max_batch() * 2 + 3;
+        let keys: Vec<Key> = (0..n as u128).map(|i| key("a:1", i, Some(1))).collect();
+        let groups = group_by_owner(&keys);
+        let lens: Vec<usize> = groups.iter().map(|(_, v)| v.len()).collect();
+        assert_eq!(lens, [max_batch(), max_batch(), 3]);
+        let all: Vec<usize> = groups.into_iter().flat_map(|(_, v)| v).collect();
+        assert_eq!(all, (0..n).collect::<Vec<_>>(), "every key once, in order");
+    }
+
+    #[test]
+    fn lock_by_gives_up_at_the_deadline_and_takes_a_poisoned_lock() {
+        let mutex = Mutex::new(1);
+        let held = mutex.lock().expect("free");
+        assert!(lock_by(&mutex, Instant::now()).is_none(), "held elsewhere");
+        drop(held);
+        assert_eq!(lock_by(&mutex, Instant::now()).as_deref(), Some(&1));
+
+        let poisoned = Arc::new(Mutex::new(2));
+        let clone = Arc::clone(&poisoned);
+        let _ = std::thread::spawn(move || {
+            let _guard = clone.lock().expect("free");
+            panic!("poison the lock");
+        })
+        .join();
+        assert!(poisoned.is_poisoned());
+        assert_eq!(lock_by(&poisoned, Instant::now()).as_deref(), Some(&2));
+    }
+}

@@ -11,11 +11,11 @@ use std::ffi::OsString;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use dimstore_host::process;
 use rustix::process::Signal;
 use signal_hook::consts::SIGINT;
 
 use crate::interrupt::{self, Interrupts};
-use crate::process;
 
 /// Why the command could not be run.
 #[derive(Debug, thiserror::Error)]

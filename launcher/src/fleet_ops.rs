@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use dimstore::fleet::{Fleet, FleetNode};
 use dimstore::{ClientConfig, OpStats, RequestError, ServerStats, SpawnPolicy, Store};
+use dimstore_host::process;
 use rustix::process::Signal;
 use serde_json::json;
-
-use crate::process;
 
 /// A node and what its server said (or why it said nothing).
 #[derive(Debug, Clone)]
@@ -392,7 +391,7 @@ pub struct DownOptions {
 /// does not answer and runs on this machine; waits until each is gone, killing local ones
 /// that outstay `options.wait`. Returns each node's outcome, in node order.
 pub fn down(fleet: &Fleet, options: DownOptions) -> Vec<(String, StopOutcome)> {
-    let host = dimstore::spawn::hostname();
+    let host = dimstore_host::hostname();
     for_each_node(fleet, |node| {
         let local = fleet.launcher == "local" || node.name == host || is_loopback(&node.address);
         (node.name.clone(), stop_node(fleet, node, local, options))

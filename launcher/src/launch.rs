@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use dimstore::fleet::{Fleet, FleetError};
 use dimstore::ClientConfig;
+use dimstore_host::process;
 
 use crate::allocation::{self, Allocation, DetectError, DetectOptions};
 use crate::command::{self, CommandError, Forwarding};
 use crate::interrupt::{self, Interrupts};
-use crate::local::{self, LocalFleet, LocalSpec, ServerSpec, StartError, STOP_GRACE};
-use crate::process;
+use crate::local::{LocalFleet, LocalSpec, ServerSpec, StartError, STOP_GRACE};
 use crate::progress;
 use crate::remote::{RemoteFleet, RemoteSpec};
 use crate::rundir::{RunDir, RunDirError};
@@ -309,7 +309,7 @@ fn start(
         server_bin,
         memory_limit: options.memory_limit.clone(),
         server_args: server_args.clone(),
-        token: local::new_token(),
+        token: dimstore_host::new_token(),
         ready_timeout: options.ready_timeout,
         allow_partial: options.allow_partial,
     };

@@ -7,7 +7,7 @@
 //!   [`launch::up`] starts one that outlives the launcher.
 //! - [`fleet_ops::status`] and [`fleet_ops::down`] work on any running fleet from its file.
 //! - [`local`] starts servers on this machine (simulated nodes `node0`, `node1`, ...);
-//!   [`rundir`] holds their logs and ready files; [`process`] knows them by pid.
+//!   [`rundir`] holds their logs and ready files; [`dimstore_host::process`] knows them by pid.
 //! - [`allocation`] finds the nodes of a batch job (Slurm, PBS, hostfile); [`remote`] starts
 //!   one server on each through the parallel launcher of [`step`] (`srun`, `mpiexec`,
 //!   `mpirun`).
@@ -19,7 +19,6 @@ pub mod fleet_ops;
 pub mod interrupt;
 pub mod launch;
 pub mod local;
-pub mod process;
 pub mod progress;
 pub mod remote;
 pub mod rundir;

@@ -17,11 +17,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use dimstore::fleet::{Fleet, FleetNode, FLEET_FORMAT};
-use dimstore::spawn::log_tail;
+use dimstore_host::process;
+use dimstore_host::server_files::{log_tail, read_ready};
 use dimstore_proto::ReadyFile;
 use rustix::process::Signal;
 
-use crate::process;
 use crate::progress::StartProgress;
 use crate::rundir::{RunDir, RunDirError};
 
@@ -408,28 +408,10 @@ fn launch(spec: &LocalSpec, name: &str, dir: &Path) -> Result<Server, StartError
     })
 }
 
-/// The ready file's contents, once it exists (servers write it atomically).
-pub(crate) fn read_ready(path: &Path) -> Option<ReadyFile> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-/// A fresh random fleet token: 32 hex digits (128 bits).
-pub fn new_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::progress::Quiet;
-
-    #[test]
-    fn tokens_are_fresh_hex() {
-        let (a, b) = (new_token(), new_token());
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
-    }
 
     fn spec(bin: &str, count: usize) -> LocalSpec {
         LocalSpec {
@@ -438,7 +420,7 @@ mod tests {
                 server_bin: bin.into(),
                 memory_limit: None,
                 server_args: Vec::new(),
-                token: new_token(),
+                token: dimstore_host::new_token(),
                 ready_timeout: Duration::from_secs(5),
                 allow_partial: false,
             },

@@ -25,7 +25,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use dimstore::fleet::{Fleet, FleetNode, FLEET_FORMAT};
-use dimstore::spawn::log_tail;
+use dimstore_host::process;
+use dimstore_host::server_files::{log_tail, read_ready};
 use dimstore_proto::ReadyFile;
 use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
@@ -33,10 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::allocation::Allocation;
 use crate::fleet_ops::{self, DownOptions};
 use crate::interrupt::Interrupts;
-use crate::local::{
-    read_ready, FailReason, NodeFailure, ServerSpec, StartError, LOG_TAIL_LINES, STOP_GRACE,
-};
-use crate::process;
+use crate::local::{FailReason, NodeFailure, ServerSpec, StartError, LOG_TAIL_LINES, STOP_GRACE};
 use crate::progress::StartProgress;
 use crate::rundir::{
     RunDir, EXIT_FILE, HOSTS_FILE, LAUNCHER_LOG, READY_FILE, SERVER_LOG, STEP_RECORD,
@@ -413,7 +411,7 @@ fn launch_step(spec: &RemoteSpec, dir: &Path) -> Result<(Child, StepRecord), Sta
         "--run-dir".into(),
         dir.into(),
         "--origin".into(),
-        dimstore::spawn::hostname().into(),
+        dimstore_host::hostname().into(),
         "--".into(),
         spec.server.server_bin.clone().into(),
     ];
@@ -461,7 +459,7 @@ fn launch_step(spec: &RemoteSpec, dir: &Path) -> Result<(Child, StepRecord), Sta
     })?;
     let record = StepRecord {
         pid: child.id(),
-        host: dimstore::spawn::hostname(),
+        host: dimstore_host::hostname(),
         command: shown,
     };
     Ok((child, record))
@@ -523,7 +521,7 @@ fn end_child(child: &mut Child, grace: Duration) -> Option<&'static str> {
 pub fn finish_step(run_dir: &Path, wait: Duration) -> Option<String> {
     let record: StepRecord =
         serde_json::from_slice(&fs::read(run_dir.join(STEP_RECORD)).ok()?).ok()?;
-    if record.host != dimstore::spawn::hostname() || !process::is_running(record.pid) {
+    if record.host != dimstore_host::hostname() || !process::is_running(record.pid) {
         return None;
     }
     match process::wait_then_end(record.pid, wait, STOP_GRACE)? {
@@ -541,7 +539,7 @@ pub fn finish_step(run_dir: &Path, wait: Duration) -> Option<String> {
 /// loopback address (a node whose `/etc/hosts` maps its own name to 127.0.1.1), it listens
 /// on the source address of the route towards `origin`, the launcher's host, instead.
 pub fn node_main(run_dir: &Path, origin: Option<&str>, server: &[OsString]) -> i32 {
-    let host = dimstore::spawn::hostname();
+    let host = dimstore_host::hostname();
     let dir = run_dir.join(&host);
     let exit_file = dir.join(EXIT_FILE);
     let report = |text: &str| {
@@ -640,7 +638,7 @@ fn listen_towards(origin: &str, server_args: &[OsString]) -> Option<String> {
     let from_env = ["DIMSTORE_LISTEN", "DIMSTORE_ADVERTISE"]
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
-    if chosen || from_env || routable(&dimstore::spawn::hostname()).is_some() {
+    if chosen || from_env || routable(&dimstore_host::hostname()).is_some() {
         return None;
     }
     let target = (origin, 9)

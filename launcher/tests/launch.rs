@@ -9,7 +9,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use dimstore::fleet::Fleet;
-use dimstore_launch::process;
+use dimstore_host::process;
+use dimstore_host::server_files::read_ready;
 use rustix::process::Signal;
 
 /// Longest any launcher invocation may take.
@@ -123,10 +124,7 @@ impl Scratch {
                 if path.is_dir() {
                     stack.push(path);
                 } else if path.file_name().is_some_and(|n| n == "ready.json") {
-                    let ready = std::fs::read(&path)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<dimstore_proto::ReadyFile>(&b).ok());
-                    pids.extend(ready.map(|r| r.pid));
+                    pids.extend(read_ready(&path).map(|r| r.pid));
                 }
             }
         }

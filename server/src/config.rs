@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use clap::Parser;
+use dimstore_host::hostname;
 use serde::Deserialize;
 
 use crate::eviction::Policy;
@@ -517,14 +518,6 @@ fn default_runtime_dir() -> PathBuf {
 fn default_memory_limit() -> u64 {
     let info = rustix::system::sysinfo();
     (info.totalram as u64).saturating_mul(u64::from(info.mem_unit)) / 2
-}
-
-/// The host name (the UTS namespace's, so simulated nodes differ).
-pub fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// The address other nodes reach this host at: the first non-loopback IPv4 address the host

@@ -170,10 +170,8 @@ impl TestServer {
         let mut child = command.spawn().expect("spawn dimstore-server");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(bytes) = std::fs::read(&ready_path) {
-                if let Ok(ready) = serde_json::from_slice::<ReadyFile>(&bytes) {
-                    return TestServer { child, ready, dir };
-                }
+            if let Some(ready) = dimstore_host::server_files::read_ready(&ready_path) {
+                return TestServer { child, ready, dir };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(

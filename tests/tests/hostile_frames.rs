@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dimstore_host::server_files::last_lines;
 use dimstore_proto::{
     decode_request, encode_request, FrameDecoder, FrameHeader, FrameKind, FrameLimits, Hello,
     ObjectId, Request, HEADER_LEN,
@@ -294,12 +295,6 @@ fn storm(address: &SocketAddr, seed: u64, sent: &AtomicU64, deadline: Instant) -
     (connections, frames)
 }
 
-/// The last `lines` lines of `text`.
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 #[test]
 fn a_storm_of_hostile_frames_leaves_the_server_serving_within_its_memory() {
     let seed = std::env::var("DIMSTORE_STORM_SEED")
@@ -393,7 +388,7 @@ fn a_storm_of_hostile_frames_leaves_the_server_serving_within_its_memory() {
     assert!(
         alive,
         "the server died in the storm (seed {seed}); its log ends:\n{}",
-        tail(&server.log(), 30)
+        last_lines(&server.log(), 30)
     );
     assert!(
         frames >= FRAMES || started.elapsed() >= STORM_TIME,

@@ -123,10 +123,7 @@ fn exit_with_parent_stops_the_server_when_its_parent_is_killed() {
         .expect("spawn parent");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let pid = loop {
-        if let Some(r) = std::fs::read(&ready)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<dimstore_proto::ReadyFile>(&b).ok())
-        {
+        if let Some(r) = dimstore_host::server_files::read_ready(&ready) {
             break r.pid;
         }
         assert!(std::time::Instant::now() < deadline, "server not ready");

@@ -112,7 +112,7 @@ pub fn init_post_opt(sp: &Spank, args: &[String]) -> Result<(), HookError> {
             let token = std::env::var(TOKEN_VAR)
                 .ok()
                 .filter(|t| !t.is_empty())
-                .unwrap_or_else(job::new_token);
+                .unwrap_or_else(dimstore_host::new_token);
             // Fails once the job exists (srun inside an allocation): then the job's steps
             // get the token from the environment alone.
             if let Err(e) = sp.job_control_setenv(TOKEN_VAR, &token) {
@@ -124,7 +124,7 @@ pub fn init_post_opt(sp: &Spank, args: &[String]) -> Result<(), HookError> {
         Context::Remote => {
             let config = PluginConfig::parse(args)?;
             let job = job_of(sp)?;
-            let host = job::hostname();
+            let host = dimstore_host::hostname();
             let dir = NodeDir::new(&config.runtime_dir, job.id, &host);
             if dir.running().is_some() {
                 return Ok(());
@@ -132,7 +132,7 @@ pub fn init_post_opt(sp: &Spank, args: &[String]) -> Result<(), HookError> {
             let token = sp
                 .getenv(TOKEN_VAR)?
                 .filter(|t| !t.is_empty())
-                .unwrap_or_else(job::new_token);
+                .unwrap_or_else(dimstore_host::new_token);
             start(&config, &job, &host, value.as_deref(), token).map(|_| ())
         }
         Context::Slurmd | Context::JobScript | Context::Unknown => Ok(()),
@@ -146,7 +146,7 @@ pub fn user_init(sp: &Spank, args: &[String]) -> Result<(), HookError> {
     }
     let config = PluginConfig::parse(args)?;
     let job = job_of(sp)?;
-    let host = job::hostname();
+    let host = dimstore_host::hostname();
     let dir = NodeDir::new(&config.runtime_dir, job.id, &host);
     // A step without the option still gets the job's server if one runs here.
     let ready = match (seen_option(), dir.running()) {
@@ -198,9 +198,9 @@ pub fn job_prolog(sp: &Spank, args: &[String]) -> Result<(), HookError> {
                 Level::Info,
                 "no job token from srun/sbatch/salloc; using a token of this node's own",
             );
-            job::new_token()
+            dimstore_host::new_token()
         });
-    let host = job::hostname();
+    let host = dimstore_host::hostname();
     if let Err(e) = start(&config, &job, &host, value.as_deref(), token) {
         // Never fail the prolog (the node would be drained): the job's steps report it.
         spank::log(Level::Error, &e.to_string());
@@ -212,7 +212,7 @@ pub fn job_prolog(sp: &Spank, args: &[String]) -> Result<(), HookError> {
 pub fn job_epilog(sp: &Spank, args: &[String]) -> Result<(), HookError> {
     let config = PluginConfig::parse(args).unwrap_or_default();
     let job_id = sp.job_id()?;
-    let dir = NodeDir::new(&config.runtime_dir, job_id, &job::hostname());
+    let dir = NodeDir::new(&config.runtime_dir, job_id, &dimstore_host::hostname());
     if dir.path().exists() {
         let outcome = job::stop_server(&dir, STOP_GRACE);
         spank::log(Level::Info, &format!("job {job_id}: server {outcome:?}"));

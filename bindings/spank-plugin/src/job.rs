@@ -20,12 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dimstore_host::process::{is_running, is_server, send, wait_gone};
+use dimstore_host::server_files::{log_tail, read_ready};
 use dimstore_proto::ReadyFile;
 use rustix::fs::{flock, FlockOperation};
-use rustix::process::{kill_process, Pid, Signal};
-
-/// The kernel's name for a server process.
-const SERVER_COMM: &str = "dimstore-server";
+use rustix::process::Signal;
 
 /// Lines of a server log quoted in errors.
 const LOG_TAIL_LINES: usize = 10;
@@ -101,14 +100,6 @@ fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> JobErr
 /// names for the tasks).
 pub fn job_dir(runtime_dir: &Path, job_id: u32) -> PathBuf {
     runtime_dir.join(format!("job{job_id}"))
-}
-
-/// This node's name: the host name (the UTS namespace's), which clients use too.
-pub fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// The directory of one job's server on one node.
@@ -299,7 +290,7 @@ pub fn ensure_server(
             });
         }
         if Instant::now() >= deadline {
-            signal(pid, Signal::Kill);
+            let _ = send(pid, Signal::Kill);
             return Err(JobError::Timeout {
                 waited: spec.ready_timeout,
                 log: dir.log_file(),
@@ -458,13 +449,15 @@ pub fn stop_server(dir: &NodeDir, grace: Duration) -> Stopped {
     let outcome = if pids.is_empty() {
         Stopped::NotRunning
     } else {
-        pids.iter().for_each(|&p| signal(p, Signal::Term));
-        if wait_gone(&pids, grace) {
+        for &pid in &pids {
+            let _ = send(pid, Signal::Term);
+        }
+        if wait_gone(&pids, grace).is_empty() {
             Stopped::Terminated
         } else {
-            pids.iter()
-                .filter(|&&p| is_server(p))
-                .for_each(|&p| signal(p, Signal::Kill));
+            for &pid in pids.iter().filter(|&&p| is_server(p)) {
+                let _ = send(pid, Signal::Kill);
+            }
             wait_gone(&pids, Duration::from_secs(2));
             Stopped::Killed
         }
@@ -475,58 +468,6 @@ pub fn stop_server(dir: &NodeDir, grace: Duration) -> Stopped {
         let _ = fs::remove_dir(job_dir);
     }
     outcome
-}
-
-fn wait_gone(pids: &[u32], timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if !pids.iter().any(|&p| is_running(p)) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn signal(pid: u32, sig: Signal) {
-    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-        let _ = kill_process(pid, sig);
-    }
-}
-
-/// Whether `pid` runs (a zombie does not).
-fn is_running(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next());
-    pid != 0 && !matches!(state, None | Some('Z' | 'X'))
-}
-
-/// Whether `pid` runs and is a dimstore server.
-fn is_server(pid: u32) -> bool {
-    is_running(pid)
-        && fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|c| c.trim_end() == SERVER_COMM)
-}
-
-fn read_ready(path: &Path) -> Option<ReadyFile> {
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// A fresh fleet token: 32 hex digits (128 random bits).
-pub fn new_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 #[cfg(test)]
@@ -545,7 +486,7 @@ mod tests {
         ServerSpec {
             bin: bin.to_path_buf(),
             args: Vec::new(),
-            token: new_token(),
+            token: dimstore_host::new_token(),
             path_env: "/usr/bin:/bin".into(),
             ready_timeout: Duration::from_secs(2),
         }
@@ -610,7 +551,7 @@ mod tests {
             .parse()
             .expect("pid");
         assert!(
-            wait_gone(&[pid], Duration::from_secs(5)),
+            wait_gone(&[pid], Duration::from_secs(5)).is_empty(),
             "pid {pid} survived"
         );
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, RecvTimeoutError, Sender};
 use dimstore_ofi::{Op, PeerAddr, WaitError};
+use dimstore_transport::onesided::plan::ReadPlan;
 use dimstore_transport::onesided::{
     wait_for_answer, Answer, FabricThread, ReadChunk, ReadTarget, Reader, RemoteRead, Wake,
 };
@@ -116,42 +117,32 @@ impl OfiReader {
         reads: &[RemoteRead<'_>],
         target: &mut ReadTarget,
     ) -> Result<VecDeque<Piece>, TransportError> {
-        let mut sorted: Vec<&RemoteRead<'_>> = reads.iter().filter(|r| r.len > 0).collect();
-        sorted.sort_by_key(|r| r.offset);
-        let mut pieces = VecDeque::new();
-        for read in sorted {
-            let key: [u8; 8] = read.key.try_into().map_err(|_| {
-                one_sided(format!(
-                    "a remote key is {} bytes, not 8 (not a libfabric key)",
-                    read.key.len()
-                ))
-            })?;
-            let key = u64::from_le_bytes(key);
-            let mut done = 0;
-            while done < read.len {
-                let n = (read.len - done).min(self.chunk);
-                let at = read.offset + done;
-                let chunk = at
-                    .checked_add(n)
-                    .and_then(|end| target.chunk(at..end))
-                    .ok_or_else(|| {
-                        one_sided(format!(
-                            "read of {} bytes at offset {} overlaps another or exceeds the \
-                             {}-byte target",
-                            read.len,
-                            read.offset,
-                            target.len()
-                        ))
-                    })?;
-                pieces.push_back(Piece {
-                    address: read.address + done as u64,
-                    key,
+        let plan = ReadPlan::new(reads, target.len()).map_err(|e| one_sided(e.to_string()))?;
+        let (keys, chunks) = plan.into_chunks(self.chunk);
+        let keys = keys
+            .iter()
+            .map(|key| {
+                let key: [u8; 8] = key.as_slice().try_into().map_err(|_| {
+                    one_sided(format!(
+                        "a remote key is {} bytes, not 8 (not a libfabric key)",
+                        key.len()
+                    ))
+                })?;
+                Ok(u64::from_le_bytes(key))
+            })
+            .collect::<Result<Vec<u64>, TransportError>>()?;
+        chunks
+            .map(|piece| {
+                let chunk = target
+                    .chunk(piece.offset..piece.offset + piece.len)
+                    .ok_or_else(|| one_sided("the plan's chunks overlap".to_owned()))?;
+                Ok(Piece {
+                    address: piece.address,
+                    key: keys[piece.key],
                     chunk,
-                });
-                done += n;
-            }
-        }
-        Ok(pieces)
+                })
+            })
+            .collect()
     }
 }
 

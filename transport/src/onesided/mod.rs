@@ -27,6 +27,7 @@ use crate::{AlignedBuf, TransportError};
 mod backend;
 mod channel;
 mod connection;
+pub mod plan;
 pub mod rpc;
 mod target;
 mod thread;

@@ -7,6 +7,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dimstore_proto::FrameLimits;
+use dimstore_transport::onesided::plan::{Chunks, ReadPlan};
 use dimstore_transport::onesided::{ReadChunk, ReadTarget, Reader, RemoteRead};
 use dimstore_transport::{AlignedBuf, TransportError};
 use dimstore_ucx::{
@@ -57,22 +58,13 @@ enum Command {
 /// One [`Reader::read`] call, checked, as handed to the fabric thread.
 struct ReadJob {
     peer: Vec<u8>,
-    /// The distinct packed keys of the pieces.
+    /// The distinct packed keys of the chunks.
     keys: Vec<Vec<u8>>,
-    /// Non-empty, sorted by offset, disjoint, inside the target.
-    pieces: Vec<Piece>,
+    /// What to read, in chunks of at most [`UcxConfig::chunk`] bytes.
+    chunks: Chunks,
     target: AlignedBuf,
     deadline: Instant,
     reply: mpsc::SyncSender<Result<AlignedBuf, TransportError>>,
-}
-
-/// One region to read, its key by index.
-#[derive(Debug, Clone, Copy)]
-struct Piece {
-    address: u64,
-    key: usize,
-    len: usize,
-    offset: usize,
 }
 
 /// The reader shared by the whole process (UCX wants one context and worker per process):
@@ -142,10 +134,11 @@ impl Reader for UcxReader {
         deadline: Instant,
         gone: &dyn Fn() -> bool,
     ) -> Result<AlignedBuf, TransportError> {
-        let (keys, pieces) = plan(reads, target.len())?;
-        if pieces.is_empty() {
+        let plan = ReadPlan::new(reads, target.len()).map_err(|e| one_sided(e.to_string()))?;
+        if plan.is_empty() {
             return Ok(target);
         }
+        let (keys, chunks) = plan.into_chunks(self.config.chunk);
         if Instant::now() >= deadline {
             return Err(TransportError::Timeout);
         }
@@ -153,7 +146,7 @@ impl Reader for UcxReader {
         self.send(Command::Read(Box::new(ReadJob {
             peer: peer.to_vec(),
             keys,
-            pieces,
+            chunks,
             target,
             deadline,
             reply,
@@ -237,51 +230,6 @@ impl std::fmt::Debug for UcxReader {
     }
 }
 
-/// Checks `reads` against a target of `len` bytes and turns them into pieces sorted by
-/// offset (empty ones dropped) with their distinct keys.
-fn plan(
-    reads: &[RemoteRead<'_>],
-    len: usize,
-) -> Result<(Vec<Vec<u8>>, Vec<Piece>), TransportError> {
-    let mut keys: Vec<Vec<u8>> = Vec::new();
-    let mut pieces = Vec::with_capacity(reads.len());
-    for read in reads.iter().filter(|r| r.len > 0) {
-        let end = read.offset.checked_add(read.len);
-        if end.is_none_or(|end| end > len) {
-            return Err(one_sided(format!(
-                "read of {} bytes at offset {} does not fit a target of {len} bytes",
-                read.len, read.offset
-            )));
-        }
-        if read.address.checked_add(read.len as u64).is_none() {
-            return Err(one_sided("remote address range wraps around"));
-        }
-        let key = match keys.iter().position(|k| k == read.key) {
-            Some(i) => i,
-            None => {
-                keys.push(read.key.to_vec());
-                keys.len() - 1
-            }
-        };
-        pieces.push(Piece {
-            address: read.address,
-            key,
-            len: read.len,
-            offset: read.offset,
-        });
-    }
-    pieces.sort_by_key(|p| p.offset);
-    for pair in pieces.windows(2) {
-        if pair[0].offset + pair[0].len > pair[1].offset {
-            return Err(one_sided(format!(
-                "reads overlap in the target at offset {}",
-                pair[1].offset
-            )));
-        }
-    }
-    Ok((keys, pieces))
-}
-
 /// An endpoint to one peer and the keys unpacked on it.
 struct Peer {
     ep: Endpoint,
@@ -296,10 +244,8 @@ struct Active {
     ep: Endpoint,
     in_flight: Rc<Cell<usize>>,
     keys: Vec<Rc<RemoteKey>>,
-    pieces: Vec<Piece>,
-    /// The next piece to issue, and how much of it is issued already.
-    next: usize,
-    issued_in_next: usize,
+    /// The chunks not issued yet.
+    chunks: Chunks,
     target: ReadTarget,
     requests: Vec<Request<ReadChunk>>,
     deadline: Instant,
@@ -317,29 +263,21 @@ enum Outcome {
 impl Active {
     /// Whether chunks are left to issue.
     fn pending(&self) -> bool {
-        self.next < self.pieces.len()
+        !self.chunks.is_finished()
     }
 
-    /// Issues the next chunk (at most `chunk` bytes).
-    fn issue_one(&mut self, chunk: usize) {
-        let piece = self.pieces[self.next];
-        let start = self.issued_in_next;
-        let n = chunk.min(piece.len - start);
-        let at = piece.offset + start;
+    /// Issues the next chunk.
+    fn issue_one(&mut self) {
+        let Some(piece) = self.chunks.next() else {
+            return;
+        };
         let dst = self
             .target
-            .chunk(at..at + n)
-            .expect("pieces are checked to be in bounds, sorted and disjoint");
-        let request = self
-            .ep
-            .get(piece.address + start as u64, &self.keys[piece.key], dst);
+            .chunk(piece.offset..piece.offset + piece.len)
+            .expect("the plan's chunks are in bounds, sorted and disjoint");
+        let request = self.ep.get(piece.address, &self.keys[piece.key], dst);
         self.requests.push(request);
         self.in_flight.set(self.in_flight.get() + 1);
-        self.issued_in_next += n;
-        if self.issued_in_next == piece.len {
-            self.next += 1;
-            self.issued_in_next = 0;
-        }
     }
 
     /// Tests the requests in flight (without progressing the worker); counts those that
@@ -421,7 +359,7 @@ impl Fabric {
         let ReadJob {
             peer,
             keys,
-            pieces,
+            chunks,
             target,
             deadline,
             reply,
@@ -439,9 +377,7 @@ impl Fabric {
                 ep,
                 in_flight,
                 keys,
-                pieces,
-                next: 0,
-                issued_in_next: 0,
+                chunks,
                 target: ReadTarget::new(target),
                 requests: Vec::new(),
                 deadline,
@@ -472,12 +408,12 @@ impl Fabric {
 
     /// Issues chunks, one per read in turn, while their endpoints have room.
     fn issue(&mut self) {
-        let (limit, chunk) = (self.config.in_flight, self.config.chunk);
+        let limit = self.config.in_flight;
         loop {
             let mut issued = false;
             for read in &mut self.reads {
                 if read.pending() && read.in_flight.get() < limit {
-                    read.issue_one(chunk);
+                    read.issue_one();
                     issued = true;
                 }
             }

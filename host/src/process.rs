@@ -1,9 +1,11 @@
-//! Processes by pid: whether one still runs, whether it is a dimstore server, and signals.
+//! Processes by pid: whether one still runs, whether it is a dimstore server, signals, and
+//! waiting for them to end.
 //!
-//! Servers started by `dimstore-launch up` outlive the launcher, so `down` only knows them by
-//! the pid in the fleet file. Before signalling such a pid, the launcher checks that it still
-//! names a running `dimstore-server` (pids are reused). A zombie counts as gone: its process
-//! has exited, and on machines whose init does not reap orphans it may linger for ever.
+//! Servers outlive whoever started them (`dimstore-launch up`, the SPANK plugin), so those
+//! who stop them later only know them by the pid in a fleet or ready file. Before signalling
+//! such a pid, check with [`is_server`] that it still names a running `dimstore-server`
+//! (pids are reused). A zombie counts as gone: its process has exited, and on machines whose
+//! init does not reap orphans it may linger for ever.
 
 use std::io;
 use std::time::{Duration, Instant};
