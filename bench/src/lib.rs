@@ -34,6 +34,7 @@ pub mod placement;
 pub mod rdma;
 pub mod report;
 pub mod run;
+pub mod spill;
 pub mod throughput;
 pub mod zero_copy;
 

@@ -1,4 +1,5 @@
 //! `dimstore-bench`: dimstore against raw TCP and redis, side by side. See the library docs.
+#![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 use dimstore_bench::contenders::raw_tcp;
@@ -40,6 +41,9 @@ enum Command {
     Rdma(RdmaArgs),
     /// Functions next to the data: slice and sum by invoke vs get, module start-up.
     Functions(FunctionsArgs),
+    /// Memory pressure: spill and restore bandwidth next to `dd` with direct I/O, hot gets
+    /// while spilling vs idle.
+    Spill(dimstore_bench::spill::SpillArgs),
     /// Patterns across MPI ranks through the fleet vs plain MPI (run under mpirun or srun,
     /// with the fleet from `dimstore-launch run`).
     #[cfg(feature = "mpi")]
@@ -76,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Throughput(args)) => (args, Parts::Throughput),
         Some(Command::ZeroCopy(args)) => return zero_copy::run(&args),
         Some(Command::Functions(args)) => return functions::run(&args),
+        Some(Command::Spill(args)) => return dimstore_bench::spill::run(&args),
         Some(Command::Worker(args)) => return worker(&args),
         Some(Command::RawServer) => return raw_tcp::serve_process(),
         Some(Command::Rdma(args)) => return rdma::run(&args),

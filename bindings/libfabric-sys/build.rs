@@ -1,6 +1,8 @@
-//! Build script for `libfabric-sys`: finds libfabric with pkg-config, generates the bindings
-//! with bindgen and compiles bindgen's C wrappers for libfabric's `static inline` functions
-//! (nearly every `fi_*` call is one: they dispatch through the object's ops tables).
+//! Build script for `libfabric-sys`: finds libfabric's headers with pkg-config, generates the
+//! bindings with bindgen (exported functions as a table resolved when libfabric is loaded at
+//! runtime) and compiles bindgen's C wrappers for libfabric's `static inline` functions
+//! (nearly every `fi_*` call is one: they dispatch through the object's ops tables). Nothing
+//! of libfabric is linked.
 
 use std::collections::HashMap;
 use std::env;
@@ -49,6 +51,9 @@ fn main() {
         // hang constants on: make them plain integer constants. For anonymous enums bindgen
         // matches this regex against the variant names; named enums are lowercase.
         .constified_enum("FI_.*")
+        // `fi_allocinfo` is `static inline` over the exported `fi_dupinfo`: its wrapper would
+        // reference that symbol at link time. lib.rs forwards it through the table.
+        .blocklist_function("fi_allocinfo")
         .wrap_static_fns(true)
         .wrap_static_fns_path(&wrap_stem)
         .layout_tests(false)
@@ -63,9 +68,13 @@ fn main() {
                 "libfabric-sys: bindgen failed on libfabric headers: {e}"
             ))
         });
-    bindings
-        .write_to_file(out_dir.join("bindings.rs"))
-        .unwrap_or_else(|e| fail(&format!("libfabric-sys: cannot write bindings.rs: {e}")));
+    // The library is loaded at runtime: its exported functions become a table (see
+    // ffi-dynamic-gen); only the `static inline` wrappers below are linked.
+    std::fs::write(
+        out_dir.join("bindings.rs"),
+        ffi_dynamic_gen::split_exported(&bindings.to_string()),
+    )
+    .unwrap_or_else(|e| fail(&format!("libfabric-sys: cannot write bindings.rs: {e}")));
 
     // bindgen wrote `libfabric_static_fns.c` with one exported `<name>__extern` function per
     // `static inline` function; compile it so those symbols exist at link time.
@@ -76,13 +85,6 @@ fn main() {
         .warnings(false);
     cc.compile("libfabric_sys_static_fns");
 
-    // Link the system library after the wrapper archive that depends on it.
-    for path in &lib.link_paths {
-        println!("cargo:rustc-link-search=native={}", path.display());
-    }
-    for name in &lib.libs {
-        println!("cargo:rustc-link-lib={name}");
-    }
     // Exposed to dependents' build scripts as DEP_FABRIC_INCLUDE / DEP_FABRIC_VERSION.
     let includes: Vec<String> = lib
         .include_paths

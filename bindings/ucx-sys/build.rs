@@ -1,5 +1,7 @@
-//! Build script for `ucx-sys`: finds UCX with pkg-config, generates the bindings with
-//! bindgen and compiles bindgen's C wrappers for UCX's `static inline` functions.
+//! Build script for `ucx-sys`: finds UCX's headers with pkg-config, generates the bindings
+//! with bindgen (exported functions as a table resolved when libucp is loaded at runtime)
+//! and compiles bindgen's C wrappers for UCX's `static inline` functions. Nothing of UCX is
+//! linked.
 
 use std::env;
 use std::path::PathBuf;
@@ -47,6 +49,9 @@ fn main() {
         // to hang constants on: make them plain integer constants. For anonymous enums
         // bindgen matches this regex against the variant names; named enums are lowercase.
         .constified_enum("UCP_.*|UCS_.*")
+        // `ucp_init` is `static inline` over the exported `ucp_init_version`: its wrapper
+        // would reference that symbol at link time. lib.rs forwards it through the table.
+        .blocklist_function("ucp_init")
         .wrap_static_fns(true)
         .wrap_static_fns_path(&wrap_stem)
         .layout_tests(false)
@@ -57,9 +62,13 @@ fn main() {
         .clang_arg("-fretain-comments-from-system-headers")
         .generate()
         .unwrap_or_else(|e| fail(&format!("ucx-sys: bindgen failed on UCX headers: {e}")));
-    bindings
-        .write_to_file(out_dir.join("bindings.rs"))
-        .unwrap_or_else(|e| fail(&format!("ucx-sys: cannot write bindings.rs: {e}")));
+    // The library is loaded at runtime: its exported functions become a table (see
+    // ffi-dynamic-gen); only the `static inline` wrappers below are linked.
+    std::fs::write(
+        out_dir.join("bindings.rs"),
+        ffi_dynamic_gen::split_exported(&bindings.to_string()),
+    )
+    .unwrap_or_else(|e| fail(&format!("ucx-sys: cannot write bindings.rs: {e}")));
 
     // bindgen wrote `ucx_static_fns.c` with one exported `<name>__extern` function per
     // `static inline` function; compile it so those symbols exist at link time.
@@ -70,13 +79,6 @@ fn main() {
         .warnings(false);
     cc.compile("ucx_sys_static_fns");
 
-    // Link the system libraries after the wrapper archive that depends on them.
-    for path in &lib.link_paths {
-        println!("cargo:rustc-link-search=native={}", path.display());
-    }
-    for name in &lib.libs {
-        println!("cargo:rustc-link-lib={name}");
-    }
     // Exposed to dependents' build scripts as DEP_UCP_INCLUDE / DEP_UCP_VERSION.
     let includes: Vec<String> = lib
         .include_paths

@@ -14,6 +14,7 @@
 //!
 //! Every operation has a timeout ([`ClientConfig::timeout`]): a dead or unreachable owner is a
 //! typed error, never a hang. One connection per server is shared by all threads.
+#![forbid(unsafe_code)]
 
 mod archived;
 mod config;

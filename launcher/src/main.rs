@@ -1,4 +1,5 @@
 //! `dimstore-launch`: the command line. Everything it does lives in the library.
+#![forbid(unsafe_code)]
 
 use std::ffi::OsString;
 use std::io::Write;

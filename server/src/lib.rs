@@ -3,6 +3,7 @@
 //! [`run`] binds the control listener, writes the ready file, and serves the
 //! [`StoreService`] over every transport until SIGTERM/SIGINT, a client's shutdown request,
 //! or the idle timeout.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub mod placement;
 pub mod service;
 pub mod session;
 pub mod spill;
+pub mod spiller;
 pub mod store;
 
 /// Name of the same-node transport, whose sessions may map the arena.
@@ -152,7 +154,12 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
     if let Some(dir) = &config.spill_dir {
         let spill = spill::SpillDir::open(dir, config.spill_limit)?;
         tracing::info!(dir = %spill.path().display(), limit = config.spill_limit, "spilling cold objects to disk when memory is full");
-        store = store.with_spill(spill);
+        store = store
+            .with_spill(spill)
+            .map_err(|source| spill::SpillError::Io {
+                path: dir.clone(),
+                source,
+            })?;
     }
     let service = StoreService::new(store, identity.clone(), exporters);
     let options = ServeOptions {
@@ -212,10 +219,6 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
                 }
             }
         });
-    }
-
-    if service.spills() {
-        tokio::spawn(service.clone().run_spiller());
     }
 
     if let Some(path) = &config.ready_file {

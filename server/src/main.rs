@@ -1,4 +1,5 @@
 //! `dimstore-server`: the per-node daemon.
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::sync::Arc;

@@ -366,25 +366,6 @@ impl StoreService {
         }
     }
 
-    /// Whether the store spills cold objects to disk.
-    pub fn spills(&self) -> bool {
-        self.store.spill().is_some()
-    }
-
-    /// The background spiller: whenever memory passes its high-water mark, spills the
-    /// coldest objects on the blocking pool, off every request's path. Runs until the
-    /// runtime stops.
-    pub async fn run_spiller(self) {
-        loop {
-            self.store.spill_wanted().await;
-            let service = self.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || service.store.spill_ahead()).await {
-                tracing::warn!(error = %e, "the spiller stopped");
-                return;
-            }
-        }
-    }
-
     /// Evicts objects whose time to live or lease ran out.
     pub fn expire_objects(&self) {
         let expired = self.store.expire_objects(Instant::now());
@@ -413,16 +394,47 @@ impl StoreService {
     }
 
     /// Consume-once get: found objects are evicted in the same step.
-    fn get_and_evict(&self, session: &Session, ids: Vec<ObjectId>) -> Reply<Object> {
+    fn get_and_evict(&self, session: &Session, ids: Vec<ObjectId>) -> Outcome<Object> {
         self.counters
             .gets
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
         let policy = self.reply_policy(session);
-        // Spilled objects come back into memory first, then go to one caller.
-        if let Err(e) = self.store.restore(&ids, self.store.lookup(&ids)) {
-            return Reply::error(e);
+        if !self
+            .store
+            .lookup(&ids)
+            .iter()
+            .any(|l| matches!(l, Lookup::Spilled))
+        {
+            return Outcome::Ready(self.get_reply(self.store.take(&ids), &policy));
         }
-        self.get_reply(self.store.take(&ids), &policy)
+        // Spilled objects come back into memory first (off this thread), then go to one
+        // caller.
+        let service = self.clone();
+        Outcome::Deferred(Box::pin(async move {
+            match service.restored(ids.clone()).await {
+                Ok(_) => service.get_reply(service.store.take(&ids), &policy),
+                Err(e) => Reply::error(e),
+            }
+        }))
+    }
+
+    /// Looks `ids` up, bringing spilled ones back into memory on the blocking pool: disk
+    /// reads (and waits for the spill writer to make room) never hold a runtime worker or
+    /// the table lock.
+    async fn restored(&self, ids: Vec<ObjectId>) -> Result<Vec<Lookup>, ErrorReply> {
+        let found = self.store.lookup(&ids);
+        if !found.iter().any(|l| matches!(l, Lookup::Spilled)) {
+            return Ok(found);
+        }
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || service.store.restore(&ids, found))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ErrorReply::new(
+                    Status::Internal,
+                    format!("restoring spilled objects failed: {e}"),
+                ))
+            })
     }
 
     fn reply_policy(&self, session: &Session) -> ReplyPolicy {
@@ -467,18 +479,9 @@ impl StoreService {
             // other requests on this thread go on.
             let service = self.clone();
             return Outcome::Deferred(Box::pin(async move {
-                let restoring = service.clone();
-                let restored = tokio::task::spawn_blocking(move || {
-                    restoring.store.restore(&ids, restoring.store.lookup(&ids))
-                })
-                .await;
-                match restored {
-                    Ok(Ok(found)) => service.get_reply(found, &policy),
-                    Ok(Err(e)) => Reply::error(e),
-                    Err(e) => Reply::error(ErrorReply::new(
-                        Status::Internal,
-                        format!("restoring spilled objects failed: {e}"),
-                    )),
+                match service.restored(ids).await {
+                    Ok(found) => service.get_reply(found, &policy),
+                    Err(e) => Reply::error(e),
                 }
             }));
         }
@@ -493,7 +496,7 @@ impl StoreService {
                 let changed = service.store.changed();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                let found = match service.store.restore(&ids, service.store.lookup(&ids)) {
+                let found = match service.restored(ids.clone()).await {
                     Ok(found) => found,
                     Err(e) => return Reply::error(e),
                 };
@@ -760,22 +763,12 @@ impl StoreService {
         // Spilled inputs come back from disk on the blocking pool first (as for a get).
         let service = self.clone();
         Outcome::Deferred(Box::pin(async move {
-            let restoring = service.clone();
-            let ids = invoke.ids.clone();
-            let restored = tokio::task::spawn_blocking(move || {
-                restoring.store.restore(&ids, restoring.store.lookup(&ids))
-            })
-            .await;
-            match restored {
-                Ok(Ok(found)) => match service.invoke_over(invoke, payload, found) {
+            match service.restored(invoke.ids.clone()).await {
+                Ok(found) => match service.invoke_over(invoke, payload, found) {
                     Outcome::Ready(reply) => reply,
                     Outcome::Deferred(later) => later.await,
                 },
-                Ok(Err(e)) => Reply::error(e),
-                Err(e) => Reply::error(ErrorReply::new(
-                    Status::Internal,
-                    format!("restoring spilled inputs failed: {e}"),
-                )),
+                Err(e) => Reply::error(e),
             }
         }))
     }
@@ -1164,9 +1157,7 @@ impl StoreService {
             }
             Request::PutWith { options, .. } => self.put_with(session, &options, payload),
             Request::Get { ids, wait_ms } => return self.get(session, ids, wait_ms),
-            Request::GetAndEvict { ids } => {
-                return Outcome::Ready(self.get_and_evict(session, ids))
-            }
+            Request::GetAndEvict { ids } => return self.get_and_evict(session, ids),
             Request::ReleaseOwner { owner } => {
                 let objects = self.store.release_owner(&owner);
                 tracing::debug!(peer = %session.peer.address, owner, objects, "owner released");

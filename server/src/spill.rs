@@ -7,16 +7,35 @@
 //! that server died (even by SIGKILL), so its files are stale. A spill file is removed when
 //! its object is evicted or restored ([`SpillFile`]'s drop), and the directory when the
 //! server exits ([`SpillDir`]'s drop).
+//!
+//! Files are written and read with direct I/O (`O_DIRECT`) in large sequential pieces:
+//! straight from and into arena memory where it is page-aligned, through a page-aligned
+//! bounce buffer otherwise (and for the last partial block, after which the file is cut to
+//! the object's length). A file system without direct I/O (tmpfs) gets buffered writes
+//! followed by `fdatasync` and `posix_fadvise(DONTNEED)`, so spilled bytes do not linger
+//! in the page cache, which is memory the spill was meant to free.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use dimstore_arena::PageBuffer;
 use dimstore_proto::ObjectId;
-use rustix::fs::{flock, FlockOperation};
+use rustix::fs::{fadvise, flock, Advice, FlockOperation, OFlags};
+
+/// Alignment of direct I/O offsets, lengths and buffers (covers 512-byte and 4 KiB
+/// logical blocks).
+const BLOCK: usize = 4096;
+
+/// Largest single write or read: large enough to stream at the disk's bandwidth.
+pub const IO_CHUNK: usize = 4 << 20;
+
+/// Bounce buffers of [`IO_CHUNK`] bytes kept between restores (more concurrent restores
+/// map their own and unmap them after).
+const KEPT_BOUNCES: usize = 2;
 
 /// Prefix of each server's spill directory.
 const SERVER_DIR_PREFIX: &str = "server-";
@@ -71,6 +90,8 @@ pub struct SpillCounters {
     pub restores: AtomicU64,
     /// Spills that failed (disk full, limit, I/O).
     pub failures: AtomicU64,
+    /// Bytes of objects queued for spilling, counted against the limit until written.
+    pub reserved: AtomicU64,
 }
 
 /// This server's spill directory.
@@ -79,6 +100,10 @@ pub struct SpillDir {
     dir: PathBuf,
     limit: u64,
     counters: Arc<SpillCounters>,
+    /// Whether the file system takes direct I/O (cleared at the first refusal).
+    direct: AtomicBool,
+    /// Bounce buffers of restores, kept for the next ones (at most [`KEPT_BOUNCES`]).
+    bounces: Mutex<Vec<PageBuffer>>,
     /// Held (with its flock) for the server's life.
     _lock: File,
 }
@@ -103,6 +128,8 @@ impl SpillDir {
             dir,
             limit,
             counters: Arc::default(),
+            direct: AtomicBool::new(true),
+            bounces: Mutex::default(),
             _lock: lock,
         })
     }
@@ -117,13 +144,14 @@ impl SpillDir {
         &self.counters
     }
 
-    /// Writes `bytes` as object `id`'s spill file; on any failure nothing is left behind.
-    pub fn write(&self, id: ObjectId, bytes: &[u8]) -> Result<SpillFile, SpillError> {
-        let len = bytes.len() as u64;
+    /// Counts `len` bytes of an object about to be spilled against the limit (until
+    /// [`SpillDir::write_reserved`] or [`SpillDir::unreserve`]); `Limit` if they do not fit.
+    pub fn reserve(&self, len: u64) -> Result<(), SpillError> {
         let c = &self.counters;
-        let used = c.bytes.fetch_add(len, Ordering::Relaxed);
+        let reserved = c.reserved.fetch_add(len, Ordering::Relaxed);
+        let used = c.bytes.load(Ordering::Relaxed).saturating_add(reserved);
         if used.saturating_add(len) > self.limit {
-            c.bytes.fetch_sub(len, Ordering::Relaxed);
+            c.reserved.fetch_sub(len, Ordering::Relaxed);
             c.failures.fetch_add(1, Ordering::Relaxed);
             return Err(SpillError::Limit {
                 limit: self.limit,
@@ -131,6 +159,34 @@ impl SpillDir {
                 wanted: len,
             });
         }
+        Ok(())
+    }
+
+    /// Gives back bytes reserved for an object that was not spilled after all.
+    pub fn unreserve(&self, len: u64) {
+        self.counters.reserved.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Reserves room for `bytes` and writes them as object `id`'s spill file (see
+    /// [`SpillDir::write_reserved`]).
+    pub fn write(&self, id: ObjectId, bytes: &[u8]) -> Result<SpillFile, SpillError> {
+        self.reserve(bytes.len() as u64)?;
+        self.write_reserved(id, bytes, None)
+    }
+
+    /// Writes `bytes`, reserved before, as object `id`'s spill file, through `bounce` (a
+    /// page-aligned buffer of at least [`IO_CHUNK`] bytes) where direct I/O needs it. The
+    /// reservation ends either way; on any failure nothing is left behind.
+    pub fn write_reserved(
+        &self,
+        id: ObjectId,
+        bytes: &[u8],
+        bounce: Option<&mut PageBuffer>,
+    ) -> Result<SpillFile, SpillError> {
+        let len = bytes.len() as u64;
+        let c = &self.counters;
+        c.bytes.fetch_add(len, Ordering::Relaxed);
+        c.reserved.fetch_sub(len, Ordering::Relaxed);
         let file = SpillFile {
             path: self.dir.join(format!("{:032x}", id.0)),
             len,
@@ -138,12 +194,7 @@ impl SpillDir {
         };
         c.files.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&file.path)
-            .and_then(|f| f.write_all_at(bytes, 0));
-        if let Err(e) = written {
+        if let Err(e) = self.write_file(&file.path, bytes, bounce) {
             c.failures.fetch_add(1, Ordering::Relaxed);
             // Dropping the file removes what was written and gives back its bytes.
             let path = file.path.clone();
@@ -156,12 +207,59 @@ impl SpillDir {
         Ok(file)
     }
 
+    /// Writes a new file at `path`: direct I/O if the file system takes it, else buffered,
+    /// synced and dropped from the page cache.
+    fn write_file(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        bounce: Option<&mut PageBuffer>,
+    ) -> std::io::Result<()> {
+        let create = |direct: bool| {
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            if direct {
+                options.custom_flags(OFlags::DIRECT.bits() as i32);
+            }
+            options.open(path)
+        };
+        if self.direct.load(Ordering::Relaxed) {
+            let mut own;
+            let bounce = match bounce {
+                Some(b) => b,
+                None => {
+                    own = bounce_buffer(bytes.len())?;
+                    &mut own
+                }
+            };
+            let refused = match create(true) {
+                Ok(file) => match write_direct(&file, bytes, bounce) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                        drop(file);
+                        std::fs::remove_file(path)?;
+                        e
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => e,
+                Err(e) => return Err(e),
+            };
+            self.direct.store(false, Ordering::Relaxed);
+            tracing::info!(dir = %self.dir.display(), error = %refused, "the spill directory does not take direct I/O: buffered writes, synced and dropped from the page cache");
+        }
+        let file = create(false)?;
+        file.write_all_at(bytes, 0)?;
+        file.sync_data()?;
+        // Only advice: the bytes are on disk either way.
+        let _ = fadvise(&file, 0, 0, Advice::DontNeed);
+        Ok(())
+    }
+
     /// Reads a spill file into `buf` (its length).
     pub fn read(&self, file: &SpillFile, buf: &mut [u8]) -> Result<(), SpillError> {
         let started = Instant::now();
-        File::open(&file.path)
-            .and_then(|f| f.read_exact_at(buf, 0))
-            .map_err(io(&file.path))?;
+        self.read_file(&file.path, buf).map_err(io(&file.path))?;
         let c = &self.counters;
         c.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
         c.read_ns
@@ -169,6 +267,116 @@ impl SpillDir {
         c.restores.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+
+    fn read_file(&self, path: &Path, buf: &mut [u8]) -> std::io::Result<()> {
+        if self.direct.load(Ordering::Relaxed) {
+            match OpenOptions::new()
+                .read(true)
+                .custom_flags(OFlags::DIRECT.bits() as i32)
+                .open(path)
+            {
+                Ok(file) => return self.read_direct(&file, buf),
+                Err(e) if e.raw_os_error() != Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    return Err(e)
+                }
+                Err(_) => {}
+            }
+        }
+        let file = File::open(path)?;
+        file.read_exact_at(buf, 0)?;
+        let _ = fadvise(&file, 0, 0, Advice::DontNeed);
+        Ok(())
+    }
+    /// Reads `buf.len()` bytes from `file` (opened with `O_DIRECT`), as [`write_direct`]
+    /// wrote them: whole blocks straight into `buf` when it is aligned, the rest through a
+    /// bounce buffer (from the kept ones when there is one).
+    fn read_direct(&self, file: &File, buf: &mut [u8]) -> std::io::Result<()> {
+        let mut offset = 0;
+        if aligned(buf) {
+            let whole = buf.len() / BLOCK * BLOCK;
+            while offset < whole {
+                let n = (whole - offset).min(IO_CHUNK);
+                file.read_exact_at(&mut buf[offset..offset + n], offset as u64)?;
+                offset += n;
+            }
+        }
+        if offset == buf.len() {
+            return Ok(());
+        }
+        let kept = self.bounces.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut bounce = match kept {
+            Some(b) => b,
+            None => bounce_buffer(IO_CHUNK)?,
+        };
+        let room = bounce.as_slice().len();
+        let read = (|| {
+            while offset < buf.len() {
+                let n = (buf.len() - offset).min(room);
+                let padded = n.div_ceil(BLOCK) * BLOCK;
+                let piece = &mut bounce.as_mut_slice()[..padded];
+                // The last block is short: the file ends there.
+                let mut got = 0;
+                while got < n {
+                    match file.read_at(&mut piece[got..], (offset + got) as u64)? {
+                        0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        read => got += read,
+                    }
+                }
+                buf[offset..offset + n].copy_from_slice(&piece[..n]);
+                offset += n;
+            }
+            Ok(())
+        })();
+        let mut kept = self.bounces.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < KEPT_BOUNCES {
+            kept.push(bounce);
+        }
+        read
+    }
+}
+
+/// A page-aligned buffer for the unaligned parts of an object of `len` bytes.
+pub fn bounce_buffer(len: usize) -> std::io::Result<PageBuffer> {
+    PageBuffer::zeroed(
+        len.div_ceil(BLOCK)
+            .max(1)
+            .saturating_mul(BLOCK)
+            .min(IO_CHUNK),
+    )
+}
+
+/// Whether `bytes` start on a direct I/O boundary.
+fn aligned(bytes: &[u8]) -> bool {
+    bytes.as_ptr().align_offset(BLOCK) == 0
+}
+
+/// Writes `bytes` to `file` (opened with `O_DIRECT`) in pieces of at most [`IO_CHUNK`]:
+/// the whole blocks straight from `bytes` when they are aligned, the rest through
+/// `bounce`; a padded last block is cut off afterwards.
+fn write_direct(file: &File, bytes: &[u8], bounce: &mut PageBuffer) -> std::io::Result<()> {
+    let mut offset = 0;
+    if aligned(bytes) {
+        let whole = bytes.len() / BLOCK * BLOCK;
+        while offset < whole {
+            let n = (whole - offset).min(IO_CHUNK);
+            file.write_all_at(&bytes[offset..offset + n], offset as u64)?;
+            offset += n;
+        }
+    }
+    let room = bounce.as_slice().len() / BLOCK * BLOCK;
+    while offset < bytes.len() {
+        let n = (bytes.len() - offset).min(room);
+        let padded = n.div_ceil(BLOCK) * BLOCK;
+        let piece = &mut bounce.as_mut_slice()[..padded];
+        piece[..n].copy_from_slice(&bytes[offset..offset + n]);
+        piece[n..].fill(0);
+        file.write_all_at(piece, offset as u64)?;
+        offset += n;
+    }
+    if !bytes.len().is_multiple_of(BLOCK) {
+        file.set_len(bytes.len() as u64)?;
+    }
+    Ok(())
 }
 
 impl Drop for SpillDir {
@@ -258,6 +466,45 @@ mod tests {
         let dir = spill.path().to_path_buf();
         drop(spill);
         assert!(!dir.exists(), "removed at exit");
+    }
+
+    #[test]
+    fn direct_and_buffered_files_round_trip_any_size_and_alignment() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let spill = SpillDir::open(root.path(), 1 << 30).expect("open");
+        let mut source = PageBuffer::zeroed(6 << 20).expect("buffer");
+        for (i, b) in source.as_mut_slice().iter_mut().enumerate() {
+            *b = (i * 131 % 251) as u8;
+        }
+        let mut back = PageBuffer::zeroed(6 << 20).expect("buffer");
+        let cases = [
+            (0, 0),
+            (0, 1),
+            (0, 4095),
+            (0, 4096),
+            (0, 4097),
+            (0, (5 << 20) + 3),
+            (1, 4096),
+            (7, (5 << 20) + 100),
+        ];
+        for direct in [true, false] {
+            spill.direct.store(direct, Ordering::Relaxed);
+            for (n, &(start, len)) in cases.iter().enumerate() {
+                let bytes = &source.as_slice()[start..start + len];
+                let id = ObjectId(n as u128 + if direct { 0 } else { 100 });
+                let file = spill.write(id, bytes).expect("write");
+                let on_disk = std::fs::metadata(&file.path).expect("file").len();
+                assert_eq!(on_disk, len as u64, "case {n}: cut to its length");
+                // Into aligned memory and into memory one byte off.
+                for at in [0, 1] {
+                    let into = &mut back.as_mut_slice()[at..at + len];
+                    into.fill(0);
+                    spill.read(&file, into).expect("read");
+                    assert!(into == bytes, "case {n} (direct: {direct}, at {at})");
+                }
+            }
+        }
+        assert_eq!(spill.counters().bytes.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -17,12 +17,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::runtime::RuntimeFlavor;
+
 use dimstore_arena::{Allocation, Arena, OutOfMemory, Sealed, Writer};
 use dimstore_proto::{ErrorReply, ObjectId, PressureStats, PutOptions, Status};
 use tokio::sync::Notify;
 
 use crate::eviction::{Evicted, Order, Policy, Rank};
-use crate::spill::{SpillDir, SpillFile};
+use crate::spill::{SpillDir, SpillError, SpillFile};
+use crate::spiller::{Job, SpillTarget, SpillWriter};
 
 /// A stored object: shared, read-only arena memory. Each clone is a lease.
 pub type Object = Sealed;
@@ -34,6 +37,10 @@ pub const RESERVED_KEY_CHARGE: u64 = 128;
 /// Most keys reserved, or reservations expired, under one hold of the table lock: a large
 /// batch takes the lock in turns with other requests.
 const TABLE_CHUNK: usize = 4096;
+
+/// Longest a put (or a restore) waits for the spill writer to free memory before it is
+/// refused with `StoreFull`.
+pub const ROOM_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a stored object lives and who owns it (from [`PutOptions`]).
 #[derive(Debug, Clone, Default)]
@@ -272,7 +279,8 @@ pub enum Lookup {
 #[derive(Debug)]
 pub struct ObjectStore {
     arena: Arena,
-    table: Mutex<Table>,
+    /// Shared with the spill writer, which swaps written objects to their files.
+    table: Arc<Mutex<Table>>,
     /// Reservations in the table (changed under its lock, read without it).
     reserved: AtomicU64,
     /// How long a reservation lasts unless set.
@@ -286,14 +294,77 @@ pub struct ObjectStore {
     /// Whether the policy may drop objects to make room.
     policy: Policy,
     /// Where cold objects go when memory is full, if anywhere.
-    spill: Option<SpillDir>,
-    /// Wakes the background spiller.
-    spill_wanted: Notify,
+    spill: Option<Spilling>,
 }
 
-/// Memory use above which the background spiller starts.
+/// A spill directory and its writer.
+#[derive(Debug)]
+struct Spilling {
+    dir: Arc<SpillDir>,
+    writer: SpillWriter,
+}
+
+/// Memory use above which cold objects are queued for spilling after a put.
 fn high_water(capacity: u64) -> u64 {
     capacity / 10 * 9
+}
+
+/// Memory use the spill-ahead after a put aims for.
+fn low_water(capacity: u64) -> u64 {
+    capacity / 4 * 3
+}
+
+/// Runs `wait` (which blocks on the spill writer): on a runtime worker thread, through
+/// `block_in_place`, so the runtime moves its other tasks (other connections' requests) to
+/// another thread meanwhile.
+fn blocking<R>(wait: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
+/// The table as the spill writer sees it.
+#[derive(Debug)]
+struct TableTarget(Arc<Mutex<Table>>);
+
+impl TableTarget {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether `stored` holds exactly `object` in memory.
+fn holds(stored: &Stored, object: &Object) -> bool {
+    matches!(&stored.data, Data::Memory(o) if o.as_slice().as_ptr() == object.as_slice().as_ptr() && o.len() == object.len())
+}
+
+impl SpillTarget for TableTarget {
+    fn still_wanted(&self, id: ObjectId, object: &Object) -> bool {
+        matches!(self.table().entries.get(&id), Some(Entry::Sealed(s)) if holds(s, object))
+    }
+
+    fn written(&self, id: ObjectId, object: &Object, result: Result<SpillFile, SpillError>) {
+        let file = match result {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot spill: the object stays in memory");
+                return;
+            }
+        };
+        let mut table = self.table();
+        let freed = match table.entries.get_mut(&id) {
+            Some(Entry::Sealed(stored)) if holds(stored, object) => {
+                Some(std::mem::replace(&mut stored.data, Data::Disk(file)))
+            }
+            // Evicted or consumed while being written: the file goes (dropped below).
+            _ => None,
+        };
+        drop(table);
+        drop(freed);
+    }
 }
 
 impl ObjectStore {
@@ -302,7 +373,7 @@ impl ObjectStore {
     pub fn new(arena: Arena, instance: u64, reserved_ttl: Duration) -> Self {
         ObjectStore {
             arena,
-            table: Mutex::new(Table::default()),
+            table: Arc::default(),
             reserved: AtomicU64::new(0),
             reserved_ttl,
             instance,
@@ -310,7 +381,6 @@ impl ObjectStore {
             changed: Notify::new(),
             policy: Policy::None,
             spill: None,
-            spill_wanted: Notify::new(),
         }
     }
 
@@ -325,19 +395,24 @@ impl ObjectStore {
     }
 
     /// This store, spilling the coldest objects (least recently read, unless the eviction
-    /// policy ranks otherwise) to `spill` when a put does not fit, before evicting any.
-    /// Call before anything is stored.
-    pub fn with_spill(mut self, spill: SpillDir) -> Self {
+    /// policy ranks otherwise) to `spill` when memory fills, before evicting any: a writer
+    /// thread takes them from a queue of at most a quarter of the memory limit. Call
+    /// before anything is stored.
+    pub fn with_spill(mut self, spill: SpillDir) -> std::io::Result<Self> {
         if self.policy == Policy::None {
             self.table().order = Order::new(Policy::Lru);
         }
-        self.spill = Some(spill);
-        self
+        let dir = Arc::new(spill);
+        let queue_limit = (self.arena.config().capacity / 4).max(1);
+        let target = Arc::new(TableTarget(Arc::clone(&self.table)));
+        let writer = SpillWriter::start(Arc::clone(&dir), queue_limit, target)?;
+        self.spill = Some(Spilling { dir, writer });
+        Ok(self)
     }
 
     /// The spill directory, if spilling is on.
     pub fn spill(&self) -> Option<&SpillDir> {
-        self.spill.as_ref()
+        self.spill.as_ref().map(|s| &*s.dir)
     }
 
     /// The arena.
@@ -372,13 +447,14 @@ impl ObjectStore {
             ));
         }
         let total = sizes.iter().fold(0u64, |acc, &s| acc.saturating_add(s));
+        let deadline = Instant::now() + ROOM_WAIT;
         loop {
             match self.try_allocate(sizes, total) {
-                Err(e) if e.status == Status::StoreFull && self.make_room(total) => continue,
+                Err(e) if e.status == Status::StoreFull && self.make_room(total, deadline) => {
+                    continue
+                }
                 Ok(allocations) => {
-                    if self.spill.is_some() && self.arena.stats().used > high_water(capacity) {
-                        self.spill_wanted.notify_one();
-                    }
+                    self.spill_ahead();
                     return Ok(allocations);
                 }
                 other => return other,
@@ -386,21 +462,22 @@ impl ObjectStore {
         }
     }
 
-    /// Spills the coldest objects until memory use is back under the low-water mark (3/4
-    /// of the limit), so that puts find room without waiting for the disk. Run by the
-    /// background spiller after [`ObjectStore::spill_wanted`] fires.
-    pub fn spill_ahead(&self) {
+    /// Past the high-water mark (9/10 of the limit), queues the coldest objects for the
+    /// spill writer until use would be back at the low-water mark (3/4), so that puts find
+    /// room without waiting for the disk. Never waits.
+    fn spill_ahead(&self) {
+        let Some(spilling) = &self.spill else {
+            return;
+        };
         let capacity = self.arena.config().capacity;
         let used = self.arena.stats().used;
         if used > high_water(capacity) {
-            self.spill_coldest(used - capacity / 4 * 3);
+            let wanted =
+                (used - low_water(capacity)).saturating_sub(spilling.writer.queue().pending());
+            if wanted > 0 {
+                self.queue_coldest(spilling, wanted);
+            }
         }
-    }
-
-    /// Fires when memory use passes the high-water mark (9/10 of the limit) on a store that
-    /// spills.
-    pub fn spill_wanted(&self) -> tokio::sync::futures::Notified<'_> {
-        self.spill_wanted.notified()
     }
 
     fn try_allocate(&self, sizes: &[u64], total: u64) -> Result<Vec<Allocation>, ErrorReply> {
@@ -451,17 +528,31 @@ impl ObjectStore {
             .collect()
     }
 
-    /// Frees memory for `wanted` more bytes (at least some): spills the coldest objects,
-    /// else (no spill directory, or it failed) evicts them under the policy. `false` when
-    /// nothing could be freed.
-    fn make_room(&self, wanted: u64) -> bool {
+    /// Frees memory for `wanted` more bytes (at least some): queues the coldest objects for
+    /// the spill writer and waits (until `deadline`) for it to free some, else (no spill
+    /// directory, the writer failed, or the deadline passed) evicts them under the policy.
+    /// `false` when nothing could be freed.
+    fn make_room(&self, wanted: u64, deadline: Instant) -> bool {
         let capacity = self.arena.config().capacity;
         let free = capacity
             .saturating_sub(self.arena.stats().used)
             .saturating_sub(self.reserved_charge());
         let needed = wanted.saturating_sub(free).max(1);
-        if self.spill.is_some() && self.spill_coldest(needed) {
-            return true;
+        if let Some(spilling) = &self.spill {
+            let queue = spilling.writer.queue();
+            let seen = queue.progress();
+            let more = needed.saturating_sub(queue.pending());
+            if more > 0 {
+                self.queue_coldest(spilling, more);
+            }
+            if queue.pending() > 0 {
+                let now = blocking(|| queue.wait_progress(seen, deadline));
+                if now.written > seen.written {
+                    return true;
+                }
+                // A failed write (disk full, I/O error) or the deadline: evict instead,
+                // or refuse.
+            }
         }
         self.policy != Policy::None && self.evict_coldest(needed)
     }
@@ -506,35 +597,27 @@ impl ObjectStore {
         !dropped.is_empty()
     }
 
-    /// Writes the coldest objects to spill files and frees their memory; whether any went.
-    /// A failed write (disk full, spill limit, I/O) leaves the object in memory.
-    fn spill_coldest(&self, needed: u64) -> bool {
-        let Some(spill) = &self.spill else {
-            return false;
-        };
+    /// Queues the coldest objects in memory, about `needed` bytes' worth, for the spill
+    /// writer (as far as the queue and the spill limit take them). A spill limit that is
+    /// reached logs a line; the objects stay in memory.
+    fn queue_coldest(&self, spilling: &Spilling, needed: u64) {
         let candidates = Self::coldest_in_memory(&self.table(), needed);
-        let mut spilled = 0;
-        let mut freed = Vec::with_capacity(candidates.len());
         for (id, object) in candidates {
-            let file = match spill.write(id, object.as_slice()) {
-                Ok(file) => Arc::new(file),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot spill: the object stays in memory");
-                    break;
-                }
-            };
-            let mut table = self.table();
-            if let Some(Entry::Sealed(stored)) = table.entries.get_mut(&id) {
-                if matches!(stored.data, Data::Memory(_)) {
-                    freed.push(std::mem::replace(&mut stored.data, Data::Disk(file)));
-                    spilled += 1;
-                }
+            let len = object.len();
+            if let Err(e) = spilling.dir.reserve(len) {
+                tracing::warn!(error = %e, "cannot spill: the object stays in memory");
+                break;
             }
-            drop(table);
-            drop(object);
+            if spilling
+                .writer
+                .queue()
+                .push(Job { id, object }, len)
+                .is_err()
+            {
+                spilling.dir.unreserve(len);
+                break;
+            }
         }
-        drop(freed);
-        spilled > 0
     }
 
     /// Brings spilled objects among `found` (the lookup of `ids`) back into memory. A
@@ -554,7 +637,7 @@ impl ObjectStore {
     }
 
     fn restore_one(&self, id: &ObjectId) -> Result<Lookup, ErrorReply> {
-        let (Some(spill), Some(file)) = (&self.spill, self.spilled_file(id)) else {
+        let (Some(spill), Some(file)) = (self.spill(), self.spilled_file(id)) else {
             // Restored (or evicted) meanwhile.
             return Ok(self.lookup(std::slice::from_ref(id)).remove(0));
         };
@@ -735,7 +818,7 @@ impl ObjectStore {
     }
 
     fn spill_stats(&self) -> PressureStats {
-        let Some(spill) = &self.spill else {
+        let Some(spill) = self.spill() else {
             return PressureStats::default();
         };
         let c = spill.counters();
@@ -1234,7 +1317,9 @@ mod tests {
     fn full_memory_spills_the_coldest_and_gets_restore_them() {
         let root = tempfile::tempdir().expect("tempdir");
         let spill = SpillDir::open(root.path(), 1 << 30).expect("spill dir");
-        let store = store(1 << 20, Duration::from_secs(60)).with_spill(spill);
+        let store = store(1 << 20, Duration::from_secs(60))
+            .with_spill(spill)
+            .expect("spill writer");
         let quarter = (1 << 20) / 4;
         let ids: Vec<ObjectId> = (0..12u8)
             .map(|i| {
@@ -1275,7 +1360,9 @@ mod tests {
     fn a_full_spill_limit_leaves_objects_in_memory_and_refuses_the_put() {
         let root = tempfile::tempdir().expect("tempdir");
         let spill = SpillDir::open(root.path(), (1 << 20) / 2).expect("spill dir");
-        let store = store(1 << 20, Duration::from_secs(60)).with_spill(spill);
+        let store = store(1 << 20, Duration::from_secs(60))
+            .with_spill(spill)
+            .expect("spill writer");
         let quarter = (1 << 20) / 4;
         let ids: Vec<ObjectId> = (0..6)
             .map(|_| {
@@ -1289,6 +1376,81 @@ mod tests {
         assert_eq!(e.status, Status::StoreFull, "{e}");
         assert!(store.pressure().spill_failures >= 1);
         assert_eq!(store.exists(&ids), [true; 6], "nothing lost");
+    }
+
+    #[test]
+    fn a_failing_spill_disk_refuses_the_put_and_loses_nothing() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let spill = SpillDir::open(root.path(), 1 << 30).expect("spill dir");
+        let dir = spill.path().to_path_buf();
+        let store = store(1 << 20, Duration::from_secs(60))
+            .with_spill(spill)
+            .expect("spill writer");
+        let quarter = (1 << 20) / 4;
+        // Every write fails from now on (the directory is gone).
+        std::fs::remove_dir_all(&dir).expect("remove");
+        let ids: Vec<ObjectId> = (0..4u8)
+            .map(|i| {
+                let mut a = store.allocate(&[quarter]).expect("room in memory");
+                a[0].as_mut_slice().fill(i);
+                store.insert(a)[0]
+            })
+            .collect();
+        let e = store
+            .allocate(&[quarter])
+            .expect_err("memory full, disk failing");
+        assert_eq!(e.status, Status::StoreFull, "{e}");
+        assert!(store.pressure().spill_failures >= 1);
+        for (i, id) in ids.iter().enumerate() {
+            let [Lookup::Found(object)] = &store.lookup(&[*id])[..] else {
+                panic!("object {i} lost");
+            };
+            assert!(object.as_slice().iter().all(|&b| b == i as u8));
+        }
+    }
+
+    #[test]
+    fn puts_on_a_multi_threaded_runtime_wait_for_the_writer_off_the_workers() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let spill = SpillDir::open(root.path(), 1 << 30).expect("spill dir");
+        let store = Arc::new(
+            store(1 << 20, Duration::from_secs(60))
+                .with_spill(spill)
+                .expect("spill writer"),
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        let quarter = (1 << 20) / 4;
+        let ids = runtime.block_on(async {
+            let mut ids = Vec::new();
+            for i in 0..16u8 {
+                let store = Arc::clone(&store);
+                let id = tokio::spawn(async move {
+                    let mut a = store.allocate(&[quarter]).expect("room by spilling");
+                    a[0].as_mut_slice().fill(i);
+                    store.insert(a)[0]
+                })
+                .await
+                .expect("put task");
+                ids.push(id);
+            }
+            ids
+        });
+        assert!(store.pressure().spilled_objects >= 12);
+        for (i, id) in ids.iter().enumerate() {
+            let found = store
+                .restore(&[*id], store.lookup(&[*id]))
+                .expect("restore");
+            let [Lookup::Found(object)] = &found[..] else {
+                panic!("object {i}: {found:?}");
+            };
+            assert!(
+                object.as_slice().iter().all(|&b| b == i as u8),
+                "object {i}"
+            );
+        }
     }
 
     /// Whether a notification future has completed (polled once, without a runtime).

@@ -1,5 +1,6 @@
 //! Test harness: real `dimstore-server` processes on loopback, cleaned up on drop, and the
 //! transport test suite ([`suite`]) that every transport runs unchanged.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

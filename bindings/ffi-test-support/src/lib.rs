@@ -1,6 +1,7 @@
 //! Helpers shared by the FFI crates' tests (dimstore-ucx, dimstore-ofi): bounded time (a
 //! watchdog that aborts a hung test), data patterns, hex, a peer process (the test binary
 //! run again), CPU time of a thread.
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};

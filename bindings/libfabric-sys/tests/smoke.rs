@@ -22,7 +22,7 @@ fn check(api: &str, ret: c_int) {
 /// `fi_getinfo` hints: the given endpoint type and caps, restricted to provider `prov`.
 /// The caller frees the result with `fi_freeinfo`.
 fn hints(prov: &CStr, ep_type: fi_ep_type, caps: u64) -> *mut fi_info {
-    // SAFETY: fi_allocinfo (a wrapped static inline) returns a zeroed fi_info with all its
+    // SAFETY: fi_allocinfo (fi_dupinfo(NULL)) returns a zeroed fi_info with all its
     // attribute structs allocated, or null on allocation failure.
     let hints = unsafe { fi_allocinfo() };
     assert!(!hints.is_null(), "fi_allocinfo returned null");

@@ -103,11 +103,11 @@ impl Endpoint {
             return Op::failed(Rc::clone(&self.inner.cq), e, buf);
         }
         let (ep, addr, len) = (self.inner.handle, buf.as_ptr(), buf.len());
-        // SAFETY (whenever the poster runs): the endpoint is open (the operation holds
-        // it); `addr..addr+len` is `buf`, which the operation owns and which does not move
-        // until completion; `dest` is in the bound vector.
-        self.post(API, (buf, len), move |ctx| unsafe {
-            fi_send(ep, addr.cast(), len, ptr::null_mut(), dest.addr, ctx)
+        self.post(API, (buf, len), move |ctx| {
+            // SAFETY: whenever the poster runs, the endpoint is open (the operation holds
+            // it); `addr..addr+len` is `buf`, which the operation owns and which does not
+            // move until completion; `dest` is in the bound vector.
+            unsafe { fi_send(ep, addr.cast(), len, ptr::null_mut(), dest.addr, ctx) }
         })
     }
 
@@ -118,11 +118,11 @@ impl Endpoint {
         B: StableDeref + DerefMut<Target = [u8]> + 'static,
     {
         let (ep, addr, len) = (self.inner.handle, buf.as_mut_ptr(), buf.len());
-        // SAFETY (whenever the poster runs): the endpoint is open (the operation holds
-        // it); `addr..addr+len` is `buf`, owned by the operation and unmoved until
-        // completion.
-        self.post("fi_recv", (buf, len), move |ctx| unsafe {
-            fi_recv(ep, addr.cast(), len, ptr::null_mut(), FI_ADDR_UNSPEC, ctx)
+        self.post("fi_recv", (buf, len), move |ctx| {
+            // SAFETY: whenever the poster runs, the endpoint is open (the operation holds
+            // it); `addr..addr+len` is `buf`, owned by the operation and unmoved until
+            // completion.
+            unsafe { fi_recv(ep, addr.cast(), len, ptr::null_mut(), FI_ADDR_UNSPEC, ctx) }
         })
     }
 
@@ -138,20 +138,23 @@ impl Endpoint {
             return Op::failed(Rc::clone(&self.inner.cq), e, dst);
         }
         let (ep, addr, len) = (self.inner.handle, dst.as_mut_ptr(), dst.len());
-        // SAFETY (whenever the poster runs): the endpoint is open (the operation holds
-        // it); `addr..addr+len` is `dst`, owned by the operation and unmoved until
-        // completion; `dest` is in the bound vector.
-        self.post(API, (dst, len), move |ctx| unsafe {
-            fi_read(
-                ep,
-                addr.cast(),
-                len,
-                ptr::null_mut(),
-                dest.addr,
-                remote_addr,
-                key,
-                ctx,
-            )
+        self.post(API, (dst, len), move |ctx| {
+            // SAFETY: whenever the poster runs, the endpoint is open (the operation holds
+            // it); `addr..addr+len` is `dst`, owned by the operation and unmoved until
+            // completion; `dest` is in the bound vector and `remote_addr`/`key` are only
+            // read by the provider (a bad pair fails the completion, not this process).
+            unsafe {
+                fi_read(
+                    ep,
+                    addr.cast(),
+                    len,
+                    ptr::null_mut(),
+                    dest.addr,
+                    remote_addr,
+                    key,
+                    ctx,
+                )
+            }
         })
     }
 

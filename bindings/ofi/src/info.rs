@@ -10,7 +10,7 @@ use libfabric_sys::{
     FI_MR_LOCAL, FI_MR_PROV_KEY, FI_MR_VIRT_ADDR, FI_MSG, FI_RMA, FI_SOURCE, FI_VERSION,
 };
 
-use crate::error::{check, OfiError, Result};
+use crate::error::{check, load, OfiError, Result};
 
 /// What to ask `fi_getinfo` for. Nothing here is specific to one machine: the provider
 /// (`"tcp;ofi_rxm"`, `"shm"`, `"verbs;ofi_rxm"`, `"cxi"`), the node and the service come
@@ -68,9 +68,11 @@ impl Info {
     /// The first entry `fi_getinfo` returns for `query`, for an `FI_EP_RDM` endpoint with
     /// `FI_MSG | FI_RMA`, domain threading, and the memory registration modes this crate
     /// handles (virtual or offset addresses, provider or requested keys, endpoint-bound
-    /// regions; never `FI_MR_LOCAL`).
+    /// regions; never `FI_MR_LOCAL`). Loads libfabric first: where it is not installed,
+    /// the error says so ([`OfiError::is_library_missing`]).
     pub fn query(query: &InfoQuery) -> Result<Self> {
         const API: &str = "fi_getinfo";
+        load()?;
         let text = |s: &Option<String>| {
             s.as_deref()
                 .map(|v| CString::new(v).map_err(|_| OfiError::local(API, 22, "NUL in a string")))

@@ -33,6 +33,7 @@ mod info;
 mod memory;
 mod op;
 mod signals;
+mod thread_safety;
 
 pub use av::{AddressVector, PeerAddr};
 pub use cq::CompletionQueue;

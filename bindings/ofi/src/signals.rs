@@ -2,10 +2,12 @@
 //!
 //! Debian's libfabric links the PSM providers, whose `libpsm_infinipath` installs SIGINT and
 //! SIGTERM handlers from its load-time constructor: they reset the signal and `exit(1)`.
-//! Every program linking libfabric inherits them, before `main`. A program that handles
-//! these signals itself (e.g. through tokio, which chains to the handler it replaces) must
-//! first put the default dispositions back, or a SIGTERM ends it with status 1 and skips its
-//! own cleanup.
+//! libfabric-sys opens libfabric at runtime and keeps the process's dispositions across
+//! that, so this crate no longer brings them in; but a process into which libfabric is
+//! linked by something else (an MPI library, a Python extension) inherits them before
+//! `main`. A program that handles these signals itself (e.g. through tokio, which chains to
+//! the handler it replaces) should first put the default dispositions back, or a SIGTERM
+//! ends it with status 1 and skips its own cleanup.
 
 use std::mem::MaybeUninit;
 use std::ptr;
@@ -50,11 +52,9 @@ mod tests {
         restore_default_signal_handlers();
         for signal in TAKEN {
             let mut current = MaybeUninit::<libc::sigaction>::zeroed();
-            // SAFETY: query only.
-            assert_eq!(
-                unsafe { libc::sigaction(signal, ptr::null(), current.as_mut_ptr()) },
-                0
-            );
+            // SAFETY: query only (null new action), into a valid out pointer.
+            let queried = unsafe { libc::sigaction(signal, ptr::null(), current.as_mut_ptr()) };
+            assert_eq!(queried, 0);
             // SAFETY: filled by the successful call.
             let handler = unsafe { current.assume_init() }.sa_sigaction;
             assert!(handler == libc::SIG_DFL || handler == libc::SIG_IGN);

@@ -10,7 +10,7 @@ use ucx_sys::{
     ucp_context_h, ucp_feature, ucp_init, ucp_params_field, ucp_params_t,
 };
 
-use crate::error::{check, Result, Status, UcxError};
+use crate::error::{check, load, Result, Status, UcxError};
 
 /// How to configure a [`Context`]: UCX reads its `UCX_*` environment variables first, then
 /// the explicit settings here override them.
@@ -82,8 +82,11 @@ unsafe impl Send for ContextInner {}
 unsafe impl Sync for ContextInner {}
 
 impl Context {
-    /// Creates a context configured from the environment and then `config`.
+    /// Creates a context configured from the environment and then `config`. Loads UCX
+    /// first: where it is not installed, the error says so
+    /// ([`UcxError::is_library_missing`]).
     pub fn new(config: &ContextConfig) -> Result<Self> {
+        load()?;
         let ucp_config = UcpConfig::read(config.env_prefix.as_deref())?;
         for (name, value) in config.settings() {
             ucp_config.modify(name, value)?;
@@ -103,7 +106,7 @@ impl Context {
         };
         let mut handle: ucp_context_h = ptr::null_mut();
         // SAFETY: `params` and the configuration are valid for the call; `handle` is a valid
-        // out pointer. `ucp_init` is the wrapped static inline forwarding to ucp_init_version.
+        // out pointer. `ucp_init` forwards to ucp_init_version with the headers' version.
         check("ucp_init", unsafe {
             ucp_init(&params, ucp_config.0, &mut handle)
         })?;

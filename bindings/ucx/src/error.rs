@@ -3,6 +3,7 @@
 
 use std::ffi::CStr;
 use std::fmt;
+use std::sync::Arc;
 
 use ucx_sys::{ucs_status_ptr_t, ucs_status_string, ucs_status_t, UCS_PTR_IS_PTR, UCS_PTR_STATUS};
 
@@ -30,8 +31,12 @@ impl Status {
         self.0 .0
     }
 
-    /// UCX's text for this status (`ucs_status_string`).
+    /// UCX's text for this status (`ucs_status_string`), or a placeholder when UCX cannot
+    /// be loaded.
     pub fn text(self) -> &'static str {
+        if ucx_sys::load().is_err() {
+            return "(no UCX status text: UCX is not loaded)";
+        }
         // SAFETY: ucs_status_string accepts any status value and returns a pointer to a
         // static NUL-terminated string (a generic one for unknown values).
         let text = unsafe { CStr::from_ptr(ucs_status_string(self.0)) };
@@ -69,8 +74,10 @@ impl fmt::Display for Status {
 }
 
 /// A failed UCX call: which API, the status it returned and a message (UCX's text for the
-/// status, or this crate's explanation for a misuse or a deadline it detected itself).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// status, or this crate's explanation for a misuse or a deadline it detected itself), or
+/// UCX missing from this node ([`UcxError::is_library_missing`], with the loader's error as
+/// its source).
+#[derive(Clone, Debug)]
 pub struct UcxError {
     /// The UCX function (or this crate's operation) that failed, e.g. `"ucp_mem_map"`.
     pub api: &'static str,
@@ -78,7 +85,18 @@ pub struct UcxError {
     pub status: Status,
     /// Human-readable text.
     pub message: String,
+    /// Why UCX could not be loaded, when that is the error.
+    pub(crate) missing: Option<Arc<ucx_sys::LoadError>>,
 }
+
+impl PartialEq for UcxError {
+    fn eq(&self, other: &Self) -> bool {
+        // The load error is described by the message; the loader's own error has no equality.
+        (self.api, self.status, &self.message) == (other.api, other.status, &other.message)
+    }
+}
+
+impl Eq for UcxError {}
 
 impl UcxError {
     /// An error for `api` with UCX's own text for `status`.
@@ -88,6 +106,7 @@ impl UcxError {
             api,
             status,
             message: status.text().to_owned(),
+            missing: None,
         }
     }
 
@@ -97,7 +116,28 @@ impl UcxError {
             api,
             status,
             message: message.into(),
+            missing: None,
         }
+    }
+
+    /// UCX could not be loaded: one sentence that says what to do, the loader's error as the
+    /// source. Status `UCS_ERR_UNSUPPORTED`.
+    pub(crate) fn library_missing(error: ucx_sys::LoadError) -> Self {
+        Self {
+            api: "dlopen",
+            status: Status(ucs_status_t::UCS_ERR_UNSUPPORTED),
+            message: format!(
+                "UCX is not installed on this node: {error} (install UCX or load its module, \
+                 set {} to its path, or choose another transport)",
+                ucx_sys::LIBRARY_ENV
+            ),
+            missing: Some(Arc::new(error)),
+        }
+    }
+
+    /// Whether the error is UCX missing from this node (its library could not be loaded).
+    pub fn is_library_missing(&self) -> bool {
+        self.missing.is_some()
     }
 
     /// A deadline passed before `api` completed.
@@ -118,6 +158,9 @@ impl UcxError {
 
 impl fmt::Display for UcxError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_library_missing() {
+            return f.write_str(&self.message);
+        }
         write!(
             f,
             "{} failed: {} ({})",
@@ -128,7 +171,19 @@ impl fmt::Display for UcxError {
     }
 }
 
-impl std::error::Error for UcxError {}
+impl std::error::Error for UcxError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.missing
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Loads UCX (once per process), or the error that says it is missing: the first thing
+/// every entry point of this crate does.
+pub(crate) fn load() -> Result<()> {
+    ucx_sys::load().map(drop).map_err(UcxError::library_missing)
+}
 
 /// The one checked helper for status-returning calls: `Ok(())` for `UCS_OK`, otherwise an
 /// error naming `api`.

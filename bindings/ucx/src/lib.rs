@@ -33,6 +33,7 @@ mod endpoint;
 mod error;
 mod memory;
 mod request;
+mod thread_safety;
 mod worker;
 
 pub use am::AmMessage;

@@ -1,4 +1,5 @@
 //! `dimstore`: put, get, check and evict objects from the command line.
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

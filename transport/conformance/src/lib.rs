@@ -16,6 +16,8 @@
 //! whose fabric is unavailable here skips under `dimstore_tests::skip_or_fail` (and fails
 //! under `CI=true`).
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 use dimstore_transport::onesided::{Exporter, Reader, DEFAULT_CHUNK, DEFAULT_IN_FLIGHT};

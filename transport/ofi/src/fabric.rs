@@ -48,6 +48,9 @@ impl Node {
         }
         let node_name = config.node.as_deref().unwrap_or("(any)");
         let info = Info::query(&query).map_err(|e| {
+            if e.is_library_missing() {
+                return e.to_string();
+            }
             // The wrapper appends the whole query; the sentence names what matters.
             let text = e.message.split(" (query").next().unwrap_or(&e.message);
             format!(

@@ -23,10 +23,8 @@ impl Registration {
         segment: &Arc<Segment>,
         ep: Option<&Endpoint>,
     ) -> Result<Registration, OfiError> {
-        let len = usize::try_from(segment.len()).map_err(|_| OfiError {
-            api: "fi_mr_reg",
-            code: 22,
-            message: "segment larger than the address space".into(),
+        let len = usize::try_from(segment.len()).map_err(|_| {
+            OfiError::local("fi_mr_reg", 22, "segment larger than the address space")
         })?;
         let address = segment.base_addr() as *mut u8;
         // SAFETY: `address..address+len` is the segment's whole mapping. The registration

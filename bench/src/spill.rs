@@ -1,0 +1,352 @@
+//! `dimstore-bench spill`: memory pressure. Spill write and restore bandwidth next to the raw
+//! disk (`dd oflag=direct` and `dd iflag=direct` on the same directory, in the same run),
+//! and the latency of a hot 4 KiB get while the server spills, next to the same get idle.
+//!
+//! One server of `--memory` bytes with `--spill-dir` under `--dir` takes `--total` bytes of
+//! `--object`-sized puts from one connection while a second connection reads a hot 4 KiB
+//! object in a loop; then every object is read back and checked byte for byte. The server
+//! and the clients are pinned to fixed CPUs (`--server-cpus`, `--client-cpus`) for the
+//! whole run. Every loop is bounded by the object count.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use clap::Args;
+use dimstore::{ClientConfig, Key, LocalMode, SpawnPolicy, Store};
+use dimstore_proto::PressureStats;
+
+use crate::contenders::dimstore::wait_ready;
+use crate::contenders::stop_child;
+use crate::measure::Latencies;
+use crate::placement::Pinned;
+
+const MIB: u64 = 1 << 20;
+
+/// Options of `dimstore-bench spill`.
+#[derive(Debug, Clone, Args)]
+pub struct SpillArgs {
+    /// Directory the spill files and the `dd` file go to (a node-local disk, not tmpfs:
+    /// `dd oflag=direct` needs direct I/O).
+    #[arg(long, default_value = "/var/tmp")]
+    pub dir: PathBuf,
+    /// The server's memory limit.
+    #[arg(long, default_value = "256MiB")]
+    pub memory: bytesize::ByteSize,
+    /// Bytes put in all (several times the memory limit).
+    #[arg(long, default_value = "768MiB")]
+    pub total: bytesize::ByteSize,
+    /// Size of each put object.
+    #[arg(long, default_value = "1MiB")]
+    pub object: bytesize::ByteSize,
+    /// Hot gets timed while idle.
+    #[arg(long, default_value_t = 2000)]
+    pub idle_gets: usize,
+    /// CPUs the server runs on (`none`: not pinned).
+    #[arg(long, default_value = "1")]
+    pub server_cpus: String,
+    /// CPUs the clients (putter and hot getter) run on (`none`: not pinned).
+    #[arg(long, default_value = "0")]
+    pub client_cpus: String,
+    /// The server binary. [default: dimstore-server next to this program]
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+struct Measured {
+    dd_write: f64,
+    dd_read: f64,
+    put_wall: f64,
+    get_wall: f64,
+    idle: Latencies,
+    busy: Latencies,
+    pressure: PressureStats,
+}
+
+/// Runs the spill benchmark and prints its table.
+pub fn run(args: &SpillArgs) -> anyhow::Result<()> {
+    let root = tempfile::tempdir_in(&args.dir)
+        .with_context(|| format!("cannot create a directory in {}", args.dir.display()))?;
+    let total = args.total.as_u64();
+    let object = args.object.as_u64().max(1);
+    let count = total / object;
+    ensure!(count > 0, "--total must hold at least one --object");
+    let total_mib = count * object / MIB;
+    eprintln!("spill: dd oflag=direct / iflag=direct, {total_mib} MiB");
+    let (dd_write, dd_read) = dd(&root.path().join("dd.bin"), total_mib)?;
+    let bin = match &args.server_bin {
+        Some(bin) => bin.clone(),
+        None => crate::options::default_server_bin()?,
+    };
+    let server = {
+        let _pinned = Pinned::to(cpus(&args.server_cpus)?.as_deref())?;
+        SpillServer::start(&bin, args.memory.as_u64(), &root.path().join("spill"))?
+    };
+    let _pinned = Pinned::to(cpus(&args.client_cpus)?.as_deref())?;
+    let mut measured = measure(&server, args, count, object)?;
+    drop(server);
+    measured.dd_write = dd_write;
+    measured.dd_read = dd_read;
+    print_table(args, count * object, &measured);
+    Ok(())
+}
+
+fn cpus(list: &str) -> anyhow::Result<Option<Vec<usize>>> {
+    if list == "none" {
+        return Ok(None);
+    }
+    let cpus = list
+        .split(',')
+        .map(|c| c.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("CPU list {list}: expected `none` or a list like 0,1"))?;
+    Ok(Some(cpus))
+}
+
+/// Raw disk write and read bandwidth (MB/s) of `dd` with direct I/O, 1 MiB blocks.
+fn dd(file: &Path, mib: u64) -> anyhow::Result<(f64, f64)> {
+    let timed = |args: &[String]| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let out = Command::new("dd")
+            .args(args)
+            .stdout(Stdio::null())
+            .output()
+            .context("cannot run dd")?;
+        let took = start.elapsed().as_secs_f64();
+        ensure!(
+            out.status.success(),
+            "dd {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((mib * MIB) as f64 / 1e6 / took)
+    };
+    let path = file.display();
+    let write = timed(&[
+        "if=/dev/zero".into(),
+        format!("of={path}"),
+        "bs=1M".into(),
+        format!("count={mib}"),
+        "oflag=direct".into(),
+    ])?;
+    let read = timed(&[
+        format!("if={path}"),
+        "of=/dev/null".into(),
+        "bs=1M".into(),
+        "iflag=direct".into(),
+    ])?;
+    std::fs::remove_file(file)?;
+    Ok((write, read))
+}
+
+/// A `dimstore-server` with a spill directory, stopped on drop.
+struct SpillServer {
+    child: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SpillServer {
+    fn start(bin: &Path, memory: u64, spill: &Path) -> anyhow::Result<SpillServer> {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let ready_path = dir.path().join("ready.json");
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new(bin)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--node",
+                "spill-bench",
+                "--log",
+                "warn",
+            ])
+            .arg("--memory-limit")
+            .arg(memory.to_string())
+            .arg("--segment-size")
+            .arg(memory.to_string())
+            .arg("--spill-dir")
+            .arg(spill)
+            .arg("--ready-file")
+            .arg(&ready_path)
+            .arg("--runtime-dir")
+            .arg(dir.path())
+            .arg("--exit-with-parent")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let ready = wait_ready(&mut child, &ready_path, Duration::from_secs(30), |status| {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            anyhow::anyhow!("dimstore-server exited ({status}) before it was ready: {log}")
+        })?;
+        Ok(SpillServer {
+            child,
+            address: ready.address,
+            _dir: dir,
+        })
+    }
+
+    /// A connection of its own (each `Store` opens its own).
+    fn connect(&self) -> anyhow::Result<Store> {
+        let config = ClientConfig {
+            local: LocalMode::Off,
+            spawn: SpawnPolicy::Never,
+            timeout: Duration::from_secs(120),
+            ..ClientConfig::default()
+        };
+        Ok(Store::connect(&self.address, config)?)
+    }
+}
+
+impl Drop for SpillServer {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// Object `i`: `base` with its index in the first 8 bytes.
+fn object_bytes(base: &[u8], i: u64) -> Vec<u8> {
+    let mut bytes = base.to_vec();
+    let head = bytes.len().min(8);
+    bytes[..head].copy_from_slice(&i.to_le_bytes()[..head]);
+    bytes
+}
+
+fn measure(
+    server: &SpillServer,
+    args: &SpillArgs,
+    count: u64,
+    object: u64,
+) -> anyhow::Result<Measured> {
+    let getter = server.connect()?;
+    let putter = server.connect()?;
+    let hot_bytes = vec![0x5a; 4096];
+    let hot = getter.put(&hot_bytes)?;
+    let get_hot = |latencies: &mut Latencies| -> anyhow::Result<()> {
+        let start = Instant::now();
+        let bytes = getter.get(&hot)?;
+        latencies.record(start.elapsed());
+        ensure!(bytes[..] == hot_bytes[..], "the hot object changed");
+        Ok(())
+    };
+    eprintln!("spill: {} idle hot gets", args.idle_gets);
+    let mut idle = Latencies::default();
+    for _ in 0..args.idle_gets {
+        get_hot(&mut idle)?;
+    }
+    let base: Vec<u8> = (0..object).map(|i| (i * 131 % 251) as u8).collect();
+    eprintln!("spill: {count} puts of {object} bytes while timing hot gets");
+    let done = Arc::new(AtomicBool::new(false));
+    let (keys, put_wall, busy) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let putting = {
+            let done = Arc::clone(&done);
+            let base = &base;
+            let putter = &putter;
+            scope.spawn(move || -> anyhow::Result<(Vec<Key>, f64)> {
+                let start = Instant::now();
+                let keys = (0..count)
+                    .map(|i| putter.put(&object_bytes(base, i)))
+                    .collect::<Result<Vec<Key>, _>>();
+                let took = start.elapsed().as_secs_f64();
+                done.store(true, Ordering::Relaxed);
+                Ok((keys?, took))
+            })
+        };
+        let mut busy = Latencies::default();
+        while !done.load(Ordering::Relaxed) {
+            get_hot(&mut busy)?;
+        }
+        let (keys, took) = putting
+            .join()
+            .map_err(|_| anyhow::anyhow!("the putter panicked"))??;
+        Ok((keys, took, busy))
+    })?;
+    eprintln!("spill: reading {count} objects back");
+    let start = Instant::now();
+    for (i, key) in keys.iter().enumerate() {
+        let bytes = getter.get(key)?;
+        ensure!(
+            bytes[..] == object_bytes(&base, i as u64)[..],
+            "object {i} came back different"
+        );
+    }
+    let get_wall = start.elapsed().as_secs_f64();
+    let bytes = (count * object) as f64 / 1e6;
+    Ok(Measured {
+        // Filled in by the caller.
+        dd_write: 0.0,
+        dd_read: 0.0,
+        put_wall: bytes / put_wall,
+        get_wall: bytes / get_wall,
+        idle,
+        busy,
+        pressure: *getter.stats()?.pressure,
+    })
+}
+
+fn print_table(args: &SpillArgs, total: u64, m: &Measured) {
+    let rate = |bytes: u64, ns: u64| bytes as f64 / 1e6 / (ns.max(1) as f64 / 1e9);
+    let p = &m.pressure;
+    let write = rate(p.spill_written, p.spill_write_ns);
+    let read = rate(p.spill_read, p.spill_read_ns);
+    println!(
+        "spill: {} into {} of memory, {} objects, spill dir under {}, server CPUs {}, clients {}",
+        bytesize::ByteSize(total),
+        args.memory,
+        args.object,
+        args.dir.display(),
+        args.server_cpus,
+        args.client_cpus
+    );
+    println!("| measure | value | ratio |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| `dd oflag=direct` write, 1 MiB blocks | {:.0} MB/s | |",
+        m.dd_write
+    );
+    println!(
+        "| `dd iflag=direct` read, 1 MiB blocks | {:.0} MB/s | |",
+        m.dd_read
+    );
+    println!(
+        "| spill writes (server-timed, {} MiB) | {write:.0} MB/s | {:.0} % of dd write |",
+        p.spill_written >> 20,
+        100.0 * write / m.dd_write
+    );
+    println!(
+        "| restores (server-timed, {} MiB) | {read:.0} MB/s | {:.0} % of dd read |",
+        p.spill_read >> 20,
+        100.0 * read / m.dd_read
+    );
+    println!("| puts, end to end | {:.0} MB/s | |", m.put_wall);
+    println!(
+        "| gets (all back, checked), end to end | {:.0} MB/s | |",
+        m.get_wall
+    );
+    println!(
+        "| hot 4 KiB get, idle (median / p99, {} gets) | {:.1} / {:.1} µs | |",
+        m.idle.count(),
+        m.idle.median_us(),
+        m.idle.p99_us()
+    );
+    println!(
+        "| hot 4 KiB get, while spilling (median / p99, {} gets) | {:.1} / {:.1} µs | {:.2}× / {:.2}× idle |",
+        m.busy.count(),
+        m.busy.median_us(),
+        m.busy.p99_us(),
+        m.busy.median_us() / m.idle.median_us(),
+        m.busy.p99_us() / m.idle.p99_us()
+    );
+    println!(
+        "| spill failures / restores / spilled now | {} / {} / {} MiB | |",
+        p.spill_failures,
+        p.restores,
+        p.spilled_bytes >> 20
+    );
+}
