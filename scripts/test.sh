@@ -32,6 +32,23 @@ step "build (binaries the integration tests run, and the SPANK plugin the Slurm 
 cargo build --workspace --bins --examples --locked
 cargo build -p dimstore-spank --locked
 
+step "no default features (no UCX, no libfabric): client, server and C ABI build and link neither; their unit tests and the tcp/local suite pass"
+cargo build --locked --no-default-features -p dimstore -p dimstore-server -p dimstore-c
+if cargo tree --locked -p dimstore -p dimstore-c --no-default-features -e normal,build --prefix none | grep -E '^(ucx|libfabric)-sys '; then
+    echo "the client built without default features still depends on a fabric library" >&2
+    exit 1
+fi
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --no-default-features --no-fail-fast \
+        -p dimstore -p dimstore-server -p dimstore-proto -p dimstore-tests \
+        -E 'package(dimstore) | package(dimstore-server) | package(dimstore-proto) | binary_id(dimstore-tests::tcp) | binary_id(dimstore-tests::local)'
+else
+    cargo test --locked --no-default-features --no-fail-fast -p dimstore -p dimstore-server -p dimstore-proto
+    cargo test --locked --no-default-features --no-fail-fast -p dimstore-tests --test tcp --test local
+fi
+# The binaries the tests below run, with every backend again.
+cargo build --workspace --bins --locked
+
 if [ "$quick" = 0 ] && [ -x ci/fuzz-smoke.sh ]; then
     step "fuzz smoke run"
     ci/fuzz-smoke.sh 15

@@ -23,22 +23,20 @@ pub enum TransportChoice {
     /// node with RDMA hardware, the first one-sided transport the server offers and this
     /// process can start; else TCP. Without RDMA hardware the one-sided providers emulate
     /// reads over TCP or shared memory and are no faster than TCP's inline replies (see
-    /// docs/PERFORMANCE.md); force them with `ucx` / `ofi`.
+    /// docs/PERFORMANCE.md); force them by name.
     Auto,
     /// TCP only (bytes inline in replies).
     Tcp,
-    /// UCX one-sided reads; an error where it is not available.
-    Ucx,
-    /// libfabric one-sided reads; an error where it is not available.
-    Ofi,
+    /// One-sided reads by this backend of the `dimstore-backends` registry (`ucx`, `ofi`,
+    /// as this build has them); an error where it is not available.
+    OneSided(&'static str),
 }
 
 impl TransportChoice {
     /// The one-sided transport name of a forced choice.
     pub fn forced_one_sided(self) -> Option<&'static str> {
         match self {
-            TransportChoice::Ucx => Some("ucx"),
-            TransportChoice::Ofi => Some("ofi"),
+            TransportChoice::OneSided(name) => Some(name),
             TransportChoice::Auto | TransportChoice::Tcp => None,
         }
     }
@@ -46,15 +44,24 @@ impl TransportChoice {
 
 impl std::str::FromStr for TransportChoice {
     type Err = String;
+    /// `auto`, `tcp`, or the name of one of this build's one-sided backends.
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "auto" => Ok(TransportChoice::Auto),
             "tcp" => Ok(TransportChoice::Tcp),
-            "ucx" => Ok(TransportChoice::Ucx),
-            "ofi" => Ok(TransportChoice::Ofi),
-            other => Err(format!(
-                "DIMSTORE_TRANSPORT={other}: expected auto, tcp, ucx or ofi"
-            )),
+            name => match dimstore_backends::find(name) {
+                Some(backend) => Ok(TransportChoice::OneSided(backend.name())),
+                None => {
+                    let mut choices = vec!["auto", "tcp"];
+                    choices.extend(dimstore_backends::names());
+                    let last = choices.pop().unwrap_or_default();
+                    Err(format!(
+                        "DIMSTORE_TRANSPORT={name}: expected {} or {last} ({})",
+                        choices.join(", "),
+                        dimstore_backends::this_build()
+                    ))
+                }
+            },
         }
     }
 }
@@ -102,7 +109,8 @@ pub struct ClientConfig {
     /// With `map`: objects smaller than this are copied rather than mapped
     /// (`DIMSTORE_LOCAL_MAP_FROM`, default 16 KiB; a copy is cheaper than a lease there).
     pub local_map_from: u64,
-    /// Transport for object bytes (`DIMSTORE_TRANSPORT=auto|tcp|ucx|ofi`, default `auto`).
+    /// Transport for object bytes (`DIMSTORE_TRANSPORT=auto|tcp|ucx|ofi`, default `auto`;
+    /// `ucx` and `ofi` where this build has them).
     pub transport: TransportChoice,
     /// Objects from this size on are read one-sided; smaller ones come inline
     /// (`DIMSTORE_ONE_SIDED_FROM`, bytes, default 64 KiB).
@@ -247,5 +255,49 @@ fn default_runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("dimstore"),
         _ => std::env::temp_dir().join(format!("dimstore-{}", rustix::process::getuid().as_raw())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_choices_are_auto_tcp_and_this_builds_backends() {
+        assert_eq!("auto".parse(), Ok(TransportChoice::Auto));
+        assert_eq!("tcp".parse(), Ok(TransportChoice::Tcp));
+        for name in dimstore_backends::names() {
+            let choice: TransportChoice = name.parse().expect("a backend of this build");
+            assert_eq!(choice.forced_one_sided(), Some(name));
+        }
+        let error = "carrier-pigeon"
+            .parse::<TransportChoice>()
+            .expect_err("unknown");
+        assert!(
+            error.starts_with("DIMSTORE_TRANSPORT=carrier-pigeon: expected auto"),
+            "{error}"
+        );
+        assert!(error.contains(&dimstore_backends::this_build()), "{error}");
+    }
+
+    #[cfg(all(feature = "ucx", feature = "ofi"))]
+    #[test]
+    fn the_default_build_keeps_its_transport_names() {
+        assert_eq!("ucx".parse(), Ok(TransportChoice::OneSided("ucx")));
+        assert_eq!("ofi".parse(), Ok(TransportChoice::OneSided("ofi")));
+        let error = "x".parse::<TransportChoice>().expect_err("unknown");
+        assert!(
+            error.starts_with("DIMSTORE_TRANSPORT=x: expected auto, tcp, ucx or ofi"),
+            "{error}"
+        );
+    }
+
+    #[cfg(not(feature = "ucx"))]
+    #[test]
+    fn a_backend_compiled_out_is_refused_naming_what_the_build_has() {
+        let error = "ucx"
+            .parse::<TransportChoice>()
+            .expect_err("not in this build");
+        assert!(error.contains(&dimstore_backends::this_build()), "{error}");
     }
 }

@@ -48,7 +48,6 @@ pub use object::ObjectBytes;
 pub use proxy::{Proxy, ProxyError};
 pub use store::{PutOptions, Store};
 
-/// Restores the default SIGINT/SIGTERM dispositions that libraries loaded with libfabric
-/// (Debian's PSM providers) replace with handlers calling `exit(1)`. Programs that install
-/// their own handlers (tokio, signal-hook, which chain to the replaced one) call this first.
-pub use dimstore_transport_ofi::restore_default_signal_handlers;
+/// The registry of this build's transports (one-sided backends by cargo feature).
+pub use dimstore_backends as backends;
+pub use dimstore_backends::restore_default_signal_handlers;

@@ -77,9 +77,10 @@ pub struct Args {
     /// that process was killed without a chance to stop it.
     #[arg(long, env = "DIMSTORE_EXIT_WITH_PARENT")]
     pub exit_with_parent: bool,
-    /// One-sided (RDMA) transports to export object memory on: `auto` (each of ucx, ofi
-    /// that starts here; the others are logged and skipped), `none`, or a list like
-    /// `ucx,ofi` (each must start, or the server exits naming why). Both listen only on the
+    /// One-sided (RDMA) transports to export object memory on: `auto` (each of this build's,
+    /// ucx and ofi by default, that starts here; the others are logged and skipped), `none`,
+    /// or a list like `ucx,ofi` (each must start, or the server exits naming why; a name
+    /// this build lacks is an error naming those it has). Both listen only on the
     /// control interface (the listen address's; when listening on 0.0.0.0, the advertised
     /// address's) unless UCX_NET_DEVICES or DIMSTORE_OFI_NODE names another. UCX reads its
     /// own UCX_* variables; libfabric's provider comes from DIMSTORE_OFI_PROVIDER (default
@@ -226,9 +227,6 @@ pub enum OneSided {
     Required(Vec<String>),
 }
 
-/// One-sided transport names this build knows.
-pub const ONE_SIDED_TRANSPORTS: [&str; 2] = ["ucx", "ofi"];
-
 impl std::str::FromStr for OneSided {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -237,10 +235,14 @@ impl std::str::FromStr for OneSided {
             "none" | "" => Ok(OneSided::None),
             list => {
                 let names: Vec<String> = list.split(',').map(|n| n.trim().to_string()).collect();
-                match names.iter().find(|n| !ONE_SIDED_TRANSPORTS.contains(&n.as_str())) {
+                match names.iter().find(|n| dimstore_backends::find(n).is_none()) {
                     Some(bad) => Err(format!(
-                        "unknown one-sided transport {bad:?} (expected auto, none, or a list of {})",
-                        ONE_SIDED_TRANSPORTS.join(", ")
+                        "unknown one-sided transport {bad:?} (expected {}; {})",
+                        match dimstore_backends::names().as_slice() {
+                            [] => "auto or none".to_owned(),
+                            names => format!("auto, none, or a list of {}", names.join(", ")),
+                        },
+                        dimstore_backends::this_build()
                     )),
                     None => Ok(OneSided::Required(names)),
                 }
@@ -554,6 +556,35 @@ pub fn routable_ip() -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_sided_lists_name_this_builds_backends() {
+        assert_eq!("auto".parse(), Ok(OneSided::Auto));
+        assert_eq!(" none ".parse(), Ok(OneSided::None));
+        let every = dimstore_backends::names();
+        if !every.is_empty() {
+            assert_eq!(
+                every.join(", ").parse(),
+                Ok(OneSided::Required(
+                    every.iter().map(|n| n.to_string()).collect()
+                ))
+            );
+        }
+        let with_unknown: Vec<&str> = every.iter().copied().chain(["carrier-pigeon"]).collect();
+        let error = with_unknown
+            .join(",")
+            .parse::<OneSided>()
+            .expect_err("unknown name");
+        assert!(error.contains("\"carrier-pigeon\""), "{error}");
+        assert!(error.contains(&dimstore_backends::this_build()), "{error}");
+    }
+
+    #[cfg(not(feature = "ucx"))]
+    #[test]
+    fn a_backend_compiled_out_is_refused_naming_what_the_build_has() {
+        let error = "ucx".parse::<OneSided>().expect_err("not in this build");
+        assert!(error.contains(&dimstore_backends::this_build()), "{error}");
+    }
 
     #[test]
     fn flags_override_file_which_overrides_defaults() {

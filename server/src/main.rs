@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> anyhow::Result<()> {
     // Before any handler of ours: libfabric's PSM libraries install exiting SIGINT/SIGTERM
     // handlers at load time, which tokio would chain to.
-    let reset = dimstore_transport_ofi::restore_default_signal_handlers();
+    let reset = dimstore_backends::restore_default_signal_handlers();
     let config = ServerConfig::resolve(Args::parse())?;
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&config.log).context("invalid --log filter")?)

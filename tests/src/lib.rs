@@ -387,37 +387,36 @@ pub fn raw_hello(node: &str) -> Request {
 }
 
 /// The transports the suite runs against: `tcp` (everything over TCP), `local` (a client's
-/// own server over its Unix socket, with mapped gets), and the one-sided transports on each
-/// provider this machine has: `ucx-tcp`, `ucx-shm` (UCX_TLS=posix,sysv,cma), `ofi-tcp`
-/// (`tcp;ofi_rxm`), `ofi-shm`.
-pub const SUITE_TRANSPORTS: [&str; 6] =
-    ["tcp", "local", "ucx-tcp", "ucx-shm", "ofi-tcp", "ofi-shm"];
+/// own server over its Unix socket, with mapped gets), and every loopback variant of this
+/// build's one-sided backends (`ucx-tcp`, `ucx-shm` (UCX_TLS=posix,sysv,cma), `ofi-tcp`
+/// (`tcp;ofi_rxm`), `ofi-shm` by default; see `dimstore::backends`).
+pub fn suite_transports() -> Vec<&'static str> {
+    let one_sided = dimstore::backends::loopback_variants().map(|(_, v)| v.name);
+    dimstore::backends::STREAM_TRANSPORTS
+        .into_iter()
+        .chain(one_sided)
+        .collect()
+}
 
 /// Sets the environment a suite transport needs, for this process and the servers it
 /// starts (call first thing in a test: tests run one per process under nextest). One-sided
 /// transports are required of the servers (`DIMSTORE_ONE_SIDED`), so a transport that fails
 /// to start fails the test instead of silently falling back.
 pub fn prepare(transport: &str) {
-    let vars: &[(&str, &str)] = match transport {
-        "tcp" | "local" => &[("DIMSTORE_ONE_SIDED", "none")],
-        "ucx-tcp" => &[
-            ("DIMSTORE_ONE_SIDED", "ucx"),
-            ("UCX_TLS", "tcp"),
-            ("UCX_NET_DEVICES", "lo"),
-        ],
-        "ucx-shm" => &[("DIMSTORE_ONE_SIDED", "ucx"), ("UCX_TLS", "posix,sysv,cma")],
-        "ofi-tcp" => &[
-            ("DIMSTORE_ONE_SIDED", "ofi"),
-            ("DIMSTORE_OFI_PROVIDER", "tcp;ofi_rxm"),
-            ("DIMSTORE_OFI_NODE", "127.0.0.1"),
-        ],
-        "ofi-shm" => &[
-            ("DIMSTORE_ONE_SIDED", "ofi"),
-            ("DIMSTORE_OFI_PROVIDER", "shm"),
-        ],
-        other => panic!("unknown suite transport {other} (expected one of {SUITE_TRANSPORTS:?})"),
+    if dimstore::backends::STREAM_TRANSPORTS.contains(&transport) {
+        std::env::set_var("DIMSTORE_ONE_SIDED", "none");
+        return;
+    }
+    let Some((backend, variant)) =
+        dimstore::backends::loopback_variants().find(|(_, v)| v.name == transport)
+    else {
+        panic!(
+            "unknown suite transport {transport} (this build has {:?})",
+            suite_transports()
+        )
     };
-    for (name, value) in vars {
+    std::env::set_var("DIMSTORE_ONE_SIDED", backend.name());
+    for (name, value) in variant.env {
         std::env::set_var(name, value);
     }
 }
@@ -428,14 +427,17 @@ pub fn transport_name(transport: &str) -> &str {
 }
 
 /// Client configuration for tests: short timeout, never spawn, the given suite transport
-/// (see [`SUITE_TRANSPORTS`]).
+/// (see [`suite_transports`]).
 pub fn test_config(transport: &str) -> ClientConfig {
     let (local, choice) = match transport_name(transport) {
         "tcp" => (LocalMode::Off, TransportChoice::Tcp),
         "local" => (LocalMode::Map, TransportChoice::Auto),
-        "ucx" => (LocalMode::Off, TransportChoice::Ucx),
-        "ofi" => (LocalMode::Off, TransportChoice::Ofi),
-        other => panic!("unknown suite transport {other}"),
+        one_sided => (
+            LocalMode::Off,
+            one_sided
+                .parse()
+                .unwrap_or_else(|e| panic!("suite transport {transport}: {e}")),
+        ),
     };
     ClientConfig {
         timeout: Duration::from_secs(10),

@@ -6,8 +6,8 @@ use std::time::Duration;
 use dimstore::fleet::{Fleet, FleetNode, FLEET_FORMAT};
 use dimstore_proto::ReadyFile;
 use dimstore_tests::{
-    binary, dimstore_cli as dimstore, json_transport_row, pattern, processes_mentioning, stdout,
-    KillOnDrop, ServerOptions, TestServer,
+    binary, dimstore_cli as dimstore, pattern, processes_mentioning, stdout, KillOnDrop,
+    ServerOptions, TestServer,
 };
 
 #[test]
@@ -207,8 +207,10 @@ fn no_server_and_spawning_disabled_is_a_clear_error() {
 /// The one-sided CLI surface: `DIMSTORE_TRANSPORT=ucx|ofi dimstore get KEY -o FILE` moves the
 /// object by that transport (the owner's `stat --json` counts it per transport), and a
 /// transport the owner does not offer is a clear error, not a silent fallback.
+#[cfg(all(feature = "ucx", feature = "ofi"))]
 #[test]
 fn cli_gets_by_a_forced_one_sided_transport_and_stat_counts_it() {
+    use dimstore_tests::json_transport_row;
     let options = |node: &str| ServerOptions {
         node: node.into(),
         extra: vec!["--one-sided".into(), "ucx,ofi".into()],

@@ -7,6 +7,7 @@
 //!   the reply buffer, in chunks, with a bounded number of reads in flight per peer;
 //!   implements [`dimstore_transport::onesided::Reader`]. [`shared_reader`] gives one reader
 //!   per process and configuration.
+//! - [`OfiBackend`]: both, as the registry's `ofi` backend.
 //!
 //! Each side owns its libfabric objects (fabric, domain, RDM endpoint with `FI_MSG | FI_RMA`,
 //! address vector, completion queue) on one dedicated thread, the *fabric thread*: the safe
@@ -31,12 +32,14 @@
 //! `cxi`, ...), the local node address and the domain come from [`OfiConfig`] (see
 //! [`OfiConfig::from_env`]).
 
+mod backend;
 mod config;
 mod exporter;
 mod fabric;
 mod reader;
 mod register;
 
+pub use backend::OfiBackend;
 pub use config::OfiConfig;
 pub use dimstore_ofi::restore_default_signal_handlers;
 pub use exporter::OfiExporter;

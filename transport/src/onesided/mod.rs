@@ -10,6 +10,9 @@
 //! [`Reader`] into the reply buffer, releases the leases and returns an ordinary reply: the
 //! client above it cannot tell the difference.
 //!
+//! A fabric is one [`OneSidedBackend`] (its name, how to start both sides, when `auto`
+//! prefers it), listed once in the `dimstore-backends` registry.
+//!
 //! Each implementation owns its C objects on one thread per process (the "fabric thread"),
 //! which sleeps on the library's wait fd when idle and serves peers' emulated one-sided
 //! operations (UCX over tcp, libfabric's manual-progress providers) as they come.
@@ -21,11 +24,15 @@ use dimstore_arena::Segment;
 
 use crate::{AlignedBuf, TransportError};
 
+mod backend;
 mod connection;
 pub mod plan;
 mod target;
 mod thread;
 
+pub use backend::{
+    auto_order, ClientSide, ControlInterface, LoopbackVariant, OneSidedBackend, RdmaHardware,
+};
 // Where the client found them before the channels had a module of their own.
 pub use crate::channel::{ChannelConnection, Messenger};
 pub use connection::OneSidedConnection;

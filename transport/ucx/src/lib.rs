@@ -5,6 +5,7 @@
 //! - [`UcxReader`] (client side): reads registered memory of servers with `ucp_get_nbx`
 //!   straight into the reply buffer, in chunks, with a bounded number of reads in flight
 //!   per endpoint; [`shared_reader`] is the one reader of a process.
+//! - [`UcxBackend`]: both, as the registry's `ucx` backend.
 //!
 //! Each owns one UCX context and worker on a dedicated thread (the "fabric thread"): the
 //! wrappers of `dimstore-ucx` are single-threaded. The thread sleeps on the worker's event
@@ -25,6 +26,7 @@
 //! UCX itself is configured by its environment (`UCX_TLS`, `UCX_NET_DEVICES`, ...), read
 //! when the context is created; [`UcxConfig`] holds dimstore's own settings.
 
+mod backend;
 mod channel;
 mod config;
 mod exporter;
@@ -32,6 +34,7 @@ mod reader;
 mod register;
 mod wake;
 
+pub use backend::UcxBackend;
 pub use config::UcxConfig;
 pub use exporter::UcxExporter;
 pub use reader::{shared_reader, UcxReader};
