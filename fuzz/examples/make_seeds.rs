@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use dimstore_proto::{
     encode_request, encode_response, ErrorReply, FrameHeader, FrameKind, GetItem, Hello,
-    HelloReply, Invoke, Invoked, ObjectId, PutOptions, OneSidedOffer, Request, Reservation, Response, SegmentInfo, SegmentKey,
-    ServerStats, Status, TransportStats, HEADER_LEN,
+    HelloReply, Invoke, Invoked, ObjectId, OneSidedOffer, PutOptions, Request, Reservation,
+    Response, SegmentInfo, SegmentKey, ServerStats, Status, TransportStats, HEADER_LEN,
 };
 
 /// Control prefix of a `frame_decoder` input: limits byte (4096 / 4096), no chunk lengths.

@@ -29,7 +29,7 @@ use dimstore_engine::{
 use dimstore_proto::{
     decode_request, decode_response, encode_request, encode_response, frame::Frame, ErrorReply,
     FrameDecoder, FrameError, FrameHeader, FrameKind, FrameLimits, Request, RequestLimits,
-    Response,
+    Response, HEADER_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 use rkyv::util::AlignedVec;
@@ -149,6 +149,31 @@ fn check_engine(limits: FrameLimits, pieces: &[&[u8]], decoded: &Outcome) {
             other => panic!("closed with {other:?}, the decoder stopped on {error}"),
         },
         (None, None) => assert!(!engine.is_closed()),
+        // The engine refuses a response frame on its header; the decoder yields the frame
+        // only once its body and payload are in: a response header with its frame still
+        // incomplete closes the engine while the decoder waits for more.
+        (Some(Action::Close(closing)), None) => {
+            let consumed: usize = decoded
+                .0
+                .iter()
+                .map(|f| HEADER_LEN + f.body.len() + f.payload.len())
+                .sum();
+            let stream: Vec<u8> = pieces.concat();
+            let rest = &stream[consumed..];
+            let head: &[u8; HEADER_LEN] = rest
+                .first_chunk()
+                .expect("the engine closed before a whole header arrived");
+            let header = FrameHeader::decode(head, &limits).expect("a valid header");
+            assert_eq!(
+                header.kind,
+                FrameKind::Response,
+                "closed on a {:?} frame",
+                header.kind
+            );
+            assert!(closing.end.is_ok());
+            let last = closing.last.expect("a response frame is answered");
+            assert_eq!(answer_id(last.head()), header.request_id);
+        }
         _ => panic!("the engine and the decoder disagree on where the stream breaks"),
     }
 }
