@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn unknown_names_say_what_this_build_has() {
         let error = require("carrier-pigeon").map(|b| b.name()).unwrap_err();
-        let text = error.to_string();
+        let text = dimstore_transport::chain(&error).to_string();
         assert!(text.contains("carrier-pigeon"), "{text}");
         assert!(text.contains(&this_build()), "{text}");
         for name in names() {
