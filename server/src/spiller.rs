@@ -188,7 +188,10 @@ impl SpillWriter {
             .name("dimstore-spill".into())
             .spawn({
                 let queue = Arc::clone(&queue);
-                move || write_jobs(&queue, &dir, &*target)
+                move || {
+                    lower_this_threads_priority();
+                    write_jobs(&queue, &dir, &*target)
+                }
             })?;
         Ok(SpillWriter {
             queue,
@@ -199,6 +202,19 @@ impl SpillWriter {
     /// The queue.
     pub fn queue(&self) -> &SpillQueue<Job> {
         &self.queue
+    }
+}
+
+/// How much lower than the request threads the writer runs (a nice value): on a server
+/// confined to one CPU, a get must preempt the writer rather than queue behind its copies.
+const WRITER_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`WRITER_NICENESS`] (on Linux a
+/// thread id names just that thread); a refusal is logged and the writer runs as it is.
+fn lower_this_threads_priority() {
+    let me = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(me), WRITER_NICENESS) {
+        tracing::debug!(error = %e, "the spill writer keeps the server's priority");
     }
 }
 
