@@ -373,7 +373,11 @@ fn ucx_requests_travel_on_active_messages() {
     let client = owner.client("ucx-tcp");
     let key = client.put(&small).expect("put over tcp");
     assert_eq!(&client.get(&key).expect("get")[..], &small[..]);
-    let stats = watcher.stats().expect("stats");
+    // The server counts bytes once their write returned, which may be after the client
+    // already read them: wait (bounded) for the count rather than race it.
+    let stats = wait_stats(&watcher, "the inline reply was never counted", |s| {
+        row(s, "tcp").bytes_served >= 1000
+    });
     assert_eq!(
         row(&stats, "tcp").bytes_served,
         1000,
