@@ -38,6 +38,30 @@ impl FreeList {
         Some(offset)
     }
 
+    /// Takes `size` bytes starting at a multiple of `align` (a power of two) from the
+    /// smallest free range that holds them so aligned; returns the offset. The bytes skipped
+    /// before the aligned start stay free (smaller objects fill them).
+    pub fn allocate_aligned(&mut self, size: u64, align: u64) -> Option<u64> {
+        debug_assert!(align.is_power_of_two());
+        let (range_size, offset, start) =
+            self.by_size
+                .range((size, 0)..)
+                .find_map(|&(range_size, offset)| {
+                    let start = offset.checked_next_multiple_of(align)?;
+                    (start.checked_add(size)? <= offset + range_size)
+                        .then_some((range_size, offset, start))
+                })?;
+        self.remove(offset, range_size);
+        if start > offset {
+            self.insert(offset, start - offset);
+        }
+        let end = start + size;
+        if offset + range_size > end {
+            self.insert(end, offset + range_size - end);
+        }
+        Some(start)
+    }
+
     /// Returns `offset..offset+size` to the free list, merging it with free neighbours.
     ///
     /// # Panics
@@ -106,17 +130,30 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Alloc(u64),
+        /// An allocation of this size aligned to 1024 bytes.
+        AllocAligned(u64),
         Free(prop::sample::Index),
     }
+
+    const TEST_ALIGN: u64 = 1024;
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
         proptest::collection::vec(
             prop_oneof![
                 (1u64..64).prop_map(|n| Op::Alloc(n * 64)),
+                (1u64..64).prop_map(|n| Op::AllocAligned(n * 64)),
                 any::<prop::sample::Index>().prop_map(Op::Free),
             ],
             0..200,
         )
+    }
+
+    /// Whether some free range of `list` could hold `size` bytes at a multiple of `align`
+    /// (the brute-force model of `allocate_aligned`).
+    fn fits_aligned(list: &FreeList, size: u64, align: u64) -> bool {
+        list.by_offset
+            .iter()
+            .any(|(&o, &l)| o.next_multiple_of(align) + size <= o + l)
     }
 
     proptest! {
@@ -139,6 +176,19 @@ mod tests {
                             prop_assert!(list.largest_free() < size);
                         }
                     }
+                    Op::AllocAligned(size) => {
+                        let fits = fits_aligned(&list, size, TEST_ALIGN);
+                        if let Some(off) = list.allocate_aligned(size, TEST_ALIGN) {
+                            prop_assert_eq!(off % TEST_ALIGN, 0);
+                            prop_assert!(off + size <= LEN);
+                            for &(o, s) in &live {
+                                prop_assert!(off + size <= o || o + s <= off, "overlap");
+                            }
+                            live.push((off, size));
+                        } else {
+                            prop_assert!(!fits, "an aligned place was free but not found");
+                        }
+                    }
                     Op::Free(i) if !live.is_empty() => {
                         let (o, s) = live.swap_remove(i.index(live.len()));
                         list.free(o, s);
@@ -150,6 +200,8 @@ mod tests {
                 // Coalescing bounds fragmentation: never more free ranges than live
                 // allocations + 1.
                 prop_assert!(list.fragments() <= live.len() + 1);
+                // The two indexes agree.
+                prop_assert_eq!(list.by_offset.len(), list.by_size.len());
             }
             for (o, s) in live.drain(..) {
                 list.free(o, s);
@@ -158,6 +210,20 @@ mod tests {
             prop_assert_eq!(list.fragments(), 1);
             prop_assert_eq!(list.largest_free(), LEN);
         }
+    }
+
+    #[test]
+    fn aligned_allocations_leave_the_skipped_bytes_free() {
+        let mut list = FreeList::new(16 * 1024);
+        assert_eq!(list.allocate(64), Some(0));
+        // Best fit that holds 4096 bytes at a 4096 boundary: 4096, not 64.
+        assert_eq!(list.allocate_aligned(4096, 4096), Some(4096));
+        assert_eq!(list.free_bytes(), 16 * 1024 - 64 - 4096);
+        // The 4032 bytes skipped are still there for small objects.
+        assert_eq!(list.allocate(4032), Some(64));
+        // No aligned room for 12 KiB is left (8192..16384 holds 8 KiB).
+        assert_eq!(list.allocate_aligned(12 * 1024, 4096), None);
+        assert_eq!(list.allocate_aligned(8192, 4096), Some(8192));
     }
 
     #[test]

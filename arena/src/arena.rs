@@ -98,6 +98,11 @@ const POPULATE_FROM: u64 = 256 << 10;
 /// Page size: the unit a writer's segment is sized (and accounted) in.
 const PAGE: u64 = 4096;
 
+/// Ranges from this size on start on a page boundary, so that direct I/O (the spill
+/// writer's `O_DIRECT`) can use the object's own memory instead of copying it through a
+/// bounce buffer. The bytes skipped before the boundary stay free for smaller objects.
+const PAGE_ALIGN_FROM: u64 = 64 << 10;
+
 /// In-place objects from this size on stay in their writer's segment when published (a copy
 /// would cost more than the descriptor and mapping the segment keeps); smaller ones move
 /// to a shared segment.
@@ -181,7 +186,14 @@ impl Arena {
                 .slots
                 .iter_mut()
                 .filter(|(_, slot)| !slot.dedicated)
-                .find_map(|(&id, slot)| slot.free.allocate(rounded).map(|off| (id, off)))
+                .find_map(|(&id, slot)| {
+                    let offset = if rounded >= PAGE_ALIGN_FROM {
+                        slot.free.allocate_aligned(rounded, PAGE)
+                    } else {
+                        slot.free.allocate(rounded)
+                    };
+                    offset.map(|off| (id, off))
+                })
         };
         let (segment_id, offset) = match found {
             Some(hit) => hit,
@@ -634,6 +646,31 @@ mod tests {
         assert_eq!(arena.stats().used, 1024, "a lease keeps the bytes");
         drop(lease);
         assert_eq!(arena.stats().used, 0);
+    }
+
+    #[test]
+    fn objects_from_64_kib_start_on_a_page_in_shared_segments() {
+        let arena = arena(8 << 20);
+        let small = arena.allocate(100).expect("room");
+        let odd = (64 << 10) + 100;
+        let big = arena.allocate(odd).expect("room");
+        let after = arena.allocate(odd).expect("room");
+        for a in [&big, &after] {
+            assert_eq!(
+                a.location().expect("placed").0,
+                small.location().expect("placed").0,
+                "shared segment"
+            );
+            assert_eq!(a.as_slice().as_ptr() as usize % PAGE as usize, 0);
+        }
+        // The bytes skipped before the first page boundary serve a small object.
+        let filler = arena.allocate(1024).expect("room");
+        let (segment, offset) = filler.location().expect("placed");
+        assert_eq!(segment, small.location().expect("placed").0);
+        assert!(offset < PAGE, "placed in the gap, at {offset}");
+        // Accounting counts the objects, not the gaps.
+        let rounded = odd.div_ceil(ALIGN) * ALIGN;
+        assert_eq!(arena.stats().used, 128 + 2 * rounded + 1024);
     }
 
     #[test]
