@@ -444,10 +444,16 @@ pub struct PressureStats {
     pub consumed: u64,
     /// Objects with a time to live, a lease or an owner now.
     pub with_lifetime: u64,
-    /// Bytes in spill files now.
+    /// Bytes of objects spilled now (on disk only, not in memory).
     pub spilled_bytes: u64,
-    /// Objects in spill files now.
+    /// Objects spilled now.
     pub spilled_objects: u64,
+    /// Bytes of spill files kept for objects restored to memory unchanged: spilling one of
+    /// them again writes nothing (counted against the spill limit, given up when it is
+    /// reached).
+    pub spill_kept_bytes: u64,
+    /// Objects spilled again by going back to their kept file, without a write, since start.
+    pub respills: u64,
     /// Objects read back from spill files since start.
     pub restores: u64,
     /// Spills that failed (disk full, spill limit, I/O error) since start; the objects

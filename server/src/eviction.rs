@@ -111,9 +111,32 @@ impl Order {
         *rank = new;
     }
 
+    /// Takes a ranked object out of the order while it is on disk (spilled), so that looking
+    /// for cold objects in memory does not walk past it; it keeps `rank` (an LFU count) for
+    /// [`Order::readmit`].
+    pub fn park(&mut self, id: ObjectId, rank: Rank) {
+        self.ranks.remove(&(rank, id));
+    }
+
+    /// Puts a parked object back in the order: it was just read back from disk (a read,
+    /// except under FIFO, where it keeps its place).
+    pub fn readmit(&mut self, id: ObjectId, rank: &mut Rank) {
+        match self.policy {
+            Policy::None | Policy::Fifo => {
+                self.ranks.insert((*rank, id));
+            }
+            Policy::Lru | Policy::Lfu => self.touch(id, rank),
+        }
+    }
+
     /// Forgets a ranked object (evicted, consumed, expired).
     pub fn remove(&mut self, id: ObjectId, rank: Rank) {
         self.ranks.remove(&(rank, id));
+    }
+
+    /// Ranked objects, hottest first.
+    pub fn hottest(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        self.ranks.iter().rev().map(|&(_, id)| id)
     }
 
     /// Ranked objects, coldest first.
@@ -171,6 +194,33 @@ mod tests {
         assert_eq!(coldest(&order), [2, 0, 1]);
         order.remove(ObjectId(2), ranks[2]);
         assert_eq!(coldest(&order), [0, 1]);
+    }
+
+    #[test]
+    fn parked_objects_leave_the_order_and_come_back_by_policy() {
+        for (policy, after) in [
+            // A read back from disk is a read under LRU and LFU (object 0 was read twice
+            // before, so LFU ranks it above 1 and 2 as well)...
+            (Policy::Lru, [1, 2, 0]),
+            (Policy::Lfu, [1, 2, 0]),
+            // ...and FIFO keeps the place it had.
+            (Policy::Fifo, [0, 1, 2]),
+        ] {
+            let mut order = Order::new(policy);
+            let mut ranks: Vec<Rank> = (0..3)
+                .map(|i| order.insert(ObjectId(i)).expect("ranked"))
+                .collect();
+            order.touch(ObjectId(0), &mut ranks[0]);
+            order.touch(ObjectId(0), &mut ranks[0]);
+            order.park(ObjectId(0), ranks[0]);
+            assert_eq!(coldest(&order), [1, 2], "{policy:?}");
+            order.readmit(ObjectId(0), &mut ranks[0]);
+            assert_eq!(coldest(&order), after, "{policy:?}");
+            assert_eq!(
+                order.hottest().map(|id| id.0).collect::<Vec<_>>(),
+                after.iter().rev().copied().collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

@@ -93,6 +93,13 @@ pub struct SpillCounters {
     pub failures: AtomicU64,
     /// Bytes of objects queued for spilling, counted against the limit until written.
     pub reserved: AtomicU64,
+    /// Bytes of the files among [`SpillCounters::bytes`] kept for objects that are back in
+    /// memory unchanged ([`KeptFile`]).
+    pub kept_bytes: AtomicU64,
+    /// Files among [`SpillCounters::files`] kept that way.
+    pub kept_files: AtomicU64,
+    /// Objects spilled again by going back to their kept file, without a write.
+    pub respills: AtomicU64,
 }
 
 /// This server's spill directory.
@@ -148,12 +155,19 @@ impl SpillDir {
     /// Counts `len` bytes of an object about to be spilled against the limit (until
     /// [`SpillDir::write_reserved`] or [`SpillDir::unreserve`]); `Limit` if they do not fit.
     pub fn reserve(&self, len: u64) -> Result<(), SpillError> {
+        self.try_reserve(len).inspect_err(|_| {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// [`SpillDir::reserve`] without counting a refusal as a spill failure (the caller has
+    /// another way to find room).
+    pub fn try_reserve(&self, len: u64) -> Result<(), SpillError> {
         let c = &self.counters;
         let reserved = c.reserved.fetch_add(len, Ordering::Relaxed);
         let used = c.bytes.load(Ordering::Relaxed).saturating_add(reserved);
         if used.saturating_add(len) > self.limit {
             c.reserved.fetch_sub(len, Ordering::Relaxed);
-            c.failures.fetch_add(1, Ordering::Relaxed);
             return Err(SpillError::Limit {
                 limit: self.limit,
                 used,
@@ -429,6 +443,59 @@ impl SpillFile {
     /// Whether the object is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// The spill file of an object that was restored and is in memory again. Objects never
+/// change once sealed, so the file still holds its bytes: spilling the object again is
+/// going back to this file ([`KeptFile::respill`]), with no write. Counted in
+/// [`SpillCounters::kept_bytes`] while kept; the file goes with the object, or earlier
+/// when the spill limit needs its room.
+#[derive(Debug)]
+pub struct KeptFile(Option<Arc<SpillFile>>);
+
+impl KeptFile {
+    /// Keeps `file`, the spill file of an object just restored.
+    pub fn new(file: Arc<SpillFile>) -> KeptFile {
+        let c = &file.counters;
+        c.kept_bytes.fetch_add(file.len, Ordering::Relaxed);
+        c.kept_files.fetch_add(1, Ordering::Relaxed);
+        KeptFile(Some(file))
+    }
+
+    /// The object's size.
+    pub fn len(&self) -> u64 {
+        self.0.as_ref().map_or(0, |f| f.len)
+    }
+
+    /// Whether the object is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The file as the object's only copy again (its memory is about to be freed).
+    pub fn respill(mut self) -> Arc<SpillFile> {
+        let file = self
+            .0
+            .take()
+            .expect("a kept file holds its file until dropped");
+        Self::forget(&file);
+        file.counters.respills.fetch_add(1, Ordering::Relaxed);
+        file
+    }
+
+    fn forget(file: &SpillFile) {
+        let c = &file.counters;
+        c.kept_bytes.fetch_sub(file.len, Ordering::Relaxed);
+        c.kept_files.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for KeptFile {
+    fn drop(&mut self) {
+        if let Some(file) = self.0.take() {
+            Self::forget(&file);
+        }
     }
 }
 

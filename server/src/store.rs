@@ -25,7 +25,7 @@ use dimstore_transport::chain;
 use tokio::sync::Notify;
 
 use crate::eviction::{Evicted, Order, Policy, Rank};
-use crate::spill::{SpillDir, SpillError, SpillFile};
+use crate::spill::{KeptFile, SpillDir, SpillError, SpillFile};
 use crate::spiller::{Job, SpillTarget, SpillWriter};
 
 /// A stored object: shared, read-only arena memory. Each clone is a lease.
@@ -81,7 +81,11 @@ impl Lifetime {
 /// Where a sealed object's bytes are.
 #[derive(Debug)]
 enum Data {
-    Memory(Object),
+    /// In memory; `kept` is its spill file from before it was restored, if still on disk.
+    Memory {
+        object: Object,
+        kept: Option<KeptFile>,
+    },
     /// Spilled to disk; shared so a restore can read it without the table lock.
     Disk(Arc<SpillFile>),
 }
@@ -175,7 +179,7 @@ impl Table {
         self.entries.insert(
             id,
             Entry::Sealed(Stored {
-                data: Data::Memory(object),
+                data: Data::Memory { object, kept: None },
                 lifetime,
                 rank,
             }),
@@ -250,7 +254,7 @@ impl Table {
                 Lookup::Evicted
             }
             Some(Entry::Sealed(Stored {
-                data: Data::Memory(object),
+                data: Data::Memory { object, .. },
                 ..
             })) => Lookup::Found(object.clone()),
             Some(Entry::Sealed(_)) => Lookup::Spilled,
@@ -339,7 +343,7 @@ impl TableTarget {
 
 /// Whether `stored` holds exactly `object` in memory.
 fn holds(stored: &Stored, object: &Object) -> bool {
-    matches!(&stored.data, Data::Memory(o) if o.as_slice().as_ptr() == object.as_slice().as_ptr() && o.len() == object.len())
+    matches!(&stored.data, Data::Memory { object: o, .. } if o.as_slice().as_ptr() == object.as_slice().as_ptr() && o.len() == object.len())
 }
 
 impl SpillTarget for TableTarget {
@@ -356,8 +360,12 @@ impl SpillTarget for TableTarget {
             }
         };
         let mut table = self.table();
-        let freed = match table.entries.get_mut(&id) {
+        let Table { entries, order, .. } = &mut *table;
+        let freed = match entries.get_mut(&id) {
             Some(Entry::Sealed(stored)) if holds(stored, object) => {
+                if let Some(rank) = stored.rank {
+                    order.park(id, rank);
+                }
                 Some(std::mem::replace(&mut stored.data, Data::Disk(file)))
             }
             // Evicted or consumed while being written: the file goes (dropped below).
@@ -476,7 +484,7 @@ impl ObjectStore {
             let wanted =
                 (used - low_water(capacity)).saturating_sub(spilling.writer.queue().pending());
             if wanted > 0 {
-                self.queue_coldest(spilling, wanted);
+                self.spill_coldest(spilling, wanted);
             }
         }
     }
@@ -543,8 +551,9 @@ impl ObjectStore {
             let queue = spilling.writer.queue();
             let seen = queue.progress();
             let more = needed.saturating_sub(queue.pending());
-            if more > 0 {
-                self.queue_coldest(spilling, more);
+            if more > 0 && self.spill_coldest(spilling, more) > 0 {
+                // Objects went back to their kept files: memory is free already.
+                return true;
             }
             if queue.pending() > 0 {
                 let now = blocking(|| queue.wait_progress(seen, deadline));
@@ -568,7 +577,7 @@ impl ObjectStore {
                 break;
             }
             if let Some(Entry::Sealed(Stored {
-                data: Data::Memory(object),
+                data: Data::Memory { object, .. },
                 ..
             })) = table.entries.get(&id)
             {
@@ -598,14 +607,49 @@ impl ObjectStore {
         !dropped.is_empty()
     }
 
-    /// Queues the coldest objects in memory, about `needed` bytes' worth, for the spill
-    /// writer (as far as the queue and the spill limit take them). A spill limit that is
-    /// reached logs a line; the objects stay in memory.
-    fn queue_coldest(&self, spilling: &Spilling, needed: u64) {
-        let candidates = Self::coldest_in_memory(&self.table(), needed);
+    /// Spills the coldest objects in memory, about `needed` bytes' worth: one restored
+    /// earlier goes back to its kept file at once (no write); the others are queued for the
+    /// spill writer, as far as the queue and the spill limit take them (kept files of
+    /// objects in memory give up their room to them first). A spill limit that is reached
+    /// logs a line; the objects stay in memory. Returns the bytes freed at once.
+    fn spill_coldest(&self, spilling: &Spilling, needed: u64) -> u64 {
+        let mut table = self.table();
+        let candidates = Self::coldest_in_memory(&table, needed);
+        let mut freed = Vec::new();
+        let mut to_write = Vec::new();
+        let Table { entries, order, .. } = &mut *table;
         for (id, object) in candidates {
+            let Some(Entry::Sealed(stored)) = entries.get_mut(&id) else {
+                continue;
+            };
+            let kept = match &mut stored.data {
+                Data::Memory { kept, .. } => kept.take(),
+                Data::Disk(_) => None,
+            };
+            match kept {
+                Some(kept) => {
+                    if let Some(rank) = stored.rank {
+                        order.park(id, rank);
+                    }
+                    let file = Data::Disk(kept.respill());
+                    freed.push(std::mem::replace(&mut stored.data, file));
+                }
+                None => to_write.push((id, object)),
+            }
+        }
+        drop(table);
+        let freed_bytes = freed
+            .iter()
+            .map(|d| match d {
+                Data::Memory { object, .. } => object.len().max(1),
+                Data::Disk(_) => 0,
+            })
+            .sum();
+        // The memory goes here, outside the lock.
+        drop(freed);
+        for (id, object) in to_write {
             let len = object.len();
-            if let Err(e) = spilling.dir.reserve(len) {
+            if let Err(e) = self.reserve_spill_room(spilling, len) {
                 tracing::warn!(error = %chain(&e), "cannot spill: the object stays in memory");
                 break;
             }
@@ -619,6 +663,47 @@ impl ObjectStore {
                 break;
             }
         }
+        freed_bytes
+    }
+
+    /// Reserves `len` bytes of the spill limit, giving up kept files (of objects in memory,
+    /// hottest first) to find them if the limit is reached.
+    fn reserve_spill_room(&self, spilling: &Spilling, len: u64) -> Result<(), SpillError> {
+        match spilling.dir.try_reserve(len) {
+            Err(SpillError::Limit { .. }) => {
+                self.drop_kept_files(len);
+                spilling.dir.reserve(len)
+            }
+            other => other,
+        }
+    }
+
+    /// Removes kept spill files of objects in memory, the most recently read first (the
+    /// least likely to be spilled again), until `wanted` bytes are gone; returns the bytes.
+    fn drop_kept_files(&self, wanted: u64) -> u64 {
+        let mut table = self.table();
+        let Table { entries, order, .. } = &mut *table;
+        let mut dropped = Vec::new();
+        let mut bytes = 0;
+        for id in order.hottest() {
+            if bytes >= wanted {
+                break;
+            }
+            if let Some(Entry::Sealed(Stored {
+                data: Data::Memory { kept, .. },
+                ..
+            })) = entries.get_mut(&id)
+            {
+                if let Some(k) = kept.take() {
+                    bytes += k.len();
+                    dropped.push(k);
+                }
+            }
+        }
+        drop(table);
+        // The files go here, outside the lock.
+        drop(dropped);
+        bytes
     }
 
     /// Brings spilled objects among `found` (the lookup of `ids`) back into memory. A
@@ -663,11 +748,15 @@ impl ObjectStore {
             Some(Entry::Sealed(stored)) if matches!(&stored.data, Data::Disk(f) if Arc::ptr_eq(f, &file)) =>
             {
                 if let Some(rank) = &mut stored.rank {
-                    order.touch(*id, rank);
+                    order.readmit(*id, rank);
                 }
+                // The file stays: spilling the unchanged object again needs no write.
                 Some(std::mem::replace(
                     &mut stored.data,
-                    Data::Memory(object.clone()),
+                    Data::Memory {
+                        object: object.clone(),
+                        kept: Some(KeptFile::new(Arc::clone(&file))),
+                    },
                 ))
             }
             _ => None,
@@ -826,8 +915,10 @@ impl ObjectStore {
         let c = spill.counters();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PressureStats {
-            spilled_bytes: get(&c.bytes),
-            spilled_objects: get(&c.files),
+            spilled_bytes: get(&c.bytes).saturating_sub(get(&c.kept_bytes)),
+            spilled_objects: get(&c.files).saturating_sub(get(&c.kept_files)),
+            spill_kept_bytes: get(&c.kept_bytes),
+            respills: get(&c.respills),
             restores: get(&c.restores),
             spill_failures: get(&c.failures),
             spill_written: get(&c.written),
@@ -1356,6 +1447,129 @@ mod tests {
             1,
             "only the lock"
         );
+    }
+
+    /// The spill file of `id` in `store`'s spill directory: its inode and modification time.
+    fn spill_file_identity(store: &ObjectStore, id: ObjectId) -> (u64, std::time::SystemTime) {
+        use std::os::unix::fs::MetadataExt;
+        let path = store
+            .spill()
+            .expect("spill")
+            .path()
+            .join(format!("{:032x}", id.0));
+        let meta = std::fs::metadata(&path).expect("spill file");
+        (meta.ino(), meta.modified().expect("mtime"))
+    }
+
+    /// Restores `id` and checks every byte is `fill`.
+    fn restore_and_check(store: &ObjectStore, id: ObjectId, fill: u8) {
+        let found = store.restore(&[id], store.lookup(&[id])).expect("restore");
+        let [Lookup::Found(object)] = &found[..] else {
+            panic!("object {fill}: {found:?}");
+        };
+        assert!(
+            object.as_slice().iter().all(|&b| b == fill),
+            "object {fill}"
+        );
+    }
+
+    /// Waits (bounded) until the spill writer has nothing pending.
+    fn spills_settle(store: &ObjectStore) {
+        let queue = store.spill.as_ref().expect("spilling").writer.queue();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while queue.pending() > 0 {
+            assert!(Instant::now() < deadline, "the spill writer is stuck");
+            queue.wait_progress(queue.progress(), deadline);
+        }
+    }
+
+    #[test]
+    fn a_restored_object_spills_again_to_its_kept_file_without_a_write() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let spill = SpillDir::open(root.path(), 1 << 30).expect("spill dir");
+        let store = store(1 << 20, Duration::from_secs(60))
+            .with_spill(spill)
+            .expect("spill writer");
+        let quarter = (1 << 20) / 4;
+        let put_filled = |fill: u8| {
+            let mut a = store.allocate(&[quarter]).expect("room by spilling");
+            a[0].as_mut_slice().fill(fill);
+            store.insert(a)[0]
+        };
+        let first = put_filled(0);
+        for i in 1..8u8 {
+            put_filled(i);
+        }
+        spills_settle(&store);
+        assert!(matches!(store.lookup(&[first])[..], [Lookup::Spilled]));
+        let on_disk = spill_file_identity(&store, first);
+        restore_and_check(&store, first, 0);
+        let after_restore = store.pressure();
+        assert_eq!(after_restore.spill_kept_bytes, quarter, "{after_restore:?}");
+        assert_eq!(
+            spill_file_identity(&store, first),
+            on_disk,
+            "the file is kept"
+        );
+        // Four more objects push everything in memory out, the restored one too.
+        for i in 8..12u8 {
+            put_filled(i);
+        }
+        spills_settle(&store);
+        assert!(matches!(store.lookup(&[first])[..], [Lookup::Spilled]));
+        let now = store.pressure();
+        assert_eq!(now.respills, 1, "{now:?}");
+        assert_eq!(now.spill_kept_bytes, 0, "{now:?}");
+        assert_eq!(
+            spill_file_identity(&store, first),
+            on_disk,
+            "spilled again to the same file, not rewritten"
+        );
+        restore_and_check(&store, first, 0);
+        // Evicted, the object's kept file goes too.
+        store.evict(&[first]);
+        assert_eq!(store.pressure().spill_kept_bytes, 0);
+        assert!(!store
+            .spill()
+            .expect("spill")
+            .path()
+            .join(format!("{:032x}", first.0))
+            .exists());
+    }
+
+    #[test]
+    fn kept_files_give_their_room_to_new_spills_at_the_spill_limit() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let quarter = (1 << 20) / 4;
+        // Room on disk for five objects: the seven put need at least three there, and every
+        // restore leaves a kept file behind.
+        let spill = SpillDir::open(root.path(), 5 * quarter).expect("spill dir");
+        let store = store(1 << 20, Duration::from_secs(60))
+            .with_spill(spill)
+            .expect("spill writer");
+        let ids: Vec<ObjectId> = (0..7u8)
+            .map(|i| {
+                let mut a = store.allocate(&[quarter]).expect("room by spilling");
+                a[0].as_mut_slice().fill(i);
+                store.insert(a)[0]
+            })
+            .collect();
+        for round in 0..3 {
+            for (i, id) in ids.iter().enumerate() {
+                spills_settle(&store);
+                let found = store.restore(&[*id], store.lookup(&[*id]));
+                let found = found.unwrap_or_else(|e| panic!("round {round}, object {i}: {e}"));
+                let [Lookup::Found(object)] = &found[..] else {
+                    panic!("round {round}, object {i}: {found:?}");
+                };
+                assert!(object.as_slice().iter().all(|&b| b == i as u8));
+            }
+        }
+        let pressure = store.pressure();
+        assert_eq!(pressure.spill_failures, 0, "{pressure:?}");
+        assert!(pressure.spill_kept_bytes > 0, "restores still keep files: {pressure:?}");
+        let c = store.spill().expect("spill").counters();
+        assert!(c.bytes.load(Ordering::Relaxed) <= 5 * quarter);
     }
 
     #[test]

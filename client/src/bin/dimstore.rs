@@ -390,6 +390,8 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
         "with_lifetime": s.pressure.with_lifetime,
         "spilled_bytes": s.pressure.spilled_bytes,
         "spilled_objects": s.pressure.spilled_objects,
+        "spill_kept_bytes": s.pressure.spill_kept_bytes,
+        "respills": s.pressure.respills,
         "restores": s.pressure.restores,
         "spill_failures": s.pressure.spill_failures,
         "spill_write_mb_s": mb_per_s(s.pressure.spill_written, s.pressure.spill_write_ns),
