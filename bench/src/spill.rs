@@ -6,7 +6,9 @@
 //! `--object`-sized puts from one connection while a second connection reads a hot 4 KiB
 //! object in a loop; then every object is read back and checked byte for byte. The server
 //! and the clients are pinned to fixed CPUs (`--server-cpus`, `--client-cpus`) for the
-//! whole run. Every loop is bounded by the object count.
+//! whole run. A control run then puts the same objects into a server with room for all of
+//! them (no spilling), timing the same hot get, so the cost of the put traffic itself and
+//! the cost of spilling show apart. Every loop is bounded by the object count.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -66,6 +68,16 @@ struct Measured {
     idle: Latencies,
     busy: Latencies,
     pressure: PressureStats,
+    /// The control: the same puts into a server with room for all of them (no spilling).
+    control: Control,
+}
+
+/// The control run: hot gets while the same puts go to a server that does not spill.
+#[derive(Debug, Default)]
+struct Control {
+    put_wall: f64,
+    idle: Latencies,
+    busy: Latencies,
 }
 
 /// Runs the spill benchmark and prints its table.
@@ -83,13 +95,18 @@ pub fn run(args: &SpillArgs) -> anyhow::Result<()> {
         Some(bin) => bin.clone(),
         None => crate::options::default_server_bin()?,
     };
-    let server = {
+    let start_server = |spill: Option<&Path>, memory: u64| {
         let _pinned = Pinned::to(cpus(&args.server_cpus)?.as_deref())?;
-        SpillServer::start(&bin, args.memory.as_u64(), &root.path().join("spill"))?
+        SpillServer::start(&bin, memory, spill)
     };
+    let server = start_server(Some(&root.path().join("spill")), args.memory.as_u64())?;
     let _pinned = Pinned::to(cpus(&args.client_cpus)?.as_deref())?;
     let mut measured = measure(&server, args, count, object)?;
     drop(server);
+    eprintln!("spill: control: the same puts into a server with room for all (no spilling)");
+    let roomy = start_server(None, total + args.memory.as_u64())?;
+    measured.control = measure_control(&roomy, args, count, object)?;
+    drop(roomy);
     measured.dd_write = dd_write;
     measured.dd_read = dd_read;
     print_table(args, count * object, &measured);
@@ -151,12 +168,17 @@ struct SpillServer {
 }
 
 impl SpillServer {
-    fn start(bin: &Path, memory: u64, spill: &Path) -> anyhow::Result<SpillServer> {
+    /// A server of `memory` bytes spilling to `spill` (none: refusing puts when full).
+    fn start(bin: &Path, memory: u64, spill: Option<&Path>) -> anyhow::Result<SpillServer> {
         let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
         let ready_path = dir.path().join("ready.json");
         let log_path = dir.path().join("server.log");
         let log = std::fs::File::create(&log_path)?;
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if let Some(spill) = spill {
+            command.arg("--spill-dir").arg(spill);
+        }
+        let mut child = command
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -169,8 +191,6 @@ impl SpillServer {
             .arg(memory.to_string())
             .arg("--segment-size")
             .arg(memory.to_string())
-            .arg("--spill-dir")
-            .arg(spill)
             .arg("--ready-file")
             .arg(&ready_path)
             .arg("--runtime-dir")
@@ -218,12 +238,27 @@ fn object_bytes(base: &[u8], i: u64) -> Vec<u8> {
     bytes
 }
 
-fn measure(
+/// Hot gets of one 4 KiB object, idle and while `count` objects are put from a second
+/// connection: the getter, the keys put, the put rate (MB/s) and the two latency sets.
+struct HotGets {
+    getter: Store,
+    keys: Vec<Key>,
+    put_wall: f64,
+    idle: Latencies,
+    busy: Latencies,
+}
+
+/// Object `i`'s bytes in every run.
+fn object_base(object: u64) -> Vec<u8> {
+    (0..object).map(|i| (i * 131 % 251) as u8).collect()
+}
+
+fn put_while_timing_hot_gets(
     server: &SpillServer,
     args: &SpillArgs,
     count: u64,
     object: u64,
-) -> anyhow::Result<Measured> {
+) -> anyhow::Result<HotGets> {
     let getter = server.connect()?;
     let putter = server.connect()?;
     let hot_bytes = vec![0x5a; 4096];
@@ -240,7 +275,7 @@ fn measure(
     for _ in 0..args.idle_gets {
         get_hot(&mut idle)?;
     }
-    let base: Vec<u8> = (0..object).map(|i| (i * 131 % 251) as u8).collect();
+    let base = object_base(object);
     eprintln!("spill: {count} puts of {object} bytes while timing hot gets");
     let done = Arc::new(AtomicBool::new(false));
     let (keys, put_wall, busy) = std::thread::scope(|scope| -> anyhow::Result<_> {
@@ -267,7 +302,30 @@ fn measure(
             .map_err(|_| anyhow::anyhow!("the putter panicked"))??;
         Ok((keys, took, busy))
     })?;
+    Ok(HotGets {
+        getter,
+        keys,
+        put_wall: (count * object) as f64 / 1e6 / put_wall,
+        idle,
+        busy,
+    })
+}
+
+fn measure(
+    server: &SpillServer,
+    args: &SpillArgs,
+    count: u64,
+    object: u64,
+) -> anyhow::Result<Measured> {
+    let HotGets {
+        getter,
+        keys,
+        put_wall,
+        idle,
+        busy,
+    } = put_while_timing_hot_gets(server, args, count, object)?;
     eprintln!("spill: reading {count} objects back");
+    let base = object_base(object);
     let start = Instant::now();
     for (i, key) in keys.iter().enumerate() {
         let bytes = getter.get(key)?;
@@ -282,11 +340,31 @@ fn measure(
         // Filled in by the caller.
         dd_write: 0.0,
         dd_read: 0.0,
-        put_wall: bytes / put_wall,
+        put_wall,
         get_wall: bytes / get_wall,
         idle,
         busy,
         pressure: *getter.stats()?.pressure,
+        control: Control::default(),
+    })
+}
+
+fn measure_control(
+    server: &SpillServer,
+    args: &SpillArgs,
+    count: u64,
+    object: u64,
+) -> anyhow::Result<Control> {
+    let hot = put_while_timing_hot_gets(server, args, count, object)?;
+    let pressure = hot.getter.stats()?.pressure;
+    ensure!(
+        pressure.spill_written == 0 && pressure.policy_evictions == 0,
+        "the control server spilled or evicted: {pressure:?}"
+    );
+    Ok(Control {
+        put_wall: hot.put_wall,
+        idle: hot.idle,
+        busy: hot.busy,
     })
 }
 
@@ -343,10 +421,27 @@ fn print_table(args: &SpillArgs, total: u64, m: &Measured) {
         m.busy.median_us() / m.idle.median_us(),
         m.busy.p99_us() / m.idle.p99_us()
     );
+    let c = &m.control;
     println!(
-        "| spill failures / restores / spilled now | {} / {} / {} MiB | |",
+        "| control, no spilling: puts end to end | {:.0} MB/s | |",
+        c.put_wall
+    );
+    println!(
+        "| control, no spilling: hot get idle / while putting (median) | {:.1} / {:.1} µs | {:.2}× idle |",
+        c.idle.median_us(),
+        c.busy.median_us(),
+        c.busy.median_us() / c.idle.median_us()
+    );
+    println!(
+        "| hot get while spilling vs while putting without spilling (median / p99) | | {:.2}× / {:.2}× |",
+        m.busy.median_us() / c.busy.median_us(),
+        m.busy.p99_us() / c.busy.p99_us()
+    );
+    println!(
+        "| spill failures / restores / spilled again with no write (kept file) / spilled now | {} / {} / {} / {} MiB | |",
         p.spill_failures,
         p.restores,
+        p.respills,
         p.spilled_bytes >> 20
     );
 }

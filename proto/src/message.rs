@@ -461,11 +461,12 @@ pub struct PressureStats {
     pub spill_failures: u64,
     /// Bytes written to spill files since start.
     pub spill_written: u64,
-    /// Nanoseconds spent writing them (write throughput: bytes / time).
+    /// Nanoseconds during which a spill write was in flight (writes overlap; the spill
+    /// bandwidth is `spill_written / spill_write_ns`).
     pub spill_write_ns: u64,
     /// Bytes read back since start.
     pub spill_read: u64,
-    /// Nanoseconds spent reading them.
+    /// Nanoseconds during which a restore read was in flight.
     pub spill_read_ns: u64,
 }
 

@@ -81,11 +81,12 @@ pub struct SpillCounters {
     pub files: AtomicU64,
     /// Bytes written since start.
     pub written: AtomicU64,
-    /// Nanoseconds spent writing.
+    /// Nanoseconds during which at least one write was in flight (writes overlap: this is
+    /// the disk's busy time, so `written / write_ns` is the spill bandwidth).
     pub write_ns: AtomicU64,
     /// Bytes read back since start.
     pub read: AtomicU64,
-    /// Nanoseconds spent reading.
+    /// Nanoseconds during which at least one restore read was in flight.
     pub read_ns: AtomicU64,
     /// Objects restored since start.
     pub restores: AtomicU64,
@@ -110,6 +111,9 @@ pub struct SpillDir {
     counters: Arc<SpillCounters>,
     /// Whether the file system takes direct I/O (cleared at the first refusal).
     direct: AtomicBool,
+    /// Busy time of writes and of reads (the counters' `write_ns` and `read_ns`).
+    writing: BusyClock,
+    reading: BusyClock,
     /// Bounce buffers of restores, kept for the next ones (at most [`KEPT_BOUNCES`]).
     bounces: Mutex<Vec<PageBuffer>>,
     /// Held (with its flock) for the server's life.
@@ -137,6 +141,8 @@ impl SpillDir {
             limit,
             counters: Arc::default(),
             direct: AtomicBool::new(true),
+            writing: BusyClock::default(),
+            reading: BusyClock::default(),
             bounces: Mutex::default(),
             _lock: lock,
         })
@@ -208,8 +214,10 @@ impl SpillDir {
             counters: Arc::clone(&self.counters),
         };
         c.files.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        if let Err(e) = self.write_file(&file.path, bytes, bounce) {
+        let busy = self.writing.start(&c.write_ns);
+        let wrote = self.write_file(&file.path, bytes, bounce);
+        drop(busy);
+        if let Err(e) = wrote {
             c.failures.fetch_add(1, Ordering::Relaxed);
             // Dropping the file removes what was written and gives back its bytes.
             let path = file.path.clone();
@@ -217,8 +225,6 @@ impl SpillDir {
             return Err(io(&path)(e));
         }
         c.written.fetch_add(len, Ordering::Relaxed);
-        c.write_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(file)
     }
 
@@ -273,12 +279,12 @@ impl SpillDir {
 
     /// Reads a spill file into `buf` (its length).
     pub fn read(&self, file: &SpillFile, buf: &mut [u8]) -> Result<(), SpillError> {
-        let started = Instant::now();
-        self.read_file(&file.path, buf).map_err(io(&file.path))?;
         let c = &self.counters;
+        let busy = self.reading.start(&c.read_ns);
+        let read = self.read_file(&file.path, buf);
+        drop(busy);
+        read.map_err(io(&file.path))?;
         c.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        c.read_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         c.restores.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -426,6 +432,44 @@ fn remove_stale(root: &Path) -> Result<u64, SpillError> {
     Ok(removed)
 }
 
+/// Measures the time during which at least one of several overlapping operations runs.
+#[derive(Debug, Default)]
+struct BusyClock {
+    /// Operations running, and since when one has been.
+    running: Mutex<(u32, Option<Instant>)>,
+}
+
+impl BusyClock {
+    /// Counts an operation from now until the guard drops; busy time goes to `total`.
+    fn start<'a>(&'a self, total: &'a AtomicU64) -> Busy<'a> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.0 += 1;
+        if running.0 == 1 {
+            running.1 = Some(Instant::now());
+        }
+        Busy { clock: self, total }
+    }
+}
+
+/// One running operation of a [`BusyClock`].
+struct Busy<'a> {
+    clock: &'a BusyClock,
+    total: &'a AtomicU64,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut running = self.clock.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.0 -= 1;
+        if running.0 == 0 {
+            if let Some(since) = running.1.take() {
+                self.total
+                    .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// One spilled object's file, removed when dropped.
 #[derive(Debug)]
 pub struct SpillFile {
@@ -514,6 +558,29 @@ impl Drop for SpillFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_time_counts_overlapping_operations_once() {
+        let clock = BusyClock::default();
+        let total = AtomicU64::new(0);
+        let wall = Instant::now();
+        let long = clock.start(&total);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let short = clock.start(&total);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(short);
+        assert_eq!(total.load(Ordering::Relaxed), 0, "still busy");
+        drop(long);
+        let wall = wall.elapsed().as_nanos() as u64;
+        let busy = total.load(Ordering::Relaxed);
+        // The overlap counts once: never more than the wall time (summing the two would
+        // give about 1.5 times it), and at least the long operation's 40 ms.
+        assert!(busy <= wall, "{busy} > {wall}");
+        assert!(busy >= 40_000_000, "{busy}");
+        // A later operation adds its own span.
+        drop(clock.start(&total));
+        assert!(total.load(Ordering::Relaxed) >= busy);
+    }
 
     #[test]
     fn files_round_trip_and_vanish_when_dropped() {

@@ -1567,7 +1567,10 @@ mod tests {
         }
         let pressure = store.pressure();
         assert_eq!(pressure.spill_failures, 0, "{pressure:?}");
-        assert!(pressure.spill_kept_bytes > 0, "restores still keep files: {pressure:?}");
+        assert!(
+            pressure.spill_kept_bytes > 0,
+            "restores still keep files: {pressure:?}"
+        );
         let c = store.spill().expect("spill").counters();
         assert!(c.bytes.load(Ordering::Relaxed) <= 5 * quarter);
     }
