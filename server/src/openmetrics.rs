@@ -64,7 +64,8 @@ struct ServiceCollector(StoreService);
 impl Collector for ServiceCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         self.encode_requests(&mut encoder)?;
-        self.encode_stats(&mut encoder)
+        self.encode_stats(&mut encoder)?;
+        self.encode_pressure(&mut encoder)
     }
 }
 
@@ -241,6 +242,122 @@ impl ServiceCollector {
         for t in &st.transports {
             ConstCounter::new(t.bytes_served)
                 .encode(sent.encode_family(&[("transport", t.name.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+impl ServiceCollector {
+    /// Memory pressure: spilled and kept bytes, spill traffic and its busy time, restores,
+    /// and the objects the server removed, by cause.
+    fn encode_pressure(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = self.0.stats();
+        let p = &st.pressure;
+        let gauges: [(&str, &str, Option<Unit>, u64); 3] = [
+            (
+                "dimstore_spilled",
+                "Object bytes spilled to disk now (not in memory).",
+                Some(Unit::Bytes),
+                p.spilled_bytes,
+            ),
+            (
+                "dimstore_spilled_objects",
+                "Objects spilled to disk now.",
+                None,
+                p.spilled_objects,
+            ),
+            (
+                "dimstore_spill_kept",
+                "Spill files kept for objects restored unchanged (spilling them again writes nothing).",
+                Some(Unit::Bytes),
+                p.spill_kept_bytes,
+            ),
+        ];
+        for (name, help, unit, value) in &gauges {
+            let gauge = ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX));
+            let metric =
+                encoder.encode_descriptor(name, help, unit.as_ref(), gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        let bytes: [(&str, &str, u64); 2] = [
+            (
+                "dimstore_spill_written",
+                "Bytes written to spill files since start.",
+                p.spill_written,
+            ),
+            (
+                "dimstore_spill_read",
+                "Bytes read back from spill files since start.",
+                p.spill_read,
+            ),
+        ];
+        for (name, help, value) in &bytes {
+            let counter = ConstCounter::new(*value);
+            let metric = encoder.encode_descriptor(
+                name,
+                help,
+                Some(&Unit::Bytes),
+                counter.metric_type(),
+            )?;
+            counter.encode(metric)?;
+        }
+        let seconds: [(&str, &str, u64); 2] = [
+            (
+                "dimstore_spill_write",
+                "Time a spill write was in flight since start (bandwidth: written bytes / this).",
+                p.spill_write_ns,
+            ),
+            (
+                "dimstore_spill_read",
+                "Time a restore read was in flight since start.",
+                p.spill_read_ns,
+            ),
+        ];
+        for (name, help, ns) in &seconds {
+            let counter = ConstCounter::new(*ns as f64 / 1e9);
+            let metric = encoder.encode_descriptor(
+                name,
+                help,
+                Some(&Unit::Seconds),
+                counter.metric_type(),
+            )?;
+            counter.encode(metric)?;
+        }
+        let counters: [(&str, &str, u64); 3] = [
+            (
+                "dimstore_restores",
+                "Objects read back from spill files since start.",
+                p.restores,
+            ),
+            (
+                "dimstore_respills",
+                "Objects spilled again to their kept file, without a write, since start.",
+                p.respills,
+            ),
+            (
+                "dimstore_spill_failures",
+                "Spills that failed (disk full, spill limit, I/O error) since start; the objects stayed in memory.",
+                p.spill_failures,
+            ),
+        ];
+        for (name, help, value) in &counters {
+            let counter = ConstCounter::new(*value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let mut removed = encoder.encode_descriptor(
+            "dimstore_server_evictions",
+            "Objects the server removed since start, by cause: the eviction policy, an expired time to live or lease, their owner gone, or consumed by a get-and-evict.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (cause, value) in [
+            ("policy", p.policy_evictions),
+            ("expired", p.expired),
+            ("owner", p.owner_evictions),
+            ("consumed", p.consumed),
+        ] {
+            ConstCounter::new(value).encode(removed.encode_family(&[("cause", cause)])?)?;
         }
         Ok(())
     }

@@ -485,3 +485,81 @@ fn client_metrics_count_the_stores_own_calls() {
     assert_eq!(op(&stats.ops, "get", "tcp").count, get.count);
     assert_eq!(op(&stats.ops, "put", "tcp").count, put.count);
 }
+
+#[test]
+fn spill_metrics_agree_with_stat_json() {
+    let Some(python) = python_with_parser() else {
+        return;
+    };
+    std::env::set_var("DIMSTORE_ONE_SIDED", "none");
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(ServerOptions {
+        memory_limit: "8MiB".into(),
+        extra: vec![
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+            "--segment-size".into(),
+            "8MiB".into(),
+            "--spill-dir".into(),
+            root.path().to_str().expect("utf-8").into(),
+        ],
+        ..ServerOptions::default()
+    });
+    let store = server.client("tcp");
+    let mib = 1 << 20;
+    // Three times the memory, then everything read back (restores, and re-spills of
+    // restored objects to their kept files), then one consume-once get.
+    let keys: Vec<_> = (0..24)
+        .map(|i| store.put(&pattern(mib, i)).expect("put spills"))
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        assert!(store.get(key).expect("get")[..] == pattern(mib, i as u64)[..]);
+    }
+    store.get_and_evict(&keys[23]).expect("consume");
+    let stats = store.stats().expect("stats");
+    let p = &stats.pressure;
+    assert!(p.restores > 0 && p.spill_written > 0, "{p:?}");
+
+    let (code, text) = scrape(&metrics_address(&server));
+    assert_eq!(code, 200, "{text}");
+    let samples = parse_openmetrics(&python, &text);
+    for (metric, expected) in [
+        ("dimstore_spilled_bytes", p.spilled_bytes),
+        ("dimstore_spilled_objects", p.spilled_objects),
+        ("dimstore_spill_kept_bytes", p.spill_kept_bytes),
+        ("dimstore_spill_written_bytes_total", p.spill_written),
+        ("dimstore_spill_read_bytes_total", p.spill_read),
+        ("dimstore_restores_total", p.restores),
+        ("dimstore_respills_total", p.respills),
+        ("dimstore_spill_failures_total", p.spill_failures),
+    ] {
+        assert_eq!(
+            value(&samples, metric, &[]),
+            Some(expected as f64),
+            "{metric}"
+        );
+    }
+    let write_seconds =
+        value(&samples, "dimstore_spill_write_seconds_total", &[]).expect("write s");
+    assert!(
+        (write_seconds * 1e9 - p.spill_write_ns as f64).abs()
+            <= 1.0 + p.spill_write_ns as f64 * 1e-9
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "dimstore_server_evictions_total",
+            &[("cause", "consumed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "dimstore_server_evictions_total",
+            &[("cause", "policy")]
+        ),
+        Some(0.0),
+        "spilled, not evicted"
+    );
+}
