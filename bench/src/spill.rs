@@ -47,6 +47,10 @@ pub struct SpillArgs {
     /// Hot gets timed while idle.
     #[arg(long, default_value_t = 2000)]
     pub idle_gets: usize,
+    /// Rounds (each: `dd`, the spilling server, the control server); the table gives every
+    /// round and the median, because one round on a shared machine is noise.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     /// CPUs the server runs on (`none`: not pinned).
     #[arg(long, default_value = "1")]
     pub server_cpus: String,
@@ -89,8 +93,6 @@ pub fn run(args: &SpillArgs) -> anyhow::Result<()> {
     let count = total / object;
     ensure!(count > 0, "--total must hold at least one --object");
     let total_mib = count * object / MIB;
-    eprintln!("spill: dd oflag=direct / iflag=direct, {total_mib} MiB");
-    let (dd_write, dd_read) = dd(&root.path().join("dd.bin"), total_mib)?;
     let bin = match &args.server_bin {
         Some(bin) => bin.clone(),
         None => crate::options::default_server_bin()?,
@@ -99,17 +101,25 @@ pub fn run(args: &SpillArgs) -> anyhow::Result<()> {
         let _pinned = Pinned::to(cpus(&args.server_cpus)?.as_deref())?;
         SpillServer::start(&bin, memory, spill)
     };
-    let server = start_server(Some(&root.path().join("spill")), args.memory.as_u64())?;
-    let _pinned = Pinned::to(cpus(&args.client_cpus)?.as_deref())?;
-    let mut measured = measure(&server, args, count, object)?;
-    drop(server);
-    eprintln!("spill: control: the same puts into a server with room for all (no spilling)");
-    let roomy = start_server(None, total + args.memory.as_u64())?;
-    measured.control = measure_control(&roomy, args, count, object)?;
-    drop(roomy);
-    measured.dd_write = dd_write;
-    measured.dd_read = dd_read;
-    print_table(args, count * object, &measured);
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        eprintln!("spill: round {round}: dd oflag=direct / iflag=direct, {total_mib} MiB");
+        let (dd_write, dd_read) = dd(&root.path().join("dd.bin"), total_mib)?;
+        let spill = root.path().join(format!("spill-{round}"));
+        let server = start_server(Some(&spill), args.memory.as_u64())?;
+        let pinned = Pinned::to(cpus(&args.client_cpus)?.as_deref())?;
+        let mut measured = measure(&server, args, count, object)?;
+        drop(server);
+        eprintln!("spill: round {round}: control, the same puts into a server with room for all");
+        let roomy = start_server(None, total + args.memory.as_u64())?;
+        measured.control = measure_control(&roomy, args, count, object)?;
+        drop(roomy);
+        drop(pinned);
+        measured.dd_write = dd_write;
+        measured.dd_read = dd_read;
+        rounds.push(measured);
+    }
+    print_table(args, count * object, &rounds);
     Ok(())
 }
 
@@ -368,80 +378,129 @@ fn measure_control(
     })
 }
 
-fn print_table(args: &SpillArgs, total: u64, m: &Measured) {
+fn print_table(args: &SpillArgs, total: u64, rounds: &[Measured]) {
     let rate = |bytes: u64, ns: u64| bytes as f64 / 1e6 / (ns.max(1) as f64 / 1e9);
-    let p = &m.pressure;
-    let write = rate(p.spill_written, p.spill_write_ns);
-    let read = rate(p.spill_read, p.spill_read_ns);
     println!(
-        "spill: {} into {} of memory, {} objects, spill dir under {}, server CPUs {}, clients {}",
+        "spill: {} into {} of memory, {} objects, spill dir under {}, server CPUs {}, clients {}, {} rounds",
         bytesize::ByteSize(total),
         args.memory,
         args.object,
         args.dir.display(),
         args.server_cpus,
-        args.client_cpus
+        args.client_cpus,
+        rounds.len()
     );
-    println!("| measure | value | ratio |");
-    println!("| --- | --- | --- |");
-    println!(
-        "| `dd oflag=direct` write, 1 MiB blocks | {:.0} MB/s | |",
-        m.dd_write
+    let mut header = String::from("| measure |");
+    let mut rule = String::from("| --- |");
+    for n in 1..=rounds.len() {
+        header.push_str(&format!(" round {n} |"));
+        rule.push_str(" ---: |");
+    }
+    println!("{header} median |");
+    println!("{rule} ---: |");
+    // One row: a value per round, formatted, and their median.
+    let row = |name: &str, value: &dyn Fn(&Measured) -> f64, fmt: &dyn Fn(f64) -> String| {
+        let values: Vec<f64> = rounds.iter().map(value).collect();
+        let mut line = format!("| {name} |");
+        for v in &values {
+            line.push_str(&format!(" {} |", fmt(*v)));
+        }
+        println!("{line} **{}** |", fmt(median(values)));
+    };
+    let mbs = |v: f64| format!("{v:.0} MB/s");
+    let pct = |v: f64| format!("{:.0} %", 100.0 * v);
+    let us = |v: f64| format!("{v:.1} µs");
+    let times = |v: f64| format!("{v:.2}×");
+    let write = |m: &Measured| rate(m.pressure.spill_written, m.pressure.spill_write_ns);
+    let read = |m: &Measured| rate(m.pressure.spill_read, m.pressure.spill_read_ns);
+    row(
+        "`dd oflag=direct` write, 1 MiB blocks",
+        &|m| m.dd_write,
+        &mbs,
     );
-    println!(
-        "| `dd iflag=direct` read, 1 MiB blocks | {:.0} MB/s | |",
-        m.dd_read
+    row("spill writes (bytes / disk-busy time)", &write, &mbs);
+    row(
+        "spill writes / `dd` write",
+        &|m| write(m) / m.dd_write,
+        &pct,
     );
-    println!(
-        "| spill writes (server-timed, {} MiB) | {write:.0} MB/s | {:.0} % of dd write |",
-        p.spill_written >> 20,
-        100.0 * write / m.dd_write
+    row("`dd iflag=direct` read, 1 MiB blocks", &|m| m.dd_read, &mbs);
+    row("restores (bytes / disk-busy time)", &read, &mbs);
+    row("restores / `dd` read", &|m| read(m) / m.dd_read, &pct);
+    row("puts, end to end", &|m| m.put_wall, &mbs);
+    row(
+        "gets of everything back (checked), end to end",
+        &|m| m.get_wall,
+        &mbs,
     );
-    println!(
-        "| restores (server-timed, {} MiB) | {read:.0} MB/s | {:.0} % of dd read |",
-        p.spill_read >> 20,
-        100.0 * read / m.dd_read
+    row("hot 4 KiB get idle, median", &|m| m.idle.median_us(), &us);
+    row(
+        "hot 4 KiB get while spilling, median",
+        &|m| m.busy.median_us(),
+        &us,
     );
-    println!("| puts, end to end | {:.0} MB/s | |", m.put_wall);
-    println!(
-        "| gets (all back, checked), end to end | {:.0} MB/s | |",
-        m.get_wall
+    row(
+        "hot 4 KiB get while spilling, p99",
+        &|m| m.busy.p99_us(),
+        &us,
     );
-    println!(
-        "| hot 4 KiB get, idle (median / p99, {} gets) | {:.1} / {:.1} µs | |",
-        m.idle.count(),
-        m.idle.median_us(),
-        m.idle.p99_us()
+    row(
+        "while spilling / idle, median",
+        &|m| m.busy.median_us() / m.idle.median_us(),
+        &times,
     );
-    println!(
-        "| hot 4 KiB get, while spilling (median / p99, {} gets) | {:.1} / {:.1} µs | {:.2}× / {:.2}× idle |",
-        m.busy.count(),
-        m.busy.median_us(),
-        m.busy.p99_us(),
-        m.busy.median_us() / m.idle.median_us(),
-        m.busy.p99_us() / m.idle.p99_us()
+    row(
+        "while spilling / idle, p99",
+        &|m| m.busy.p99_us() / m.idle.p99_us(),
+        &times,
     );
-    let c = &m.control;
-    println!(
-        "| control, no spilling: puts end to end | {:.0} MB/s | |",
-        c.put_wall
+    row(
+        "control (no spilling): puts end to end",
+        &|m| m.control.put_wall,
+        &mbs,
     );
-    println!(
-        "| control, no spilling: hot get idle / while putting (median) | {:.1} / {:.1} µs | {:.2}× idle |",
-        c.idle.median_us(),
-        c.busy.median_us(),
-        c.busy.median_us() / c.idle.median_us()
+    row(
+        "control: hot get while putting / idle, median",
+        &|m| m.control.busy.median_us() / m.control.idle.median_us(),
+        &times,
     );
-    println!(
-        "| hot get while spilling vs while putting without spilling (median / p99) | | {:.2}× / {:.2}× |",
-        m.busy.median_us() / c.busy.median_us(),
-        m.busy.p99_us() / c.busy.p99_us()
+    row(
+        "hot get while spilling / control while putting, median",
+        &|m| m.busy.median_us() / m.control.busy.median_us(),
+        &times,
     );
-    println!(
-        "| spill failures / restores / spilled again with no write (kept file) / spilled now | {} / {} / {} / {} MiB | |",
-        p.spill_failures,
-        p.restores,
-        p.respills,
-        p.spilled_bytes >> 20
+    row(
+        "hot get while spilling / control while putting, p99",
+        &|m| m.busy.p99_us() / m.control.busy.p99_us(),
+        &times,
     );
+    let count = |v: f64| format!("{v:.0}");
+    let mib = |v: f64| format!("{v:.0} MiB");
+    row(
+        "spill written",
+        &|m| (m.pressure.spill_written >> 20) as f64,
+        &mib,
+    );
+    row("restores", &|m| m.pressure.restores as f64, &count);
+    row(
+        "spilled again with no write (kept file)",
+        &|m| m.pressure.respills as f64,
+        &count,
+    );
+    row(
+        "spill failures",
+        &|m| m.pressure.spill_failures as f64,
+        &count,
+    );
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
