@@ -47,6 +47,10 @@ pub struct SpillArgs {
     /// Hot gets timed while idle.
     #[arg(long, default_value_t = 2000)]
     pub idle_gets: usize,
+    /// Pace the putter to this many bytes per second (a producer that computes between
+    /// puts) instead of putting as fast as the server takes them.
+    #[arg(long)]
+    pub put_rate: Option<bytesize::ByteSize>,
     /// Rounds (each: `dd`, the spilling server, the control server); the table gives every
     /// round and the median, because one round on a shared machine is noise.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
@@ -293,10 +297,19 @@ fn put_while_timing_hot_gets(
             let done = Arc::clone(&done);
             let base = &base;
             let putter = &putter;
+            let pace = args
+                .put_rate
+                .map(|rate| object as f64 / rate.as_u64().max(1) as f64);
             scope.spawn(move || -> anyhow::Result<(Vec<Key>, f64)> {
                 let start = Instant::now();
                 let keys = (0..count)
-                    .map(|i| putter.put(&object_bytes(base, i)))
+                    .map(|i| {
+                        if let Some(each) = pace {
+                            let due = start + Duration::from_secs_f64(each * i as f64);
+                            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        }
+                        putter.put(&object_bytes(base, i))
+                    })
                     .collect::<Result<Vec<Key>, _>>();
                 let took = start.elapsed().as_secs_f64();
                 done.store(true, Ordering::Relaxed);
@@ -380,8 +393,13 @@ fn measure_control(
 
 fn print_table(args: &SpillArgs, total: u64, rounds: &[Measured]) {
     let rate = |bytes: u64, ns: u64| bytes as f64 / 1e6 / (ns.max(1) as f64 / 1e9);
+    let pace = args
+        .put_rate
+        .map_or("as fast as the server takes them".to_string(), |r| {
+            format!("paced to {r}/s")
+        });
     println!(
-        "spill: {} into {} of memory, {} objects, spill dir under {}, server CPUs {}, clients {}, {} rounds",
+        "spill: {} into {} of memory, {} objects put {pace}, spill dir under {}, server CPUs {}, clients {}, {} rounds",
         bytesize::ByteSize(total),
         args.memory,
         args.object,
