@@ -293,12 +293,8 @@ impl ServiceCollector {
         ];
         for (name, help, value) in &bytes {
             let counter = ConstCounter::new(*value);
-            let metric = encoder.encode_descriptor(
-                name,
-                help,
-                Some(&Unit::Bytes),
-                counter.metric_type(),
-            )?;
+            let metric =
+                encoder.encode_descriptor(name, help, Some(&Unit::Bytes), counter.metric_type())?;
             counter.encode(metric)?;
         }
         let seconds: [(&str, &str, u64); 2] = [

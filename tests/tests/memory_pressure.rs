@@ -428,6 +428,20 @@ fn three_times_the_memory_limit_spills_and_comes_back_byte_exact() {
         stat["spill_write_mb_s"].as_f64().expect("write rate") > 0.0,
         "{stat}"
     );
+    // The human-readable stat has a pressure line with the same numbers.
+    let human = stdout(&dimstore(&server).arg("stat").output().expect("run"));
+    let pressure = human
+        .lines()
+        .find(|l| l.trim_start().starts_with("pressure: eviction"))
+        .unwrap_or_else(|| panic!("no pressure line in:\n{human}"));
+    assert!(
+        pressure.contains(&format!("{} restores", stat["restores"])),
+        "{pressure} vs {stat}"
+    );
+    assert!(
+        pressure.contains(&format!("spilled now {} bytes", stat["spilled_bytes"])),
+        "{pressure} vs {stat}"
+    );
     // Evicting removes the spill files.
     store.evict_batch(&keys).expect("evict");
     assert_eq!(spill_files(root.path()), Vec::<std::path::PathBuf>::new());

@@ -295,6 +295,9 @@ fn stat(store: &Store, config: &ClientConfig, json: bool, all: bool) -> anyhow::
             s.uptime_ms as f64 / 1000.0
         )?;
         out!("  binding: {}", s.binding)?;
+        if let Some(line) = pressure_line(&s.pressure) {
+            out!("  {line}")?;
+        }
         let f = &s.functions;
         if f.invocations > 0 {
             out!(
@@ -311,6 +314,34 @@ fn stat(store: &Store, config: &ClientConfig, json: bool, all: bool) -> anyhow::
         print!("{}", op_table(&s.ops));
     }
     Ok(())
+}
+
+/// One line on memory pressure (eviction policy, removals by cause, spilling), or `None`
+/// when the server has seen none.
+fn pressure_line(p: &dimstore_proto::PressureStats) -> Option<String> {
+    let removed = p.policy_evictions + p.expired + p.owner_evictions + p.consumed;
+    let spilling = p.spill_written + p.restores + p.spill_failures > 0;
+    if p.policy == "none" && removed == 0 && !spilling && p.with_lifetime == 0 {
+        return None;
+    }
+    let mut line = format!(
+        "pressure: eviction {}; removed {} by policy, {} expired, {} with their owner, {} consumed; {} with a lifetime",
+        p.policy, p.policy_evictions, p.expired, p.owner_evictions, p.consumed, p.with_lifetime
+    );
+    if spilling {
+        line.push_str(&format!(
+            "; spilled now {} bytes in {} objects ({} bytes of kept files), {} restores, {} spilled again with no write, {} failed spills, writes {:.0} MB/s, reads {:.0} MB/s",
+            p.spilled_bytes,
+            p.spilled_objects,
+            p.spill_kept_bytes,
+            p.restores,
+            p.respills,
+            p.spill_failures,
+            mb_per_s(p.spill_written, p.spill_write_ns),
+            mb_per_s(p.spill_read, p.spill_read_ns),
+        ));
+    }
+    Some(line)
 }
 
 /// Service time per operation and transport: count, errors, p50/p99/p999/max, bytes.
