@@ -235,6 +235,24 @@ impl Store {
         out.set_item("copied_local_gets", stats.copied_local_gets)?;
         out.set_item("leases", stats.leases)?;
         out.set_item("reservations", stats.reservations)?;
+        out.set_item("store_full", stats.store_full)?;
+        let p = &stats.pressure;
+        out.set_item("eviction_policy", p.policy.as_str())?;
+        out.set_item("policy_evictions", p.policy_evictions)?;
+        out.set_item("expired", p.expired)?;
+        out.set_item("owner_evictions", p.owner_evictions)?;
+        out.set_item("consumed", p.consumed)?;
+        out.set_item("with_lifetime", p.with_lifetime)?;
+        out.set_item("spilled_bytes", p.spilled_bytes)?;
+        out.set_item("spilled_objects", p.spilled_objects)?;
+        out.set_item("spill_kept_bytes", p.spill_kept_bytes)?;
+        out.set_item("respills", p.respills)?;
+        out.set_item("restores", p.restores)?;
+        out.set_item("spill_failures", p.spill_failures)?;
+        out.set_item("spill_written", p.spill_written)?;
+        out.set_item("spill_write_ns", p.spill_write_ns)?;
+        out.set_item("spill_read", p.spill_read)?;
+        out.set_item("spill_read_ns", p.spill_read_ns)?;
         Ok(out)
     }
 

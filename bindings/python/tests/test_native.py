@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 import threading
 import time
 from typing import Any
@@ -218,3 +219,20 @@ def test_ctrl_c_interrupts_a_waiting_get(fleet: dict[str, Any]) -> None:
     out, _ = child.communicate(timeout=60)
     assert child.returncode == 0, out
     assert out.strip() == 'interrupted'
+
+
+def test_stats_report_spilling(own_server: Callable[..., Any], tmp_path: Path) -> None:
+    _, address = own_server(
+        '--memory-limit', '4MiB', '--segment-size', '4MiB', '--spill-dir', str(tmp_path / 'spill')
+    )
+    small = dimstore.Store(address, timeout=30)
+    blobs = [bytes([i]) * (1 << 20) for i in range(12)]
+    keys = [small.put(b) for b in blobs]
+    for key, blob in zip(keys, blobs):
+        assert bytes(small.get(key)) == blob
+    stats = small.stats()
+    assert stats['eviction_policy'] == 'none'
+    assert stats['spill_written'] >= 8 << 20, stats
+    assert stats['restores'] >= 8, stats
+    assert stats['spill_failures'] == 0, stats
+    assert stats['spilled_bytes'] + stats['bytes_used'] >= 12 << 20, stats
