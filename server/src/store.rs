@@ -1408,11 +1408,7 @@ mod tests {
 
     #[test]
     fn full_memory_spills_the_coldest_and_gets_restore_them() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let spill = SpillDir::open(root.path(), 1 << 30).expect("spill dir");
-        let store = store(1 << 20, Duration::from_secs(60))
-            .with_spill(spill)
-            .expect("spill writer");
+        let (_root, store) = spilling_store(1 << 30);
         let quarter = (1 << 20) / 4;
         let ids: Vec<ObjectId> = (0..12u8)
             .map(|i| {
@@ -1447,6 +1443,17 @@ mod tests {
             1,
             "only the lock"
         );
+    }
+
+    /// A store of 1 MiB spilling to a fresh directory (kept alive by the first value) with
+    /// a spill limit of `limit` bytes.
+    fn spilling_store(limit: u64) -> (tempfile::TempDir, ObjectStore) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let spill = SpillDir::open(root.path(), limit).expect("spill dir");
+        let store = store(1 << 20, Duration::from_secs(60))
+            .with_spill(spill)
+            .expect("spill writer");
+        (root, store)
     }
 
     /// The spill file of `id` in `store`'s spill directory: its inode and modification time.
@@ -1485,11 +1492,7 @@ mod tests {
 
     #[test]
     fn a_restored_object_spills_again_to_its_kept_file_without_a_write() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let spill = SpillDir::open(root.path(), 1 << 30).expect("spill dir");
-        let store = store(1 << 20, Duration::from_secs(60))
-            .with_spill(spill)
-            .expect("spill writer");
+        let (_root, store) = spilling_store(1 << 30);
         let quarter = (1 << 20) / 4;
         let put_filled = |fill: u8| {
             let mut a = store.allocate(&[quarter]).expect("room by spilling");
@@ -1539,14 +1542,10 @@ mod tests {
 
     #[test]
     fn kept_files_give_their_room_to_new_spills_at_the_spill_limit() {
-        let root = tempfile::tempdir().expect("tempdir");
         let quarter = (1 << 20) / 4;
         // Room on disk for five objects: the seven put need at least three there, and every
         // restore leaves a kept file behind.
-        let spill = SpillDir::open(root.path(), 5 * quarter).expect("spill dir");
-        let store = store(1 << 20, Duration::from_secs(60))
-            .with_spill(spill)
-            .expect("spill writer");
+        let (_root, store) = spilling_store(5 * quarter);
         let ids: Vec<ObjectId> = (0..7u8)
             .map(|i| {
                 let mut a = store.allocate(&[quarter]).expect("room by spilling");
@@ -1577,11 +1576,7 @@ mod tests {
 
     #[test]
     fn a_full_spill_limit_leaves_objects_in_memory_and_refuses_the_put() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let spill = SpillDir::open(root.path(), (1 << 20) / 2).expect("spill dir");
-        let store = store(1 << 20, Duration::from_secs(60))
-            .with_spill(spill)
-            .expect("spill writer");
+        let (_root, store) = spilling_store((1 << 20) / 2);
         let quarter = (1 << 20) / 4;
         let ids: Vec<ObjectId> = (0..6)
             .map(|_| {
@@ -1599,12 +1594,8 @@ mod tests {
 
     #[test]
     fn a_failing_spill_disk_refuses_the_put_and_loses_nothing() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let spill = SpillDir::open(root.path(), 1 << 30).expect("spill dir");
-        let dir = spill.path().to_path_buf();
-        let store = store(1 << 20, Duration::from_secs(60))
-            .with_spill(spill)
-            .expect("spill writer");
+        let (_root, store) = spilling_store(1 << 30);
+        let dir = store.spill().expect("spill").path().to_path_buf();
         let quarter = (1 << 20) / 4;
         // Every write fails from now on (the directory is gone).
         std::fs::remove_dir_all(&dir).expect("remove");
