@@ -31,8 +31,6 @@
 // and a dynamic loader, which the workspace's `unsafe_code = "deny"` would otherwise reject.
 #![allow(unsafe_code)]
 
-use std::ffi::OsString;
-use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// Everything bindgen generated from the UCX headers, re-exported at the crate root.
 #[allow(
@@ -68,83 +66,38 @@ pub const LIBRARY: &str = "libucp.so.0";
 pub const LIBRARY_ENV: &str = "DIMSTORE_UCX_LIB";
 
 /// UCP opened at runtime, with its functions resolved. Lives for the rest of the process.
-#[derive(Debug)]
-pub struct Library {
-    /// What was opened: [`LIBRARY`] or the value of [`LIBRARY_ENV`].
-    name: String,
-    /// The resolved functions; valid while `_handle` is open, which is forever.
-    functions: Functions,
-    /// Keeps the library mapped (never closed: the `Library` is in a `static`).
-    _handle: libloading::Library,
-}
-
-impl Library {
-    /// What was opened: [`LIBRARY`] or the value of [`LIBRARY_ENV`].
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The library's exported functions.
-    pub fn functions(&self) -> &Functions {
-        &self.functions
-    }
-}
+pub type Library = ffi_dynamic::Library<Functions>;
 
 /// UCP could not be opened (not installed, not on the library path, or a dependency missing).
-#[derive(Debug, thiserror::Error)]
-#[error("{library} could not be loaded")]
-pub struct LoadError {
-    /// What was tried: [`LIBRARY`] or the value of [`LIBRARY_ENV`].
-    pub library: String,
-    /// The dynamic loader's error.
-    #[source]
-    pub source: libloading::Error,
-}
+pub use ffi_dynamic::LoadError;
+
+/// Where UCP is found, and UCP once it is loaded.
+static LOADER: ffi_dynamic::Loader<Functions> = ffi_dynamic::Loader::new(LIBRARY, LIBRARY_ENV);
 
 /// Opens UCP and resolves its functions, once per process; later calls return the same
 /// library. A failure is not remembered: the next call tries again.
 pub fn load() -> Result<&'static Library, LoadError> {
-    static LOADED: OnceLock<Library> = OnceLock::new();
-    static LOADING: Mutex<()> = Mutex::new(());
-    if let Some(library) = LOADED.get() {
-        return Ok(library);
-    }
-    let _one_at_a_time = LOADING.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(library) = LOADED.get() {
-        return Ok(library);
-    }
-    let name = std::env::var_os(LIBRARY_ENV).unwrap_or_else(|| OsString::from(LIBRARY));
-    let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL;
-    // SAFETY: opening UCP runs its and its dependencies' initializers, which set up UCX's
-    // global state and have no preconditions on the caller. RTLD_GLOBAL makes its symbols
-    // visible to the transport modules UCX opens itself, as when it was linked.
-    let opened = unsafe { libloading::os::unix::Library::open(Some(&name), flags) };
-    let name = name.to_string_lossy().into_owned();
-    let handle = libloading::Library::from(opened.map_err(|source| LoadError {
-        library: name.clone(),
-        source,
-    })?);
-    // SAFETY: the handle is UCP, whose headers generated the table's signatures, and it is
-    // never closed (the `Library` holding it lives in a `static`).
-    let functions = unsafe { Functions::resolve(&handle) };
-    Ok(LOADED.get_or_init(|| Library {
-        name,
-        functions,
-        _handle: handle,
-    }))
+    let open = |name: &std::ffi::OsStr| {
+        // SAFETY: opening UCP runs its and its dependencies' initializers, which set up
+        // UCX's global state and have no preconditions on the caller. RTLD_GLOBAL makes its
+        // symbols visible to the transport modules UCX opens itself, as when it was linked.
+        unsafe { ffi_dynamic::open_global(name) }
+    };
+    // SAFETY: the library opened is UCP, whose headers generated the table's signatures.
+    unsafe { LOADER.load(open, Functions::resolve) }
 }
 
 /// The loaded library's functions, for the generated forwarding functions.
 fn functions() -> &'static Functions {
     match load() {
-        Ok(library) => &library.functions,
+        Ok(library) => library.functions(),
         Err(e) => panic!("UCX function called but {e}: {}", e.source),
     }
 }
 
 /// The panic of a generated forwarding function whose symbol the loaded library lacks.
 fn missing(name: &str) -> ! {
-    let library = load().map_or(LIBRARY, Library::name);
+    let library = LOADER.name();
     panic!("{library} has no function {name} (older than the UCX headers this was built with?)")
 }
 
