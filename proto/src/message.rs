@@ -336,6 +336,9 @@ pub struct TransportStats {
     pub name: String,
     /// Connections open now.
     pub connections: u64,
+    /// Connections closed as soon as they were accepted since start: the server held as
+    /// many unauthenticated connections, or connections in all, as its limits allow.
+    pub refused_connections: u64,
     /// Object bytes sent to clients by this transport.
     pub bytes_served: u64,
     /// Of which moved by one-sided reads of registered memory (counted as the server hands

@@ -1073,6 +1073,10 @@ impl Service for StoreService {
         self.adjust_transport(transport, |t| t.pulled_bytes += bytes);
     }
 
+    fn record_refused(&self, transport: &'static str) {
+        self.adjust_transport(transport, |t| t.refused_connections += 1);
+    }
+
     fn channels(&self) -> Option<&ChannelTable<Session>> {
         Some(&self.channels)
     }

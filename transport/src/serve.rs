@@ -16,38 +16,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::{Mutex, Notify};
 use tokio::task::AbortHandle;
 
+use crate::gate::Admission;
 use crate::{PeerInfo, Service};
 
 pub use dimstore_engine::ServeOptions;
-
-/// Accepts connections until `shutdown` completes, serving each with `serve_one` on a task
-/// of its own. Accept errors (out of descriptors, ...) back off instead of spinning.
-pub(crate) async fn accept_until<T, A, AF, C, CF>(
-    mut accept: A,
-    shutdown: impl Future<Output = ()>,
-    serve_one: C,
-) where
-    A: FnMut() -> AF,
-    AF: Future<Output = std::io::Result<T>>,
-    C: Fn(T) -> CF,
-    CF: Future<Output = ()> + Send + 'static,
-{
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = accept() => match accepted {
-                Ok(connection) => {
-                    tokio::spawn(serve_one(connection));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-}
 
 /// The write side of a connection: frame heads (with descriptors where the socket carries
 /// them) and raw bytes.
@@ -84,7 +56,8 @@ enum Event {
     WriteFailed,
 }
 
-/// Serves one connection until the peer closes it or breaks the protocol.
+/// Serves one connection until the peer closes it or breaks the protocol. Its `admission`
+/// is told when it authenticated, and given back when it ends.
 pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameWriter>(
     read_half: R,
     write_half: W,
@@ -92,6 +65,7 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
     peer: PeerInfo,
     service: Arc<S>,
     options: ServeOptions,
+    mut admission: Admission,
 ) -> Result<(), ConnectionEnd> {
     let mut reader = BufReader::with_capacity(64 << 10, read_half);
     let writer = Arc::new(ReplyWriter::new(write_half, options.stall_timeout));
@@ -142,7 +116,12 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
         };
         match event {
             Event::Read(Ok(0)) => engine.peer_closed(),
-            Event::Read(Ok(n)) => engine.received(&*service, n, Instant::now()),
+            Event::Read(Ok(n)) => {
+                engine.received(&*service, n, Instant::now());
+                if admission.is_pending() && service.authenticated(engine.session()) {
+                    admission.authenticated();
+                }
+            }
             Event::Read(Err(e)) => return Err(e.into()),
             Event::Deadline => engine.handle_timeout(Instant::now()),
             Event::WriteFailed => return Err(ConnectionEnd::WriteStalled(options.stall_timeout)),
