@@ -259,6 +259,13 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// The number following `key` in `log`.
+fn logged_value(log: &str, key: &str) -> Option<u64> {
+    let at = log.find(key)? + key.len();
+    let digits: String = log[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// How many times the server logged that it could not accept.
 fn accept_failures_logged(server: &TestServer) -> usize {
     server
@@ -268,9 +275,10 @@ fn accept_failures_logged(server: &TestServer) -> usize {
         .count()
 }
 
-/// A server started with 128 descriptors, then left 40 (fewer than its connection bound,
-/// planned from the 128, so accept() itself runs out): a flood of 300 silent connections
-/// (fewer where the listen backlog fills first) makes every accept fail for a while. The server waits between attempts instead of
+/// A server started with 128 descriptors: a flood of 256 silent connections gets those past
+/// its connection bound (planned from the 128) closed at once. Then left 40 descriptors
+/// (fewer than that bound, so accept() itself runs out): a flood of 300 (fewer where the
+/// listen backlog fills first) makes every accept fail for a while. The server waits between attempts instead of
 /// spinning, logs the failures once, keeps serving its authenticated client, and serves a
 /// new one once the flood is gone.
 fn out_of_descriptors(via: Via) {
@@ -295,6 +303,29 @@ fn out_of_descriptors(via: Via) {
     wait_stats(&client, "only the client's connections", |s| {
         open(s, Via::Tcp) == open(&before, Via::Tcp)
     });
+
+    // Past the limit: the connections past the bound planned from it are closed at once,
+    // and accept() never runs out of descriptors.
+    let max_open: u64 = logged_value(&log, "max_connections=").expect("max_connections logged");
+    let held = open(&before, Via::Tcp) + open(&before, Via::Unix);
+    let silent = flood(&server, via, &socket, 2 * LIMIT as usize);
+    assert_eq!(
+        silent.len(),
+        2 * LIMIT as usize,
+        "every connect is accepted"
+    );
+    let expected = 2 * LIMIT - (max_open - held);
+    let stats = wait_stats(&client, "refused past the bound", |s| {
+        refused(s, via) >= expected
+    });
+    assert_eq!(refused(&stats, via), expected, "{stats:?}");
+    assert_eq!(accept_failures_logged(&server), 0, "{}", server.log());
+    put_get(&client, 2);
+    drop(silent);
+    wait_stats(&client, "the silent connections closed", |s| {
+        open(s, via) == open(&before, via)
+    });
+
     let pid = rustix::process::Pid::from_raw(server.pid() as i32).expect("pid");
     let squeezed = rustix::process::Rlimit {
         current: Some(SQUEEZED),
