@@ -35,10 +35,11 @@ pub(crate) trait FrameWriter: Send + 'static {
     fn write_bytes(&mut self, bytes: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
 }
 
-/// Why a connection was closed by the server.
+/// Why a connection was closed by the server. Its `Display` does not repeat its source:
+/// log it with [`chain`](crate::chain).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectionEnd {
-    #[error("peer closed or I/O failed: {0}")]
+    #[error("peer closed or I/O failed")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Protocol(#[from] StreamError),
@@ -88,7 +89,7 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
                             return;
                         };
                         if let Err(e) = send_reply(&writer, outgoing, &*service, transport).await {
-                            tracing::debug!(error = %e, "deferred reply not delivered");
+                            tracing::debug!(error = %crate::chain(&e), "deferred reply not delivered");
                         }
                     });
                 }
@@ -259,4 +260,26 @@ async fn send_reply<S: Service, W: FrameWriter>(
         service.record_sent(transport, bytes);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use dimstore_proto::FrameError;
+
+    use super::*;
+    use crate::chain;
+
+    #[test]
+    fn a_connection_end_names_each_cause_once() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert_eq!(
+            chain(&ConnectionEnd::from(reset)).to_string(),
+            "peer closed or I/O failed: reset by peer"
+        );
+        let refused = ConnectionEnd::from(StreamError::from(FrameError::UnknownKind(9)));
+        assert_eq!(
+            chain(&refused).to_string(),
+            "refused frame: unknown frame kind 9"
+        );
+    }
 }

@@ -15,7 +15,7 @@ use super::NAME;
 use crate::accept::accept_until;
 use crate::gate::{Admission, ConnectionGate};
 use crate::serve::{serve_connection, FrameWriter, ServeOptions};
-use crate::{PeerInfo, Service};
+use crate::{chain, PeerInfo, Service};
 
 /// Serves `service` on the Unix `listener` until `shutdown` completes, each connection
 /// `gate` admits on a task of its own; one it refuses is closed at once and counted
@@ -46,7 +46,7 @@ pub async fn serve<S: Service>(
             let served =
                 serve_connection(read_half, writer, NAME, peer, service, options, admission);
             if let Err(e) = served.await {
-                tracing::debug!(peer = %address, error = %e, "connection closed");
+                tracing::debug!(peer = %address, error = %chain(&e), "connection closed");
             }
         }
     };

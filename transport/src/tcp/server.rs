@@ -12,7 +12,7 @@ use super::NAME;
 use crate::accept::accept_until;
 use crate::gate::{Admission, ConnectionGate};
 use crate::serve::{serve_connection, FrameWriter};
-use crate::{PeerInfo, Service};
+use crate::{chain, PeerInfo, Service};
 
 pub use crate::serve::ServeOptions;
 
@@ -53,7 +53,7 @@ pub async fn serve<S: Service>(
                 read_half, write_half, NAME, peer, service, options, admission,
             );
             if let Err(e) = served.await {
-                tracing::debug!(peer = %address, error = %e, "connection closed");
+                tracing::debug!(peer = %address, error = %chain(&e), "connection closed");
             }
         }
     };
