@@ -302,8 +302,11 @@ pub enum GetItem {
         /// Lease to release when the read is done.
         lease: u64,
     },
-    /// The object was evicted by the server (memory pressure, time to live, lease or
-    /// owner), not by a client; remembered for a bounded number of recent evictions.
+    /// The object was stored but is gone, and not by a client's [`Request::Evict`] (which
+    /// answers [`GetItem::NotFound`] afterwards): the server evicted it (memory pressure,
+    /// its time to live or lease ran out, its owner was released or closed), or a
+    /// [`Request::GetAndEvict`] consumed it. Remembered for a bounded number of recent
+    /// evictions; older ones answer `NotFound`.
     Evicted,
 }
 

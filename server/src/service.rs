@@ -793,7 +793,7 @@ impl StoreService {
                 ),
                 Lookup::Evicted => ErrorReply::new(
                     Status::Evicted,
-                    format!("object {id:?} was evicted by the server"),
+                    format!("object {id:?} is gone: evicted by the server or consumed by a get-and-evict"),
                 ),
                 Lookup::Spilled => ErrorReply::new(
                     Status::Internal,
