@@ -722,6 +722,37 @@ mod tests {
     }
 
     #[test]
+    fn max_pending_connections_from_flag_file_or_default_and_never_zero() {
+        let default = ServerConfig::resolve(Args::default()).expect("valid");
+        assert_eq!(
+            default.max_pending_connections,
+            DEFAULT_MAX_PENDING_CONNECTIONS
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "max_pending_connections = 64\n").expect("write");
+        let from_file = ServerConfig::resolve(Args {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(from_file.max_pending_connections, 64);
+        let flag = Args::try_parse_from(["dimstore-server", "--max-pending-connections", "8"])
+            .expect("flags parse");
+        let c = ServerConfig::resolve(Args {
+            config: Some(path),
+            ..flag
+        })
+        .expect("valid");
+        assert_eq!(c.max_pending_connections, 8);
+        let zero = ServerConfig::resolve(Args {
+            max_pending_connections: Some(0),
+            ..Default::default()
+        });
+        assert!(matches!(zero, Err(ConfigError::Invalid(_))), "{zero:?}");
+    }
+
+    #[test]
     fn bad_file_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("server.toml");

@@ -26,10 +26,11 @@ pub const MAX_BACKOFF: Duration = Duration::from_millis(200);
 /// Accept failures, and connections refused, are logged at most once per this interval.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Accepts connections until `shutdown` completes. Each one `gate` admits is served by
-/// `serve_one` on a task of its own, holding its [`Admission`]; one it refuses is closed at
-/// once and counted with `on_refused`.
+/// Accepts connections of `transport` until `shutdown` completes. Each one `gate` admits
+/// is served by `serve_one` on a task of its own, holding its [`Admission`]; one it refuses
+/// is closed at once and counted with `on_refused`.
 pub(crate) async fn accept_until<T, A, AF, C, CF>(
+    transport: &'static str,
     mut accept: A,
     shutdown: impl Future<Output = ()>,
     gate: &Arc<ConnectionGate>,
@@ -52,7 +53,7 @@ pub(crate) async fn accept_until<T, A, AF, C, CF>(
         let error = match accepted {
             Ok(connection) => {
                 if let Some(failures) = pacing.accepted() {
-                    tracing::debug!(failures, "accepting connections again");
+                    tracing::debug!(transport, failures, "accepting connections again");
                 }
                 match gate.admit() {
                     Ok(admission) => {
@@ -72,11 +73,13 @@ pub(crate) async fn accept_until<T, A, AF, C, CF>(
             Err(error) => error,
         };
         match pacing.failed(&error, Instant::now()) {
-            Failed::Skip => tracing::debug!(%error, "a connection was lost before accept"),
+            Failed::Skip => {
+                tracing::debug!(transport, %error, "a connection was lost before accept")
+            }
             Failed::Wait { backoff, report } => {
                 if let Some(failures) = report {
                     tracing::warn!(
-                        %error, failures, ?backoff,
+                        transport, %error, failures, ?backoff,
                         "cannot accept connections (out of descriptors or memory): waiting, \
                          still serving those open"
                     );

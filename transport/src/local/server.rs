@@ -50,7 +50,15 @@ pub async fn serve<S: Service>(
             }
         }
     };
-    accept_until(|| listener.accept(), shutdown, gate, on_refused, serve_one).await;
+    accept_until(
+        NAME,
+        || listener.accept(),
+        shutdown,
+        gate,
+        on_refused,
+        serve_one,
+    )
+    .await;
 }
 
 /// The write half of a Unix connection, able to pass descriptors.

@@ -57,5 +57,13 @@ pub async fn serve<S: Service>(
             }
         }
     };
-    accept_until(|| listener.accept(), shutdown, gate, on_refused, serve_one).await;
+    accept_until(
+        NAME,
+        || listener.accept(),
+        shutdown,
+        gate,
+        on_refused,
+        serve_one,
+    )
+    .await;
 }
