@@ -66,12 +66,15 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
     peer: PeerInfo,
     service: Arc<S>,
     options: ServeOptions,
-    mut admission: Admission,
+    admission: Admission,
 ) -> Result<(), ConnectionEnd> {
     let mut reader = BufReader::with_capacity(64 << 10, read_half);
     let writer = Arc::new(ReplyWriter::new(write_half, options.stall_timeout));
     let session = service.open_session(transport, peer);
     let mut engine = StreamEngine::new(&*service, session, options, Instant::now());
+    // Declared after the engine, so dropped before it: the connection's place in the gate
+    // is free by the time its session is seen closed.
+    let mut admission = admission;
     let mut deferred = DeferredReplies::default();
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
