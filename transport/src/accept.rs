@@ -62,9 +62,13 @@ pub(crate) async fn accept_until<T, A, AF, C, CF>(
                     Err(refusal) => {
                         drop(connection);
                         on_refused();
-                        tracing::debug!(%refusal, "connection closed at once");
+                        tracing::debug!(transport, %refusal, "connection closed at once");
                         if let Some(refused) = refusals.note(Instant::now()) {
-                            tracing::warn!(refused, "closing new connections at once: {refusal}");
+                            tracing::warn!(
+                                transport,
+                                refused,
+                                "closing new connections at once: {refusal}"
+                            );
                         }
                     }
                 }
