@@ -103,6 +103,12 @@ pub trait Service: Send + Sync + 'static {
         let _ = (transport, bytes);
     }
 
+    /// Counts a connection `transport` closed as soon as it was accepted, because the
+    /// server holds as many connections as its limits allow.
+    fn record_refused(&self, transport: &'static str) {
+        let _ = transport;
+    }
+
     /// The channels opened on fabric messages ([`MessageEngine`](crate::MessageEngine)),
     /// for services that offer them.
     fn channels(&self) -> Option<&ChannelTable<Self::Session>> {

@@ -47,7 +47,7 @@ pub struct ServeOptions {
 #[non_exhaustive]
 pub enum StreamError {
     /// A frame header the limits refuse: the stream cannot be resynchronised.
-    #[error("refused frame: {0}")]
+    #[error("refused frame")]
     Frame(#[from] FrameError),
     /// The peer closed the connection in the middle of a frame.
     #[error("peer closed the connection in the middle of a frame")]

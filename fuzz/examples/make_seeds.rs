@@ -392,6 +392,7 @@ fn main() -> std::io::Result<()> {
                     transports: vec![TransportStats {
                         name: "tcp".into(),
                         connections: 1,
+                        refused_connections: 0,
                         bytes_served: 12,
                         one_sided_bytes: 0,
                         registrations: 0,

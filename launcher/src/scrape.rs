@@ -29,7 +29,7 @@ pub enum ScrapeError {
     #[error("node {0}'s server reports no metrics endpoint (its ready file has no `metrics`)")]
     NoEndpoint(String),
     /// A ready file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -37,7 +37,7 @@ pub enum ScrapeError {
         source: std::io::Error,
     },
     /// A ready file is not JSON of the expected shape.
-    #[error("cannot parse {path}: {source}")]
+    #[error("cannot parse {path}")]
     Parse {
         /// The file.
         path: PathBuf,
@@ -45,7 +45,7 @@ pub enum ScrapeError {
         source: serde_json::Error,
     },
     /// The targets file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: PathBuf,
@@ -123,5 +123,32 @@ mod tests {
             reachable("0.0.0.0:9464", "x3004c0s7b0n0:7000"),
             "x3004c0s7b0n0:9464"
         );
+    }
+
+    #[test]
+    fn an_error_names_the_file_and_keeps_the_cause_as_its_source_only() {
+        let run_dir = tempfile::tempdir().expect("tempdir");
+        let fleet = Fleet {
+            format: dimstore::fleet::FLEET_FORMAT,
+            token: None,
+            launcher: "local".into(),
+            nodes: vec![dimstore::fleet::FleetNode {
+                name: "n0".into(),
+                address: "127.0.0.1:7000".into(),
+                pid: 1,
+                log: None,
+            }],
+        };
+        let error = write_targets(run_dir.path(), &fleet).expect_err("no ready file");
+        let ready = run_dir.path().join("n0").join(crate::rundir::READY_FILE);
+        assert_eq!(
+            error.to_string(),
+            format!("cannot read {}", ready.display())
+        );
+        let source = std::error::Error::source(&error).expect("a source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
     }
 }

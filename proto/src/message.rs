@@ -302,8 +302,11 @@ pub enum GetItem {
         /// Lease to release when the read is done.
         lease: u64,
     },
-    /// The object was evicted by the server (memory pressure, time to live, lease or
-    /// owner), not by a client; remembered for a bounded number of recent evictions.
+    /// The object was stored but is gone, and not by a client's [`Request::Evict`] (which
+    /// answers [`GetItem::NotFound`] afterwards): the server evicted it (memory pressure,
+    /// its time to live or lease ran out, its owner was released or closed), or a
+    /// [`Request::GetAndEvict`] consumed it. Remembered for a bounded number of recent
+    /// evictions; older ones answer `NotFound`.
     Evicted,
 }
 
@@ -336,6 +339,9 @@ pub struct TransportStats {
     pub name: String,
     /// Connections open now.
     pub connections: u64,
+    /// Connections closed as soon as they were accepted since start: the server held as
+    /// many unauthenticated connections, or connections in all, as its limits allow.
+    pub refused_connections: u64,
     /// Object bytes sent to clients by this transport.
     pub bytes_served: u64,
     /// Of which moved by one-sided reads of registered memory (counted as the server hands

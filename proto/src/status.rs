@@ -39,8 +39,9 @@ pub enum Status {
     FunctionLimit,
     /// This server does not run functions (`--functions off`, or built without them).
     FunctionsDisabled,
-    /// The object was evicted by the server (memory pressure, time to live, lease or owner)
-    /// rather than never stored.
+    /// The object was stored but is gone, and not by a client's evict: the server evicted
+    /// it (memory pressure, its time to live or lease ran out, its owner was released or
+    /// closed), or a get-and-evict consumed it.
     Evicted,
 }
 

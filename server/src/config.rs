@@ -14,6 +14,9 @@ use crate::eviction::Policy;
 use crate::functions::FunctionConfig;
 use crate::placement::CpuBind;
 
+/// Connections not authenticated yet a server holds at once unless told otherwise.
+pub const DEFAULT_MAX_PENDING_CONNECTIONS: usize = 256;
+
 /// Command line of `dimstore-server`.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
@@ -73,6 +76,16 @@ pub struct Args {
     /// pinned. [default: 30s]
     #[arg(long, env = "DIMSTORE_STALL_TIMEOUT", value_parser = humantime::parse_duration)]
     pub stall_timeout: Option<Duration>,
+    /// Most connections that have not authenticated (no Hello yet), on TCP and the local
+    /// socket together. Each holds a file descriptor until its Hello or the stall timeout,
+    /// and any peer can open them, so a flood of them could take every descriptor the
+    /// server has: beyond this bound a new connection is closed at once (counted as
+    /// refused_connections in stats). Authenticated connections do not count against it;
+    /// all connections together are bounded by the descriptor limit (the soft
+    /// RLIMIT_NOFILE, raised to the hard one at start) less a reserve for segments, spill
+    /// files and one-sided transports. [default: 256]
+    #[arg(long, env = "DIMSTORE_MAX_PENDING_CONNECTIONS", value_name = "N")]
+    pub max_pending_connections: Option<usize>,
     /// Exit when the process that started this server exits (a launcher's `run`), even if
     /// that process was killed without a chance to stop it.
     #[arg(long, env = "DIMSTORE_EXIT_WITH_PARENT")]
@@ -182,6 +195,7 @@ struct FileConfig {
     idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     stall_timeout: Option<Duration>,
+    max_pending_connections: Option<usize>,
     threads: Option<usize>,
     one_sided: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -275,6 +289,8 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// Stall timeout mid-frame.
     pub stall_timeout: Duration,
+    /// Most connections not authenticated yet, every listener together.
+    pub max_pending_connections: usize,
     /// Exit when the parent process exits.
     pub exit_with_parent: bool,
     /// One-sided transports to export memory on.
@@ -371,6 +387,15 @@ impl ServerConfig {
         if threads == 0 {
             return Err(ConfigError::Invalid("threads must be >= 1".into()));
         }
+        let max_pending_connections = args
+            .max_pending_connections
+            .or(file.max_pending_connections)
+            .unwrap_or(DEFAULT_MAX_PENDING_CONNECTIONS);
+        if max_pending_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max pending connections must be >= 1".into(),
+            ));
+        }
         let node = args.node.or(file.node).unwrap_or_else(hostname);
         let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
             Some(text) => Some(
@@ -441,6 +466,7 @@ impl ServerConfig {
                 .stall_timeout
                 .or(file.stall_timeout)
                 .unwrap_or(Duration::from_secs(30)),
+            max_pending_connections,
             exit_with_parent: args.exit_with_parent,
             threads,
             one_sided: match args.one_sided {
@@ -693,6 +719,37 @@ mod tests {
         .functions
         .expect("on from the file");
         assert_eq!(from_file.memory, 1 << 20);
+    }
+
+    #[test]
+    fn max_pending_connections_from_flag_file_or_default_and_never_zero() {
+        let default = ServerConfig::resolve(Args::default()).expect("valid");
+        assert_eq!(
+            default.max_pending_connections,
+            DEFAULT_MAX_PENDING_CONNECTIONS
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "max_pending_connections = 64\n").expect("write");
+        let from_file = ServerConfig::resolve(Args {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(from_file.max_pending_connections, 64);
+        let flag = Args::try_parse_from(["dimstore-server", "--max-pending-connections", "8"])
+            .expect("flags parse");
+        let c = ServerConfig::resolve(Args {
+            config: Some(path),
+            ..flag
+        })
+        .expect("valid");
+        assert_eq!(c.max_pending_connections, 8);
+        let zero = ServerConfig::resolve(Args {
+            max_pending_connections: Some(0),
+            ..Default::default()
+        });
+        assert!(matches!(zero, Err(ConfigError::Invalid(_))), "{zero:?}");
     }
 
     #[test]

@@ -13,9 +13,11 @@ use dimstore_arena::{Arena, ArenaConfig};
 use dimstore_proto::{FrameLimits, ReadyFile, RequestLimits};
 use dimstore_transport::channel::ServiceHost;
 use dimstore_transport::tcp::ServeOptions;
+use dimstore_transport::{ConnectionGate, ConnectionLimits};
 use tokio::net::TcpListener;
 
 pub mod config;
+pub mod descriptors;
 pub mod eviction;
 pub mod functions;
 pub mod metrics;
@@ -163,6 +165,7 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
                 source,
             })?;
     }
+    let gate = connection_gate(&config, exporters.0.len());
     let service = StoreService::new(store, identity.clone(), exporters);
     let options = ServeOptions {
         limits: FrameLimits {
@@ -250,19 +253,23 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
     // Both listeners stop together: one watches the stop signal and tells the other.
     let (stop_local, local_stopped) = tokio::sync::oneshot::channel::<()>();
     let local_task = local_listener.map(|listener| {
-        tokio::spawn(dimstore_transport::local::serve(
-            listener,
-            Arc::new(service.clone()),
-            options,
-            async move {
+        let gate = Arc::clone(&gate);
+        let service = Arc::new(service.clone());
+        tokio::spawn(async move {
+            let stopped = async move {
                 let _ = local_stopped.await;
-            },
-        ))
+            };
+            dimstore_transport::local::serve(listener, service, options, &gate, stopped).await
+        })
     });
     let stopped = Arc::clone(&stop);
-    dimstore_transport::tcp::serve(listener, Arc::new(service.clone()), options, async move {
-        stopped.notified().await
-    })
+    dimstore_transport::tcp::serve(
+        listener,
+        Arc::new(service.clone()),
+        options,
+        &gate,
+        async move { stopped.notified().await },
+    )
     .await;
     let _ = stop_local.send(());
     if let Some(task) = local_task {
@@ -294,6 +301,28 @@ pub async fn run(config: ServerConfig, binding: String) -> Result<StopReason, Se
         "dimstore-server stopping"
     );
     Ok(reason)
+}
+
+/// Raises the descriptor limit and bounds the connections every listener holds together:
+/// those not authenticated by `--max-pending-connections`, all of them by the descriptors
+/// left once what the arena and `one_sided` running transports need is kept.
+fn connection_gate(config: &ServerConfig, one_sided: usize) -> Arc<ConnectionGate> {
+    let limit = descriptors::raise_descriptor_limit();
+    let segments = config.memory_limit.div_ceil(config.segment_size);
+    let budget = descriptors::ConnectionBudget::plan(limit, segments, one_sided as u64);
+    let max_open = usize::try_from(budget.max_open).unwrap_or(usize::MAX);
+    let limits = ConnectionLimits {
+        max_pending: config.max_pending_connections.min(max_open),
+        max_open,
+    };
+    tracing::info!(
+        descriptor_limit = budget.limit,
+        reserved = budget.reserve,
+        max_connections = limits.max_open,
+        max_pending_connections = limits.max_pending,
+        "connection limits"
+    );
+    ConnectionGate::new(limits)
 }
 
 /// Binds `--metrics-listen` and serves `/metrics` from a task; the bound address and task.

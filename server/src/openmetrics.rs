@@ -233,6 +233,18 @@ impl ServiceCollector {
             let gauge = ConstGauge::new(i64::try_from(t.connections).unwrap_or(i64::MAX));
             gauge.encode(connections.encode_family(&[("transport", t.name.as_str())])?)?;
         }
+        let mut refused = encoder.encode_descriptor(
+            "dimstore_refused_connections",
+            "Connections closed as soon as they were accepted, per transport: the server held \
+             as many unauthenticated connections (--max-pending-connections), or connections \
+             in all (the descriptor limit less a reserve), as it allows.",
+            None,
+            MetricType::Counter,
+        )?;
+        for t in &st.transports {
+            ConstCounter::new(t.refused_connections)
+                .encode(refused.encode_family(&[("transport", t.name.as_str())])?)?;
+        }
         let mut sent = encoder.encode_descriptor(
             "dimstore_sent",
             "Object bytes sent to clients, per transport (one-sided reads included).",

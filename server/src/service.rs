@@ -793,7 +793,7 @@ impl StoreService {
                 ),
                 Lookup::Evicted => ErrorReply::new(
                     Status::Evicted,
-                    format!("object {id:?} was evicted by the server"),
+                    format!("object {id:?} is gone: evicted by the server or consumed by a get-and-evict"),
                 ),
                 Lookup::Spilled => ErrorReply::new(
                     Status::Internal,
@@ -1071,6 +1071,10 @@ impl Service for StoreService {
 
     fn record_pulled(&self, transport: &'static str, bytes: u64) {
         self.adjust_transport(transport, |t| t.pulled_bytes += bytes);
+    }
+
+    fn record_refused(&self, transport: &'static str) {
+        self.adjust_transport(transport, |t| t.refused_connections += 1);
     }
 
     fn channels(&self) -> Option<&ChannelTable<Session>> {

@@ -119,6 +119,8 @@ pub struct ServerOptions {
     pub node: String,
     /// Extra arguments.
     pub extra: Vec<String>,
+    /// Soft and hard `RLIMIT_NOFILE` the server starts with (`None`: this process's).
+    pub descriptor_limit: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -128,6 +130,7 @@ impl Default for ServerOptions {
             token: None,
             node: "n0".into(),
             extra: Vec::new(),
+            descriptor_limit: None,
         }
     }
 }
@@ -148,7 +151,18 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let ready_path = dir.path().join("ready.json");
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let mut command = Command::new(binary("dimstore-server"));
+        let mut command = match options.descriptor_limit {
+            // The shell sets both limits, then becomes the server (same process id).
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(binary("dimstore-server"));
+                shell
+            }
+            None => Command::new(binary("dimstore-server")),
+        };
         if !options.extra.iter().any(|a| a == "--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }

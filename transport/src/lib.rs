@@ -20,9 +20,11 @@ use std::time::Instant;
 
 use dimstore_proto::{FrameLimits, Request, Response};
 
+mod accept;
 mod buffer;
 pub mod channel;
 mod error;
+mod gate;
 pub mod local;
 pub mod mux;
 pub mod onesided;
@@ -32,6 +34,7 @@ pub mod tcp;
 pub use buffer::AlignedBuf;
 pub use dimstore_engine::{DeferredReply, Outcome, PeerInfo, Reply, Service};
 pub use error::{chain, Cause, TransportError};
+pub use gate::{Admission, ConnectionGate, ConnectionLimits, Refusal};
 
 /// A reply as a client receives it.
 #[derive(Debug)]

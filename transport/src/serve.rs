@@ -16,38 +16,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::{Mutex, Notify};
 use tokio::task::AbortHandle;
 
+use crate::gate::Admission;
 use crate::{PeerInfo, Service};
 
 pub use dimstore_engine::ServeOptions;
-
-/// Accepts connections until `shutdown` completes, serving each with `serve_one` on a task
-/// of its own. Accept errors (out of descriptors, ...) back off instead of spinning.
-pub(crate) async fn accept_until<T, A, AF, C, CF>(
-    mut accept: A,
-    shutdown: impl Future<Output = ()>,
-    serve_one: C,
-) where
-    A: FnMut() -> AF,
-    AF: Future<Output = std::io::Result<T>>,
-    C: Fn(T) -> CF,
-    CF: Future<Output = ()> + Send + 'static,
-{
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = accept() => match accepted {
-                Ok(connection) => {
-                    tokio::spawn(serve_one(connection));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-}
 
 /// The write side of a connection: frame heads (with descriptors where the socket carries
 /// them) and raw bytes.
@@ -63,10 +35,11 @@ pub(crate) trait FrameWriter: Send + 'static {
     fn write_bytes(&mut self, bytes: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
 }
 
-/// Why a connection was closed by the server.
+/// Why a connection was closed by the server. Its `Display` does not repeat its source:
+/// log it with [`chain`](crate::chain).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectionEnd {
-    #[error("peer closed or I/O failed: {0}")]
+    #[error("peer closed or I/O failed")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Protocol(#[from] StreamError),
@@ -84,7 +57,8 @@ enum Event {
     WriteFailed,
 }
 
-/// Serves one connection until the peer closes it or breaks the protocol.
+/// Serves one connection until the peer closes it or breaks the protocol. Its `admission`
+/// is told when it authenticated, and given back when it ends.
 pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameWriter>(
     read_half: R,
     write_half: W,
@@ -92,11 +66,15 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
     peer: PeerInfo,
     service: Arc<S>,
     options: ServeOptions,
+    admission: Admission,
 ) -> Result<(), ConnectionEnd> {
     let mut reader = BufReader::with_capacity(64 << 10, read_half);
     let writer = Arc::new(ReplyWriter::new(write_half, options.stall_timeout));
     let session = service.open_session(transport, peer);
     let mut engine = StreamEngine::new(&*service, session, options, Instant::now());
+    // Declared after the engine, so dropped before it: the connection's place in the gate
+    // is free by the time its session is seen closed.
+    let mut admission = admission;
     let mut deferred = DeferredReplies::default();
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
@@ -114,7 +92,7 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
                             return;
                         };
                         if let Err(e) = send_reply(&writer, outgoing, &*service, transport).await {
-                            tracing::debug!(error = %e, "deferred reply not delivered");
+                            tracing::debug!(error = %crate::chain(&e), "deferred reply not delivered");
                         }
                     });
                 }
@@ -142,7 +120,12 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
         };
         match event {
             Event::Read(Ok(0)) => engine.peer_closed(),
-            Event::Read(Ok(n)) => engine.received(&*service, n, Instant::now()),
+            Event::Read(Ok(n)) => {
+                engine.received(&*service, n, Instant::now());
+                if admission.is_pending() && service.authenticated(engine.session()) {
+                    admission.authenticated();
+                }
+            }
             Event::Read(Err(e)) => return Err(e.into()),
             Event::Deadline => engine.handle_timeout(Instant::now()),
             Event::WriteFailed => return Err(ConnectionEnd::WriteStalled(options.stall_timeout)),
@@ -280,4 +263,26 @@ async fn send_reply<S: Service, W: FrameWriter>(
         service.record_sent(transport, bytes);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use dimstore_proto::FrameError;
+
+    use super::*;
+    use crate::chain;
+
+    #[test]
+    fn a_connection_end_names_each_cause_once() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert_eq!(
+            chain(&ConnectionEnd::from(reset)).to_string(),
+            "peer closed or I/O failed: reset by peer"
+        );
+        let refused = ConnectionEnd::from(StreamError::from(FrameError::UnknownKind(9)));
+        assert_eq!(
+            chain(&refused).to_string(),
+            "refused frame: unknown frame kind 9"
+        );
+    }
 }

@@ -34,7 +34,8 @@ const TOKEN_VAR: &str = "DIMSTORE_TOKEN";
 /// How long a server gets to exit at the job's end before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// A hook's failure, logged by the caller (the panic boundary in `lib.rs`).
+/// A hook's failure, logged by the caller (the panic boundary in `lib.rs`) with its causes
+/// ([`with_causes`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HookError {
@@ -45,13 +46,26 @@ pub enum HookError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// The node's server could not be had.
-    #[error("job {job}: {source}")]
+    #[error("job {job}: no dimstore server on this node")]
     Server {
         /// Job id.
         job: u32,
         /// The cause.
         source: job::JobError,
     },
+}
+
+/// `error` and each of its sources, `: `-separated: the variants' messages do not repeat
+/// their sources, so this shows every cause once.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
 }
 
 /// `--dimstore` as last seen by the option callback in this process: `None` if not given,
@@ -204,7 +218,7 @@ pub fn job_prolog(sp: &Spank, args: &[String]) -> Result<(), HookError> {
     let host = dimstore_host::hostname();
     if let Err(e) = start(&config, &job, &host, value.as_deref(), token) {
         // Never fail the prolog (the node would be drained): the job's steps report it.
-        spank::log(Level::Error, &e.to_string());
+        spank::log(Level::Error, &with_causes(&e));
     }
     Ok(())
 }
@@ -297,6 +311,23 @@ fn path_with(path: &str, dir: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_is_logged_with_each_cause_once() {
+        let spawn = job::JobError::Spawn {
+            bin: "/opt/dimstore/bin/dimstore-server".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        };
+        let error = HookError::Server {
+            job: 42,
+            source: spawn,
+        };
+        assert_eq!(
+            with_causes(&error),
+            "job 42: no dimstore server on this node: \
+             cannot start /opt/dimstore/bin/dimstore-server: no such file"
+        );
+    }
 
     #[test]
     fn path_gets_the_bin_dir_once_at_the_end() {

@@ -45,7 +45,7 @@ pub struct Job {
 #[non_exhaustive]
 pub enum JobError {
     /// A file or directory operation failed.
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}", path.display())]
     Io {
         /// What was being done.
         what: &'static str,
@@ -65,7 +65,7 @@ pub enum JobError {
         uid: u32,
     },
     /// The server could not be started.
-    #[error("cannot start {}: {source}", bin.display())]
+    #[error("cannot start {}", bin.display())]
     Spawn {
         /// The binary.
         bin: PathBuf,

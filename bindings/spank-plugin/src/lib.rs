@@ -53,7 +53,7 @@ fn boundary(hook: &str, body: impl FnOnce() -> Result<(), hooks::HookError>) -> 
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
-            spank::log(Level::Error, &format!("{hook}: {e}"));
+            spank::log(Level::Error, &format!("{hook}: {}", hooks::with_causes(&e)));
             -1
         }
         Err(panic) => {

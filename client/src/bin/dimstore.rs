@@ -307,8 +307,8 @@ fn stat(store: &Store, config: &ClientConfig, json: bool, all: bool) -> anyhow::
         }
         for t in &s.transports {
             out!(
-                "  {}: {} connections, {} bytes served ({} one-sided, {} registrations), {} bytes pulled",
-                t.name, t.connections, t.bytes_served, t.one_sided_bytes, t.registrations, t.pulled_bytes
+                "  {}: {} connections ({} refused), {} bytes served ({} one-sided, {} registrations), {} bytes pulled",
+                t.name, t.connections, t.refused_connections, t.bytes_served, t.one_sided_bytes, t.registrations, t.pulled_bytes
             )?;
         }
         print!("{}", op_table(&s.ops));
@@ -381,6 +381,7 @@ fn stats_json(s: &dimstore::ServerStats) -> serde_json::Value {
             serde_json::json!({
                 "name": t.name,
                 "connections": t.connections,
+                "refused_connections": t.refused_connections,
                 "bytes_served": t.bytes_served,
                 "one_sided_bytes": t.one_sided_bytes,
                 "registrations": t.registrations,

@@ -12,17 +12,24 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixListener;
 
 use super::NAME;
-use crate::serve::{accept_until, serve_connection, FrameWriter, ServeOptions};
-use crate::{PeerInfo, Service};
+use crate::accept::accept_until;
+use crate::gate::{Admission, ConnectionGate};
+use crate::serve::{serve_connection, FrameWriter, ServeOptions};
+use crate::{chain, PeerInfo, Service};
 
-/// Serves `service` on the Unix `listener` until `shutdown` completes.
+/// Serves `service` on the Unix `listener` until `shutdown` completes, each connection
+/// `gate` admits on a task of its own; one it refuses is closed at once and counted
+/// ([`Service::record_refused`]).
 pub async fn serve<S: Service>(
     listener: UnixListener,
     service: Arc<S>,
     options: ServeOptions,
+    gate: &Arc<ConnectionGate>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let serve_one = |(stream, _): (tokio::net::UnixStream, tokio::net::unix::SocketAddr)| {
+    let on_refused = || service.record_refused(NAME);
+    let serve_one = |(stream, _): (tokio::net::UnixStream, tokio::net::unix::SocketAddr),
+                     admission: Admission| {
         let service = Arc::clone(&service);
         async move {
             let cred = stream.peer_cred().ok();
@@ -36,13 +43,22 @@ pub async fn serve<S: Service>(
             };
             let (read_half, write_half) = stream.into_split();
             let writer = FdWriter(write_half);
-            let served = serve_connection(read_half, writer, NAME, peer, service, options);
+            let served =
+                serve_connection(read_half, writer, NAME, peer, service, options, admission);
             if let Err(e) = served.await {
-                tracing::debug!(peer = %address, error = %e, "connection closed");
+                tracing::debug!(peer = %address, error = %chain(&e), "connection closed");
             }
         }
     };
-    accept_until(|| listener.accept(), shutdown, serve_one).await;
+    accept_until(
+        NAME,
+        || listener.accept(),
+        shutdown,
+        gate,
+        on_refused,
+        serve_one,
+    )
+    .await;
 }
 
 /// The write half of a Unix connection, able to pass descriptors.

@@ -9,8 +9,10 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
 
 use super::NAME;
-use crate::serve::{accept_until, serve_connection, FrameWriter};
-use crate::{PeerInfo, Service};
+use crate::accept::accept_until;
+use crate::gate::{Admission, ConnectionGate};
+use crate::serve::{serve_connection, FrameWriter};
+use crate::{chain, PeerInfo, Service};
 
 pub use crate::serve::ServeOptions;
 
@@ -24,16 +26,20 @@ impl FrameWriter for OwnedWriteHalf {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` completes. Each connection is served by a
-/// task of its own; replies that must wait (deferred gets) are written by tasks of their own
-/// so the connection keeps being served.
+/// Serves `service` on `listener` until `shutdown` completes. Each connection `gate` admits
+/// is served by a task of its own; replies that must wait (deferred gets) are written by
+/// tasks of their own so the connection keeps being served. A connection `gate` refuses is
+/// closed at once and counted ([`Service::record_refused`]).
 pub async fn serve<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
     options: ServeOptions,
+    gate: &Arc<ConnectionGate>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let serve_one = |(stream, peer): (tokio::net::TcpStream, std::net::SocketAddr)| {
+    let on_refused = || service.record_refused(NAME);
+    let serve_one = |(stream, peer): (tokio::net::TcpStream, std::net::SocketAddr),
+                     admission: Admission| {
         let service = Arc::clone(&service);
         async move {
             let address = peer.to_string();
@@ -43,11 +49,21 @@ pub async fn serve<S: Service>(
                 address: address.clone(),
                 uid: None,
             };
-            let served = serve_connection(read_half, write_half, NAME, peer, service, options);
+            let served = serve_connection(
+                read_half, write_half, NAME, peer, service, options, admission,
+            );
             if let Err(e) = served.await {
-                tracing::debug!(peer = %address, error = %e, "connection closed");
+                tracing::debug!(peer = %address, error = %chain(&e), "connection closed");
             }
         }
     };
-    accept_until(|| listener.accept(), shutdown, serve_one).await;
+    accept_until(
+        NAME,
+        || listener.accept(),
+        shutdown,
+        gate,
+        on_refused,
+        serve_one,
+    )
+    .await;
 }
