@@ -251,7 +251,7 @@ fn write_jobs(queue: &SpillQueue<Job>, dir: &SpillDir, target: &dyn SpillTarget)
     };
     while let Some((job, len)) = queue.pop() {
         let written = if target.still_wanted(job.id, &job.object) {
-            let result = dir.write_reserved(job.id, job.object.as_slice(), bounce.as_mut());
+            let result = dir.write_reserved(job.object.as_slice(), bounce.as_mut());
             let ok = result.is_ok();
             target.written(job.id, &job.object, result);
             ok
@@ -411,7 +411,7 @@ mod tests {
         assert_eq!(wait_for(4).failed, 2);
         let reports = recorder.0.lock().expect("lock");
         assert!(
-            matches!(&reports[2], (4, Err(e)) if e.contains("spill file")),
+            matches!(&reports[2], (4, Err(e)) if e.contains("spill log")),
             "{reports:?}"
         );
         drop(reports);

@@ -916,7 +916,7 @@ impl ObjectStore {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PressureStats {
             spilled_bytes: get(&c.bytes).saturating_sub(get(&c.kept_bytes)),
-            spilled_objects: get(&c.files).saturating_sub(get(&c.kept_files)),
+            spilled_objects: get(&c.objects).saturating_sub(get(&c.kept_objects)),
             spill_kept_bytes: get(&c.kept_bytes),
             respills: get(&c.respills),
             restores: get(&c.restores),
@@ -1456,18 +1456,6 @@ mod tests {
         (root, store)
     }
 
-    /// The spill file of `id` in `store`'s spill directory: its inode and modification time.
-    fn spill_file_identity(store: &ObjectStore, id: ObjectId) -> (u64, std::time::SystemTime) {
-        use std::os::unix::fs::MetadataExt;
-        let path = store
-            .spill()
-            .expect("spill")
-            .path()
-            .join(format!("{:032x}", id.0));
-        let meta = std::fs::metadata(&path).expect("spill file");
-        (meta.ino(), meta.modified().expect("mtime"))
-    }
-
     /// Restores `id` and checks every byte is `fill`.
     fn restore_and_check(store: &ObjectStore, id: ObjectId, fill: u8) {
         let found = store.restore(&[id], store.lookup(&[id])).expect("restore");
@@ -1505,15 +1493,10 @@ mod tests {
         }
         spills_settle(&store);
         assert!(matches!(store.lookup(&[first])[..], [Lookup::Spilled]));
-        let on_disk = spill_file_identity(&store, first);
+        let on_disk = store.spilled_file(&first).expect("spilled");
         restore_and_check(&store, first, 0);
         let after_restore = store.pressure();
         assert_eq!(after_restore.spill_kept_bytes, quarter, "{after_restore:?}");
-        assert_eq!(
-            spill_file_identity(&store, first),
-            on_disk,
-            "the file is kept"
-        );
         // Four more objects push everything in memory out, the restored one too.
         for i in 8..12u8 {
             put_filled(i);
@@ -1523,21 +1506,16 @@ mod tests {
         let now = store.pressure();
         assert_eq!(now.respills, 1, "{now:?}");
         assert_eq!(now.spill_kept_bytes, 0, "{now:?}");
-        assert_eq!(
-            spill_file_identity(&store, first),
-            on_disk,
-            "spilled again to the same file, not rewritten"
+        assert!(
+            Arc::ptr_eq(&store.spilled_file(&first).expect("spilled"), &on_disk),
+            "spilled again to the same place in its log, not rewritten"
         );
         restore_and_check(&store, first, 0);
-        // Evicted, the object's kept file goes too.
+        assert_eq!(store.pressure().spill_kept_bytes, quarter);
+        // Evicted, the object lets go of its place on disk (only this test holds it now).
         store.evict(&[first]);
         assert_eq!(store.pressure().spill_kept_bytes, 0);
-        assert!(!store
-            .spill()
-            .expect("spill")
-            .path()
-            .join(format!("{:032x}", first.0))
-            .exists());
+        assert_eq!(Arc::strong_count(&on_disk), 1);
     }
 
     #[test]
