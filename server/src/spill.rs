@@ -74,6 +74,28 @@ pub enum SpillError {
     },
 }
 
+impl SpillError {
+    /// The same error again, for each object of a batch that failed as one (an I/O error's
+    /// kind and message are kept; its identity is not).
+    fn duplicate(&self) -> SpillError {
+        match self {
+            SpillError::Limit {
+                limit,
+                used,
+                wanted,
+            } => SpillError::Limit {
+                limit: *limit,
+                used: *used,
+                wanted: *wanted,
+            },
+            SpillError::Io { path, source } => SpillError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpillError + '_ {
     move |source| SpillError::Io {
         path: path.to_path_buf(),
@@ -241,7 +263,7 @@ impl SpillDir {
 
     /// Where `len` bytes go: the current log and an offset in it, or a new log.
     fn place(&self, len: u64) -> Result<(Arc<Log>, u64), SpillError> {
-        let padded = len.div_ceil(BLOCK as u64) * BLOCK as u64;
+        let padded = padded(len);
         let mut appending = lock(&self.appending);
         if let Some(log) = appending.log.upgrade() {
             if appending.next.saturating_add(padded) <= LOG_SIZE {
@@ -296,6 +318,61 @@ impl SpillDir {
         }
     }
 
+    /// Appends several objects, reserved before, to one log in a single write: each is
+    /// copied into `bounce` at a block boundary (their padded sizes together at most its
+    /// length), so small objects reach the disk as one long write instead of one each.
+    /// One result per object; a failed write fails them all (nothing is left behind).
+    pub fn write_batch(
+        &self,
+        objects: &[&[u8]],
+        bounce: &mut PageBuffer,
+    ) -> Vec<Result<SpillFile, SpillError>> {
+        let c = &self.counters;
+        let lens: Vec<u64> = objects.iter().map(|o| o.len() as u64).collect();
+        let bytes: u64 = lens.iter().sum();
+        c.reserved.fetch_sub(bytes, Ordering::Relaxed);
+        let padded: Vec<u64> = lens.iter().map(|&l| padded(l)).collect();
+        let total: u64 = padded.iter().sum();
+        let fail_all = |e: &SpillError| {
+            c.failures
+                .fetch_add(objects.len() as u64, Ordering::Relaxed);
+            objects.iter().map(|_| Err(e.duplicate())).collect()
+        };
+        if total > bounce.as_slice().len() as u64 {
+            let e = std::io::Error::other("a spill batch larger than its buffer");
+            return fail_all(&io(&self.dir)(e));
+        }
+        let (log, base) = match self.place(total) {
+            Ok(place) => place,
+            Err(e) => return fail_all(&e),
+        };
+        let buffer = bounce.as_mut_slice();
+        let mut files = Vec::with_capacity(objects.len());
+        let mut at = 0u64;
+        for ((object, &len), &room) in objects.iter().zip(&lens).zip(&padded) {
+            let start = at as usize;
+            buffer[start..start + object.len()].copy_from_slice(object);
+            buffer[start + object.len()..start + room as usize].fill(0);
+            files.push(SpillFile::new(
+                Arc::clone(&log),
+                base + at,
+                len,
+                Arc::clone(c),
+            ));
+            at += room;
+        }
+        let busy = self.writing.start(&c.write_ns);
+        let wrote = self.write_blocks(&log, base, &buffer[..total as usize]);
+        drop(busy);
+        if let Err(e) = wrote {
+            // Dropping the files punches their ranges out again.
+            drop(files);
+            return fail_all(&io(&log.path)(e));
+        }
+        c.written.fetch_add(bytes, Ordering::Relaxed);
+        files.into_iter().map(Ok).collect()
+    }
+
     /// Writes `bytes` at `file`'s place: direct I/O if its log takes it, else buffered,
     /// synced and dropped from the page cache.
     fn write_at(
@@ -316,20 +393,34 @@ impl SpillDir {
             };
             match write_direct(&log.file, file.offset, bytes, bounce) {
                 Ok(()) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                    // Opened with O_DIRECT, refused at the first write: this log goes on
-                    // buffered (its other objects are read back through the same file).
-                    self.refuse_direct(&e);
-                    log.buffered()?;
-                }
-                Err(e) => return Err(e),
+                Err(e) => self.direct_refused(log, e)?,
             }
         }
-        log.file.write_all_at(bytes, file.offset)?;
-        log.file.sync_data()?;
-        // Only advice: the bytes are on disk either way.
-        let _ = fadvise(&log.file, file.offset, file.len, Advice::DontNeed);
-        Ok(())
+        write_buffered(log, file.offset, bytes)
+    }
+
+    /// Writes whole blocks from page-aligned `bytes` at `offset` of `log`: direct I/O if it
+    /// takes it, else buffered, synced and dropped from the page cache.
+    fn write_blocks(&self, log: &Log, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        if log.direct.load(Ordering::Relaxed) {
+            match write_direct_blocks(&log.file, offset, bytes) {
+                Ok(()) => return Ok(()),
+                Err(e) => self.direct_refused(log, e)?,
+            }
+        }
+        write_buffered(log, offset, bytes)
+    }
+
+    /// A direct write to `log` failed with `error`: `Ok` when that was the file system
+    /// refusing direct I/O (opened with `O_DIRECT`, refused at the first write), after which
+    /// this log goes on buffered (its other objects are read back through the same file);
+    /// any other error is given back.
+    fn direct_refused(&self, log: &Log, error: std::io::Error) -> std::io::Result<()> {
+        if error.raw_os_error() != Some(rustix::io::Errno::INVAL.raw_os_error()) {
+            return Err(error);
+        }
+        self.refuse_direct(&error);
+        log.buffered()
     }
 
     /// Reads a spilled object into `buf` (its length).
@@ -440,6 +531,30 @@ fn write_direct(
         offset += n;
     }
     Ok(())
+}
+
+/// Writes whole blocks from page-aligned `bytes` at `base` of `file` (opened with
+/// `O_DIRECT`), in pieces of at most [`IO_CHUNK`].
+fn write_direct_blocks(file: &File, base: u64, bytes: &[u8]) -> std::io::Result<()> {
+    debug_assert!(aligned(bytes) && bytes.len().is_multiple_of(BLOCK));
+    for (n, piece) in bytes.chunks(IO_CHUNK).enumerate() {
+        file.write_all_at(piece, base + (n * IO_CHUNK) as u64)?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` at `offset` of `log` through the page cache, syncs them and drops them
+/// from the cache (only advice: the bytes are on disk either way).
+fn write_buffered(log: &Log, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    log.file.write_all_at(bytes, offset)?;
+    log.file.sync_data()?;
+    let _ = fadvise(&log.file, offset, bytes.len() as u64, Advice::DontNeed);
+    Ok(())
+}
+
+/// `len` rounded up to whole blocks: the room an object takes in a log.
+pub fn padded(len: u64) -> u64 {
+    len.div_ceil(BLOCK as u64) * BLOCK as u64
 }
 
 /// Locks `mutex`, whose data stays consistent across a panic (plain counters and handles).
@@ -666,8 +781,7 @@ impl Drop for KeptFile {
 
 impl Drop for SpillFile {
     fn drop(&mut self) {
-        let padded = self.len.div_ceil(BLOCK as u64) * BLOCK as u64;
-        self.log.punch(self.offset, padded);
+        self.log.punch(self.offset, padded(self.len));
         self.counters.bytes.fetch_sub(self.len, Ordering::Relaxed);
         self.counters.objects.fetch_sub(1, Ordering::Relaxed);
     }
@@ -781,6 +895,57 @@ mod tests {
         }
         drop(files);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_batch_of_small_objects_is_one_write_into_one_log() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let spill = SpillDir::open(root.path(), 1 << 30).expect("open");
+        let mut bounce = bounce_buffer(IO_CHUNK).expect("buffer");
+        let objects: Vec<Vec<u8>> = [5000usize, 0, 4096, 70_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| vec![i as u8 + 1; n])
+            .collect();
+        let slices: Vec<&[u8]> = objects.iter().map(Vec::as_slice).collect();
+        let total: u64 = slices.iter().map(|o| o.len() as u64).sum();
+        spill.reserve(total).expect("room");
+        let files: Vec<SpillFile> = spill
+            .write_batch(&slices, &mut bounce)
+            .into_iter()
+            .map(|r| r.expect("written"))
+            .collect();
+        assert_eq!(spill.counters().written.load(Ordering::Relaxed), total);
+        assert_eq!(spill.counters().reserved.load(Ordering::Relaxed), 0);
+        let (log, mut expected) = files[0].location();
+        let log = log.to_path_buf();
+        for (file, object) in files.iter().zip(&objects) {
+            assert_eq!(
+                file.location(),
+                (log.as_path(), expected),
+                "one log, back to back"
+            );
+            expected += padded(object.len() as u64);
+            let mut back = vec![0u8; object.len()];
+            spill.read(file, &mut back).expect("read");
+            assert_eq!(&back, object);
+        }
+        // A batch larger than the buffer, or a failing disk: every object gets an error,
+        // nothing stays counted.
+        let big = vec![0u8; IO_CHUNK];
+        spill.reserve(2 * IO_CHUNK as u64).expect("room");
+        let results = spill.write_batch(&[&big, &big], &mut bounce);
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+        drop(files);
+        std::fs::remove_dir_all(spill.path()).expect("remove");
+        spill.reserve(total).expect("room");
+        let results = spill.write_batch(&slices, &mut bounce);
+        assert_eq!(results.len(), slices.len());
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+        let c = spill.counters();
+        assert_eq!(c.bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(c.objects.load(Ordering::Relaxed), 0);
+        assert_eq!(c.reserved.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use dimstore_proto::ObjectId;
 
-use crate::spill::{bounce_buffer, SpillDir, SpillError, SpillFile, IO_CHUNK};
+use dimstore_arena::PageBuffer;
+
+use crate::spill::{bounce_buffer, padded, SpillDir, SpillError, SpillFile, IO_CHUNK};
 use crate::store::Object;
 
 /// A queue of jobs bounded by their bytes, with a counter of finished jobs to wait on.
@@ -96,6 +98,16 @@ impl<T> SpillQueue<T> {
                 return Some(job);
             }
             state = self.queued.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The oldest job, if there is one and `wanted` takes it (its job and length); never
+    /// waits.
+    pub fn pop_if(&self, wanted: impl FnOnce(&T, u64) -> bool) -> Option<(T, u64)> {
+        let mut state = self.state();
+        match state.jobs.front() {
+            Some((job, len)) if !state.closed && wanted(job, *len) => state.jobs.pop_front(),
+            _ => None,
         }
     }
 
@@ -239,9 +251,16 @@ impl Drop for SpillWriter {
     }
 }
 
-/// One writer thread's loop: one job at a time, oldest first, until the queue closes.
+/// Objects below this size are written in batches: copied one after the other into the
+/// writer's buffer and written together (a disk write per small object would be bound by
+/// the write's latency, not the disk's bandwidth). Larger ones go straight from memory.
+const BATCH_BELOW: u64 = 1 << 20;
+
+/// One writer thread's loop: oldest first, until the queue closes; a small object takes the
+/// small ones queued behind it along, as far as the buffer holds them.
 fn write_jobs(queue: &SpillQueue<Job>, dir: &SpillDir, target: &dyn SpillTarget) {
-    // One bounce buffer for the thread's life (for unaligned objects and last blocks).
+    // One bounce buffer for the thread's life (for batches, unaligned objects and last
+    // blocks).
     let mut bounce = match bounce_buffer(IO_CHUNK) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -250,18 +269,77 @@ fn write_jobs(queue: &SpillQueue<Job>, dir: &SpillDir, target: &dyn SpillTarget)
         }
     };
     while let Some((job, len)) = queue.pop() {
-        let written = if target.still_wanted(job.id, &job.object) {
-            let result = dir.write_reserved(job.object.as_slice(), bounce.as_mut());
-            let ok = result.is_ok();
-            target.written(job.id, &job.object, result);
-            ok
-        } else {
-            dir.unreserve(len);
-            false
-        };
-        // The lease goes before the waiters wake: the memory is free when they look.
+        match bounce.as_mut() {
+            Some(buffer) if len < BATCH_BELOW => {
+                let room = buffer.as_slice().len() as u64;
+                let mut taken = padded(len);
+                let mut batch = vec![(job, len)];
+                while let Some(next) =
+                    queue.pop_if(|_, next| next < BATCH_BELOW && taken + padded(next) <= room)
+                {
+                    taken += padded(next.1);
+                    batch.push(next);
+                }
+                write_batch(queue, dir, target, batch, buffer);
+            }
+            bounce => write_one(queue, dir, target, job, len, bounce),
+        }
+    }
+}
+
+/// Writes one object, if still wanted, and reports it.
+fn write_one(
+    queue: &SpillQueue<Job>,
+    dir: &SpillDir,
+    target: &dyn SpillTarget,
+    job: Job,
+    len: u64,
+    bounce: Option<&mut PageBuffer>,
+) {
+    let written = if target.still_wanted(job.id, &job.object) {
+        let result = dir.write_reserved(job.object.as_slice(), bounce);
+        let ok = result.is_ok();
+        target.written(job.id, &job.object, result);
+        ok
+    } else {
+        dir.unreserve(len);
+        false
+    };
+    // The lease goes before the waiters wake: the memory is free when they look.
+    drop(job);
+    queue.finish(len, written);
+}
+
+/// Writes the objects of `batch` still wanted in one write, and reports each.
+fn write_batch(
+    queue: &SpillQueue<Job>,
+    dir: &SpillDir,
+    target: &dyn SpillTarget,
+    batch: Vec<(Job, u64)>,
+    buffer: &mut PageBuffer,
+) {
+    let (wanted, unwanted): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .partition(|(job, _)| target.still_wanted(job.id, &job.object));
+    for (job, len) in unwanted {
+        dir.unreserve(len);
         drop(job);
-        queue.finish(len, written);
+        queue.finish(len, false);
+    }
+    if wanted.is_empty() {
+        return;
+    }
+    let slices: Vec<&[u8]> = wanted
+        .iter()
+        .map(|(job, _)| job.object.as_slice())
+        .collect();
+    let results = dir.write_batch(&slices, buffer);
+    drop(slices);
+    for ((job, len), result) in wanted.into_iter().zip(results) {
+        let ok = result.is_ok();
+        target.written(job.id, &job.object, result);
+        drop(job);
+        queue.finish(len, ok);
     }
 }
 
@@ -297,6 +375,24 @@ mod tests {
         // An empty queue takes one job larger than its bound.
         assert_eq!(queue.push('d', 100), Ok(()));
         assert_eq!(queue.push('e', 1), Err('e'));
+    }
+
+    #[test]
+    fn pop_if_takes_the_oldest_job_only_when_wanted_and_never_waits() {
+        let queue = SpillQueue::new(100);
+        assert_eq!(queue.pop_if(|_, _| true), None, "empty: no wait");
+        queue.push('a', 10).expect("room");
+        queue.push('b', 20).expect("room");
+        assert_eq!(
+            queue.pop_if(|_, len| len > 10),
+            None,
+            "the oldest is not wanted"
+        );
+        assert_eq!(queue.pop_if(|&job, _| job == 'a'), Some(('a', 10)));
+        assert_eq!(queue.pop_if(|_, _| true), Some(('b', 20)));
+        queue.push('c', 1).expect("room");
+        queue.close();
+        assert_eq!(queue.pop_if(|_, _| true), None, "closed");
     }
 
     #[test]
