@@ -185,12 +185,7 @@ impl ServiceCollector {
                 st.uptime_ms / 1000,
             ),
         ];
-        for (name, help, unit, value) in &gauges {
-            let gauge = ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX));
-            let metric =
-                encoder.encode_descriptor(name, help, unit.as_ref(), gauge.metric_type())?;
-            gauge.encode(metric)?;
-        }
+        encode_gauges(encoder, &gauges)?;
         let counters: [(&str, &str, u64); 5] = [
             (
                 "dimstore_objects_put",
@@ -218,11 +213,7 @@ impl ServiceCollector {
                 st.store_full,
             ),
         ];
-        for (name, help, value) in &counters {
-            let counter = ConstCounter::new(*value);
-            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(metric)?;
-        }
+        encode_counters(encoder, None, &counters)?;
         let mut connections = encoder.encode_descriptor(
             "dimstore_connections",
             "Connections open now, per transport.",
@@ -285,12 +276,7 @@ impl ServiceCollector {
                 p.spill_kept_bytes,
             ),
         ];
-        for (name, help, unit, value) in &gauges {
-            let gauge = ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX));
-            let metric =
-                encoder.encode_descriptor(name, help, unit.as_ref(), gauge.metric_type())?;
-            gauge.encode(metric)?;
-        }
+        encode_gauges(encoder, &gauges)?;
         let bytes: [(&str, &str, u64); 2] = [
             (
                 "dimstore_spill_written",
@@ -303,34 +289,20 @@ impl ServiceCollector {
                 p.spill_read,
             ),
         ];
-        for (name, help, value) in &bytes {
-            let counter = ConstCounter::new(*value);
-            let metric =
-                encoder.encode_descriptor(name, help, Some(&Unit::Bytes), counter.metric_type())?;
-            counter.encode(metric)?;
-        }
-        let seconds: [(&str, &str, u64); 2] = [
+        encode_counters(encoder, Some(&Unit::Bytes), &bytes)?;
+        let seconds: [(&str, &str, f64); 2] = [
             (
                 "dimstore_spill_write",
                 "Time a spill write was in flight since start (bandwidth: written bytes / this).",
-                p.spill_write_ns,
+                p.spill_write_ns as f64 / 1e9,
             ),
             (
                 "dimstore_spill_read",
                 "Time a restore read was in flight since start.",
-                p.spill_read_ns,
+                p.spill_read_ns as f64 / 1e9,
             ),
         ];
-        for (name, help, ns) in &seconds {
-            let counter = ConstCounter::new(*ns as f64 / 1e9);
-            let metric = encoder.encode_descriptor(
-                name,
-                help,
-                Some(&Unit::Seconds),
-                counter.metric_type(),
-            )?;
-            counter.encode(metric)?;
-        }
+        encode_counters(encoder, Some(&Unit::Seconds), &seconds)?;
         let counters: [(&str, &str, u64); 3] = [
             (
                 "dimstore_restores",
@@ -348,11 +320,7 @@ impl ServiceCollector {
                 p.spill_failures,
             ),
         ];
-        for (name, help, value) in &counters {
-            let counter = ConstCounter::new(*value);
-            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(metric)?;
-        }
+        encode_counters(encoder, None, &counters)?;
         let mut removed = encoder.encode_descriptor(
             "dimstore_server_evictions",
             "Objects the server removed since start, by cause: the eviction policy, an expired time to live or lease, their owner gone, or consumed by a get-and-evict.",
@@ -369,6 +337,37 @@ impl ServiceCollector {
         }
         Ok(())
     }
+}
+
+/// One gauge per row: name, help, unit and value (beyond `i64` shown as `i64::MAX`).
+fn encode_gauges(
+    encoder: &mut DescriptorEncoder,
+    rows: &[(&str, &str, Option<Unit>, u64)],
+) -> Result<(), std::fmt::Error> {
+    for (name, help, unit, value) in rows {
+        let gauge = ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor(name, help, unit.as_ref(), gauge.metric_type())?;
+        gauge.encode(metric)?;
+    }
+    Ok(())
+}
+
+/// One counter per row (name, help, value), all in `unit`.
+fn encode_counters<N>(
+    encoder: &mut DescriptorEncoder,
+    unit: Option<&Unit>,
+    rows: &[(&str, &str, N)],
+) -> Result<(), std::fmt::Error>
+where
+    N: Copy,
+    ConstCounter<N>: EncodeMetric,
+{
+    for (name, help, value) in rows {
+        let counter = ConstCounter::new(*value);
+        let metric = encoder.encode_descriptor(name, help, unit, counter.metric_type())?;
+        counter.encode(metric)?;
+    }
+    Ok(())
 }
 
 /// Owned labels of a request metric.

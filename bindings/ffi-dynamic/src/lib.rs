@@ -146,8 +146,10 @@ mod tests {
     fn a_library_loads_once_and_a_failure_is_retried() {
         static LIBC: Loader<NoFunctions> =
             Loader::new("libc.so.6", "FFI_DYNAMIC_TEST_NO_SUCH_VARIABLE");
-        static MISSING: Loader<NoFunctions> =
-            Loader::new("libdoes-not-exist.so.9", "FFI_DYNAMIC_TEST_NO_SUCH_VARIABLE");
+        static MISSING: Loader<NoFunctions> = Loader::new(
+            "libdoes-not-exist.so.9",
+            "FFI_DYNAMIC_TEST_NO_SUCH_VARIABLE",
+        );
         let open = |name: &OsStr| {
             // SAFETY: libc's initializers have run already in this process.
             unsafe { open_global(name) }

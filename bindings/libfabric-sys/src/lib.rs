@@ -41,7 +41,6 @@
 // and a dynamic loader, which the workspace's `unsafe_code = "deny"` would otherwise reject.
 #![allow(unsafe_code)]
 
-
 /// Everything bindgen generated from the libfabric headers, re-exported at the crate root.
 #[allow(
     non_camel_case_types,
