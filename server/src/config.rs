@@ -79,8 +79,9 @@ pub struct Args {
     /// Most connections that have not authenticated (no Hello yet), on TCP and the local
     /// socket together. Each holds a file descriptor until its Hello or the stall timeout,
     /// and any peer can open them, so a flood of them could take every descriptor the
-    /// server has: beyond this bound a new connection is closed at once (counted as
-    /// refused_connections in stats). Authenticated connections do not count against it;
+    /// server has: beyond this bound each new connection evicts the oldest one still
+    /// waiting for its Hello (counted as refused_connections in stats), so silent peers
+    /// cannot lock new clients out. Authenticated connections do not count against it;
     /// all connections together are bounded by the descriptor limit (the soft
     /// RLIMIT_NOFILE, raised to the hard one at start) less a reserve for segments, spill
     /// files and one-sided transports. [default: 256]

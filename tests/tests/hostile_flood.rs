@@ -1,9 +1,10 @@
 //! Connection floods against a real server: connections that never send their Hello,
 //! past `--max-pending-connections` and past the descriptor limit, on TCP and on the
-//! same-node socket. The connections past the bounds are closed at once and counted, the
-//! server's memory stays small, out of descriptors its accept loop waits instead of
-//! spinning or logging every failure, an authenticated client is served throughout, and new
-//! clients are once the flood is gone.
+//! same-node socket. Past the pending bound the oldest silent connections are evicted, so
+//! new clients are still served during the flood; past the descriptor bound new
+//! connections are closed at once; both are counted, the server's memory stays small, out
+//! of descriptors its accept loop waits instead of spinning or logging every failure, and
+//! an authenticated client is served throughout.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -174,17 +175,19 @@ fn silent_connections_past_the_pending_cap(via: Via) {
         "every connect is accepted by the kernel"
     );
     let expected = (FLOOD - PENDING_CAP) as u64;
-    // The sessions of the admitted ones open on tasks of their own: wait for them too.
-    let stats = wait_stats(&client, "the connections past the cap refused", |s| {
-        refused(s, via) >= expected && open(s, via) >= open(&before, via) + PENDING_CAP as u64
-    });
-    assert_eq!(refused(&stats, via), expected, "refused only past the cap");
-    assert_eq!(open(&stats, via), open(&before, via) + PENDING_CAP as u64);
-    let closed = silent.iter().filter(|c| c.closed_by_server()).count();
+    // Past the cap each new connection evicts the oldest silent one; the evicted close on
+    // their own tasks: wait for the counts to settle.
+    let stats = wait_stats(
+        &client,
+        "the oldest connections past the cap evicted",
+        |s| refused(s, via) >= expected && open(s, via) == open(&before, via) + PENDING_CAP as u64,
+    );
+    assert_eq!(refused(&stats, via), expected, "evicted only past the cap");
+    let closed = wait_closed(&silent, FLOOD - PENDING_CAP);
     assert_eq!(
         closed,
-        FLOOD - PENDING_CAP,
-        "closed at once: those past the cap"
+        (0..FLOOD - PENDING_CAP).collect::<Vec<_>>(),
+        "the oldest ones are closed, the newest kept"
     );
 
     // The authenticated client does not count against the cap: it is served meanwhile.
@@ -195,12 +198,23 @@ fn silent_connections_past_the_pending_cap(via: Via) {
         rss < rss_before + RSS_SLACK_KIB,
         "RSS grew from {rss_before} to {rss} KiB"
     );
+    // Nor are new clients locked out while silent connections hold every pending place:
+    // each new connection evicts the oldest silent one and authenticates long before its
+    // turn to be evicted could come.
+    put_get(&served_client(&server, via), 3);
+    let newest_closed = wait_closed(&silent, FLOOD - PENDING_CAP + 1);
+    assert_eq!(
+        newest_closed[..FLOOD - PENDING_CAP + 1],
+        (0..=FLOOD - PENDING_CAP).collect::<Vec<_>>(),
+        "the new client's connection evicted the oldest silent one left"
+    );
 
     drop(silent);
     wait_stats(&client, "the silent connections closed", |s| {
         open(s, via) == open(&before, via)
     });
-    put_get(&served_client(&server, via), 3);
+    put_get(&served_client(&server, via), 4);
+    let expected = refused(&client.stats().expect("stats"), via);
     // The count is in `dimstore stat --json` and on /metrics.
     let runtime = tempfile::tempdir().expect("tempdir");
     let stat: serde_json::Value = serde_json::from_str(&stdout(
@@ -227,6 +241,26 @@ fn silent_connections_past_the_pending_cap(via: Via) {
         metrics.lines().any(|l| l == line),
         "no `{line}` in:\n{metrics}"
     );
+}
+
+/// The indices of the connections of `silent` the server has closed, once at least `count`
+/// are (bounded wait).
+fn wait_closed(silent: &[Silent], count: usize) -> Vec<usize> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let closed: Vec<usize> = (0..silent.len())
+            .filter(|&i| silent[i].closed_by_server())
+            .collect();
+        if closed.len() >= count {
+            return closed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} connections closed: {closed:?}",
+            closed.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The body of `GET path` from an HTTP server at `address` (closes after one answer).

@@ -28,7 +28,8 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Accepts connections of `transport` until `shutdown` completes. Each one `gate` admits
 /// is served by `serve_one` on a task of its own, holding its [`Admission`]; one it refuses
-/// is closed at once and counted with `on_refused`.
+/// is closed at once and counted with `on_refused`, and so is an older pending one it
+/// evicts (that one's task closes it).
 pub(crate) async fn accept_until<T, A, AF, C, CF>(
     transport: &'static str,
     mut accept: A,
@@ -45,6 +46,7 @@ pub(crate) async fn accept_until<T, A, AF, C, CF>(
     tokio::pin!(shutdown);
     let mut pacing = AcceptPacing::default();
     let mut refusals = Throttle::default();
+    let mut evictions = Throttle::default();
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => return,
@@ -57,6 +59,18 @@ pub(crate) async fn accept_until<T, A, AF, C, CF>(
                 }
                 match gate.admit() {
                     Ok(admission) => {
+                        if admission.evicted_another() {
+                            // The oldest connection that had not sent its Hello closes.
+                            on_refused();
+                            if let Some(evicted) = evictions.note(Instant::now()) {
+                                tracing::warn!(
+                                    transport,
+                                    evicted,
+                                    "closing the oldest connections that have not sent \
+                                     their Hello, to make room for new ones"
+                                );
+                            }
+                        }
                         tokio::spawn(serve_one(connection, admission));
                     }
                     Err(refusal) => {

@@ -5,26 +5,33 @@
 //!
 //! The accept loop asks the [`ConnectionGate`] before serving a new connection: an
 //! [`Admission`] holds its place until dropped, and is told when its connection
-//! authenticated; a [`Refusal`] means the connection is closed at once. Pure counting: no
-//! I/O, no clock.
+//! authenticated; a [`Refusal`] means the connection is closed at once. When the pending
+//! bound is full, a new connection still gets in: the *oldest* connection that has not
+//! authenticated is evicted ([`Admission::evicted`] completes for it). A peer that holds
+//! the pending places with silent connections therefore cannot lock new clients out: a
+//! client authenticates within a round trip of connecting, long before the flood has
+//! cycled through every place. Pure bookkeeping: no I/O, no clock.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 /// The bounds a [`ConnectionGate`] enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Connections open and not yet authenticated (no successful `Hello`).
+    /// Connections open and not yet authenticated (no successful `Hello`); past it the
+    /// oldest of them is evicted.
     pub max_pending: usize,
-    /// Connections open, authenticated or not.
+    /// Connections open, authenticated or not; past it new ones are refused.
     pub max_open: usize,
 }
 
 /// Why a new connection was closed at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Refusal {
-    /// Too many connections have not authenticated yet.
-    #[error("{0} connections are waiting for their Hello already")]
-    TooManyPending(usize),
     /// Too many connections are open.
     #[error("{0} connections are open already")]
     TooManyOpen(usize),
@@ -33,24 +40,36 @@ pub enum Refusal {
 /// Connections counted now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnectionCounts {
-    /// Open, authenticated or not.
+    /// Open, authenticated or not (evicted ones until they are closed).
     pub open: usize,
-    /// Of which not authenticated yet.
+    /// Of which not authenticated yet (evicted ones no longer count).
     pub pending: usize,
 }
 
-impl ConnectionCounts {
-    /// Counts a new, unauthenticated connection, unless `limits` refuse it.
-    fn admit(&mut self, limits: &ConnectionLimits) -> Result<(), Refusal> {
-        if self.open >= limits.max_open {
-            return Err(Refusal::TooManyOpen(self.open));
-        }
-        if self.pending >= limits.max_pending {
-            return Err(Refusal::TooManyPending(self.pending));
-        }
-        self.open += 1;
-        self.pending += 1;
-        Ok(())
+/// The gate's state behind its lock.
+#[derive(Debug, Default)]
+struct State {
+    counts: ConnectionCounts,
+    /// The pending connections, oldest first: their ids and eviction signals.
+    queue: VecDeque<(u64, Arc<Eviction>)>,
+    next_id: u64,
+}
+
+/// Tells a pending connection that it was evicted.
+#[derive(Debug, Default)]
+struct Eviction {
+    evicted: AtomicBool,
+    notify: Notify,
+}
+
+impl Eviction {
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
     }
 }
 
@@ -58,7 +77,7 @@ impl ConnectionCounts {
 #[derive(Debug)]
 pub struct ConnectionGate {
     limits: ConnectionLimits,
-    counts: Mutex<ConnectionCounts>,
+    state: Mutex<State>,
 }
 
 impl ConnectionGate {
@@ -66,7 +85,7 @@ impl ConnectionGate {
     pub fn new(limits: ConnectionLimits) -> Arc<ConnectionGate> {
         Arc::new(ConnectionGate {
             limits,
-            counts: Mutex::new(ConnectionCounts::default()),
+            state: Mutex::default(),
         })
     }
 
@@ -77,21 +96,56 @@ impl ConnectionGate {
 
     /// Connections counted now.
     pub fn counts(&self) -> ConnectionCounts {
-        *self.lock()
+        self.lock().counts
     }
 
-    /// Lets a new connection in (as not authenticated), or says why not.
+    /// Lets a new connection in (as not authenticated), evicting the oldest pending one if
+    /// the pending bound is full, or says why not.
     pub fn admit(self: &Arc<Self>) -> Result<Admission, Refusal> {
-        self.lock().admit(&self.limits)?;
+        let mut state = self.lock();
+        if state.counts.open >= self.limits.max_open {
+            return Err(Refusal::TooManyOpen(state.counts.open));
+        }
+        let mut evicted_another = false;
+        if state.counts.pending >= self.limits.max_pending.max(1) {
+            if let Some((_, oldest)) = state.queue.pop_front() {
+                oldest.evict();
+                state.counts.pending -= 1;
+                evicted_another = true;
+            }
+        }
+        state.counts.open += 1;
+        state.counts.pending += 1;
+        let id = state.next_id;
+        state.next_id += 1;
+        let eviction = Arc::new(Eviction::default());
+        state.queue.push_back((id, Arc::clone(&eviction)));
         Ok(Admission {
             gate: Arc::clone(self),
+            id,
+            eviction,
             pending: true,
+            evicted_another,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionCounts> {
-        // The counts are plain integers, consistent after every statement.
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Plain counters and a queue, consistent after every statement.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    /// Forgets pending connection `id` (authenticated or gone), unless it was evicted
+    /// (which took it off already).
+    fn leave_pending(&mut self, id: u64, eviction: &Eviction) {
+        if eviction.is_evicted() {
+            return;
+        }
+        if let Some(at) = self.queue.iter().position(|(queued, _)| *queued == id) {
+            self.queue.remove(at);
+        }
+        self.counts.pending -= 1;
     }
 }
 
@@ -99,7 +153,10 @@ impl ConnectionGate {
 #[derive(Debug)]
 pub struct Admission {
     gate: Arc<ConnectionGate>,
+    id: u64,
+    eviction: Arc<Eviction>,
     pending: bool,
+    evicted_another: bool,
 }
 
 impl Admission {
@@ -108,20 +165,40 @@ impl Admission {
         self.pending
     }
 
-    /// The connection authenticated: it no longer counts against the pending bound.
+    /// Whether letting this connection in evicted the oldest pending one.
+    pub fn evicted_another(&self) -> bool {
+        self.evicted_another
+    }
+
+    /// The connection authenticated: it no longer counts against the pending bound and can
+    /// no longer be evicted. (One evicted meanwhile stays evicted: it closes.)
     pub fn authenticated(&mut self) {
         if std::mem::take(&mut self.pending) {
-            self.gate.lock().pending -= 1;
+            self.gate.lock().leave_pending(self.id, &self.eviction);
+        }
+    }
+
+    /// Completes once a newer connection evicted this one (only ever while it is pending);
+    /// the connection must then close.
+    pub async fn evicted(&self) {
+        loop {
+            let notified = self.eviction.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.eviction.is_evicted() {
+                return;
+            }
+            notified.await;
         }
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut counts = self.gate.lock();
-        counts.open -= 1;
+        let mut state = self.gate.lock();
+        state.counts.open -= 1;
         if self.pending {
-            counts.pending -= 1;
+            state.leave_pending(self.id, &self.eviction);
         }
     }
 }
@@ -129,6 +206,7 @@ impl Drop for Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     fn gate(max_pending: usize, max_open: usize) -> Arc<ConnectionGate> {
         ConnectionGate::new(ConnectionLimits {
@@ -137,12 +215,50 @@ mod tests {
         })
     }
 
+    /// Whether `admission`'s eviction has completed (polled once, without a runtime).
+    fn is_evicted(admission: &Admission) -> bool {
+        let future = admission.evicted();
+        tokio::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        future.as_mut().poll(&mut cx).is_ready()
+    }
+
     #[test]
-    fn pending_connections_are_bounded_and_authenticated_ones_are_not_counted() {
+    fn a_full_pending_bound_evicts_the_oldest_pending_connection() {
+        let gate = gate(2, 10);
+        let first = gate.admit().expect("room");
+        let second = gate.admit().expect("room");
+        assert!(!first.evicted_another() && !second.evicted_another());
+        let third = gate.admit().expect("the oldest makes room");
+        assert!(third.evicted_another());
+        assert!(is_evicted(&first), "the oldest goes");
+        assert!(!is_evicted(&second) && !is_evicted(&third));
+        assert_eq!(
+            gate.counts(),
+            ConnectionCounts {
+                open: 3,
+                pending: 2
+            },
+            "the evicted one is open until it closes, no longer pending"
+        );
+        drop(first);
+        assert_eq!(
+            gate.counts(),
+            ConnectionCounts {
+                open: 2,
+                pending: 2
+            }
+        );
+        // Next in line: the second.
+        let _fourth = gate.admit().expect("room");
+        assert!(is_evicted(&second));
+    }
+
+    #[test]
+    fn authenticated_connections_are_neither_counted_as_pending_nor_evicted() {
         let gate = gate(2, 10);
         let mut first = gate.admit().expect("room");
         let _second = gate.admit().expect("room");
-        assert_eq!(gate.admit().unwrap_err(), Refusal::TooManyPending(2));
         first.authenticated();
         assert!(!first.is_pending());
         // Saying it twice changes nothing.
@@ -154,8 +270,29 @@ mod tests {
                 pending: 1
             }
         );
-        let _third = gate.admit().expect("the authenticated one left room");
-        assert_eq!(gate.admit().unwrap_err(), Refusal::TooManyPending(2));
+        let third = gate.admit().expect("room");
+        assert!(!third.evicted_another(), "the authenticated one left room");
+        let fourth = gate.admit().expect("the oldest pending makes room");
+        assert!(fourth.evicted_another());
+        assert!(!is_evicted(&first), "authenticated: never evicted");
+    }
+
+    #[test]
+    fn an_evicted_connection_that_authenticates_late_is_counted_once() {
+        let gate = gate(1, 10);
+        let mut first = gate.admit().expect("room");
+        let second = gate.admit().expect("evicts the first");
+        first.authenticated();
+        drop(first);
+        assert_eq!(
+            gate.counts(),
+            ConnectionCounts {
+                open: 1,
+                pending: 1
+            }
+        );
+        drop(second);
+        assert_eq!(gate.counts(), ConnectionCounts::default());
     }
 
     #[test]
@@ -189,6 +326,6 @@ mod tests {
         let all: Vec<Admission> = (0..4)
             .map(|_| gate.admit().expect("all room back"))
             .collect();
-        assert_eq!(all.len(), 4);
+        assert!(all.iter().all(|a| !a.evicted_another()));
     }
 }

@@ -45,6 +45,10 @@ pub(crate) enum ConnectionEnd {
     Protocol(#[from] StreamError),
     #[error("peer stopped taking its replies for {0:?}")]
     WriteStalled(Duration),
+    #[error(
+        "closed before its Hello to make room for a newer connection (the pending bound is full)"
+    )]
+    Evicted,
 }
 
 /// What one wait on a connection saw.
@@ -53,6 +57,8 @@ enum Event {
     Read(std::io::Result<usize>),
     /// The engine's deadline passed.
     Deadline,
+    /// A newer connection evicted this one before its Hello.
+    Evicted,
     /// A reply could not be written.
     WriteFailed,
 }
@@ -112,10 +118,12 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
         let event = {
             let buf = engine.recv_buffer();
             debug_assert!(!buf.is_empty(), "an open engine always wants bytes");
+            let pending = admission.is_pending();
             tokio::select! {
                 read = reader.read(buf) => Event::Read(read),
                 () = &mut timer, if deadline.is_some() => Event::Deadline,
                 () = writer.failed() => Event::WriteFailed,
+                () = admission.evicted(), if pending => Event::Evicted,
             }
         };
         match event {
@@ -129,6 +137,7 @@ pub(crate) async fn serve_connection<S: Service, R: AsyncRead + Unpin, W: FrameW
             Event::Read(Err(e)) => return Err(e.into()),
             Event::Deadline => engine.handle_timeout(Instant::now()),
             Event::WriteFailed => return Err(ConnectionEnd::WriteStalled(options.stall_timeout)),
+            Event::Evicted => return Err(ConnectionEnd::Evicted),
         }
     }
 }
