@@ -299,6 +299,9 @@ fn stats_json(st: &ServerStats) -> serde_json::Value {
         "get_hits": st.get_hits,
         "evictions": st.evictions,
         "eviction_policy": st.pressure.policy,
+        "spilled_bytes": st.pressure.spilled_bytes,
+        "restores": st.pressure.restores,
+        "spill_failures": st.pressure.spill_failures,
         "store_full": st.store_full,
         "requests": st.requests,
         "binding": st.binding,
@@ -328,6 +331,7 @@ fn stats_json(st: &ServerStats) -> serde_json::Value {
                     "connections": t.connections,
                     "bytes_served": t.bytes_served,
                     "one_sided_bytes": t.one_sided_bytes,
+                    "refused_connections": t.refused_connections,
                 })
             })
             .collect::<Vec<_>>(),
@@ -583,10 +587,17 @@ mod tests {
 
     #[test]
     fn table_shows_up_and_down_nodes() {
+        let mut spilling = stats("node0");
+        spilling.pressure.spilled_bytes = 7 << 20;
+        spilling.transports = vec![dimstore_proto::TransportStats {
+            name: "tcp".into(),
+            refused_connections: 68,
+            ..Default::default()
+        }];
         let statuses = vec![
             NodeStatus {
                 node: node("node0", "127.0.0.1:7000"),
-                stats: Ok(stats("node0")),
+                stats: Ok(spilling),
             },
             NodeStatus {
                 node: node("node1", "127.0.0.1:7001"),
@@ -613,6 +624,11 @@ mod tests {
             nodes: vec![],
         };
         let value = to_json("/f.json", &fleet, &statuses);
+        assert_eq!(value["nodes"][0]["stats"]["spilled_bytes"], 7 << 20);
+        assert_eq!(
+            value["nodes"][0]["stats"]["transports"][0]["refused_connections"],
+            68
+        );
         assert_eq!(value["up"], 1);
         assert_eq!(value["down"], 1);
         assert_eq!(value["nodes"][0]["stats"]["objects"], 3);
