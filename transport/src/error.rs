@@ -82,9 +82,15 @@ impl Cause {
     /// `error`, with what this side was doing when it came (`"registering segment 3"`):
     /// displays as the context, with `error` as its source.
     pub fn context(what: impl Into<String>, error: impl Error + Send + Sync + 'static) -> Self {
+        Cause::new(error).in_context(what)
+    }
+
+    /// This cause under what this side was doing or had set (`"with UCX_TLS=rc"`):
+    /// displays as `what`, with this cause as its source.
+    pub fn in_context(self, what: impl Into<String>) -> Self {
         Cause::new(Context {
             what: what.into(),
-            source: Cause::new(error),
+            source: self,
         })
     }
 }

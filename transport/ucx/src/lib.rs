@@ -70,11 +70,21 @@ fn tls_detail_on(devices: Option<&str>) -> String {
     }
 }
 
-/// `TransportError::Unavailable` for this transport.
+/// `TransportError::Unavailable` for this transport. Unless UCX is missing altogether, the
+/// cause is put under the settings UCX read (`UCX_TLS`, `UCX_NET_DEVICES`): a transport list
+/// this node cannot serve is the usual reason.
 fn unavailable(why: impl Into<Cause>) -> TransportError {
+    let why = why.into();
+    let missing = why
+        .downcast_ref::<dimstore_ucx::UcxError>()
+        .is_some_and(dimstore_ucx::UcxError::is_library_missing);
     TransportError::Unavailable {
         transport: NAME.to_owned(),
-        source: why.into(),
+        source: if missing {
+            why
+        } else {
+            why.in_context(format!("UCX cannot run here with {}", tls_detail()))
+        },
     }
 }
 

@@ -47,6 +47,13 @@ fn ucx_failures_keep_the_ucx_error_in_their_source_chain() {
         matches!(unusable, TransportError::Unavailable { .. }),
         "{unusable:?}"
     );
+    assert!(
+        chain(&unusable)
+            .to_string()
+            .contains("UCX_TLS=no_such_transport"),
+        "the printed chain names the transports UCX was given: {}",
+        chain(&unusable)
+    );
     let ucx = ucx_error(&unusable)
         .unwrap_or_else(|| panic!("no UcxError in the chain of {}", chain(&unusable)));
     assert!(!ucx.is_peer_failure(), "{ucx}");
