@@ -409,9 +409,9 @@ fn measure(
     let bytes = (count * object) as f64 / 1e6;
     Ok(Measured {
         reads_only: ReadsOnly {
-            read: second.spill_read - first.spill_read,
-            read_ns: second.spill_read_ns - first.spill_read_ns,
-            written: second.spill_written - first.spill_written,
+            read: second.spill_read.saturating_sub(first.spill_read),
+            read_ns: second.spill_read_ns.saturating_sub(first.spill_read_ns),
+            written: second.spill_written.saturating_sub(first.spill_written),
         },
         // Filled in by the caller.
         dd_write: 0.0,

@@ -1410,28 +1410,13 @@ mod tests {
     fn full_memory_spills_the_coldest_and_gets_restore_them() {
         let (_root, store) = spilling_store(1 << 30);
         let quarter = (1 << 20) / 4;
-        let ids: Vec<ObjectId> = (0..12u8)
-            .map(|i| {
-                let mut a = store.allocate(&[quarter]).expect("room by spilling");
-                a[0].as_mut_slice().fill(i);
-                store.insert(a)[0]
-            })
-            .collect();
+        let ids: Vec<ObjectId> = (0..12u8).map(|i| put_filled(&store, quarter, i)).collect();
         let pressure = store.pressure();
         assert!(pressure.spilled_objects >= 8, "{pressure:?}");
         assert_eq!(pressure.policy_evictions, 0, "spilled, not evicted");
         assert!(store.arena().stats().used <= 1 << 20);
         for (i, id) in ids.iter().enumerate() {
-            let found = store
-                .restore(&[*id], store.lookup(&[*id]))
-                .expect("restore");
-            let [Lookup::Found(object)] = &found[..] else {
-                panic!("object {i}: {found:?}");
-            };
-            assert!(
-                object.as_slice().iter().all(|&b| b == i as u8),
-                "object {i}"
-            );
+            restore_and_check(&store, *id, i as u8);
         }
         assert!(store.pressure().restores >= 8);
         // Evicting spilled objects removes their files.
@@ -1454,6 +1439,13 @@ mod tests {
             .with_spill(spill)
             .expect("spill writer");
         (root, store)
+    }
+
+    /// Puts an object of `len` bytes, every byte `fill`, making room by spilling.
+    fn put_filled(store: &ObjectStore, len: u64, fill: u8) -> ObjectId {
+        let mut a = store.allocate(&[len]).expect("room by spilling");
+        a[0].as_mut_slice().fill(fill);
+        store.insert(a)[0]
     }
 
     /// Restores `id` and checks every byte is `fill`.
@@ -1482,14 +1474,9 @@ mod tests {
     fn a_restored_object_spills_again_to_its_kept_file_without_a_write() {
         let (_root, store) = spilling_store(1 << 30);
         let quarter = (1 << 20) / 4;
-        let put_filled = |fill: u8| {
-            let mut a = store.allocate(&[quarter]).expect("room by spilling");
-            a[0].as_mut_slice().fill(fill);
-            store.insert(a)[0]
-        };
-        let first = put_filled(0);
+        let first = put_filled(&store, quarter, 0);
         for i in 1..8u8 {
-            put_filled(i);
+            put_filled(&store, quarter, i);
         }
         spills_settle(&store);
         assert!(matches!(store.lookup(&[first])[..], [Lookup::Spilled]));
@@ -1499,7 +1486,7 @@ mod tests {
         assert_eq!(after_restore.spill_kept_bytes, quarter, "{after_restore:?}");
         // Four more objects push everything in memory out, the restored one too.
         for i in 8..12u8 {
-            put_filled(i);
+            put_filled(&store, quarter, i);
         }
         spills_settle(&store);
         assert!(matches!(store.lookup(&[first])[..], [Lookup::Spilled]));
@@ -1524,13 +1511,7 @@ mod tests {
         // Room on disk for five objects: the seven put need at least three there, and every
         // restore leaves a kept file behind.
         let (_root, store) = spilling_store(5 * quarter);
-        let ids: Vec<ObjectId> = (0..7u8)
-            .map(|i| {
-                let mut a = store.allocate(&[quarter]).expect("room by spilling");
-                a[0].as_mut_slice().fill(i);
-                store.insert(a)[0]
-            })
-            .collect();
+        let ids: Vec<ObjectId> = (0..7u8).map(|i| put_filled(&store, quarter, i)).collect();
         for round in 0..3 {
             for (i, id) in ids.iter().enumerate() {
                 spills_settle(&store);
@@ -1615,29 +1596,16 @@ mod tests {
             let mut ids = Vec::new();
             for i in 0..16u8 {
                 let store = Arc::clone(&store);
-                let id = tokio::spawn(async move {
-                    let mut a = store.allocate(&[quarter]).expect("room by spilling");
-                    a[0].as_mut_slice().fill(i);
-                    store.insert(a)[0]
-                })
-                .await
-                .expect("put task");
+                let id = tokio::spawn(async move { put_filled(&store, quarter, i) })
+                    .await
+                    .expect("put task");
                 ids.push(id);
             }
             ids
         });
         assert!(store.pressure().spilled_objects >= 12);
         for (i, id) in ids.iter().enumerate() {
-            let found = store
-                .restore(&[*id], store.lookup(&[*id]))
-                .expect("restore");
-            let [Lookup::Found(object)] = &found[..] else {
-                panic!("object {i}: {found:?}");
-            };
-            assert!(
-                object.as_slice().iter().all(|&b| b == i as u8),
-                "object {i}"
-            );
+            restore_and_check(&store, *id, i as u8);
         }
     }
 

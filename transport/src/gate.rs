@@ -12,7 +12,7 @@
 //! client authenticates within a round trip of connecting, long before the flood has
 //! cycled through every place. Pure bookkeeping: no I/O, no clock.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -50,8 +50,9 @@ pub struct ConnectionCounts {
 #[derive(Debug, Default)]
 struct State {
     counts: ConnectionCounts,
-    /// The pending connections, oldest first: their ids and eviction signals.
-    queue: VecDeque<(u64, Arc<Eviction>)>,
+    /// The pending connections by id (ids grow, so the first is the oldest), with their
+    /// eviction signals.
+    queue: BTreeMap<u64, Arc<Eviction>>,
     next_id: u64,
 }
 
@@ -108,7 +109,7 @@ impl ConnectionGate {
         }
         let mut evicted_another = false;
         if state.counts.pending >= self.limits.max_pending.max(1) {
-            if let Some((_, oldest)) = state.queue.pop_front() {
+            if let Some((_, oldest)) = state.queue.pop_first() {
                 oldest.evict();
                 state.counts.pending -= 1;
                 evicted_another = true;
@@ -119,7 +120,7 @@ impl ConnectionGate {
         let id = state.next_id;
         state.next_id += 1;
         let eviction = Arc::new(Eviction::default());
-        state.queue.push_back((id, Arc::clone(&eviction)));
+        state.queue.insert(id, Arc::clone(&eviction));
         Ok(Admission {
             gate: Arc::clone(self),
             id,
@@ -142,9 +143,7 @@ impl State {
         if eviction.is_evicted() {
             return;
         }
-        if let Some(at) = self.queue.iter().position(|(queued, _)| *queued == id) {
-            self.queue.remove(at);
-        }
+        self.queue.remove(&id);
         self.counts.pending -= 1;
     }
 }
